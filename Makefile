@@ -1,0 +1,74 @@
+# resbm.h - build, test, benchmark.  `make test` is what CI runs.
+CC      ?= gcc
+CXX     ?= g++
+ARCH    ?= -march=native
+WARN     = -Wall -Wextra -Wpedantic -Werror
+CFLAGS  ?= -O2 -g
+BUILD    = build
+LIBS     = -lm -pthread
+HDR      = resbm.h
+TESTDEPS = $(HDR) tests/harness.h tests/ref.h
+
+.PHONY: all test check-compile sanitize bench bench-gemm bench-step bench-torch clean
+
+all: $(BUILD)/test_resbm $(BUILD)/torch_dump
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/test_resbm: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+$(BUILD)/torch_dump: tests/torch_dump.c $(HDR) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+# The header compiles cleanly as C99 and C++11 with gcc and clang, static, and with each SIMD path.
+check-compile: | $(BUILD)
+	@set -e; for cc in gcc clang; do command -v $$cc >/dev/null || continue; \
+	  $$cc -std=c99 $(ARCH) $(WARN) -O2 -c tests/compile_c.c -o $(BUILD)/cc.o; \
+	  $$cc -std=c99 $(ARCH) $(WARN) -O2 -DRESBM_STATIC -c tests/compile_c.c -o $(BUILD)/cc.o; \
+	  $$cc -std=c99 $(WARN) -O2 -c tests/compile_c.c -o $(BUILD)/cc.o; \
+	  $$cc -std=c99 -mavx2 -mfma $(WARN) -O2 -c tests/compile_c.c -o $(BUILD)/cc.o; \
+	  $$cc -std=c99 $(ARCH) $(WARN) -O2 -DRESBM_NO_THREADS -c tests/compile_c.c -o $(BUILD)/cc.o; done
+	@set -e; for cxx in g++ clang++; do command -v $$cxx >/dev/null || continue; \
+	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ -c tests/compile_c.c -o $(BUILD)/cc.o; \
+	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ -c tests/test_resbm.c -o $(BUILD)/cc.o; done
+	@echo "header compiles clean: gcc/clang C99 (native, AVX2, scalar, static, no-threads), g++/clang++ C++11"
+
+test: all check-compile
+	@bash tests/run.sh $(BUILD)
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+sanitize: | $(BUILD)
+	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
+	  -fno-omit-frame-pointer tests/test_resbm.c -o $(BUILD)/test_resbm_san $(LIBS)
+	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
+	  -fno-omit-frame-pointer tests/torch_dump.c -o $(BUILD)/torch_dump_san $(LIBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_resbm_san
+	mkdir -p $(BUILD)/san_dump && ASAN_OPTIONS=detect_leaks=1 $(BUILD)/torch_dump_san $(BUILD)/san_dump > /dev/null
+
+# ---- benchmarks (run alone on the machine; see bench/RESULTS.md) ----
+bench: bench-gemm bench-step bench-torch
+
+$(BUILD)/bench_gemm: bench/gemm.c $(HDR) | $(BUILD)
+	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+$(BUILD)/bench_gemm_blas: bench/gemm.c $(HDR) | $(BUILD)
+	$(CC) -std=c99 -O2 $(ARCH) $(WARN) -DBENCH_WITH_CBLAS -I/usr/include/x86_64-linux-gnu/openblas-pthread \
+	  $< -o $@ -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas $(LIBS)
+
+$(BUILD)/bench_step: bench/step.c $(HDR) | $(BUILD)
+	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+bench-gemm: $(BUILD)/bench_gemm_blas
+	$(BUILD)/bench_gemm_blas
+
+bench-step: $(BUILD)/bench_step
+	$(BUILD)/bench_step --threads 1
+	$(BUILD)/bench_step --threads 2
+
+bench-torch:
+	bash bench/step_torch.sh
+
+clean:
+	rm -rf $(BUILD)

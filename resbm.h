@@ -1,0 +1,2167 @@
+/* resbm.h - v0.1 - residual bottleneck pipeline training for transformers - MIT license (end of file)
+
+   A single-header C library for training a transformer split into pipeline stages that talk over
+   slow links. Between two stages sits a residual bottleneck (ResBM, arXiv 2604.11947): the sender
+   compresses the d-wide residual stream to r channels, the receiver expands it back, both halves are
+   trainable, and an explicit identity path carries r channels through untouched.
+
+   USE
+       Do this in exactly one C or C++ file:
+           #define RESBM_IMPLEMENTATION
+           #include "resbm.h"
+       Everywhere else just #include "resbm.h". Link with -lm -pthread.
+
+   OPTIONS (define before the implementing include)
+       RESBM_STATIC          all functions static (private copy per translation unit)
+       RESBMDEF              linkage of the public functions (default extern)
+       RESBM_MALLOC(sz,u)    allocator with a user pointer (define both or neither);
+       RESBM_FREE(p,u)         u is the `alloc_user` of the config, NULL when none
+       RESBM_ASSERT(x)       internal invariants only (never arguments or wire data)
+       RESBM_USE_CBLAS       resbm_gemm calls cblas_sgemm (link -lopenblas); results then depend
+                             on the BLAS's own threading and are not bit-identical across threads
+       RESBM_NO_THREADS      no pthreads: pools run every task on the calling thread
+
+   EXAMPLE: one training step on one machine
+       resbm_model_config mc = resbm_model_config_default();   // d=256, 8 layers, seq 128
+       resbm_opt_config oc = resbm_opt_config_default();       // AdamW, lr 2e-3, warmup+cosine
+       resbm_model *m;
+       int rc = resbm_model_init(&mc, &oc, &m);
+       if (rc) { fprintf(stderr, "%s\n", resbm_strerror(rc)); return 1; }
+       float loss;
+       for (int step = 0; step < 100; step++) {
+           next_batch(tokens, targets);           // int32 [batch*seq] each, values < vocab
+           rc = resbm_model_train_step(m, tokens, targets, mc.batch, 4, &loss);  // 4 microbatches
+           if (rc) break;
+       }
+       resbm_model_free(m);
+
+   CONVENTIONS
+       Row-major float32, one row per token. Dimension legend used in every shape comment:
+         N tokens in a call (rows*seq), T sequence length, d model width, H heads, hd = d/H,
+         f MLP hidden width, V vocabulary, r bottleneck width, m bottleneck hidden width.
+       Kernels take outputs first, then inputs, then weights, then dimensions. A `_backward`
+       accumulates (+=) into parameter gradients and into dx where noted; zeroing is its own call.
+       Every public function returns RESBM_OK (0) or a negative RESBM_E* code (resbm_strerror
+       explains it) and leaves its outputs untouched when it fails on validation.
+       The library never prints, never exits and never aborts. No global mutable state.
+
+   DETERMINISM
+       One seed reproduces a run bit for bit on one machine and build. Parameter i is initialised
+       from a PCG32 stream seeded by (seed, FNV-1a of its name), so a parameter gets the same
+       values whichever stage owns it. Every parallel kernel gives each output element one owner
+       and a fixed summation order, so results are bit-identical whatever the thread count.
+
+   CHANGES
+       0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
+            backward, whole-model forward/backward, AdamW, Muon, SGD, safetensors writer.
+*/
+#ifndef RESBM_H
+#define RESBM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RESBM_VERSION_MAJOR 0
+#define RESBM_VERSION_MINOR 1
+
+#ifndef RESBMDEF
+#ifdef RESBM_STATIC
+#if defined(__GNUC__) || defined(__clang__)
+#define RESBMDEF static __attribute__((unused))
+#else
+#define RESBMDEF static
+#endif
+#else
+#define RESBMDEF extern
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes: 0 success, negative failure, grouped by area ---------------------------- */
+enum {
+    RESBM_OK = 0,
+    /* arguments and state */
+    RESBM_EINVAL = -1,     /* an argument is NULL, zero, out of range or inconsistent */
+    RESBM_ESTATE = -2,     /* the object is not in a state that allows this call */
+    RESBM_ERANGE = -3,     /* a token id or index is outside its range */
+    RESBM_ENONFINITE = -4, /* a NaN or Inf where finite values are required */
+    /* memory */
+    RESBM_ENOMEM = -10,    /* an allocation failed */
+    RESBM_EOVERFLOW = -11, /* a size computation overflowed */
+    /* threads */
+    RESBM_ETHREAD = -20,   /* a thread, mutex or condition variable could not be created */
+    /* files */
+    RESBM_EIO = -30,       /* a file could not be opened, written, synced or renamed */
+    RESBM_EFORMAT = -31    /* a file is malformed */
+};
+
+RESBMDEF const char *resbm_strerror(int code);
+
+/* ---- sizes: overflow-checked arithmetic (0 on success, RESBM_EOVERFLOW otherwise) --------------- */
+RESBMDEF int resbm_size_mul(size_t *out, size_t a, size_t b);
+RESBMDEF int resbm_size_add(size_t *out, size_t a, size_t b);
+
+/* ---- random numbers: PCG32 (O'Neill, XSH-RR output), explicit state ------------------------------ */
+typedef struct resbm_rng {
+    uint64_t state;
+    uint64_t inc; /* stream selector, always odd */
+} resbm_rng;
+
+RESBMDEF void resbm_rng_seed(resbm_rng *rng, uint64_t seed, uint64_t stream);
+RESBMDEF uint32_t resbm_rng_u32(resbm_rng *rng);
+RESBMDEF float resbm_rng_uniform(resbm_rng *rng); /* [0, 1), 24 random bits */
+RESBMDEF float resbm_rng_normal(resbm_rng *rng);  /* N(0, 1), Box-Muller in double */
+
+/* ---- arena: size first (base == NULL counts), then allocate once and carve ---------------------- */
+typedef struct resbm_arena {
+    unsigned char *base; /* NULL in the sizing pass */
+    size_t cap;
+    size_t used;
+    int overflow; /* set when a request overflowed size_t or exceeded cap */
+} resbm_arena;
+
+/* Returns a 64-byte aligned slice of n elements of `elem` bytes (NULL in the sizing pass). */
+RESBMDEF void *resbm_arena_push(resbm_arena *a, size_t n, size_t elem);
+
+/* ---- tensors: a view, never an owner ----------------------------------------------------------- */
+typedef struct resbm_tensor {
+    float *data;
+    int ndim;     /* 1 or 2 */
+    size_t ne[2]; /* ne[0] rows, ne[1] columns (1 for a vector) */
+} resbm_tensor;
+
+/* ---- thread pool: workers start once and run every kernel call ----------------------------------- */
+typedef struct resbm_pool resbm_pool;
+typedef void (*resbm_task_fn)(void *ctx, size_t task, int thread);
+
+/* nthreads >= 1 counts the caller: nthreads - 1 workers are started. */
+RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out);
+RESBMDEF void resbm_pool_free(resbm_pool *pool);
+RESBMDEF int resbm_pool_threads(const resbm_pool *pool);
+/* Runs fn(ctx, task, thread) for task in [0, ntasks) and returns when all are done. Tasks are
+   taken in any order by any thread; a task must write only what it owns. */
+RESBMDEF int resbm_pool_run(resbm_pool *pool, resbm_task_fn fn, void *ctx, size_t ntasks);
+
+/* ---- GEMM: C[M,N] (+)= op(A) op(B), row-major, contiguous --------------------------------------- */
+enum {
+    RESBM_GEMM_NT = 0, /* C = A[M,K] . B[N,K]^T   (y = x W^T)      */
+    RESBM_GEMM_NN = 1, /* C = A[M,K] . B[K,N]     (dx = dy W)      */
+    RESBM_GEMM_TN = 2  /* C = A[K,M]^T . B[K,N]   (dW = dy^T x)    */
+};
+/* accumulate = 0 overwrites C, 1 adds to it. Bit-identical for every thread count of `pool`. */
+RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, const float *A,
+                        const float *B, size_t M, size_t N, size_t K);
+/* The naive triple loop (double accumulator): the reference the tests compare against. */
+RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, const float *B,
+                            size_t M, size_t N, size_t K);
+
+/* ---- layers: each a forward/backward pair; pool may be NULL only where noted --------------------- */
+/* x[n] = emb[tok[n]]. Token ids out of range -> RESBM_ERANGE, out untouched. */
+RESBMDEF int resbm_embedding_forward(float *out /*[N,d]*/, const int32_t *tok /*[N]*/,
+                                     const float *emb /*[V,d]*/, size_t N, size_t d, size_t V);
+RESBMDEF int resbm_embedding_backward(float *demb /*[V,d] +=*/, const float *dout /*[N,d]*/,
+                                      const int32_t *tok, size_t N, size_t d, size_t V);
+
+/* out = x / sqrt(mean(x^2) + 1e-5) * g; rstd saved for backward. pool may be NULL. */
+RESBMDEF int resbm_rmsnorm_forward(resbm_pool *pool, float *out /*[N,d]*/, float *rstd /*[N]*/,
+                                   const float *x /*[N,d]*/, const float *g /*[d]*/, size_t N,
+                                   size_t d);
+/* dx += d(out)/dx . dout, dg += d(out)/dg . dout. */
+RESBMDEF int resbm_rmsnorm_backward(resbm_pool *pool, float *dx /*[N,d] +=*/, float *dg /*[d] +=*/,
+                                    const float *dout, const float *x, const float *g,
+                                    const float *rstd, size_t N, size_t d);
+
+/* out = x w^T. */
+RESBMDEF int resbm_linear_forward(resbm_pool *pool, float *out /*[N,o]*/, const float *x /*[N,i]*/,
+                                  const float *w /*[o,i]*/, size_t N, size_t in, size_t o);
+/* dx (+)= dout w (accumulate_dx 0 or 1; dx may be NULL), dw += dout^T x. */
+RESBMDEF int resbm_linear_backward(resbm_pool *pool, float *dx /*[N,i]*/, float *dw /*[o,i] +=*/,
+                                   const float *dout /*[N,o]*/, const float *x, const float *w,
+                                   size_t N, size_t in, size_t o, int accumulate_dx);
+
+/* RoPE tables: cos/sin [T, hd/2], angle = pos * theta^(-2j/hd). */
+RESBMDEF int resbm_rope_tables(float *cos_t /*[T,hd/2]*/, float *sin_t, size_t T, size_t hd,
+                               double theta);
+/* In place on x [N,d] = rows of T tokens (position = n mod T), H heads of width hd = d/H,
+   rotate-half pairs (j, j + hd/2). backward applies the inverse rotation to dx in place. */
+RESBMDEF int resbm_rope_forward(resbm_pool *pool, float *x, const float *cos_t, const float *sin_t,
+                                size_t N, size_t T, size_t d, size_t H);
+RESBMDEF int resbm_rope_backward(resbm_pool *pool, float *dx, const float *cos_t,
+                                 const float *sin_t, size_t N, size_t T, size_t d, size_t H);
+
+/* Causal multi-head attention over rows of T tokens: out = softmax(q k^T / sqrt(hd)) v per head.
+   lse [N,H] keeps each row's log-sum-exp so backward recomputes probabilities without any
+   O(T^2) buffer. hd <= RESBM_MAX_HEAD_DIM. */
+#define RESBM_MAX_HEAD_DIM 512
+RESBMDEF int resbm_attention_forward(resbm_pool *pool, float *out /*[N,d]*/, float *lse /*[N,H]*/,
+                                     const float *q /*[N,d]*/, const float *k, const float *v,
+                                     size_t N, size_t T, size_t d, size_t H);
+/* dq, dk, dv += gradients. */
+RESBMDEF int resbm_attention_backward(resbm_pool *pool, float *dq /*[N,d] +=*/, float *dk,
+                                      float *dv, const float *dout /*[N,d]*/, const float *q,
+                                      const float *k, const float *v, const float *out,
+                                      const float *lse, size_t N, size_t T, size_t d, size_t H);
+
+/* SwiGLU gate: out = silu(h1) * h3 elementwise over n values. */
+RESBMDEF int resbm_swiglu_forward(resbm_pool *pool, float *out, const float *h1, const float *h3,
+                                  size_t n);
+RESBMDEF int resbm_swiglu_backward(resbm_pool *pool, float *dh1 /*+=*/, float *dh3 /*+=*/,
+                                   const float *dout, const float *h1, const float *h3, size_t n);
+
+/* Softmax cross-entropy: probs = softmax(logits) (may alias logits), losses[n] = -log p[target].
+   Targets outside [0, V) -> RESBM_ERANGE. */
+RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs /*[N,V]*/, float *losses /*[N]*/,
+                                const float *logits /*[N,V]*/, const int32_t *targets, size_t N,
+                                size_t V);
+/* dlogits = (probs - onehot(target)) * scale (overwrites). */
+RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits /*[N,V]*/, const float *probs,
+                                 const int32_t *targets, size_t N, size_t V, float scale);
+
+/* ---- the model (one pipeline stage; stages == 1 is the whole model) -------------------------------- */
+typedef struct resbm_model_config {
+    int vocab;          /* V, default 256 (bytes) */
+    int d;              /* model width, default 256 */
+    int layers;         /* L blocks in the whole model, default 8 */
+    int heads;          /* H, default 4 */
+    int ff;             /* f, default 8d/3 rounded up to a multiple of 16 */
+    int seq;            /* T, default 128 */
+    int batch;          /* most rows per forward call (sizes the activations), default 8 */
+    int stages;         /* S stages the model is split into, default 1 */
+    int stage;          /* which one this object holds, default 0 */
+    int act_slots;      /* activation sets kept for backward, default 1 */
+    int threads;        /* kernel threads (own pool) when pool is NULL, default 1 */
+    uint64_t seed;      /* default 1337 */
+    float init_std;     /* default 0.02 */
+    resbm_pool *pool;   /* optional shared pool; not owned */
+    void *alloc_user;   /* passed to RESBM_MALLOC/RESBM_FREE */
+} resbm_model_config;
+
+enum { RESBM_OPT_ADAMW = 0, RESBM_OPT_MUON = 1, RESBM_OPT_SGD = 2 };
+
+typedef struct resbm_opt_config {
+    int kind;          /* RESBM_OPT_*, default AdamW */
+    float lr;          /* peak learning rate (AdamW part and SGD), default 2e-3 */
+    float min_lr_frac; /* cosine floor as a fraction of lr, default 0.1 */
+    int warmup;        /* linear warm-up steps, default 100 (0 is allowed) */
+    int total_steps;   /* schedule length; 0 = constant lr after warm-up */
+    float beta1, beta2, eps, weight_decay; /* AdamW: .9 .95 1e-8 .1 (decay on 2-D weights only) */
+    float clip;        /* global gradient-norm clip, default 1.0; 0 disables */
+    float muon_lr;     /* Muon learning rate, default 0.02 */
+    float muon_momentum; /* default 0.95 (Nesterov) */
+    int muon_ns_steps; /* Newton-Schulz iterations, default 5 */
+} resbm_opt_config;
+
+/* Where a parameter lives in the model; decides its optimizer and weight decay. */
+enum { RESBM_PARAM_NORM = 0, RESBM_PARAM_EMBED = 1, RESBM_PARAM_HEAD = 2, RESBM_PARAM_HIDDEN = 3 };
+
+#define RESBM_NAME_MAX 48
+typedef struct resbm_param {
+    char name[RESBM_NAME_MAX]; /* design names: "tok_emb", "blocks.3.wq", "final_norm", ... */
+    int kind;                  /* RESBM_PARAM_* */
+    resbm_tensor value;
+    resbm_tensor grad;
+    float *m, *v;              /* optimizer state: AdamW moments, Muon momentum in m */
+} resbm_param;
+
+typedef struct resbm_model resbm_model;
+
+RESBMDEF resbm_model_config resbm_model_config_default(void);
+RESBMDEF resbm_opt_config resbm_opt_config_default(void);
+/* Creates a model from configs (zero fields mean defaults). One allocation holds everything. */
+RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_config *opt,
+                              resbm_model **out);
+RESBMDEF void resbm_model_free(resbm_model *m);
+/* The resolved configs (defaults filled in). */
+RESBMDEF const resbm_model_config *resbm_model_get_config(const resbm_model *m);
+RESBMDEF const resbm_opt_config *resbm_model_get_opt(const resbm_model *m);
+RESBMDEF const resbm_param *resbm_model_params(const resbm_model *m, size_t *count);
+RESBMDEF resbm_param *resbm_model_params_mut(resbm_model *m, size_t *count);
+RESBMDEF size_t resbm_model_num_floats(const resbm_model *m); /* parameters on this stage */
+RESBMDEF size_t resbm_model_bytes(const resbm_model *m);      /* all memory the model holds */
+RESBMDEF long resbm_model_step_count(const resbm_model *m);   /* optimizer updates applied */
+
+/* Forward of `rows` sequences into activation slot `slot`.
+   First stage: tokens [rows*T]; other stages: x_in [rows*T, d].
+   Last stage: targets [rows*T], *loss = mean token loss; other stages: h_out [rows*T, d]. */
+RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens,
+                                 const float *x_in, const int32_t *targets, size_t rows,
+                                 float *h_out, float *loss);
+/* Backward of the forward held in `slot`. Last stage: the gradient of loss_weight * (that
+   forward's mean loss); other stages: dh_out [rows*T, d] is dL/dh_out. Not first stage: dx_in
+   receives dL/dx_in (overwritten). Parameter gradients accumulate. */
+RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
+                                  float loss_weight);
+RESBMDEF int resbm_model_zero_grad(resbm_model *m);
+/* Sum of squared gradients of this stage's parameters (double, fixed order). */
+RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out);
+/* Learning-rate multiplier of the schedule at `step` (warm-up then cosine to min_lr_frac). */
+RESBMDEF float resbm_lr_factor(const resbm_opt_config *opt, long step);
+/* Applies one optimizer update with gradients multiplied by grad_scale (clipping), at the
+   schedule position of the model's step counter; then increments it. */
+RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale);
+/* zero_grad, n_micro forward/backward pairs over equal microbatches, clip, update.
+   tokens/targets [rows*T]; rows % n_micro == 0. *loss = mean over all rows*T tokens. */
+RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
+                                    const int32_t *targets, size_t rows, int n_micro,
+                                    float *loss);
+
+/* ---- safetensors --------------------------------------------------------------------------------- */
+enum { RESBM_DT_F32 = 0, RESBM_DT_I32 = 1 };
+typedef struct resbm_st_entry {
+    const char *name;
+    int dtype;          /* RESBM_DT_* */
+    int ndim;           /* 1..4 */
+    size_t shape[4];
+    const void *data;   /* host-endian values; written little-endian */
+} resbm_st_entry;
+/* Writes entries and string metadata (meta_kv: key0, value0, key1, value1, ...) atomically:
+   temp file, fsync, rename. */
+RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *entries, size_t n,
+                                     const char *const *meta_kv, size_t n_meta);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RESBM_H */
+
+/* ================================================================================================
+   IMPLEMENTATION
+   ================================================================================================ */
+#if defined(RESBM_IMPLEMENTATION) && !defined(RESBM__IMPLEMENTED)
+#define RESBM__IMPLEMENTED
+
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifndef RESBM_NO_THREADS
+#include <pthread.h>
+#endif
+#include <fcntl.h>
+#include <unistd.h>
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+#ifdef RESBM_USE_CBLAS
+#include <cblas.h>
+#endif
+
+#if defined(RESBM_MALLOC) && !defined(RESBM_FREE)
+#error "define RESBM_MALLOC and RESBM_FREE together"
+#elif !defined(RESBM_MALLOC) && defined(RESBM_FREE)
+#error "define RESBM_MALLOC and RESBM_FREE together"
+#elif !defined(RESBM_MALLOC)
+#define RESBM_MALLOC(sz, u) ((void)(u), malloc(sz))
+#define RESBM_FREE(p, u) ((void)(u), free(p))
+#endif
+
+#ifndef RESBM_ASSERT
+#include <assert.h>
+#define RESBM_ASSERT(x) assert(x)
+#endif
+
+/* float must be IEEE binary32: the wire format and checkpoints depend on it. */
+typedef char resbm__float_is_32_bit[(sizeof(float) == 4 && FLT_MANT_DIG == 24) ? 1 : -1];
+
+#define RESBM__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define RESBM__MAX(a, b) ((a) > (b) ? (a) : (b))
+#define RESBM__ALIGN 64
+#define RESBM__NORM_EPS 1e-5f
+
+/* ---- status ----------------------------------------------------------------------------------- */
+RESBMDEF const char *resbm_strerror(int code) {
+    switch (code) {
+    case RESBM_OK: return "success";
+    case RESBM_EINVAL: return "invalid argument (NULL, zero, out of range or inconsistent)";
+    case RESBM_ESTATE: return "object not in a state that allows this call";
+    case RESBM_ERANGE: return "token id or index out of range";
+    case RESBM_ENONFINITE: return "NaN or Inf where finite values are required";
+    case RESBM_ENOMEM: return "out of memory";
+    case RESBM_EOVERFLOW: return "size computation overflowed";
+    case RESBM_ETHREAD: return "could not create a thread, mutex or condition variable";
+    case RESBM_EIO: return "file could not be opened, written, synced or renamed";
+    case RESBM_EFORMAT: return "malformed file";
+    default: return "unknown error code";
+    }
+}
+
+/* ---- sizes ------------------------------------------------------------------------------------ */
+RESBMDEF int resbm_size_mul(size_t *out, size_t a, size_t b) {
+    if (!out) return RESBM_EINVAL;
+    if (a != 0 && b > (size_t)-1 / a) return RESBM_EOVERFLOW;
+    *out = a * b;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_size_add(size_t *out, size_t a, size_t b) {
+    if (!out) return RESBM_EINVAL;
+    if (b > (size_t)-1 - a) return RESBM_EOVERFLOW;
+    *out = a + b;
+    return RESBM_OK;
+}
+
+/* ---- random numbers: PCG32 ------------------------------------------------------------------- */
+RESBMDEF uint32_t resbm_rng_u32(resbm_rng *rng) {
+    uint64_t old = rng->state;
+    uint32_t xorshifted, rot;
+    rng->state = old * 6364136223846793005ULL + rng->inc;
+    xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    rot = (uint32_t)(old >> 59u);
+    return (xorshifted >> rot) | (xorshifted << ((32u - rot) & 31u));
+}
+
+RESBMDEF void resbm_rng_seed(resbm_rng *rng, uint64_t seed, uint64_t stream) {
+    rng->state = 0;
+    rng->inc = (stream << 1u) | 1u;
+    resbm_rng_u32(rng);
+    rng->state += seed;
+    resbm_rng_u32(rng);
+}
+
+RESBMDEF float resbm_rng_uniform(resbm_rng *rng) {
+    return (float)(resbm_rng_u32(rng) >> 8) * (1.0f / 16777216.0f);
+}
+
+RESBMDEF float resbm_rng_normal(resbm_rng *rng) {
+    /* Box-Muller with u1 in (0, 1]: one normal per pair of draws, so a stream is a pure function
+       of its seed and position. */
+    double u1 = ((double)resbm_rng_u32(rng) + 1.0) / 4294967296.0;
+    double u2 = (double)resbm_rng_u32(rng) / 4294967296.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static uint64_t resbm__fnv1a(const char *s) {
+    uint64_t h = 14695981039346656037ULL;
+    while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ULL; }
+    return h;
+}
+
+/* ---- arena ------------------------------------------------------------------------------------ */
+RESBMDEF void *resbm_arena_push(resbm_arena *a, size_t n, size_t elem) {
+    size_t bytes, start, end;
+    if (!a || a->overflow) return NULL;
+    start = (a->used + (RESBM__ALIGN - 1)) & ~(size_t)(RESBM__ALIGN - 1);
+    if (start < a->used || resbm_size_mul(&bytes, n, elem) || resbm_size_add(&end, start, bytes) ||
+        (a->base && end > a->cap)) {
+        a->overflow = 1;
+        return NULL;
+    }
+    a->used = end;
+    return a->base ? (void *)(a->base + start) : NULL;
+}
+
+/* Aligned allocation through RESBM_MALLOC: the raw pointer is stored just before the block. */
+static void *resbm__alloc(size_t bytes, void *user) {
+    size_t total;
+    unsigned char *raw, *p;
+    if (resbm_size_add(&total, bytes, RESBM__ALIGN + sizeof(void *))) return NULL;
+    raw = (unsigned char *)RESBM_MALLOC(total, user);
+    if (!raw) return NULL;
+    p = raw + sizeof(void *);
+    p += (RESBM__ALIGN - ((uintptr_t)p & (RESBM__ALIGN - 1))) & (RESBM__ALIGN - 1);
+    memcpy(p - sizeof(void *), &raw, sizeof(void *));
+    return p;
+}
+
+static void resbm__dealloc(void *p, void *user) {
+    void *raw;
+    if (!p) return;
+    memcpy(&raw, (unsigned char *)p - sizeof(void *), sizeof(void *));
+    RESBM_FREE(raw, user);
+}
+
+/* ---- thread pool ------------------------------------------------------------------------------ */
+/* GEMM blocking (see the GEMM section); each thread owns a packing buffer of this many floats. */
+#if defined(__AVX512F__)
+#define RESBM__MR 8
+#define RESBM__NR 32
+#elif defined(__AVX2__) && defined(__FMA__)
+#define RESBM__MR 6
+#define RESBM__NR 16
+#else
+#define RESBM__MR 4
+#define RESBM__NR 8
+#endif
+#define RESBM__KC 256 /* fixed: it decides the summation order, so it never depends on threads */
+#define RESBM__MC (16 * RESBM__MR) /* tiles are whole panels: MC % MR == 0, NC % NR == 0 */
+#define RESBM__NC (8 * RESBM__NR)
+#define RESBM__PACK_FLOATS ((size_t)RESBM__MC * RESBM__KC + (size_t)RESBM__KC * RESBM__NC)
+
+struct resbm_pool {
+    int nthreads;
+    float *pack; /* [nthreads][RESBM__PACK_FLOATS] */
+#ifndef RESBM_NO_THREADS
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    resbm_task_fn fn;
+    void *ctx;
+    size_t ntasks;
+    size_t next;     /* next task to take (atomic) */
+    unsigned gen;    /* job generation (atomic) */
+    int active;      /* workers still in the current job (atomic) */
+    int quit;
+    int started;     /* workers successfully created */
+#endif
+};
+
+#ifndef RESBM_NO_THREADS
+#define RESBM__SPIN 20000 /* polls before a waiting thread sleeps on its condition variable */
+
+static void resbm__pause(void) {
+#if defined(__SSE2__)
+    _mm_pause();
+#endif
+}
+
+typedef struct { resbm_pool *pool; int index; } resbm__worker_arg;
+
+static void resbm__pool_work(resbm_pool *p, int thread) {
+    size_t t;
+    while ((t = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED)) < p->ntasks)
+        p->fn(p->ctx, t, thread);
+}
+
+static void *resbm__worker(void *arg) {
+    resbm_pool *p = ((resbm__worker_arg *)arg)->pool;
+    int index = ((resbm__worker_arg *)arg)->index;
+    unsigned seen = 0;
+    for (;;) {
+        int spin;
+        for (spin = 0; spin < RESBM__SPIN; spin++) {
+            if (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) != seen) break;
+            resbm__pause();
+        }
+        if (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen) {
+            pthread_mutex_lock(&p->mu);
+            while (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen && !p->quit)
+                pthread_cond_wait(&p->cv_work, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE)) return NULL;
+        seen = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE);
+        resbm__pool_work(p, index);
+        if (__atomic_sub_fetch(&p->active, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+#endif
+
+RESBMDEF void resbm_pool_free(resbm_pool *p) {
+    if (!p) return;
+#ifndef RESBM_NO_THREADS
+    if (p->threads) {
+        int i;
+        pthread_mutex_lock(&p->mu);
+        __atomic_store_n(&p->quit, 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+        for (i = 0; i < p->started; i++) pthread_join(p->threads[i], NULL);
+        pthread_cond_destroy(&p->cv_done);
+        pthread_cond_destroy(&p->cv_work);
+        pthread_mutex_destroy(&p->mu);
+    }
+#endif
+    resbm__dealloc(p, NULL);
+}
+
+RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out) {
+    resbm_arena a;
+    resbm_pool *p;
+    size_t nworkers;
+    if (!out || nthreads < 1 || nthreads > 1024) return RESBM_EINVAL;
+#ifdef RESBM_NO_THREADS
+    nthreads = 1;
+#endif
+    nworkers = (size_t)nthreads - 1;
+    (void)nworkers;
+    memset(&a, 0, sizeof(a));
+    resbm_arena_push(&a, 1, sizeof(resbm_pool));
+    resbm_arena_push(&a, (size_t)nthreads * RESBM__PACK_FLOATS, sizeof(float));
+#ifndef RESBM_NO_THREADS
+    resbm_arena_push(&a, nworkers, sizeof(pthread_t));
+    resbm_arena_push(&a, nworkers, sizeof(resbm__worker_arg));
+#endif
+    if (a.overflow) return RESBM_EOVERFLOW;
+    a.base = (unsigned char *)resbm__alloc(a.used, NULL);
+    if (!a.base) return RESBM_ENOMEM;
+    memset(a.base, 0, a.used);
+    a.cap = a.used;
+    a.used = 0;
+    p = (resbm_pool *)resbm_arena_push(&a, 1, sizeof(resbm_pool));
+    p->nthreads = nthreads;
+    p->pack = (float *)resbm_arena_push(&a, (size_t)nthreads * RESBM__PACK_FLOATS, sizeof(float));
+#ifndef RESBM_NO_THREADS
+    if (nworkers > 0) {
+        resbm__worker_arg *args;
+        size_t i;
+        p->threads = (pthread_t *)resbm_arena_push(&a, nworkers, sizeof(pthread_t));
+        args = (resbm__worker_arg *)resbm_arena_push(&a, nworkers, sizeof(resbm__worker_arg));
+        if (pthread_mutex_init(&p->mu, NULL)) { resbm__dealloc(p, NULL); return RESBM_ETHREAD; }
+        if (pthread_cond_init(&p->cv_work, NULL)) {
+            pthread_mutex_destroy(&p->mu);
+            resbm__dealloc(p, NULL);
+            return RESBM_ETHREAD;
+        }
+        if (pthread_cond_init(&p->cv_done, NULL)) {
+            pthread_cond_destroy(&p->cv_work);
+            pthread_mutex_destroy(&p->mu);
+            resbm__dealloc(p, NULL);
+            return RESBM_ETHREAD;
+        }
+        for (i = 0; i < nworkers; i++) {
+            args[i].pool = p;
+            args[i].index = (int)i + 1;
+            if (pthread_create(&p->threads[i], NULL, resbm__worker, &args[i])) {
+                resbm_pool_free(p); /* joins the ones already started */
+                return RESBM_ETHREAD;
+            }
+            p->started++;
+        }
+    }
+#endif
+    *out = p;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_pool_threads(const resbm_pool *pool) { return pool ? pool->nthreads : 1; }
+
+RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t ntasks) {
+    size_t t;
+    if (!fn) return RESBM_EINVAL;
+    if (ntasks == 0) return RESBM_OK;
+#ifndef RESBM_NO_THREADS
+    if (p && p->nthreads > 1 && ntasks > 1) {
+        int spin;
+        pthread_mutex_lock(&p->mu);
+        p->fn = fn;
+        p->ctx = ctx;
+        p->ntasks = ntasks;
+        __atomic_store_n(&p->next, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->active, p->nthreads - 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+        resbm__pool_work(p, 0);
+        for (spin = 0; spin < RESBM__SPIN; spin++) {
+            if (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) == 0) return RESBM_OK;
+            resbm__pause();
+        }
+        pthread_mutex_lock(&p->mu);
+        while (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) != 0)
+            pthread_cond_wait(&p->cv_done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        return RESBM_OK;
+    }
+#endif
+    (void)p;
+    for (t = 0; t < ntasks; t++) fn(ctx, t, 0);
+    return RESBM_OK;
+}
+
+/* Splits [0, n) into fixed chunks (independent of the thread count) and runs fn on each. */
+typedef void (*resbm__range_fn)(void *ctx, size_t begin, size_t end);
+typedef struct { resbm__range_fn fn; void *ctx; size_t n, chunk; } resbm__range_job;
+
+static void resbm__range_task(void *ctx, size_t task, int thread) {
+    resbm__range_job *j = (resbm__range_job *)ctx;
+    size_t b = task * j->chunk, e = RESBM__MIN(j->n, b + j->chunk);
+    (void)thread;
+    j->fn(j->ctx, b, e);
+}
+
+static void resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__range_fn fn,
+                                void *ctx) {
+    resbm__range_job j;
+    if (n == 0) return;
+    if (chunk == 0) chunk = 1;
+    j.fn = fn; j.ctx = ctx; j.n = n; j.chunk = chunk;
+    resbm_pool_run(pool, resbm__range_task, &j, (n + chunk - 1) / chunk);
+}
+
+/* ---- GEMM ------------------------------------------------------------------------------------- */
+/* Blocked like BLIS: C is cut into tiles, one task each. A task walks K in blocks of KC (always
+   the same blocks, so every C element sums in the same order whatever the tiling or thread
+   count), packs its A block into MR-row panels and its B block into NR-column panels, and calls
+   the register micro-kernel on every (MR x NR) piece. Packing turns the three forms into one. */
+
+/* c[MR, NR] (+)= a_panel[kc][MR] . b_panel[kc][NR]; only the top-left mr x nr part is stored. */
+static void resbm__kernel(size_t kc, const float *a, const float *b, float *c, size_t ldc,
+                          size_t mr, size_t nr, int add) {
+    size_t i, j, k;
+#if defined(__AVX512F__)
+    __m512 c0[RESBM__MR], c1[RESBM__MR];
+    for (i = 0; i < RESBM__MR; i++) { c0[i] = _mm512_setzero_ps(); c1[i] = _mm512_setzero_ps(); }
+    for (k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b + k * RESBM__NR), b1 = _mm512_load_ps(b + k * RESBM__NR + 16);
+        const float *ak = a + k * RESBM__MR;
+        __m512 a0 = _mm512_set1_ps(ak[0]), a1 = _mm512_set1_ps(ak[1]);
+        __m512 a2 = _mm512_set1_ps(ak[2]), a3 = _mm512_set1_ps(ak[3]);
+        c0[0] = _mm512_fmadd_ps(a0, b0, c0[0]); c1[0] = _mm512_fmadd_ps(a0, b1, c1[0]);
+        c0[1] = _mm512_fmadd_ps(a1, b0, c0[1]); c1[1] = _mm512_fmadd_ps(a1, b1, c1[1]);
+        c0[2] = _mm512_fmadd_ps(a2, b0, c0[2]); c1[2] = _mm512_fmadd_ps(a2, b1, c1[2]);
+        c0[3] = _mm512_fmadd_ps(a3, b0, c0[3]); c1[3] = _mm512_fmadd_ps(a3, b1, c1[3]);
+        a0 = _mm512_set1_ps(ak[4]); a1 = _mm512_set1_ps(ak[5]);
+        a2 = _mm512_set1_ps(ak[6]); a3 = _mm512_set1_ps(ak[7]);
+        c0[4] = _mm512_fmadd_ps(a0, b0, c0[4]); c1[4] = _mm512_fmadd_ps(a0, b1, c1[4]);
+        c0[5] = _mm512_fmadd_ps(a1, b0, c0[5]); c1[5] = _mm512_fmadd_ps(a1, b1, c1[5]);
+        c0[6] = _mm512_fmadd_ps(a2, b0, c0[6]); c1[6] = _mm512_fmadd_ps(a2, b1, c1[6]);
+        c0[7] = _mm512_fmadd_ps(a3, b0, c0[7]); c1[7] = _mm512_fmadd_ps(a3, b1, c1[7]);
+    }
+    if (mr == RESBM__MR && nr == RESBM__NR) {
+        for (i = 0; i < RESBM__MR; i++) {
+            float *ci = c + i * ldc;
+            if (add) {
+                c0[i] = _mm512_add_ps(_mm512_loadu_ps(ci), c0[i]);
+                c1[i] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), c1[i]);
+            }
+            _mm512_storeu_ps(ci, c0[i]);
+            _mm512_storeu_ps(ci + 16, c1[i]);
+        }
+        return;
+    } else {
+        float tile[RESBM__MR * RESBM__NR];
+        for (i = 0; i < RESBM__MR; i++) {
+            _mm512_storeu_ps(tile + i * RESBM__NR, c0[i]);
+            _mm512_storeu_ps(tile + i * RESBM__NR + 16, c1[i]);
+        }
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 c0[RESBM__MR], c1[RESBM__MR];
+    for (i = 0; i < RESBM__MR; i++) { c0[i] = _mm256_setzero_ps(); c1[i] = _mm256_setzero_ps(); }
+    for (k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b + k * RESBM__NR), b1 = _mm256_load_ps(b + k * RESBM__NR + 8);
+        const float *ak = a + k * RESBM__MR;
+        for (i = 0; i < RESBM__MR; i++) {
+            __m256 ai = _mm256_broadcast_ss(ak + i);
+            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+        }
+    }
+    {
+        float tile[RESBM__MR * RESBM__NR];
+        for (i = 0; i < RESBM__MR; i++) {
+            _mm256_storeu_ps(tile + i * RESBM__NR, c0[i]);
+            _mm256_storeu_ps(tile + i * RESBM__NR + 8, c1[i]);
+        }
+#else
+    float tile[RESBM__MR * RESBM__NR];
+    {
+        for (i = 0; i < RESBM__MR * RESBM__NR; i++) tile[i] = 0.0f;
+        for (k = 0; k < kc; k++)
+            for (i = 0; i < RESBM__MR; i++)
+                for (j = 0; j < RESBM__NR; j++)
+                    tile[i * RESBM__NR + j] += a[k * RESBM__MR + i] * b[k * RESBM__NR + j];
+#endif
+        for (i = 0; i < mr; i++)
+            for (j = 0; j < nr; j++)
+                c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * RESBM__NR + j] : tile[i * RESBM__NR + j];
+    }
+    (void)j;
+}
+
+typedef struct {
+    int form, accumulate;
+    float *C;
+    const float *A, *B;
+    size_t M, N, K, tm, tn, tiles_n;
+    float *pack;
+} resbm__gemm_job;
+
+/* Packs rows [i0, i0+mc) x k [k0, k0+kc) of op(A) into MR-row panels, zero-padded. */
+static void resbm__pack_a(float *dst, const resbm__gemm_job *g, size_t i0, size_t mc, size_t k0,
+                          size_t kc) {
+    size_t p, i, k;
+    for (p = 0; p < mc; p += RESBM__MR) {
+        size_t mr = RESBM__MIN(RESBM__MR, mc - p);
+        float *d = dst + p * kc;
+        if (g->form == RESBM_GEMM_TN) { /* A is [K, M] */
+            for (k = 0; k < kc; k++) {
+                const float *src = g->A + (k0 + k) * g->M + i0 + p;
+                for (i = 0; i < mr; i++) d[k * RESBM__MR + i] = src[i];
+                for (; i < RESBM__MR; i++) d[k * RESBM__MR + i] = 0.0f;
+            }
+        } else { /* A is [M, K] */
+            for (i = 0; i < mr; i++) {
+                const float *src = g->A + (i0 + p + i) * g->K + k0;
+                for (k = 0; k < kc; k++) d[k * RESBM__MR + i] = src[k];
+            }
+            for (; i < RESBM__MR; i++)
+                for (k = 0; k < kc; k++) d[k * RESBM__MR + i] = 0.0f;
+        }
+    }
+}
+
+/* Packs k [k0, k0+kc) x columns [j0, j0+nc) of op(B) into NR-column panels, zero-padded. */
+static void resbm__pack_b(float *dst, const resbm__gemm_job *g, size_t j0, size_t nc, size_t k0,
+                          size_t kc) {
+    size_t p, j, k;
+    for (p = 0; p < nc; p += RESBM__NR) {
+        size_t nr = RESBM__MIN(RESBM__NR, nc - p);
+        float *d = dst + p * kc;
+        if (g->form == RESBM_GEMM_NT) { /* B is [N, K] */
+            for (j = 0; j < nr; j++) {
+                const float *src = g->B + (j0 + p + j) * g->K + k0;
+                for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = src[k];
+            }
+            for (; j < RESBM__NR; j++)
+                for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = 0.0f;
+        } else { /* B is [K, N] */
+            for (k = 0; k < kc; k++) {
+                const float *src = g->B + (k0 + k) * g->N + j0 + p;
+                for (j = 0; j < nr; j++) d[k * RESBM__NR + j] = src[j];
+                for (; j < RESBM__NR; j++) d[k * RESBM__NR + j] = 0.0f;
+            }
+        }
+    }
+}
+
+static void resbm__gemm_task(void *ctx, size_t task, int thread) {
+    const resbm__gemm_job *g = (const resbm__gemm_job *)ctx;
+    size_t i0 = (task / g->tiles_n) * g->tm, j0 = (task % g->tiles_n) * g->tn;
+    size_t mc = RESBM__MIN(g->tm, g->M - i0), nc = RESBM__MIN(g->tn, g->N - j0);
+    float *pa = g->pack + (size_t)thread * RESBM__PACK_FLOATS;
+    float *pb = pa + (size_t)RESBM__MC * RESBM__KC;
+    size_t k0, ir, jr;
+    if (g->K == 0) { /* C = 0 or C unchanged */
+        if (!g->accumulate)
+            for (ir = 0; ir < mc; ir++) memset(g->C + (i0 + ir) * g->N + j0, 0, nc * sizeof(float));
+        return;
+    }
+    for (k0 = 0; k0 < g->K; k0 += RESBM__KC) {
+        size_t kc = RESBM__MIN((size_t)RESBM__KC, g->K - k0);
+        int add = g->accumulate || k0 > 0;
+        resbm__pack_a(pa, g, i0, mc, k0, kc);
+        resbm__pack_b(pb, g, j0, nc, k0, kc);
+        for (jr = 0; jr < nc; jr += RESBM__NR)
+            for (ir = 0; ir < mc; ir += RESBM__MR)
+                resbm__kernel(kc, pa + ir * kc, pb + jr * kc, g->C + (i0 + ir) * g->N + j0 + jr,
+                              g->N, RESBM__MIN(RESBM__MR, mc - ir), RESBM__MIN(RESBM__NR, nc - jr),
+                              add);
+    }
+}
+
+static int resbm__gemm_check(int form, const float *C, const float *A, const float *B, size_t M,
+                             size_t N, size_t K) {
+    size_t t;
+    if (!C || !A || !B || M == 0 || N == 0) return RESBM_EINVAL;
+    if (form != RESBM_GEMM_NT && form != RESBM_GEMM_NN && form != RESBM_GEMM_TN) return RESBM_EINVAL;
+    if (resbm_size_mul(&t, M, N) || resbm_size_mul(&t, M, K) || resbm_size_mul(&t, N, K) ||
+        resbm_size_mul(&t, t, sizeof(float)))
+        return RESBM_EOVERFLOW;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, const float *A,
+                        const float *B, size_t M, size_t N, size_t K) {
+    int rc = resbm__gemm_check(form, C, A, B, M, N, K);
+    if (rc) return rc;
+    if (!pool || (accumulate != 0 && accumulate != 1)) return RESBM_EINVAL;
+#ifdef RESBM_USE_CBLAS
+    if (M <= 0x7fffffff && N <= 0x7fffffff && K <= 0x7fffffff && K > 0) {
+        cblas_sgemm(CblasRowMajor, form == RESBM_GEMM_TN ? CblasTrans : CblasNoTrans,
+                    form == RESBM_GEMM_NT ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, 1.0f,
+                    A, form == RESBM_GEMM_TN ? (int)M : (int)K, B,
+                    form == RESBM_GEMM_NT ? (int)K : (int)N, accumulate ? 1.0f : 0.0f, C, (int)N);
+        return RESBM_OK;
+    }
+#endif
+    {
+        resbm__gemm_job g;
+        size_t want = (size_t)pool->nthreads * 4, tiles_m, tiles_n;
+        g.form = form; g.accumulate = accumulate; g.C = C; g.A = A; g.B = B;
+        g.M = M; g.N = N; g.K = K; g.pack = pool->pack;
+        /* Tile size only decides who computes what, never the arithmetic: shrink tiles until
+           every thread has a few to take. */
+        g.tm = RESBM__MC; g.tn = RESBM__NC;
+        for (;;) {
+            tiles_m = (M + g.tm - 1) / g.tm;
+            tiles_n = (N + g.tn - 1) / g.tn;
+            if (tiles_m * tiles_n >= want) break;
+            if (g.tn >= g.tm && g.tn > 2 * RESBM__NR) g.tn /= 2;
+            else if (g.tm > 4 * RESBM__MR) g.tm /= 2;
+            else break;
+        }
+        g.tiles_n = tiles_n;
+        return resbm_pool_run(pool, resbm__gemm_task, &g, tiles_m * tiles_n);
+    }
+}
+
+RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, const float *B,
+                            size_t M, size_t N, size_t K) {
+    size_t i, j, k;
+    int rc = resbm__gemm_check(form, C, A, B, M, N, K);
+    if (rc) return rc;
+    if (accumulate != 0 && accumulate != 1) return RESBM_EINVAL;
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) {
+            double s = accumulate ? (double)C[i * N + j] : 0.0;
+            for (k = 0; k < K; k++) {
+                float a = form == RESBM_GEMM_TN ? A[k * M + i] : A[i * K + k];
+                float b = form == RESBM_GEMM_NT ? B[j * K + k] : B[k * N + j];
+                s += (double)a * (double)b;
+            }
+            C[i * N + j] = (float)s;
+        }
+    return RESBM_OK;
+}
+
+/* ---- small vector helpers: fixed summation order, so results never depend on threads ---------- */
+static float resbm__dot(const float *a, const float *b, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512F__)
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    {
+        float lane[16], s;
+        int l;
+        _mm512_storeu_ps(lane, _mm512_add_ps(s0, s1));
+        for (l = 0; l < 8; l++) lane[l] += lane[l + 8];
+        s = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+        for (; i < n; i++) s += a[i] * b[i];
+        return s;
+    }
+#else
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
+    size_t l;
+    for (; i + 8 <= n; i += 8)
+        for (l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
+    s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+#endif
+}
+
+/* y += alpha * x */
+static void resbm__axpy(float *y, float alpha, const float *x, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+static float resbm__silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* ---- embedding -------------------------------------------------------------------------------- */
+RESBMDEF int resbm_embedding_forward(float *out, const int32_t *tok, const float *emb, size_t N,
+                                     size_t d, size_t V) {
+    size_t n;
+    if (!out || !tok || !emb || N == 0 || d == 0 || V == 0) return RESBM_EINVAL;
+    for (n = 0; n < N; n++)
+        if (tok[n] < 0 || (size_t)tok[n] >= V) return RESBM_ERANGE;
+    for (n = 0; n < N; n++) memcpy(out + n * d, emb + (size_t)tok[n] * d, d * sizeof(float));
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_embedding_backward(float *demb, const float *dout, const int32_t *tok, size_t N,
+                                      size_t d, size_t V) {
+    size_t n;
+    if (!demb || !dout || !tok || N == 0 || d == 0 || V == 0) return RESBM_EINVAL;
+    for (n = 0; n < N; n++)
+        if (tok[n] < 0 || (size_t)tok[n] >= V) return RESBM_ERANGE;
+    for (n = 0; n < N; n++) resbm__axpy(demb + (size_t)tok[n] * d, 1.0f, dout + n * d, d);
+    return RESBM_OK;
+}
+
+/* ---- rmsnorm ---------------------------------------------------------------------------------- */
+typedef struct {
+    float *out, *rstd, *dx, *dg;
+    const float *x, *g, *dout, *rstd_in;
+    size_t d, N;
+} resbm__norm_job;
+
+static void resbm__rmsnorm_fwd_rows(void *ctx, size_t b, size_t e) {
+    const resbm__norm_job *j = (const resbm__norm_job *)ctx;
+    size_t n, i, d = j->d;
+    for (n = b; n < e; n++) {
+        const float *x = j->x + n * d;
+        float *o = j->out + n * d;
+        float r = 1.0f / sqrtf(resbm__dot(x, x, d) / (float)d + RESBM__NORM_EPS);
+        for (i = 0; i < d; i++) o[i] = x[i] * r * j->g[i];
+        j->rstd[n] = r;
+    }
+}
+
+RESBMDEF int resbm_rmsnorm_forward(resbm_pool *pool, float *out, float *rstd, const float *x,
+                                   const float *g, size_t N, size_t d) {
+    resbm__norm_job j;
+    if (!out || !rstd || !x || !g || N == 0 || d == 0) return RESBM_EINVAL;
+    memset(&j, 0, sizeof(j));
+    j.out = out; j.rstd = rstd; j.x = x; j.g = g; j.d = d; j.N = N;
+    resbm__parallel_for(pool, N, 32, resbm__rmsnorm_fwd_rows, &j);
+    return RESBM_OK;
+}
+
+/* dx_i += r g_i dy_i - x_i r^3 / d * sum_j g_j dy_j x_j */
+static void resbm__rmsnorm_bwd_rows(void *ctx, size_t b, size_t e) {
+    const resbm__norm_job *j = (const resbm__norm_job *)ctx;
+    size_t n, i, d = j->d;
+    for (n = b; n < e; n++) {
+        const float *x = j->x + n * d, *dy = j->dout + n * d;
+        float *dx = j->dx + n * d, r = j->rstd_in[n], s = 0.0f, c;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (i = 0; i < d; i++) acc[i & 7] += j->g[i] * dy[i] * x[i];
+        for (i = 0; i < 8; i++) s += acc[i];
+        c = s * r * r * r / (float)d;
+        for (i = 0; i < d; i++) dx[i] += r * j->g[i] * dy[i] - x[i] * c;
+    }
+}
+
+/* dg_i += sum_n dy_ni x_ni r_n, one owner per column block, rows in order */
+static void resbm__rmsnorm_bwd_cols(void *ctx, size_t b, size_t e) {
+    const resbm__norm_job *j = (const resbm__norm_job *)ctx;
+    size_t n, i, d = j->d;
+    float acc[64];
+    for (i = b; i < e; i++) acc[i - b] = 0.0f;
+    for (n = 0; n < j->N; n++) {
+        const float *x = j->x + n * d, *dy = j->dout + n * d;
+        float r = j->rstd_in[n];
+        for (i = b; i < e; i++) acc[i - b] += dy[i] * x[i] * r;
+    }
+    for (i = b; i < e; i++) j->dg[i] += acc[i - b];
+}
+
+RESBMDEF int resbm_rmsnorm_backward(resbm_pool *pool, float *dx, float *dg, const float *dout,
+                                    const float *x, const float *g, const float *rstd, size_t N,
+                                    size_t d) {
+    resbm__norm_job j;
+    if (!dx || !dg || !dout || !x || !g || !rstd || N == 0 || d == 0) return RESBM_EINVAL;
+    memset(&j, 0, sizeof(j));
+    j.dx = dx; j.dg = dg; j.dout = dout; j.x = x; j.g = g; j.rstd_in = rstd; j.d = d; j.N = N;
+    resbm__parallel_for(pool, d, 64, resbm__rmsnorm_bwd_cols, &j);
+    resbm__parallel_for(pool, N, 32, resbm__rmsnorm_bwd_rows, &j);
+    return RESBM_OK;
+}
+
+/* ---- linear ----------------------------------------------------------------------------------- */
+RESBMDEF int resbm_linear_forward(resbm_pool *pool, float *out, const float *x, const float *w,
+                                  size_t N, size_t in, size_t o) {
+    if (in == 0) return RESBM_EINVAL;
+    return resbm_gemm(pool, RESBM_GEMM_NT, 0, out, x, w, N, o, in);
+}
+
+RESBMDEF int resbm_linear_backward(resbm_pool *pool, float *dx, float *dw, const float *dout,
+                                   const float *x, const float *w, size_t N, size_t in, size_t o,
+                                   int accumulate_dx) {
+    int rc;
+    if (!dw || !dout || !x || !w || !pool || N == 0 || in == 0 || o == 0) return RESBM_EINVAL;
+    if (accumulate_dx != 0 && accumulate_dx != 1) return RESBM_EINVAL;
+    if (dx && (rc = resbm_gemm(pool, RESBM_GEMM_NN, accumulate_dx, dx, dout, w, N, in, o)))
+        return rc;
+    return resbm_gemm(pool, RESBM_GEMM_TN, 1, dw, dout, x, o, in, N);
+}
+
+/* ---- RoPE ------------------------------------------------------------------------------------- */
+RESBMDEF int resbm_rope_tables(float *cos_t, float *sin_t, size_t T, size_t hd, double theta) {
+    size_t p, j, half = hd / 2;
+    if (!cos_t || !sin_t || T == 0 || hd == 0 || hd % 2 || !(theta > 1.0)) return RESBM_EINVAL;
+    for (p = 0; p < T; p++)
+        for (j = 0; j < half; j++) {
+            double ang = (double)p * pow(theta, -2.0 * (double)j / (double)hd);
+            cos_t[p * half + j] = (float)cos(ang);
+            sin_t[p * half + j] = (float)sin(ang);
+        }
+    return RESBM_OK;
+}
+
+typedef struct {
+    float *x;
+    const float *c, *s;
+    size_t T, d, H;
+    float sign; /* +1 forward rotation, -1 its inverse (backward) */
+} resbm__rope_job;
+
+static void resbm__rope_rows(void *ctx, size_t b, size_t e) {
+    const resbm__rope_job *j = (const resbm__rope_job *)ctx;
+    size_t n, h, i, hd = j->d / j->H, half = hd / 2;
+    for (n = b; n < e; n++) {
+        const float *c = j->c + (n % j->T) * half, *s = j->s + (n % j->T) * half;
+        for (h = 0; h < j->H; h++) {
+            float *x = j->x + n * j->d + h * hd;
+            for (i = 0; i < half; i++) {
+                float x1 = x[i], x2 = x[i + half], si = j->sign * s[i];
+                x[i] = x1 * c[i] - x2 * si;
+                x[i + half] = x2 * c[i] + x1 * si;
+            }
+        }
+    }
+}
+
+static int resbm__rope(resbm_pool *pool, float *x, const float *c, const float *s, size_t N,
+                       size_t T, size_t d, size_t H, float sign) {
+    resbm__rope_job j;
+    if (!x || !c || !s || N == 0 || T == 0 || d == 0 || H == 0 || d % H || (d / H) % 2 || N % T)
+        return RESBM_EINVAL;
+    j.x = x; j.c = c; j.s = s; j.T = T; j.d = d; j.H = H; j.sign = sign;
+    resbm__parallel_for(pool, N, 32, resbm__rope_rows, &j);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_rope_forward(resbm_pool *pool, float *x, const float *cos_t, const float *sin_t,
+                                size_t N, size_t T, size_t d, size_t H) {
+    return resbm__rope(pool, x, cos_t, sin_t, N, T, d, H, 1.0f);
+}
+
+RESBMDEF int resbm_rope_backward(resbm_pool *pool, float *dx, const float *cos_t,
+                                 const float *sin_t, size_t N, size_t T, size_t d, size_t H) {
+    return resbm__rope(pool, dx, cos_t, sin_t, N, T, d, H, -1.0f);
+}
+
+/* ---- causal attention ------------------------------------------------------------------------- */
+/* One task per (sequence, head): it owns those columns of out/dq/dk/dv for those rows. Forward
+   is an online softmax (running max and sum), so no score row is ever stored. */
+typedef struct {
+    float *out, *lse_out, *dq, *dk, *dv;
+    const float *q, *k, *v, *dout, *o, *lse;
+    size_t T, d, H;
+} resbm__attn_job;
+
+static void resbm__attn_fwd_task(void *ctx, size_t task, int thread) {
+    const resbm__attn_job *j = (const resbm__attn_job *)ctx;
+    size_t seq = task / j->H, h = task % j->H, hd = j->d / j->H, d = j->d, t, u, i;
+    size_t base = seq * j->T;
+    float scale = 1.0f / sqrtf((float)hd), acc[RESBM_MAX_HEAD_DIM];
+    (void)thread;
+    for (t = 0; t < j->T; t++) {
+        const float *q = j->q + (base + t) * d + h * hd;
+        float mx = -INFINITY, l = 0.0f, inv;
+        for (i = 0; i < hd; i++) acc[i] = 0.0f;
+        for (u = 0; u <= t; u++) {
+            const float *k = j->k + (base + u) * d + h * hd, *v = j->v + (base + u) * d + h * hd;
+            float s = scale * resbm__dot(q, k, hd), p;
+            if (s > mx) { /* rescale what was summed under the old max */
+                float c = expf(mx - s);
+                l *= c;
+                for (i = 0; i < hd; i++) acc[i] *= c;
+                mx = s;
+            }
+            p = expf(s - mx);
+            l += p;
+            resbm__axpy(acc, p, v, hd);
+        }
+        inv = 1.0f / l;
+        for (i = 0; i < hd; i++) j->out[(base + t) * d + h * hd + i] = acc[i] * inv;
+        j->lse_out[(base + t) * j->H + h] = mx + logf(l);
+    }
+}
+
+/* With p = exp(s - lse), D_t = dout_t . out_t:  ds = p (dout_t . v_u - D_t),
+   dq_t += scale ds k_u,  dk_u += scale ds q_t,  dv_u += p dout_t. */
+static void resbm__attn_bwd_task(void *ctx, size_t task, int thread) {
+    const resbm__attn_job *j = (const resbm__attn_job *)ctx;
+    size_t seq = task / j->H, h = task % j->H, hd = j->d / j->H, d = j->d, t, u;
+    size_t base = seq * j->T;
+    float scale = 1.0f / sqrtf((float)hd);
+    (void)thread;
+    for (t = 0; t < j->T; t++) {
+        size_t row = (base + t) * d + h * hd;
+        const float *q = j->q + row, *dout = j->dout + row;
+        float D = resbm__dot(dout, j->o + row, hd), lse = j->lse[(base + t) * j->H + h];
+        float *dq = j->dq + row;
+        for (u = 0; u <= t; u++) {
+            size_t col = (base + u) * d + h * hd;
+            const float *k = j->k + col, *v = j->v + col;
+            float p = expf(scale * resbm__dot(q, k, hd) - lse);
+            float ds = p * (resbm__dot(dout, v, hd) - D) * scale;
+            resbm__axpy(dq, ds, k, hd);
+            resbm__axpy(j->dk + col, ds, q, hd);
+            resbm__axpy(j->dv + col, p, dout, hd);
+        }
+    }
+}
+
+static int resbm__attn_check(size_t N, size_t T, size_t d, size_t H) {
+    if (N == 0 || T == 0 || d == 0 || H == 0 || d % H || N % T || d / H > RESBM_MAX_HEAD_DIM)
+        return RESBM_EINVAL;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_attention_forward(resbm_pool *pool, float *out, float *lse, const float *q,
+                                     const float *k, const float *v, size_t N, size_t T, size_t d,
+                                     size_t H) {
+    resbm__attn_job j;
+    if (!out || !lse || !q || !k || !v || resbm__attn_check(N, T, d, H)) return RESBM_EINVAL;
+    memset(&j, 0, sizeof(j));
+    j.out = out; j.lse_out = lse; j.q = q; j.k = k; j.v = v; j.T = T; j.d = d; j.H = H;
+    return resbm_pool_run(pool, resbm__attn_fwd_task, &j, (N / T) * H);
+}
+
+RESBMDEF int resbm_attention_backward(resbm_pool *pool, float *dq, float *dk, float *dv,
+                                      const float *dout, const float *q, const float *k,
+                                      const float *v, const float *out, const float *lse, size_t N,
+                                      size_t T, size_t d, size_t H) {
+    resbm__attn_job j;
+    if (!dq || !dk || !dv || !dout || !q || !k || !v || !out || !lse ||
+        resbm__attn_check(N, T, d, H))
+        return RESBM_EINVAL;
+    memset(&j, 0, sizeof(j));
+    j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.q = q; j.k = k; j.v = v; j.o = out;
+    j.lse = lse; j.T = T; j.d = d; j.H = H;
+    return resbm_pool_run(pool, resbm__attn_bwd_task, &j, (N / T) * H);
+}
+
+/* ---- SwiGLU gate ------------------------------------------------------------------------------ */
+typedef struct {
+    float *out, *dh1, *dh3;
+    const float *h1, *h3, *dout;
+} resbm__swiglu_job;
+
+static void resbm__swiglu_fwd_range(void *ctx, size_t b, size_t e) {
+    const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
+    size_t i;
+    for (i = b; i < e; i++) j->out[i] = resbm__silu(j->h1[i]) * j->h3[i];
+}
+
+/* silu'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
+static void resbm__swiglu_bwd_range(void *ctx, size_t b, size_t e) {
+    const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
+    size_t i;
+    for (i = b; i < e; i++) {
+        float x = j->h1[i], s = 1.0f / (1.0f + expf(-x)), dy = j->dout[i];
+        j->dh1[i] += dy * j->h3[i] * s * (1.0f + x * (1.0f - s));
+        j->dh3[i] += dy * x * s;
+    }
+}
+
+RESBMDEF int resbm_swiglu_forward(resbm_pool *pool, float *out, const float *h1, const float *h3,
+                                  size_t n) {
+    resbm__swiglu_job j;
+    if (!out || !h1 || !h3 || n == 0) return RESBM_EINVAL;
+    memset(&j, 0, sizeof(j));
+    j.out = out; j.h1 = h1; j.h3 = h3;
+    resbm__parallel_for(pool, n, 4096, resbm__swiglu_fwd_range, &j);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_swiglu_backward(resbm_pool *pool, float *dh1, float *dh3, const float *dout,
+                                   const float *h1, const float *h3, size_t n) {
+    resbm__swiglu_job j;
+    if (!dh1 || !dh3 || !dout || !h1 || !h3 || n == 0) return RESBM_EINVAL;
+    memset(&j, 0, sizeof(j));
+    j.dh1 = dh1; j.dh3 = dh3; j.dout = dout; j.h1 = h1; j.h3 = h3;
+    resbm__parallel_for(pool, n, 4096, resbm__swiglu_bwd_range, &j);
+    return RESBM_OK;
+}
+
+/* ---- softmax cross-entropy -------------------------------------------------------------------- */
+typedef struct {
+    float *probs, *losses, *dlogits;
+    const float *logits, *p;
+    const int32_t *targets;
+    size_t V;
+    float scale;
+} resbm__xent_job;
+
+static void resbm__xent_fwd_rows(void *ctx, size_t b, size_t e) {
+    const resbm__xent_job *j = (const resbm__xent_job *)ctx;
+    size_t n, i, V = j->V;
+    for (n = b; n < e; n++) {
+        const float *l = j->logits + n * V;
+        float *p = j->probs + n * V, mx = l[0], sum = 0.0f, inv, lt = l[j->targets[n]];
+        for (i = 1; i < V; i++) mx = l[i] > mx ? l[i] : mx;
+        for (i = 0; i < V; i++) { p[i] = expf(l[i] - mx); sum += p[i]; }
+        j->losses[n] = logf(sum) + mx - lt;
+        inv = 1.0f / sum;
+        for (i = 0; i < V; i++) p[i] *= inv;
+    }
+}
+
+static void resbm__xent_bwd_rows(void *ctx, size_t b, size_t e) {
+    const resbm__xent_job *j = (const resbm__xent_job *)ctx;
+    size_t n, i, V = j->V;
+    for (n = b; n < e; n++) {
+        const float *p = j->p + n * V;
+        float *dl = j->dlogits + n * V;
+        for (i = 0; i < V; i++) dl[i] = p[i] * j->scale;
+        dl[j->targets[n]] -= j->scale;
+    }
+}
+
+static int resbm__targets_ok(const int32_t *t, size_t N, size_t V) {
+    size_t n;
+    for (n = 0; n < N; n++)
+        if (t[n] < 0 || (size_t)t[n] >= V) return 0;
+    return 1;
+}
+
+RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs, float *losses, const float *logits,
+                                const int32_t *targets, size_t N, size_t V) {
+    resbm__xent_job j;
+    if (!probs || !losses || !logits || !targets || N == 0 || V == 0) return RESBM_EINVAL;
+    if (!resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
+    memset(&j, 0, sizeof(j));
+    j.probs = probs; j.losses = losses; j.logits = logits; j.targets = targets; j.V = V;
+    resbm__parallel_for(pool, N, 16, resbm__xent_fwd_rows, &j);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits, const float *probs,
+                                 const int32_t *targets, size_t N, size_t V, float scale) {
+    resbm__xent_job j;
+    if (!dlogits || !probs || !targets || N == 0 || V == 0) return RESBM_EINVAL;
+    if (!resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
+    memset(&j, 0, sizeof(j));
+    j.dlogits = dlogits; j.p = probs; j.targets = targets; j.V = V;
+    j.scale = scale;
+    resbm__parallel_for(pool, N, 16, resbm__xent_bwd_rows, &j);
+    return RESBM_OK;
+}
+
+/* ---- the model -------------------------------------------------------------------------------- */
+typedef struct {
+    resbm_param *attn_norm, *wq, *wk, *wv, *wo, *mlp_norm, *w1, *w2, *w3;
+} resbm__block;
+
+/* What one forward keeps for its backward. L = blocks on this stage, N = rows * T. */
+typedef struct {
+    size_t rows;                 /* rows of the forward held here, 0 = empty */
+    int32_t *tokens, *targets;   /* [N] */
+    float *x;                    /* [L+1][N,d] residual stream at block boundaries */
+    float *rstd1, *rstd2;        /* [L][N] */
+    float *a, *q, *k, *v, *att;  /* [L][N,d] attention input (normed), q k after RoPE, output */
+    float *xmid, *b;             /* [L][N,d] residual after attention, MLP input (normed) */
+    float *lse;                  /* [L][N,H] */
+    float *h1, *h3;              /* [L][N,f] */
+    float *rstd_f, *xn;          /* [N], [N,d] final norm */
+    float *probs, *losses;       /* [N,V], [N] */
+} resbm__acts;
+
+struct resbm_model {
+    resbm_model_config cfg;
+    resbm_opt_config opt;
+    resbm_pool *pool;
+    int own_pool;
+    size_t bytes;
+    int layer0, nblocks, first, last; /* this stage's blocks [layer0, layer0 + nblocks) */
+    size_t nparams, nfloats;          /* nfloats counts padded parameter storage */
+    resbm_param *params;
+    resbm__block *blocks;
+    resbm_param *tok_emb, *final_norm, *lm_head;
+    float *pmem, *gmem;               /* [nfloats] values, gradients (contiguous) */
+    float *rope_cos, *rope_sin;       /* [T, hd/2] */
+    resbm__acts *slots;               /* [act_slots] */
+    float *dres, *dtmp, *dq, *dk, *dv; /* [N,d] backward scratch */
+    float *g, *dh1, *dh3;             /* [N,f] */
+    float *dlogits;                   /* [N,V] */
+    float *ns_x, *ns_y, *ns_a, *ns_b; /* Muon Newton-Schulz scratch */
+    double *partials;                 /* [nchunks] squared-norm partial sums */
+    size_t nchunks;
+    long step;
+};
+
+#define RESBM__TRY(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
+#define RESBM__CHUNK 16384 /* elements per optimizer / norm task */
+
+RESBMDEF resbm_model_config resbm_model_config_default(void) {
+    resbm_model_config c;
+    memset(&c, 0, sizeof(c));
+    c.vocab = 256; c.d = 256; c.layers = 8; c.heads = 4; c.ff = 0; c.seq = 128; c.batch = 8;
+    c.stages = 1; c.stage = 0; c.act_slots = 1; c.threads = 1; c.seed = 1337; c.init_std = 0.02f;
+    return c;
+}
+
+RESBMDEF resbm_opt_config resbm_opt_config_default(void) {
+    resbm_opt_config o;
+    memset(&o, 0, sizeof(o));
+    o.kind = RESBM_OPT_ADAMW; o.lr = 2e-3f; o.min_lr_frac = 0.1f; o.warmup = 100;
+    o.total_steps = 0; o.beta1 = 0.9f; o.beta2 = 0.95f; o.eps = 1e-8f; o.weight_decay = 0.1f;
+    o.clip = 1.0f; o.muon_lr = 0.02f; o.muon_momentum = 0.95f; o.muon_ns_steps = 5;
+    return o;
+}
+
+/* Zero fields take defaults; returns RESBM_EINVAL for anything inconsistent. */
+static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
+    resbm_model_config dc = resbm_model_config_default();
+    resbm_opt_config dop = resbm_opt_config_default();
+    if (!c->vocab) c->vocab = dc.vocab;
+    if (!c->d) c->d = dc.d;
+    if (!c->layers) c->layers = dc.layers;
+    if (!c->heads) c->heads = dc.heads;
+    if (!c->ff && c->d > 0) c->ff = ((8 * c->d / 3 + 15) / 16) * 16;
+    if (!c->seq) c->seq = dc.seq;
+    if (!c->batch) c->batch = dc.batch;
+    if (!c->stages) c->stages = dc.stages;
+    if (!c->act_slots) c->act_slots = dc.act_slots;
+    if (!c->threads) c->threads = dc.threads;
+    if (!c->seed) c->seed = dc.seed;
+    if (c->init_std == 0.0f) c->init_std = dc.init_std;
+    if (c->vocab < 1 || c->d < 2 || c->layers < 1 || c->heads < 1 || c->ff < 1 || c->seq < 1 ||
+        c->batch < 1 || c->stages < 1 || c->stage < 0 || c->stage >= c->stages ||
+        c->stages > c->layers || c->act_slots < 1 || c->threads < 1 || c->threads > 1024)
+        return RESBM_EINVAL;
+    if (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM)
+        return RESBM_EINVAL;
+    if (!(c->init_std > 0.0f) || !(c->init_std < 1e3f)) return RESBM_EINVAL;
+    if (o->lr == 0.0f) o->lr = dop.lr;
+    if (o->beta1 == 0.0f) o->beta1 = dop.beta1;
+    if (o->beta2 == 0.0f) o->beta2 = dop.beta2;
+    if (o->eps == 0.0f) o->eps = dop.eps;
+    if (o->muon_lr == 0.0f) o->muon_lr = dop.muon_lr;
+    if (o->muon_momentum == 0.0f) o->muon_momentum = dop.muon_momentum;
+    if (o->muon_ns_steps == 0) o->muon_ns_steps = dop.muon_ns_steps;
+    if (o->kind < RESBM_OPT_ADAMW || o->kind > RESBM_OPT_SGD || !(o->lr > 0.0f) ||
+        !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f) || o->warmup < 0 ||
+        o->total_steps < 0 || !(o->beta1 >= 0.0f && o->beta1 < 1.0f) ||
+        !(o->beta2 >= 0.0f && o->beta2 < 1.0f) || !(o->eps > 0.0f) ||
+        !(o->weight_decay >= 0.0f && o->weight_decay < 1e3f) || !(o->clip >= 0.0f) ||
+        !(o->muon_lr > 0.0f) || !(o->muon_momentum >= 0.0f && o->muon_momentum < 1.0f) ||
+        o->muon_ns_steps < 1 || o->muon_ns_steps > 100)
+        return RESBM_EINVAL;
+    return RESBM_OK;
+}
+
+/* Blocks of stage s: L split into S contiguous runs, the first L % S stages one longer. */
+static void resbm__stage_blocks(int L, int S, int s, int *first, int *count) {
+    int base = L / S, extra = L % S;
+    *count = base + (s < extra ? 1 : 0);
+    *first = s * base + (s < extra ? s : extra);
+}
+
+/* The parameter list of a stage, in order: name, kind, shape, init std. */
+static int resbm__param_spec(const resbm_model *m, size_t idx, char *name, int *kind, size_t *rows,
+                             size_t *cols, float *std) {
+    const resbm_model_config *c = &m->cfg;
+    size_t d = (size_t)c->d, f = (size_t)c->ff, V = (size_t)c->vocab;
+    float sd = c->init_std, sd_out = c->init_std / sqrtf(2.0f * (float)c->layers);
+    if (m->first) {
+        if (idx == 0) {
+            strcpy(name, "tok_emb"); *kind = RESBM_PARAM_EMBED; *rows = V; *cols = d; *std = sd;
+            return 1;
+        }
+        idx--;
+    }
+    if (idx < (size_t)m->nblocks * 9) {
+        static const char *const names[9] = {"attn_norm", "wq", "wk", "wv", "wo",
+                                              "mlp_norm", "w1", "w2", "w3"};
+        size_t w = idx % 9;
+        sprintf(name, "blocks.%d.%s", m->layer0 + (int)(idx / 9), names[w]);
+        *kind = (w == 0 || w == 5) ? RESBM_PARAM_NORM : RESBM_PARAM_HIDDEN;
+        *std = (w == 4 || w == 7) ? sd_out : sd;
+        *rows = (w == 6 || w == 8) ? f : d;
+        *cols = (w == 0 || w == 5) ? 1 : (w == 7 ? f : d);
+        return 1;
+    }
+    idx -= (size_t)m->nblocks * 9;
+    if (m->last) {
+        if (idx == 0) {
+            strcpy(name, "final_norm"); *kind = RESBM_PARAM_NORM; *rows = d; *cols = 1; *std = 0;
+            return 1;
+        }
+        if (idx == 1) {
+            strcpy(name, "lm_head"); *kind = RESBM_PARAM_HEAD; *rows = V; *cols = d; *std = sd;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static size_t resbm__pad16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* Sizing pass when a->base == NULL, carving pass otherwise: the same walk both times. */
+static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
+    const resbm_model_config *c = &m->cfg;
+    size_t d = (size_t)c->d, f = (size_t)c->ff, V = (size_t)c->vocab, H = (size_t)c->heads;
+    size_t T = (size_t)c->seq, hd = d / H, N = (size_t)c->batch * T, L = (size_t)m->nblocks;
+    size_t i, off = 0, ns_mn = 0, ns_kk = 0, nopt = 0;
+    float *omem;
+    int s;
+    m->params = (resbm_param *)resbm_arena_push(a, m->nparams, sizeof(resbm_param));
+    m->blocks = (resbm__block *)resbm_arena_push(a, L, sizeof(resbm__block));
+    for (i = 0; i < m->nparams; i++) {
+        char name[RESBM_NAME_MAX];
+        int kind;
+        size_t rows, cols, n;
+        float std;
+        resbm__param_spec(m, i, name, &kind, &rows, &cols, &std);
+        n = rows * cols;
+        off += resbm__pad16(n);
+        if (m->opt.kind == RESBM_OPT_ADAMW || (m->opt.kind == RESBM_OPT_MUON && kind != RESBM_PARAM_HIDDEN))
+            nopt += 2 * resbm__pad16(n);
+        else if (m->opt.kind == RESBM_OPT_MUON) {
+            size_t k = RESBM__MIN(rows, cols);
+            nopt += resbm__pad16(n);
+            ns_mn = RESBM__MAX(ns_mn, n);
+            ns_kk = RESBM__MAX(ns_kk, k * k);
+        }
+    }
+    m->nfloats = off;
+    m->nchunks = (off + RESBM__CHUNK - 1) / RESBM__CHUNK;
+    m->pmem = (float *)resbm_arena_push(a, off, sizeof(float));
+    m->gmem = (float *)resbm_arena_push(a, off, sizeof(float));
+    omem = (float *)resbm_arena_push(a, nopt, sizeof(float));
+    m->partials = (double *)resbm_arena_push(a, m->nchunks, sizeof(double));
+    m->ns_x = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
+    m->ns_y = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
+    m->ns_a = (float *)resbm_arena_push(a, ns_kk, sizeof(float));
+    m->ns_b = (float *)resbm_arena_push(a, ns_kk, sizeof(float));
+    m->rope_cos = (float *)resbm_arena_push(a, T * (hd / 2), sizeof(float));
+    m->rope_sin = (float *)resbm_arena_push(a, T * (hd / 2), sizeof(float));
+    m->slots = (resbm__acts *)resbm_arena_push(a, (size_t)c->act_slots, sizeof(resbm__acts));
+    for (s = 0; s < c->act_slots; s++) {
+        resbm__acts t, *sl = a->base ? &m->slots[s] : &t;
+        memset(sl, 0, sizeof(*sl));
+        sl->tokens = (int32_t *)resbm_arena_push(a, m->first ? N : 0, sizeof(int32_t));
+        sl->targets = (int32_t *)resbm_arena_push(a, m->last ? N : 0, sizeof(int32_t));
+        sl->x = (float *)resbm_arena_push(a, (L + 1) * N * d, sizeof(float));
+        sl->rstd1 = (float *)resbm_arena_push(a, L * N, sizeof(float));
+        sl->rstd2 = (float *)resbm_arena_push(a, L * N, sizeof(float));
+        sl->a = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->q = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->k = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->v = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->att = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->xmid = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->b = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
+        sl->lse = (float *)resbm_arena_push(a, L * N * H, sizeof(float));
+        sl->h1 = (float *)resbm_arena_push(a, L * N * f, sizeof(float));
+        sl->h3 = (float *)resbm_arena_push(a, L * N * f, sizeof(float));
+        sl->rstd_f = (float *)resbm_arena_push(a, m->last ? N : 0, sizeof(float));
+        sl->xn = (float *)resbm_arena_push(a, m->last ? N * d : 0, sizeof(float));
+        sl->probs = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
+        sl->losses = (float *)resbm_arena_push(a, m->last ? N : 0, sizeof(float));
+    }
+    m->dres = (float *)resbm_arena_push(a, N * d, sizeof(float));
+    m->dtmp = (float *)resbm_arena_push(a, N * d, sizeof(float));
+    m->dq = (float *)resbm_arena_push(a, N * d, sizeof(float));
+    m->dk = (float *)resbm_arena_push(a, N * d, sizeof(float));
+    m->dv = (float *)resbm_arena_push(a, N * d, sizeof(float));
+    m->g = (float *)resbm_arena_push(a, N * f, sizeof(float));
+    m->dh1 = (float *)resbm_arena_push(a, N * f, sizeof(float));
+    m->dh3 = (float *)resbm_arena_push(a, N * f, sizeof(float));
+    m->dlogits = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
+    if (!a->base) return;
+    /* Carving pass: fill the parameter table. */
+    off = 0;
+    for (i = 0; i < m->nparams; i++) {
+        resbm_param *p = &m->params[i];
+        size_t rows, cols, n;
+        float std;
+        memset(p, 0, sizeof(*p));
+        resbm__param_spec(m, i, p->name, &p->kind, &rows, &cols, &std);
+        n = rows * cols;
+        p->value.data = m->pmem + off;
+        p->grad.data = m->gmem + off;
+        p->value.ndim = p->grad.ndim = cols == 1 ? 1 : 2;
+        p->value.ne[0] = p->grad.ne[0] = rows;
+        p->value.ne[1] = p->grad.ne[1] = cols;
+        if (m->opt.kind == RESBM_OPT_ADAMW || (m->opt.kind == RESBM_OPT_MUON && p->kind != RESBM_PARAM_HIDDEN)) {
+            p->m = omem; p->v = omem + resbm__pad16(n);
+            omem += 2 * resbm__pad16(n);
+        } else if (m->opt.kind == RESBM_OPT_MUON) {
+            p->m = omem;
+            omem += resbm__pad16(n);
+        }
+        off += resbm__pad16(n);
+    }
+}
+
+static void resbm__model_link(resbm_model *m) {
+    size_t i = 0;
+    int b;
+    m->tok_emb = m->first ? &m->params[i++] : NULL;
+    for (b = 0; b < m->nblocks; b++) {
+        resbm__block *k = &m->blocks[b];
+        k->attn_norm = &m->params[i++]; k->wq = &m->params[i++]; k->wk = &m->params[i++];
+        k->wv = &m->params[i++]; k->wo = &m->params[i++]; k->mlp_norm = &m->params[i++];
+        k->w1 = &m->params[i++]; k->w2 = &m->params[i++]; k->w3 = &m->params[i++];
+    }
+    m->final_norm = m->last ? &m->params[i++] : NULL;
+    m->lm_head = m->last ? &m->params[i++] : NULL;
+}
+
+/* Norms 1; weights N(0, std) from a stream keyed by (seed, name). */
+static void resbm__model_init_params(resbm_model *m) {
+    size_t i, j;
+    for (i = 0; i < m->nparams; i++) {
+        resbm_param *p = &m->params[i];
+        size_t n = p->value.ne[0] * p->value.ne[1], rows, cols;
+        char name[RESBM_NAME_MAX];
+        int kind;
+        float std;
+        resbm__param_spec(m, i, name, &kind, &rows, &cols, &std);
+        if (p->kind == RESBM_PARAM_NORM) {
+            for (j = 0; j < n; j++) p->value.data[j] = 1.0f;
+        } else {
+            resbm_rng rng;
+            resbm_rng_seed(&rng, m->cfg.seed, resbm__fnv1a(p->name));
+            for (j = 0; j < n; j++) p->value.data[j] = std * resbm_rng_normal(&rng);
+        }
+    }
+}
+
+RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_config *opt,
+                              resbm_model **out) {
+    resbm_model tmp;
+    resbm_arena a;
+    resbm_model *m;
+    size_t N, Nd, check;
+    int rc;
+    if (!cfg || !out) return RESBM_EINVAL;
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.cfg = *cfg;
+    tmp.opt = opt ? *opt : resbm_opt_config_default();
+    if ((rc = resbm__resolve(&tmp.cfg, &tmp.opt))) return rc;
+    /* Every extent below is a product of these: check the largest ones once. */
+    if (resbm_size_mul(&N, (size_t)tmp.cfg.batch, (size_t)tmp.cfg.seq) ||
+        resbm_size_mul(&Nd, N, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.d, tmp.cfg.ff), tmp.cfg.vocab)) ||
+        resbm_size_mul(&check, Nd, (size_t)tmp.cfg.layers + 1) ||
+        resbm_size_mul(&check, check, (size_t)tmp.cfg.act_slots * 16 * sizeof(float)) ||
+        resbm_size_mul(&check, (size_t)RESBM__MAX(tmp.cfg.ff, tmp.cfg.vocab), (size_t)tmp.cfg.d * 64))
+        return RESBM_EOVERFLOW;
+    resbm__stage_blocks(tmp.cfg.layers, tmp.cfg.stages, tmp.cfg.stage, &tmp.layer0, &tmp.nblocks);
+    tmp.first = tmp.cfg.stage == 0;
+    tmp.last = tmp.cfg.stage == tmp.cfg.stages - 1;
+    tmp.nparams = (size_t)(tmp.first ? 1 : 0) + 9 * (size_t)tmp.nblocks + (tmp.last ? 2 : 0);
+    memset(&a, 0, sizeof(a));
+    resbm_arena_push(&a, 1, sizeof(resbm_model));
+    resbm__model_carve(&tmp, &a);
+    if (a.overflow) return RESBM_EOVERFLOW;
+    a.base = (unsigned char *)resbm__alloc(a.used, tmp.cfg.alloc_user);
+    if (!a.base) return RESBM_ENOMEM;
+    memset(a.base, 0, a.used);
+    a.cap = a.used;
+    a.used = 0;
+    m = (resbm_model *)resbm_arena_push(&a, 1, sizeof(resbm_model));
+    *m = tmp;
+    m->bytes = a.cap;
+    resbm__model_carve(m, &a);
+    RESBM_ASSERT(!a.overflow && a.used == a.cap);
+    resbm__model_link(m);
+    resbm__model_init_params(m);
+    resbm_rope_tables(m->rope_cos, m->rope_sin, (size_t)m->cfg.seq,
+                      (size_t)(m->cfg.d / m->cfg.heads), 10000.0);
+    if (m->cfg.pool) {
+        m->pool = m->cfg.pool;
+    } else {
+        if ((rc = resbm_pool_init(m->cfg.threads, &m->pool))) {
+            resbm__dealloc(m, m->cfg.alloc_user);
+            return rc;
+        }
+        m->own_pool = 1;
+        m->bytes += sizeof(resbm_pool) + (size_t)m->cfg.threads * RESBM__PACK_FLOATS * sizeof(float);
+    }
+    *out = m;
+    return RESBM_OK;
+}
+
+RESBMDEF void resbm_model_free(resbm_model *m) {
+    if (!m) return;
+    if (m->own_pool) resbm_pool_free(m->pool);
+    resbm__dealloc(m, m->cfg.alloc_user);
+}
+
+RESBMDEF const resbm_model_config *resbm_model_get_config(const resbm_model *m) {
+    return m ? &m->cfg : NULL;
+}
+RESBMDEF const resbm_opt_config *resbm_model_get_opt(const resbm_model *m) {
+    return m ? &m->opt : NULL;
+}
+RESBMDEF const resbm_param *resbm_model_params(const resbm_model *m, size_t *count) {
+    if (count) *count = m ? m->nparams : 0;
+    return m ? m->params : NULL;
+}
+RESBMDEF resbm_param *resbm_model_params_mut(resbm_model *m, size_t *count) {
+    if (count) *count = m ? m->nparams : 0;
+    return m ? m->params : NULL;
+}
+RESBMDEF size_t resbm_model_num_floats(const resbm_model *m) {
+    size_t i, n = 0;
+    if (!m) return 0;
+    for (i = 0; i < m->nparams; i++) n += m->params[i].value.ne[0] * m->params[i].value.ne[1];
+    return n;
+}
+RESBMDEF size_t resbm_model_bytes(const resbm_model *m) { return m ? m->bytes : 0; }
+RESBMDEF long resbm_model_step_count(const resbm_model *m) { return m ? m->step : -1; }
+
+/* ---- model forward / backward ----------------------------------------------------------------- */
+static int resbm__block_forward(resbm_model *m, resbm__acts *s, int l, size_t N) {
+    const resbm__block *p = &m->blocks[l];
+    resbm_pool *pool = m->pool;
+    size_t d = (size_t)m->cfg.d, f = (size_t)m->cfg.ff, T = (size_t)m->cfg.seq;
+    size_t H = (size_t)m->cfg.heads, Nd = N * d, Nf = N * f;
+    float *x = s->x + (size_t)l * Nd, *xo = s->x + (size_t)(l + 1) * Nd;
+    float *a = s->a + l * Nd, *q = s->q + l * Nd, *k = s->k + l * Nd, *v = s->v + l * Nd;
+    float *att = s->att + l * Nd, *xmid = s->xmid + l * Nd, *b = s->b + l * Nd;
+    float *h1 = s->h1 + l * Nf, *h3 = s->h3 + l * Nf;
+    /* x_mid = x + attention(rmsnorm(x)) */
+    RESBM__TRY(resbm_rmsnorm_forward(pool, a, s->rstd1 + l * N, x, p->attn_norm->value.data, N, d));
+    RESBM__TRY(resbm_linear_forward(pool, q, a, p->wq->value.data, N, d, d));
+    RESBM__TRY(resbm_linear_forward(pool, k, a, p->wk->value.data, N, d, d));
+    RESBM__TRY(resbm_linear_forward(pool, v, a, p->wv->value.data, N, d, d));
+    RESBM__TRY(resbm_rope_forward(pool, q, m->rope_cos, m->rope_sin, N, T, d, H));
+    RESBM__TRY(resbm_rope_forward(pool, k, m->rope_cos, m->rope_sin, N, T, d, H));
+    RESBM__TRY(resbm_attention_forward(pool, att, s->lse + l * N * H, q, k, v, N, T, d, H));
+    memcpy(xmid, x, Nd * sizeof(float));
+    RESBM__TRY(resbm_gemm(pool, RESBM_GEMM_NT, 1, xmid, att, p->wo->value.data, N, d, d));
+    /* x_out = x_mid + w2 (silu(w1 b) * w3 b), b = rmsnorm(x_mid) */
+    RESBM__TRY(resbm_rmsnorm_forward(pool, b, s->rstd2 + l * N, xmid, p->mlp_norm->value.data, N, d));
+    RESBM__TRY(resbm_linear_forward(pool, h1, b, p->w1->value.data, N, d, f));
+    RESBM__TRY(resbm_linear_forward(pool, h3, b, p->w3->value.data, N, d, f));
+    RESBM__TRY(resbm_swiglu_forward(pool, m->g, h1, h3, Nf));
+    memcpy(xo, xmid, Nd * sizeof(float));
+    return resbm_gemm(pool, RESBM_GEMM_NT, 1, xo, m->g, p->w2->value.data, N, d, f);
+}
+
+/* m->dres holds dL/dx_out on entry and dL/dx_in on return. */
+static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, size_t N) {
+    const resbm__block *p = &m->blocks[l];
+    resbm_pool *pool = m->pool;
+    size_t d = (size_t)m->cfg.d, f = (size_t)m->cfg.ff, T = (size_t)m->cfg.seq;
+    size_t H = (size_t)m->cfg.heads, Nd = N * d, Nf = N * f;
+    const float *x = s->x + (size_t)l * Nd, *a = s->a + l * Nd, *q = s->q + l * Nd;
+    const float *k = s->k + l * Nd, *v = s->v + l * Nd, *att = s->att + l * Nd;
+    const float *xmid = s->xmid + l * Nd, *b = s->b + l * Nd, *h1 = s->h1 + l * Nf;
+    const float *h3 = s->h3 + l * Nf;
+    float *dres = m->dres, *dtmp = m->dtmp, *g = m->g;
+    /* MLP: recompute the gate instead of storing it (saves N*f floats per block) */
+    RESBM__TRY(resbm_swiglu_forward(pool, g, h1, h3, Nf));
+    RESBM__TRY(resbm_gemm(pool, RESBM_GEMM_TN, 1, p->w2->grad.data, dres, g, d, f, N));
+    RESBM__TRY(resbm_gemm(pool, RESBM_GEMM_NN, 0, g, dres, p->w2->value.data, N, f, d)); /* g = dgate */
+    memset(m->dh1, 0, Nf * sizeof(float));
+    memset(m->dh3, 0, Nf * sizeof(float));
+    RESBM__TRY(resbm_swiglu_backward(pool, m->dh1, m->dh3, g, h1, h3, Nf));
+    RESBM__TRY(resbm_linear_backward(pool, dtmp, p->w1->grad.data, m->dh1, b, p->w1->value.data, N, d, f, 0));
+    RESBM__TRY(resbm_linear_backward(pool, dtmp, p->w3->grad.data, m->dh3, b, p->w3->value.data, N, d, f, 1));
+    RESBM__TRY(resbm_rmsnorm_backward(pool, dres, p->mlp_norm->grad.data, dtmp, xmid,
+                                      p->mlp_norm->value.data, s->rstd2 + l * N, N, d));
+    /* attention */
+    RESBM__TRY(resbm_linear_backward(pool, dtmp, p->wo->grad.data, dres, att, p->wo->value.data, N, d, d, 0));
+    memset(m->dq, 0, Nd * sizeof(float));
+    memset(m->dk, 0, Nd * sizeof(float));
+    memset(m->dv, 0, Nd * sizeof(float));
+    RESBM__TRY(resbm_attention_backward(pool, m->dq, m->dk, m->dv, dtmp, q, k, v, att,
+                                        s->lse + l * N * H, N, T, d, H));
+    RESBM__TRY(resbm_rope_backward(pool, m->dq, m->rope_cos, m->rope_sin, N, T, d, H));
+    RESBM__TRY(resbm_rope_backward(pool, m->dk, m->rope_cos, m->rope_sin, N, T, d, H));
+    RESBM__TRY(resbm_linear_backward(pool, dtmp, p->wq->grad.data, m->dq, a, p->wq->value.data, N, d, d, 0));
+    RESBM__TRY(resbm_linear_backward(pool, dtmp, p->wk->grad.data, m->dk, a, p->wk->value.data, N, d, d, 1));
+    RESBM__TRY(resbm_linear_backward(pool, dtmp, p->wv->grad.data, m->dv, a, p->wv->value.data, N, d, d, 1));
+    return resbm_rmsnorm_backward(pool, dres, p->attn_norm->grad.data, dtmp, x,
+                                  p->attn_norm->value.data, s->rstd1 + l * N, N, d);
+}
+
+static int resbm__all_finite(const float *x, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!(x[i] - x[i] == 0.0f)) return 0; /* NaN - NaN and Inf - Inf are NaN */
+    return 1;
+}
+
+RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens,
+                                 const float *x_in, const int32_t *targets, size_t rows,
+                                 float *h_out, float *loss) {
+    resbm__acts *s;
+    size_t N, d, V, n;
+    int l;
+    if (!m || slot < 0 || slot >= m->cfg.act_slots || rows == 0 || rows > (size_t)m->cfg.batch)
+        return RESBM_EINVAL;
+    if ((m->first && !tokens) || (!m->first && !x_in) || (m->last && (!targets || !loss)) ||
+        (!m->last && !h_out))
+        return RESBM_EINVAL;
+    s = &m->slots[slot];
+    if (s->rows) return RESBM_ESTATE; /* holds a forward whose backward has not run */
+    N = rows * (size_t)m->cfg.seq;
+    d = (size_t)m->cfg.d;
+    V = (size_t)m->cfg.vocab;
+    if (m->first && !resbm__targets_ok(tokens, N, V)) return RESBM_ERANGE;
+    if (m->last && !resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
+    if (!m->first && !resbm__all_finite(x_in, N * d)) return RESBM_ENONFINITE;
+    if (m->first) {
+        memcpy(s->tokens, tokens, N * sizeof(int32_t));
+        RESBM__TRY(resbm_embedding_forward(s->x, tokens, m->tok_emb->value.data, N, d, V));
+    } else {
+        memcpy(s->x, x_in, N * d * sizeof(float));
+    }
+    for (l = 0; l < m->nblocks; l++) RESBM__TRY(resbm__block_forward(m, s, l, N));
+    if (m->last) {
+        const float *xl = s->x + (size_t)m->nblocks * N * d;
+        double sum = 0.0;
+        memcpy(s->targets, targets, N * sizeof(int32_t));
+        RESBM__TRY(resbm_rmsnorm_forward(m->pool, s->xn, s->rstd_f, xl, m->final_norm->value.data, N, d));
+        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NT, 0, s->probs, s->xn, m->lm_head->value.data, N, V, d));
+        RESBM__TRY(resbm_xent_forward(m->pool, s->probs, s->losses, s->probs, targets, N, V));
+        for (n = 0; n < N; n++) sum += s->losses[n];
+        *loss = (float)(sum / (double)N);
+    } else {
+        memcpy(h_out, s->x + (size_t)m->nblocks * N * d, N * d * sizeof(float));
+    }
+    s->rows = rows;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
+                                  float loss_weight) {
+    resbm__acts *s;
+    size_t N, d, V;
+    int l;
+    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    if ((!m->last && !dh_out) || (!m->first && !dx_in)) return RESBM_EINVAL;
+    if (m->last && !(loss_weight - loss_weight == 0.0f)) return RESBM_EINVAL;
+    s = &m->slots[slot];
+    if (!s->rows) return RESBM_ESTATE; /* no forward to go back through */
+    N = s->rows * (size_t)m->cfg.seq;
+    d = (size_t)m->cfg.d;
+    V = (size_t)m->cfg.vocab;
+    if (!m->last && !resbm__all_finite(dh_out, N * d)) return RESBM_ENONFINITE;
+    if (m->last) {
+        const float *xl = s->x + (size_t)m->nblocks * N * d;
+        RESBM__TRY(resbm_xent_backward(m->pool, m->dlogits, s->probs, s->targets, N, V,
+                                       loss_weight / (float)N));
+        RESBM__TRY(resbm_linear_backward(m->pool, m->dtmp, m->lm_head->grad.data, m->dlogits, s->xn,
+                                         m->lm_head->value.data, N, d, V, 0));
+        memset(m->dres, 0, N * d * sizeof(float));
+        RESBM__TRY(resbm_rmsnorm_backward(m->pool, m->dres, m->final_norm->grad.data, m->dtmp, xl,
+                                          m->final_norm->value.data, s->rstd_f, N, d));
+    } else {
+        memcpy(m->dres, dh_out, N * d * sizeof(float));
+    }
+    for (l = m->nblocks - 1; l >= 0; l--) RESBM__TRY(resbm__block_backward(m, s, l, N));
+    if (m->first)
+        RESBM__TRY(resbm_embedding_backward(m->tok_emb->grad.data, m->dres, s->tokens, N, d, V));
+    else
+        memcpy(dx_in, m->dres, N * d * sizeof(float));
+    s->rows = 0;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_model_zero_grad(resbm_model *m) {
+    if (!m) return RESBM_EINVAL;
+    memset(m->gmem, 0, m->nfloats * sizeof(float));
+    return RESBM_OK;
+}
+
+static void resbm__sqnorm_range(void *ctx, size_t b, size_t e) {
+    resbm_model *m = (resbm_model *)ctx;
+    size_t c;
+    for (c = b; c < e; c++) {
+        const float *g = m->gmem + c * RESBM__CHUNK;
+        size_t i, n = RESBM__MIN((size_t)RESBM__CHUNK, m->nfloats - c * RESBM__CHUNK);
+        double s = 0.0;
+        for (i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
+        m->partials[c] = s;
+    }
+}
+
+RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out) {
+    size_t c;
+    double s = 0.0;
+    if (!m || !out) return RESBM_EINVAL;
+    resbm__parallel_for(m->pool, m->nchunks, 1, resbm__sqnorm_range, m);
+    for (c = 0; c < m->nchunks; c++) s += m->partials[c];
+    *out = s;
+    return RESBM_OK;
+}
+
+/* ---- optimizers ------------------------------------------------------------------------------- */
+RESBMDEF float resbm_lr_factor(const resbm_opt_config *o, long step) {
+    double prog;
+    if (!o || step < 0) return 0.0f;
+    if (o->warmup > 0 && step < o->warmup) return (float)(step + 1) / (float)o->warmup;
+    if (o->total_steps <= 0) return 1.0f;
+    prog = (double)(step - o->warmup) / (double)RESBM__MAX(1, o->total_steps - o->warmup);
+    if (prog > 1.0) prog = 1.0;
+    return (float)(o->min_lr_frac + (1.0 - o->min_lr_frac) * 0.5 * (1.0 + cos(3.141592653589793 * prog)));
+}
+
+typedef struct {
+    resbm_param *p;
+    float scale, lr, decay, b1, b2, eps, step_size, bc2_sqrt; /* decay = 1 - lr * wd */
+} resbm__opt_job;
+
+/* AdamW in PyTorch's form: p *= 1 - lr wd; p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps) */
+static void resbm__adamw_range(void *ctx, size_t b, size_t e) {
+    const resbm__opt_job *j = (const resbm__opt_job *)ctx;
+    float *w = j->p->value.data, *g = j->p->grad.data, *mm = j->p->m, *vv = j->p->v;
+    size_t i;
+    for (i = b; i < e; i++) {
+        float gi = g[i] * j->scale;
+        mm[i] = j->b1 * mm[i] + (1.0f - j->b1) * gi;
+        vv[i] = j->b2 * vv[i] + (1.0f - j->b2) * gi * gi;
+        w[i] = w[i] * j->decay - j->step_size * mm[i] / (sqrtf(vv[i]) / j->bc2_sqrt + j->eps);
+    }
+}
+
+static void resbm__sgd_range(void *ctx, size_t b, size_t e) {
+    const resbm__opt_job *j = (const resbm__opt_job *)ctx;
+    float *w = j->p->value.data, *g = j->p->grad.data;
+    size_t i;
+    for (i = b; i < e; i++) w[i] -= j->lr * g[i] * j->scale;
+}
+
+/* Muon: buf = mu buf + g; u = g + mu buf (Nesterov); X = u / |u|_F, transposed to be wide;
+   5 quintic Newton-Schulz steps X = a X + (b A + c A A) X with A = X X^T; then
+   p *= 1 - lr wd; p -= lr sqrt(max(1, rows/cols)) X. */
+static int resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr) {
+    const float ca = 3.4445f, cb = -4.7750f, cc = 2.0315f;
+    size_t R = p->value.ne[0], C = p->value.ne[1], n = R * C, k = RESBM__MIN(R, C);
+    size_t wide = RESBM__MAX(R, C), i, j;
+    float *x = m->ns_x, *y = m->ns_y, *A = m->ns_a, *B = m->ns_b, *w = p->value.data;
+    float mu = m->opt.muon_momentum, inv, f;
+    double ss = 0.0;
+    int it;
+    for (i = 0; i < n; i++) {
+        float gi = p->grad.data[i] * scale;
+        p->m[i] = mu * p->m[i] + gi;
+        y[i] = gi + mu * p->m[i];
+        ss += (double)y[i] * (double)y[i];
+    }
+    inv = (float)(1.0 / (sqrt(ss) + 1e-7));
+    if (R <= C)
+        for (i = 0; i < n; i++) x[i] = y[i] * inv;
+    else /* x [C, R] = y^T */
+        for (i = 0; i < R; i++)
+            for (j = 0; j < C; j++) x[j * R + i] = y[i * C + j] * inv;
+    for (it = 0; it < m->opt.muon_ns_steps; it++) {
+        float *t;
+        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NT, 0, A, x, x, k, k, wide)); /* A = X X^T */
+        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NN, 0, B, A, A, k, k, k));    /* B = A A */
+        for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
+        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NN, 0, y, B, x, k, wide, k)); /* Y = B X */
+        for (i = 0; i < n; i++) y[i] += ca * x[i];
+        t = x; x = y; y = t;
+    }
+    f = lr * sqrtf(RESBM__MAX(1.0f, (float)R / (float)C));
+    for (i = 0; i < R; i++)
+        for (j = 0; j < C; j++) {
+            float u = R <= C ? x[i * C + j] : x[j * R + i];
+            w[i * C + j] = w[i * C + j] * (1.0f - lr * m->opt.weight_decay) - f * u;
+        }
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
+    float fac;
+    double bc1, bc2;
+    size_t i;
+    if (!m || !(grad_scale - grad_scale == 0.0f)) return RESBM_EINVAL;
+    fac = resbm_lr_factor(&m->opt, m->step);
+    bc1 = 1.0 - pow((double)m->opt.beta1, (double)(m->step + 1));
+    bc2 = 1.0 - pow((double)m->opt.beta2, (double)(m->step + 1));
+    for (i = 0; i < m->nparams; i++) {
+        resbm_param *p = &m->params[i];
+        size_t n = p->value.ne[0] * p->value.ne[1];
+        resbm__opt_job j;
+        memset(&j, 0, sizeof(j));
+        j.p = p;
+        j.scale = grad_scale;
+        if (m->opt.kind == RESBM_OPT_SGD) {
+            j.lr = m->opt.lr;
+            resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__sgd_range, &j);
+        } else if (m->opt.kind == RESBM_OPT_MUON && p->kind == RESBM_PARAM_HIDDEN) {
+            RESBM__TRY(resbm__muon(m, p, grad_scale, m->opt.muon_lr * fac));
+        } else {
+            j.lr = m->opt.lr * fac;
+            j.decay = p->kind == RESBM_PARAM_NORM ? 1.0f : 1.0f - j.lr * m->opt.weight_decay;
+            j.b1 = m->opt.beta1; j.b2 = m->opt.beta2; j.eps = m->opt.eps;
+            j.step_size = (float)(j.lr / bc1);
+            j.bc2_sqrt = (float)sqrt(bc2);
+            resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__adamw_range, &j);
+        }
+    }
+    m->step++;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
+                                    const int32_t *targets, size_t rows, int n_micro,
+                                    float *loss) {
+    size_t mr, T, i;
+    double sum = 0.0, sq;
+    float scale = 1.0f;
+    int k;
+    if (!m || !tokens || !targets || !loss || rows == 0 || n_micro < 1) return RESBM_EINVAL;
+    if (rows % (size_t)n_micro || rows / (size_t)n_micro > (size_t)m->cfg.batch)
+        return RESBM_EINVAL;
+    if (m->cfg.stages != 1) return RESBM_ESTATE; /* a pipeline stage steps through its runtime */
+    T = (size_t)m->cfg.seq;
+    if (!resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab) ||
+        !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))
+        return RESBM_ERANGE;
+    for (i = 0; i < (size_t)m->cfg.act_slots; i++)
+        if (m->slots[i].rows) return RESBM_ESTATE;
+    mr = rows / (size_t)n_micro;
+    RESBM__TRY(resbm_model_zero_grad(m));
+    for (k = 0; k < n_micro; k++) {
+        float l;
+        RESBM__TRY(resbm_model_forward(m, 0, tokens + (size_t)k * mr * T, NULL,
+                                       targets + (size_t)k * mr * T, mr, NULL, &l));
+        RESBM__TRY(resbm_model_backward(m, 0, NULL, NULL, 1.0f / (float)n_micro));
+        sum += l;
+    }
+    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    if (!(sq - sq == 0.0)) return RESBM_ENONFINITE; /* parameters untouched */
+    if (m->opt.kind != RESBM_OPT_SGD && m->opt.clip > 0.0f) {
+        double norm = sqrt(sq);
+        if (norm > m->opt.clip) scale = (float)(m->opt.clip / (norm + 1e-6));
+    }
+    RESBM__TRY(resbm_model_update(m, scale));
+    *loss = (float)(sum / n_micro);
+    return RESBM_OK;
+}
+
+/* ---- safetensors ------------------------------------------------------------------------------ */
+typedef struct { char *buf; size_t len, cap; int err; } resbm__sb;
+
+static void resbm__sb_put(resbm__sb *b, const char *s, size_t n) {
+    if (b->err) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = RESBM__MAX(b->cap * 2, b->len + n + 256);
+        char *nb = (char *)RESBM_MALLOC(cap, NULL);
+        if (!nb) { b->err = RESBM_ENOMEM; return; }
+        if (b->buf) { memcpy(nb, b->buf, b->len); RESBM_FREE(b->buf, NULL); }
+        b->buf = nb;
+        b->cap = cap;
+    }
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = 0;
+}
+
+static void resbm__sb_str(resbm__sb *b, const char *s) { resbm__sb_put(b, s, strlen(s)); }
+
+static void resbm__sb_json(resbm__sb *b, const char *s) {
+    resbm__sb_put(b, "\"", 1);
+    for (; *s; s++) {
+        char esc[8];
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') { esc[0] = '\\'; esc[1] = (char)ch; resbm__sb_put(b, esc, 2); }
+        else if (ch < 0x20) { sprintf(esc, "\\u%04x", ch); resbm__sb_put(b, esc, 6); }
+        else resbm__sb_put(b, s, 1);
+    }
+    resbm__sb_put(b, "\"", 1);
+}
+
+static int resbm__write_all(int fd, const void *buf, size_t n) {
+    const unsigned char *p = (const unsigned char *)buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return RESBM_EIO;
+        p += w;
+        n -= (size_t)w;
+    }
+    return RESBM_OK;
+}
+
+static int resbm__write_le32(int fd, const void *data, size_t n) {
+    const unsigned char *src = (const unsigned char *)data;
+    unsigned char buf[4096];
+    size_t i, k = 0;
+    for (i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, src + 4 * i, 4);
+        buf[k++] = (unsigned char)(u & 0xff);
+        buf[k++] = (unsigned char)((u >> 8) & 0xff);
+        buf[k++] = (unsigned char)((u >> 16) & 0xff);
+        buf[k++] = (unsigned char)((u >> 24) & 0xff);
+        if (k == sizeof(buf)) {
+            if (resbm__write_all(fd, buf, k)) return RESBM_EIO;
+            k = 0;
+        }
+    }
+    return k ? resbm__write_all(fd, buf, k) : RESBM_OK;
+}
+
+RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *entries, size_t n,
+                                     const char *const *meta_kv, size_t n_meta) {
+    resbm__sb hb;
+    size_t i, off = 0, plen;
+    char tmp[4096], num[64];
+    unsigned char len8[8];
+    int fd, rc = RESBM_OK, k;
+    if (!path || (!entries && n) || (!meta_kv && n_meta)) return RESBM_EINVAL;
+    if (strlen(path) + 8 >= sizeof(tmp)) return RESBM_EINVAL;
+    for (i = 0; i < n; i++) {
+        size_t cnt = 1;
+        if (!entries[i].name || !entries[i].data || entries[i].ndim < 1 || entries[i].ndim > 4 ||
+            (entries[i].dtype != RESBM_DT_F32 && entries[i].dtype != RESBM_DT_I32))
+            return RESBM_EINVAL;
+        for (k = 0; k < entries[i].ndim; k++)
+            if (resbm_size_mul(&cnt, cnt, entries[i].shape[k])) return RESBM_EOVERFLOW;
+    }
+    for (i = 0; i < 2 * n_meta; i++)
+        if (!meta_kv[i]) return RESBM_EINVAL;
+    memset(&hb, 0, sizeof(hb));
+    resbm__sb_str(&hb, "{");
+    if (n_meta) {
+        resbm__sb_str(&hb, "\"__metadata__\":{");
+        for (i = 0; i < n_meta; i++) {
+            if (i) resbm__sb_str(&hb, ",");
+            resbm__sb_json(&hb, meta_kv[2 * i]);
+            resbm__sb_str(&hb, ":");
+            resbm__sb_json(&hb, meta_kv[2 * i + 1]);
+        }
+        resbm__sb_str(&hb, "}");
+    }
+    for (i = 0; i < n; i++) {
+        size_t cnt = 1;
+        if (i || n_meta) resbm__sb_str(&hb, ",");
+        resbm__sb_json(&hb, entries[i].name);
+        resbm__sb_str(&hb, entries[i].dtype == RESBM_DT_F32 ? ":{\"dtype\":\"F32\",\"shape\":["
+                                                            : ":{\"dtype\":\"I32\",\"shape\":[");
+        for (k = 0; k < entries[i].ndim; k++) {
+            sprintf(num, "%s%llu", k ? "," : "", (unsigned long long)entries[i].shape[k]);
+            resbm__sb_str(&hb, num);
+            cnt *= entries[i].shape[k];
+        }
+        sprintf(num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                (unsigned long long)(off + 4 * cnt));
+        resbm__sb_str(&hb, num);
+        off += 4 * cnt;
+    }
+    resbm__sb_str(&hb, "}");
+    while (!hb.err && hb.len % 8) resbm__sb_str(&hb, " "); /* data starts 8-byte aligned */
+    if (hb.err) { RESBM_FREE(hb.buf, NULL); return hb.err; }
+    plen = hb.len;
+    for (k = 0; k < 8; k++) len8[k] = (unsigned char)(((unsigned long long)plen >> (8 * k)) & 0xff);
+    sprintf(tmp, "%s.tmp", path);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) { RESBM_FREE(hb.buf, NULL); return RESBM_EIO; }
+    rc = resbm__write_all(fd, len8, 8);
+    if (!rc) rc = resbm__write_all(fd, hb.buf, plen);
+    for (i = 0; i < n && !rc; i++) {
+        size_t cnt = 1;
+        for (k = 0; k < entries[i].ndim; k++) cnt *= entries[i].shape[k];
+        rc = resbm__write_le32(fd, entries[i].data, cnt);
+    }
+    RESBM_FREE(hb.buf, NULL);
+    if (!rc && fsync(fd)) rc = RESBM_EIO;
+    if (close(fd) && !rc) rc = RESBM_EIO;
+    if (!rc && rename(tmp, path)) rc = RESBM_EIO;
+    if (rc) remove(tmp);
+    return rc;
+}
+
+#endif /* RESBM_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+MIT License
+
+Copyright (c) 2026 the resbm.h authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
+associated documentation files (the "Software"), to deal in the Software without restriction,
+including without limitation the rights to use, copy, modify, merge, publish, distribute,
+sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all copies or
+substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT
+NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES
+OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
+CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every suite, prints their lines, and ends with the total "N passed, M failed".
+# The PyTorch cross-check needs Debian's python3-torch for /usr/bin/python3 (CI installs it);
+# without it that suite counts as one failure unless RESBM_SKIP_TORCH=1 is set.
+set -u
+build=${1:-build}
+passed=0
+failed=0
+
+tally() { # reads a suite's output, echoes it, adds its "N passed, M failed" line
+  local out rc=$2
+  out=$1
+  printf '%s\n' "$out"
+  local line
+  line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+  if [ -z "$line" ]; then
+    echo "FAILED suite $3: it ended without a summary line (exit $rc)"
+    failed=$((failed + 1))
+    return
+  fi
+  passed=$((passed + $(echo "$line" | cut -d' ' -f1)))
+  failed=$((failed + $(echo "$line" | cut -d' ' -f3)))
+  if [ "$rc" -ne 0 ] && [ "$(echo "$line" | cut -d' ' -f3)" = 0 ]; then
+    echo "FAILED suite $3: exit $rc with no failed test"
+    failed=$((failed + 1))
+  fi
+}
+
+echo "== unit, gradient and determinism tests"
+out=$("$build/test_resbm" 2>&1); tally "$out" $? unit
+
+echo "== PyTorch autograd cross-check"
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  dir=$(mktemp -d)
+  if "$build/torch_dump" "$dir" > "$dir/log" 2>&1; then
+    out=$(/usr/bin/python3 tests/torch_check.py "$dir"/*.safetensors 2>&1); tally "$out" $? torch
+  else
+    cat "$dir/log"; echo "FAILED torch_dump"; failed=$((failed + 1))
+  fi
+  rm -rf "$dir"
+elif [ "${RESBM_SKIP_TORCH:-0}" = 1 ]; then
+  echo "SKIPPED torch cross-check (RESBM_SKIP_TORCH=1)"
+else
+  echo "FAILED torch cross-check: /usr/bin/python3 cannot import torch (apt-get install python3-torch, or RESBM_SKIP_TORCH=1)"
+  failed=$((failed + 1))
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

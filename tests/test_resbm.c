@@ -1,0 +1,1133 @@
+/* test_resbm.c - unit, gradient and determinism tests for resbm.h.
+   Usage: test_resbm [--filter SUBSTRING]. Last line: "N passed, M failed"; exit 0 or 1. */
+#include "../resbm.h" /* declarations only: the header must stand on its own */
+
+#include <stdlib.h>
+
+/* A counting allocator that can fail the n-th call: checks ENOMEM paths and leaks. */
+static long ta_calls, ta_live, ta_fail_at = -1;
+static void *ta_malloc(size_t n, void *user) {
+    void *p;
+    (void)user;
+    if (ta_fail_at >= 0 && ta_calls++ == ta_fail_at) return NULL;
+    if (ta_fail_at < 0) ta_calls++;
+    p = malloc(n);
+    if (p) ta_live++;
+    return p;
+}
+static void ta_free(void *p, void *user) {
+    (void)user;
+    if (p) { ta_live--; free(p); }
+}
+#define RESBM_MALLOC(sz, u) ta_malloc(sz, u)
+#define RESBM_FREE(p, u) ta_free(p, u)
+#define RESBM_IMPLEMENTATION
+#include "../resbm.h" /* second include: the implementation */
+
+#include "harness.h"
+#include "ref.h"
+
+static const char *filter;
+
+/* ---- helpers ---------------------------------------------------------------------------------- */
+static float *rand_floats(size_t n, float scale, uint64_t seed) {
+    resbm_rng r;
+    size_t i;
+    float *x = (float *)malloc(n * sizeof(float) + 1);
+    resbm_rng_seed(&r, seed, 7);
+    for (i = 0; i < n; i++) x[i] = scale * (2.0f * resbm_rng_uniform(&r) - 1.0f);
+    return x;
+}
+
+static double *to_double(const float *x, size_t n) {
+    size_t i;
+    double *y = (double *)malloc(n * sizeof(double) + 1);
+    for (i = 0; i < n; i++) y[i] = x[i];
+    return y;
+}
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Central differences of f with respect to x[idx] for `samples` indices spread over [0, n)
+   (all of them when n <= samples), compared with the analytic gradient an. The error is
+   normalised by the largest analytic value in the whole tensor. Prints the name, the max abs
+   difference and the first mismatches; NaN fails. Returns 1 on pass. */
+static int fd_check(const char *name, loss_fn f, void *ctx, double *x, const float *an, size_t n,
+                    size_t samples, double tol) {
+    size_t s, cnt = n < samples ? n : samples, shown = 0;
+    double maxan = 0, maxdiff = 0;
+    int ok = 1;
+    for (s = 0; s < n; s++) maxan = fabs(an[s]) > maxan ? fabs(an[s]) : maxan;
+    for (s = 0; s < cnt; s++) {
+        size_t i = cnt == n ? s : (s * 7919u + 13u) % n;
+        double keep = x[i], h = 1e-6 * (fabs(keep) > 1 ? fabs(keep) : 1), fp, fm, fd, diff;
+        x[i] = keep + h; fp = f(ctx);
+        x[i] = keep - h; fm = f(ctx);
+        x[i] = keep;
+        fd = (fp - fm) / (2 * h);
+        diff = fabs(fd - (double)an[i]);
+        if (!(diff <= tol * maxan + 1e-8)) {
+            ok = 0;
+            if (shown++ < 3)
+                printf("    %s[%zu]: analytic %.9g, finite difference %.9g\n", name, i, an[i], fd);
+        }
+        if (diff > maxdiff || diff != diff) maxdiff = diff;
+    }
+    if (!ok || !(maxan == maxan))
+        printf("    %s: max abs diff %.3g (max |grad| %.3g, tol %.1g relative)\n", name, maxdiff,
+               maxan, tol);
+    return ok && maxan == maxan;
+}
+
+/* max |a - b| <= tol * max |b| over n values (NaN fails) */
+static int near_all(const char *name, const float *a, const double *b, size_t n, double tol) {
+    size_t i;
+    double mx = 0, md = 0;
+    for (i = 0; i < n; i++) mx = fabs(b[i]) > mx ? fabs(b[i]) : mx;
+    for (i = 0; i < n; i++) {
+        double diff = fabs((double)a[i] - b[i]);
+        if (!(diff <= tol * mx + 1e-12)) {
+            printf("    %s[%zu]: %.9g vs reference %.9g\n", name, i, a[i], b[i]);
+            return 0;
+        }
+        md = diff > md ? diff : md;
+    }
+    return 1;
+}
+
+/* ---- basics ----------------------------------------------------------------------------------- */
+static void test_strerror(void) {
+    int codes[] = {RESBM_OK, RESBM_EINVAL, RESBM_ESTATE, RESBM_ERANGE, RESBM_ENONFINITE,
+                   RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT};
+    size_t i, j, n = sizeof(codes) / sizeof(codes[0]);
+    const char *unknown = resbm_strerror(-9999);
+    for (i = 0; i < n; i++) {
+        CHECK(resbm_strerror(codes[i]) && strlen(resbm_strerror(codes[i])) > 5, "code %d", codes[i]);
+        CHECK(strcmp(resbm_strerror(codes[i]), unknown) != 0, "code %d has no text", codes[i]);
+        for (j = 0; j < i; j++)
+            CHECK(strcmp(resbm_strerror(codes[i]), resbm_strerror(codes[j])) != 0, "%d %d", codes[i], codes[j]);
+    }
+}
+
+static void test_sizes(void) {
+    size_t out = 123;
+    CHECK_RC(resbm_size_mul(&out, 3, 5), RESBM_OK);
+    CHECK(out == 15, "%zu", out);
+    out = 7;
+    CHECK_RC(resbm_size_mul(&out, (size_t)-1 / 2 + 1, 2), RESBM_EOVERFLOW);
+    CHECK(out == 7, "out changed on failure: %zu", out);
+    CHECK_RC(resbm_size_add(&out, (size_t)-1, 1), RESBM_EOVERFLOW);
+    CHECK_RC(resbm_size_add(&out, (size_t)-2, 1), RESBM_OK);
+    CHECK(out == (size_t)-1, "%zu", out);
+    CHECK_RC(resbm_size_mul(NULL, 1, 1), RESBM_EINVAL);
+}
+
+static void test_rng(void) {
+    /* The PCG32 reference sequence for seed 42, stream 54 (pcg32-demo). */
+    static const uint32_t want[6] = {0xa15c02b7u, 0x7b47f409u, 0xba1d3330u,
+                                     0x83d2f293u, 0xbfa4784bu, 0xcbed606eu};
+    resbm_rng r, r2;
+    int i;
+    double s = 0, s2 = 0;
+    resbm_rng_seed(&r, 42, 54);
+    for (i = 0; i < 6; i++) {
+        uint32_t got = resbm_rng_u32(&r);
+        CHECK(got == want[i], "draw %d: 0x%08x, expected 0x%08x", i, got, want[i]);
+    }
+    resbm_rng_seed(&r, 1, 2);
+    resbm_rng_seed(&r2, 1, 2);
+    for (i = 0; i < 100000; i++) {
+        float z = resbm_rng_normal(&r);
+        CHECK(z == resbm_rng_normal(&r2), "stream not reproducible at %d", i);
+        s += z; s2 += (double)z * z;
+        if (th_fail_now) break;
+    }
+    CHECK_NEAR(s / 100000, 0.0, 0.02);
+    CHECK_NEAR(s2 / 100000, 1.0, 0.02);
+    for (i = 0; i < 1000; i++) {
+        float u = resbm_rng_uniform(&r);
+        CHECK(u >= 0.0f && u < 1.0f, "uniform %g", u);
+    }
+}
+
+static void test_arena(void) {
+    resbm_arena a;
+    float *x, *y;
+    unsigned char *raw;
+    memset(&a, 0, sizeof(a));
+    CHECK(resbm_arena_push(&a, 10, 4) == NULL, "sizing pass returns NULL");
+    resbm_arena_push(&a, 3, 8);
+    CHECK(a.used == 64 + 24, "used %zu", a.used);
+    raw = (unsigned char *)malloc(a.used + 64);
+    a.base = raw + ((64 - ((uintptr_t)raw & 63)) & 63); /* aligned for the test */
+    a.cap = a.used;
+    a.used = 0;
+    x = (float *)resbm_arena_push(&a, 10, 4);
+    y = (float *)resbm_arena_push(&a, 3, 8);
+    CHECK(x && y && ((uintptr_t)y & 63) == 0 && (unsigned char *)y - (unsigned char *)x == 64, "carve");
+    CHECK(resbm_arena_push(&a, 1, 1) == NULL && a.overflow, "past cap must fail");
+    free(raw);
+    memset(&a, 0, sizeof(a));
+    resbm_arena_push(&a, (size_t)-1 / 2, 4);
+    CHECK(a.overflow, "overflow flagged");
+}
+
+typedef struct { int *hits; } pool_ctx;
+static void pool_task(void *ctx, size_t task, int thread) {
+    (void)thread;
+    __atomic_fetch_add(&((pool_ctx *)ctx)->hits[task], 1, __ATOMIC_RELAXED);
+}
+
+static void test_pool(void) {
+    int nt, run, i, hits[97];
+    pool_ctx c;
+    c.hits = hits;
+    for (nt = 1; nt <= 4; nt++) {
+        resbm_pool *p = NULL;
+        CHECK_RC(resbm_pool_init(nt, &p), RESBM_OK);
+        if (!p) continue;
+        CHECK(resbm_pool_threads(p) == nt, "threads %d", resbm_pool_threads(p));
+        for (run = 0; run < 2000; run++) {
+            size_t n = (size_t)(run % 97) + 1;
+            memset(hits, 0, sizeof(hits));
+            CHECK_RC(resbm_pool_run(p, pool_task, &c, n), RESBM_OK);
+            for (i = 0; i < 97; i++)
+                CHECK(hits[i] == ((size_t)i < n ? 1 : 0), "threads %d run %d task %d ran %d times", nt, run, i, hits[i]);
+            if (th_fail_now) break;
+        }
+        resbm_pool_free(p);
+    }
+    CHECK_RC(resbm_pool_init(0, NULL), RESBM_EINVAL);
+    {
+        resbm_pool *p = (resbm_pool *)&c;
+        CHECK_RC(resbm_pool_init(0, &p), RESBM_EINVAL);
+        CHECK(p == (resbm_pool *)&c, "out touched on failure");
+    }
+    CHECK_RC(resbm_pool_run(NULL, NULL, NULL, 3), RESBM_EINVAL);
+}
+
+/* ---- GEMM ------------------------------------------------------------------------------------- */
+static void test_gemm_shapes(void) {
+    static const size_t dims[] = {1, 3, 17, 63, 257};
+    resbm_pool *p1, *p2;
+    size_t a, b, c;
+    int form, acc, bad = 0;
+    resbm_pool_init(1, &p1);
+    resbm_pool_init(2, &p2);
+    for (a = 0; a < 5; a++)
+        for (b = 0; b < 5; b++)
+            for (c = 0; c < 5; c++)
+                for (form = 0; form < 3; form++)
+                    for (acc = 0; acc < 2; acc++) {
+                        size_t M = dims[a], N = dims[b], K = dims[c], i;
+                        float *A = rand_floats(M * K, 1.0f, 1 + a), *B = rand_floats(N * K, 1.0f, 2 + b);
+                        float *C0 = rand_floats(M * N, 1.0f, 3 + c);
+                        float *C1 = (float *)malloc(M * N * 4), *C2 = (float *)malloc(M * N * 4);
+                        float *R = (float *)malloc(M * N * 4), *Aa = (float *)malloc(M * K * 4);
+                        float *Ba = (float *)malloc(N * K * 4), *Ra = (float *)malloc(M * N * 4);
+                        memcpy(C1, C0, M * N * 4); memcpy(C2, C0, M * N * 4); memcpy(R, C0, M * N * 4);
+                        for (i = 0; i < M * K; i++) Aa[i] = fabsf(A[i]);
+                        for (i = 0; i < N * K; i++) Ba[i] = fabsf(B[i]);
+                        for (i = 0; i < M * N; i++) Ra[i] = fabsf(C0[i]);
+                        CHECK_RC(resbm_gemm(p1, form, acc, C1, A, B, M, N, K), RESBM_OK);
+                        CHECK_RC(resbm_gemm(p2, form, acc, C2, A, B, M, N, K), RESBM_OK);
+                        resbm_gemm_ref(form, acc, R, A, B, M, N, K);
+                        resbm_gemm_ref(form, acc, Ra, Aa, Ba, M, N, K); /* sum |a||b| bounds the error */
+                        for (i = 0; i < M * N && bad < 5; i++) {
+                            double tol = 2.0 * (double)(K + 1) * FLT_EPSILON * Ra[i];
+                            if (!(fabs((double)C1[i] - R[i]) <= tol)) {
+                                printf("    form %d acc %d M %zu N %zu K %zu [%zu]: %.9g vs %.9g\n",
+                                       form, acc, M, N, K, i, C1[i], R[i]);
+                                bad++;
+                            }
+                        }
+                        if (memcmp(C1, C2, M * N * 4)) {
+                            printf("    form %d M %zu N %zu K %zu: 1 and 2 threads differ\n", form, M, N, K);
+                            bad++;
+                        }
+                        free(A); free(B); free(C0); free(C1); free(C2); free(R); free(Aa); free(Ba); free(Ra);
+                    }
+    CHECK(bad == 0, "%d mismatches", bad);
+    resbm_pool_free(p1);
+    resbm_pool_free(p2);
+}
+
+/* The shapes of a real step, against the reference, and bit-identical for 1, 2 and 3 threads. */
+static void test_gemm_large_threads(void) {
+    size_t M = 512, N = 688, K = 256, i;
+    int form, nt;
+    for (form = 0; form < 3; form++) {
+        float *A = rand_floats(M * K > N * K ? M * K : N * K, 1.0f, 11);
+        float *B = rand_floats(N * K > M * K ? N * K : M * K, 1.0f, 12);
+        float *C[3], *R = (float *)malloc(M * N * 4);
+        for (nt = 1; nt <= 3; nt++) {
+            resbm_pool *p;
+            resbm_pool_init(nt, &p);
+            C[nt - 1] = (float *)malloc(M * N * 4);
+            CHECK_RC(resbm_gemm(p, form, 0, C[nt - 1], A, B, M, N, K), RESBM_OK);
+            resbm_pool_free(p);
+        }
+        resbm_gemm_ref(form, 0, R, A, B, M, N, K);
+        for (i = 0; i < M * N; i++)
+            if (!(fabs(C[0][i] - R[i]) <= 1e-4 * sqrt((double)K))) {
+                printf("    form %d [%zu]: %g vs %g\n", form, i, C[0][i], R[i]);
+                th_fail_now = 1;
+                break;
+            }
+        CHECK(!memcmp(C[0], C[1], M * N * 4) && !memcmp(C[0], C[2], M * N * 4), "form %d: thread counts differ", form);
+        free(A); free(B); free(R); free(C[0]); free(C[1]); free(C[2]);
+    }
+}
+
+static void test_gemm_args(void) {
+    resbm_pool *p;
+    float a[4] = {1, 2, 3, 4}, c[4] = {9, 9, 9, 9};
+    resbm_pool_init(1, &p);
+    CHECK_RC(resbm_gemm(p, 3, 0, c, a, a, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(p, 0, 2, c, a, a, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(p, 0, 0, NULL, a, a, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(p, 0, 0, c, NULL, a, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(p, 0, 0, c, a, NULL, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(p, 0, 0, c, a, a, 0, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(NULL, 0, 0, c, a, a, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(p, 0, 0, c, a, a, (size_t)1 << 40, (size_t)1 << 40, 2), RESBM_EOVERFLOW);
+    CHECK(c[0] == 9 && c[3] == 9, "C touched on failure");
+    /* K = 0: C = 0, or unchanged when accumulating */
+    CHECK_RC(resbm_gemm(p, 0, 1, c, a, a, 2, 2, 0), RESBM_OK);
+    CHECK(c[0] == 9, "accumulate with K=0 must leave C");
+    CHECK_RC(resbm_gemm(p, 0, 0, c, a, a, 2, 2, 0), RESBM_OK);
+    CHECK(c[0] == 0 && c[3] == 0, "K=0 overwrite gives 0");
+    resbm_pool_free(p);
+}
+
+/* ---- layer gradient checks -------------------------------------------------------------------- */
+enum { LN = 12, LT = 6, LD = 16, LH = 2, LF = 24, LV = 11 };
+
+typedef struct { double *x, *g, *w, *out; size_t N, d; } norm_ctx;
+static double norm_loss(void *c) {
+    norm_ctx *k = (norm_ctx *)c;
+    size_t i;
+    double s = 0;
+    ref_rmsnorm(k->out, k->x, k->g, k->N, k->d);
+    for (i = 0; i < k->N * k->d; i++) s += k->w[i] * k->out[i];
+    return s;
+}
+
+static void test_grad_rmsnorm(void) {
+    size_t N = LN, d = LD, i;
+    float *x = rand_floats(N * d, 2.0f, 1), *g = rand_floats(d, 1.0f, 2), *w = rand_floats(N * d, 1.0f, 3);
+    float *out = (float *)malloc(N * d * 4), rstd[LN], *dx = rand_floats(N * d, 1.0f, 4), *dg = rand_floats(d, 1.0f, 5);
+    float *dx0 = (float *)malloc(N * d * 4), dg0[LD];
+    norm_ctx c;
+    memcpy(dx0, dx, N * d * 4); memcpy(dg0, dg, d * 4);
+    c.x = to_double(x, N * d); c.g = to_double(g, d); c.w = to_double(w, N * d);
+    c.out = (double *)malloc(N * d * 8); c.N = N; c.d = d;
+    CHECK_RC(resbm_rmsnorm_forward(NULL, out, rstd, x, g, N, d), RESBM_OK);
+    norm_loss(&c);
+    CHECK(near_all("rmsnorm out", out, c.out, N * d, 1e-6), "forward");
+    CHECK_RC(resbm_rmsnorm_backward(NULL, dx, dg, w, x, g, rstd, N, d), RESBM_OK);
+    for (i = 0; i < N * d; i++) dx[i] -= dx0[i]; /* backward accumulates: subtract what was there */
+    for (i = 0; i < d; i++) dg[i] -= dg0[i];
+    CHECK(fd_check("rmsnorm dx", norm_loss, &c, c.x, dx, N * d, 400, 1e-4), "dx");
+    CHECK(fd_check("rmsnorm dg", norm_loss, &c, c.g, dg, d, 400, 1e-4), "dg");
+    free(x); free(g); free(w); free(out); free(dx); free(dg); free(dx0);
+    free(c.x); free(c.g); free(c.w); free(c.out);
+}
+
+typedef struct { double *x, *wt, *w, *out; size_t N, in, o; } lin_ctx;
+static double lin_loss(void *c) {
+    lin_ctx *k = (lin_ctx *)c;
+    size_t i;
+    double s = 0;
+    ref_linear(k->out, k->x, k->wt, k->N, k->in, k->o);
+    for (i = 0; i < k->N * k->o; i++) s += k->w[i] * k->out[i];
+    return s;
+}
+
+static void test_grad_linear(void) {
+    size_t N = 37, in = 19, o = 33;
+    float *x = rand_floats(N * in, 1.0f, 1), *wt = rand_floats(o * in, 1.0f, 2), *w = rand_floats(N * o, 1.0f, 3);
+    float *out = (float *)malloc(N * o * 4), *dx = (float *)calloc(N * in, 4), *dw = (float *)calloc(o * in, 4);
+    resbm_pool *p;
+    lin_ctx c;
+    resbm_pool_init(2, &p);
+    c.x = to_double(x, N * in); c.wt = to_double(wt, o * in); c.w = to_double(w, N * o);
+    c.out = (double *)malloc(N * o * 8); c.N = N; c.in = in; c.o = o;
+    CHECK_RC(resbm_linear_forward(p, out, x, wt, N, in, o), RESBM_OK);
+    lin_loss(&c);
+    CHECK(near_all("linear out", out, c.out, N * o, 1e-6), "forward");
+    CHECK_RC(resbm_linear_backward(p, dx, dw, w, x, wt, N, in, o, 0), RESBM_OK);
+    CHECK(fd_check("linear dx", lin_loss, &c, c.x, dx, N * in, 300, 1e-5), "dx");
+    CHECK(fd_check("linear dw", lin_loss, &c, c.wt, dw, o * in, 300, 1e-5), "dw");
+    resbm_pool_free(p);
+    free(x); free(wt); free(w); free(out); free(dx); free(dw); free(c.x); free(c.wt); free(c.w); free(c.out);
+}
+
+typedef struct { double *x, *w, *tmp; size_t N, T, d, H; } rope_ctx;
+static double rope_loss(void *c) {
+    rope_ctx *k = (rope_ctx *)c;
+    size_t i;
+    double s = 0;
+    memcpy(k->tmp, k->x, k->N * k->d * 8);
+    ref_rope(k->tmp, k->N, k->T, k->d, k->H);
+    for (i = 0; i < k->N * k->d; i++) s += k->w[i] * k->tmp[i];
+    return s;
+}
+
+static void test_grad_rope(void) {
+    size_t N = LN, T = LT, d = LD, H = LH, hd = d / H;
+    float *x = rand_floats(N * d, 1.0f, 1), *w = rand_floats(N * d, 1.0f, 2);
+    float cs[LT * LD / LH / 2], sn[LT * LD / LH / 2];
+    rope_ctx c;
+    CHECK_RC(resbm_rope_tables(cs, sn, T, hd, 10000.0), RESBM_OK);
+    c.x = to_double(x, N * d); c.w = to_double(w, N * d); c.tmp = (double *)malloc(N * d * 8);
+    c.N = N; c.T = T; c.d = d; c.H = H;
+    CHECK_RC(resbm_rope_forward(NULL, x, cs, sn, N, T, d, H), RESBM_OK);
+    rope_loss(&c);
+    CHECK(near_all("rope out", x, c.tmp, N * d, 1e-6), "forward");
+    CHECK_RC(resbm_rope_backward(NULL, w, cs, sn, N, T, d, H), RESBM_OK); /* w becomes dx */
+    CHECK(fd_check("rope dx", rope_loss, &c, c.x, w, N * d, 400, 1e-5), "dx");
+    CHECK_RC(resbm_rope_forward(NULL, x, cs, sn, 7, T, d, H), RESBM_EINVAL); /* N % T != 0 */
+    free(x); free(w); free(c.x); free(c.w); free(c.tmp);
+}
+
+typedef struct { double *q, *k, *v, *w, *out; size_t N, T, d, H; } attn_ctx;
+static double attn_loss(void *c) {
+    attn_ctx *a = (attn_ctx *)c;
+    size_t i;
+    double s = 0;
+    ref_attention(a->out, a->q, a->k, a->v, a->N, a->T, a->d, a->H);
+    for (i = 0; i < a->N * a->d; i++) s += a->w[i] * a->out[i];
+    return s;
+}
+
+static void test_grad_attention(void) {
+    size_t N = LN, T = LT, d = LD, H = LH, n = N * d;
+    float *q = rand_floats(n, 2.0f, 1), *k = rand_floats(n, 2.0f, 2), *v = rand_floats(n, 1.0f, 3);
+    float *w = rand_floats(n, 1.0f, 4), *out = (float *)malloc(n * 4), lse[LN * LH];
+    float *dq = (float *)calloc(n, 4), *dk = (float *)calloc(n, 4), *dv = (float *)calloc(n, 4);
+    resbm_pool *p;
+    attn_ctx c;
+    resbm_pool_init(2, &p);
+    c.q = to_double(q, n); c.k = to_double(k, n); c.v = to_double(v, n); c.w = to_double(w, n);
+    c.out = (double *)malloc(n * 8); c.N = N; c.T = T; c.d = d; c.H = H;
+    CHECK_RC(resbm_attention_forward(p, out, lse, q, k, v, N, T, d, H), RESBM_OK);
+    attn_loss(&c);
+    CHECK(near_all("attention out", out, c.out, n, 1e-5), "forward");
+    CHECK_RC(resbm_attention_backward(p, dq, dk, dv, w, q, k, v, out, lse, N, T, d, H), RESBM_OK);
+    CHECK(fd_check("attention dq", attn_loss, &c, c.q, dq, n, 400, 1e-4), "dq");
+    CHECK(fd_check("attention dk", attn_loss, &c, c.k, dk, n, 400, 1e-4), "dk");
+    CHECK(fd_check("attention dv", attn_loss, &c, c.v, dv, n, 400, 1e-4), "dv");
+    CHECK_RC(resbm_attention_forward(p, out, lse, q, k, v, N, T, d, 3), RESBM_EINVAL);
+    resbm_pool_free(p);
+    free(q); free(k); free(v); free(w); free(out); free(dq); free(dk); free(dv);
+    free(c.q); free(c.k); free(c.v); free(c.w); free(c.out);
+}
+
+typedef struct { double *h1, *h3, *w; size_t n; } glu_ctx;
+static double glu_loss(void *c) {
+    glu_ctx *g = (glu_ctx *)c;
+    size_t i;
+    double s = 0;
+    for (i = 0; i < g->n; i++) s += g->w[i] * ref_silu(g->h1[i]) * g->h3[i];
+    return s;
+}
+
+static void test_grad_swiglu(void) {
+    size_t n = 300, i;
+    float *h1 = rand_floats(n, 4.0f, 1), *h3 = rand_floats(n, 2.0f, 2), *w = rand_floats(n, 1.0f, 3);
+    float *out = (float *)malloc(n * 4), *d1 = (float *)calloc(n, 4), *d3 = (float *)calloc(n, 4);
+    double *ref = (double *)malloc(n * 8);
+    glu_ctx c;
+    c.h1 = to_double(h1, n); c.h3 = to_double(h3, n); c.w = to_double(w, n); c.n = n;
+    CHECK_RC(resbm_swiglu_forward(NULL, out, h1, h3, n), RESBM_OK);
+    for (i = 0; i < n; i++) ref[i] = ref_silu(c.h1[i]) * c.h3[i];
+    CHECK(near_all("swiglu out", out, ref, n, 1e-6), "forward");
+    CHECK_RC(resbm_swiglu_backward(NULL, d1, d3, w, h1, h3, n), RESBM_OK);
+    CHECK(fd_check("swiglu dh1", glu_loss, &c, c.h1, d1, n, 300, 1e-5), "dh1");
+    CHECK(fd_check("swiglu dh3", glu_loss, &c, c.h3, d3, n, 300, 1e-5), "dh3");
+    free(h1); free(h3); free(w); free(out); free(d1); free(d3); free(ref); free(c.h1); free(c.h3); free(c.w);
+}
+
+typedef struct { double *emb, *w; const int32_t *tok; size_t N, d; } emb_ctx;
+static double emb_loss(void *c) {
+    emb_ctx *e = (emb_ctx *)c;
+    size_t n, i;
+    double s = 0;
+    for (n = 0; n < e->N; n++)
+        for (i = 0; i < e->d; i++) s += e->w[n * e->d + i] * e->emb[(size_t)e->tok[n] * e->d + i];
+    return s;
+}
+
+static void test_grad_embedding(void) {
+    size_t N = LN, d = LD, V = LV, i;
+    int32_t tok[LN], bad[LN];
+    float *emb = rand_floats(V * d, 1.0f, 1), *w = rand_floats(N * d, 1.0f, 2);
+    float *out = (float *)malloc(N * d * 4), *de = (float *)calloc(V * d, 4);
+    emb_ctx c;
+    for (i = 0; i < N; i++) { tok[i] = (int32_t)((i * 5) % 7); bad[i] = tok[i]; }
+    bad[5] = (int32_t)V;
+    CHECK_RC(resbm_embedding_forward(out, tok, emb, N, d, V), RESBM_OK);
+    CHECK(out[3 * d + 2] == emb[(size_t)tok[3] * d + 2], "gather");
+    out[0] = 42.0f;
+    CHECK_RC(resbm_embedding_forward(out, bad, emb, N, d, V), RESBM_ERANGE);
+    CHECK(out[0] == 42.0f, "output touched on a bad token");
+    bad[5] = -1;
+    CHECK_RC(resbm_embedding_backward(de, w, bad, N, d, V), RESBM_ERANGE);
+    CHECK_RC(resbm_embedding_backward(de, w, tok, N, d, V), RESBM_OK);
+    c.emb = to_double(emb, V * d); c.w = to_double(w, N * d); c.tok = tok; c.N = N; c.d = d;
+    CHECK(fd_check("embedding demb", emb_loss, &c, c.emb, de, V * d, 400, 1e-6), "demb");
+    free(emb); free(w); free(out); free(de); free(c.emb); free(c.w);
+}
+
+typedef struct { double *l; const int32_t *tg; size_t N, V; } xent_ctx;
+static double xent_loss(void *c) {
+    xent_ctx *x = (xent_ctx *)c;
+    return ref_xent(x->l, x->tg, x->N, x->V);
+}
+
+static void test_grad_xent(void) {
+    size_t N = LN, V = LV, i;
+    int32_t tg[LN];
+    float *l = rand_floats(N * V, 5.0f, 1), *p = (float *)malloc(N * V * 4), losses[LN];
+    float *dl = (float *)malloc(N * V * 4);
+    double mean = 0;
+    xent_ctx c;
+    for (i = 0; i < N; i++) tg[i] = (int32_t)((i * 3) % V);
+    c.l = to_double(l, N * V); c.tg = tg; c.N = N; c.V = V;
+    CHECK_RC(resbm_xent_forward(NULL, p, losses, l, tg, N, V), RESBM_OK);
+    for (i = 0; i < N; i++) mean += losses[i];
+    CHECK_NEAR(mean / N, xent_loss(&c), 1e-6);
+    CHECK_RC(resbm_xent_backward(NULL, dl, p, tg, N, V, 1.0f / (float)N), RESBM_OK);
+    CHECK(fd_check("xent dlogits", xent_loss, &c, c.l, dl, N * V, 400, 1e-5), "dlogits");
+    /* in place: probs may alias logits */
+    CHECK_RC(resbm_xent_forward(NULL, l, losses, l, tg, N, V), RESBM_OK);
+    CHECK(!memcmp(l, p, N * V * 4), "aliased result differs");
+    tg[2] = -3;
+    CHECK_RC(resbm_xent_forward(NULL, p, losses, l, tg, N, V), RESBM_ERANGE);
+    free(l); free(p); free(dl); free(c.l);
+}
+
+/* ---- the whole model -------------------------------------------------------------------------- */
+static resbm_model_config tiny_config(void) {
+    resbm_model_config c = resbm_model_config_default();
+    c.vocab = 23; c.d = 16; c.layers = 2; c.heads = 2; c.ff = 24; c.seq = 8; c.batch = 3;
+    c.init_std = 0.2f; /* larger than the default so every path carries signal */
+    return c;
+}
+
+static void tiny_batch(int32_t *tok, int32_t *tg, size_t n, int V, uint64_t seed) {
+    resbm_rng r;
+    size_t i;
+    resbm_rng_seed(&r, seed, 3);
+    for (i = 0; i < n; i++) { tok[i] = (int32_t)(resbm_rng_u32(&r) % (uint32_t)V); tg[i] = (int32_t)(resbm_rng_u32(&r) % (uint32_t)V); }
+}
+
+typedef struct { double **w; const int32_t *tok, *tg; size_t N, T, d, H, f, V, L; } model_ctx;
+static double model_loss(void *c) {
+    model_ctx *m = (model_ctx *)c;
+    return ref_model_loss(m->w, m->tok, m->tg, m->N, m->T, m->d, m->H, m->f, m->V, m->L);
+}
+
+static void test_grad_model(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_model *m;
+    const resbm_param *ps;
+    size_t np, i, N = (size_t)cfg.batch * (size_t)cfg.seq;
+    int32_t tok[64], tg[64];
+    float loss;
+    model_ctx c;
+    CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_OK);
+    if (th_fail_now) return;
+    ps = resbm_model_params(m, &np);
+    CHECK(np == 1 + 9 * 2 + 2, "params %zu", np);
+    tiny_batch(tok, tg, N, cfg.vocab, 5);
+    resbm_model_zero_grad(m);
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, tg, (size_t)cfg.batch, NULL, &loss), RESBM_OK);
+    CHECK_RC(resbm_model_backward(m, 0, NULL, NULL, 1.0f), RESBM_OK);
+    c.w = (double **)malloc(np * sizeof(double *));
+    for (i = 0; i < np; i++) c.w[i] = to_double(ps[i].value.data, ps[i].value.ne[0] * ps[i].value.ne[1]);
+    c.tok = tok; c.tg = tg; c.N = N; c.T = (size_t)cfg.seq; c.d = (size_t)cfg.d; c.H = (size_t)cfg.heads;
+    c.f = (size_t)cfg.ff; c.V = (size_t)cfg.vocab; c.L = (size_t)cfg.layers;
+    CHECK_NEAR(loss, model_loss(&c), 1e-5);
+    for (i = 0; i < np; i++)
+        CHECK(fd_check(ps[i].name, model_loss, &c, c.w[i], ps[i].grad.data,
+                       ps[i].value.ne[0] * ps[i].value.ne[1], 12, 3e-4), "%s", ps[i].name);
+    for (i = 0; i < np; i++) free(c.w[i]);
+    free(c.w);
+    resbm_model_free(m);
+}
+
+static void test_model_names_init(void) {
+    resbm_model_config cfg = resbm_model_config_default();
+    resbm_model *m;
+    const resbm_param *ps;
+    size_t np, i, j;
+    static const char *want[] = {"tok_emb", "blocks.0.attn_norm", "blocks.0.wq", "blocks.0.wk",
+                                 "blocks.0.wv", "blocks.0.wo", "blocks.0.mlp_norm", "blocks.0.w1",
+                                 "blocks.0.w2", "blocks.0.w3"};
+    cfg.layers = 2; cfg.batch = 1;
+    CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_OK);
+    if (th_fail_now) return;
+    ps = resbm_model_params(m, &np);
+    CHECK(resbm_model_get_config(m)->ff == 688, "default ff %d", resbm_model_get_config(m)->ff);
+    for (i = 0; i < 10; i++) CHECK(!strcmp(ps[i].name, want[i]), "%s vs %s", ps[i].name, want[i]);
+    CHECK(!strcmp(ps[np - 2].name, "final_norm") && !strcmp(ps[np - 1].name, "lm_head"), "tail");
+    CHECK(ps[7].value.ne[0] == 688 && ps[7].value.ne[1] == 256, "w1 shape");
+    CHECK(ps[8].value.ne[0] == 256 && ps[8].value.ne[1] == 688, "w2 shape");
+    for (i = 0; i < np; i++) {
+        size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
+        double s2 = 0, want_std;
+        if (ps[i].kind == RESBM_PARAM_NORM) {
+            for (j = 0; j < n; j++) CHECK(ps[i].value.data[j] == 1.0f, "%s not ones", ps[i].name);
+            continue;
+        }
+        for (j = 0; j < n; j++) s2 += (double)ps[i].value.data[j] * ps[i].value.data[j];
+        want_std = strstr(ps[i].name, ".wo") || strstr(ps[i].name, ".w2") ? 0.02 / sqrt(4.0) : 0.02;
+        CHECK(fabs(sqrt(s2 / n) / want_std - 1) < 0.05, "%s std %g want %g", ps[i].name, sqrt(s2 / n), want_std);
+    }
+    resbm_model_free(m);
+}
+
+/* Splitting into stages changes nothing: each stage's parameters equal the same-named ones of the
+   whole model, and chaining the stages' forward and backward gives bit-identical loss and grads. */
+static void test_model_stage_split(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_model *whole, *st[3];
+    const resbm_param *pw, *ps;
+    size_t nw, ns, i, j, N = (size_t)cfg.batch * (size_t)cfg.seq, d = (size_t)cfg.d;
+    int32_t tok[64], tg[64];
+    float lw, ls, *h0 = (float *)malloc(N * d * 4), *h1 = (float *)malloc(N * d * 4);
+    float *g0 = (float *)malloc(N * d * 4), *g1 = (float *)malloc(N * d * 4);
+    int s, found;
+    cfg.layers = 5;
+    tiny_batch(tok, tg, N, cfg.vocab, 9);
+    CHECK_RC(resbm_model_init(&cfg, NULL, &whole), RESBM_OK);
+    cfg.stages = 3;
+    for (s = 0; s < 3; s++) { cfg.stage = s; CHECK_RC(resbm_model_init(&cfg, NULL, &st[s]), RESBM_OK); }
+    if (th_fail_now) return;
+    resbm_model_params(st[0], &ns); CHECK(ns == 1 + 18, "stage 0 holds 2 blocks + embedding: %zu", ns);
+    resbm_model_params(st[1], &ns); CHECK(ns == 18, "stage 1 holds 2 blocks: %zu", ns);
+    resbm_model_params(st[2], &ns); CHECK(ns == 9 + 2, "stage 2 holds 1 block + head: %zu", ns);
+    resbm_model_zero_grad(whole);
+    CHECK_RC(resbm_model_forward(whole, 0, tok, NULL, tg, 3, NULL, &lw), RESBM_OK);
+    CHECK_RC(resbm_model_backward(whole, 0, NULL, NULL, 1.0f), RESBM_OK);
+    for (s = 0; s < 3; s++) resbm_model_zero_grad(st[s]);
+    CHECK_RC(resbm_model_forward(st[0], 0, tok, NULL, NULL, 3, h0, NULL), RESBM_OK);
+    CHECK_RC(resbm_model_forward(st[1], 0, NULL, h0, NULL, 3, h1, NULL), RESBM_OK);
+    CHECK_RC(resbm_model_forward(st[2], 0, NULL, h1, tg, 3, NULL, &ls), RESBM_OK);
+    CHECK_RC(resbm_model_backward(st[2], 0, NULL, g1, 1.0f), RESBM_OK);
+    CHECK_RC(resbm_model_backward(st[1], 0, g1, g0, 1.0f), RESBM_OK);
+    CHECK_RC(resbm_model_backward(st[0], 0, g0, NULL, 1.0f), RESBM_OK);
+    CHECK(lw == ls, "loss %.9g vs %.9g", lw, ls);
+    pw = resbm_model_params(whole, &nw);
+    found = 0;
+    for (s = 0; s < 3; s++) {
+        ps = resbm_model_params(st[s], &ns);
+        for (i = 0; i < ns; i++)
+            for (j = 0; j < nw; j++)
+                if (!strcmp(ps[i].name, pw[j].name)) {
+                    size_t n = pw[j].value.ne[0] * pw[j].value.ne[1];
+                    found++;
+                    CHECK(!memcmp(ps[i].value.data, pw[j].value.data, n * 4), "%s values", ps[i].name);
+                    CHECK(!memcmp(ps[i].grad.data, pw[j].grad.data, n * 4), "%s grads", ps[i].name);
+                }
+    }
+    CHECK((size_t)found == nw, "matched %d of %zu", found, nw);
+    for (s = 0; s < 3; s++) resbm_model_free(st[s]);
+    resbm_model_free(whole);
+    free(h0); free(h1); free(g0); free(g1);
+}
+
+/* Same seed and data with 1, 2 and 3 kernel threads: bit-identical parameters after 3 steps. */
+static void test_model_threads_bitwise(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_model *m[3];
+    size_t np, i, N = 4 * (size_t)cfg.seq;
+    int32_t tok[64], tg[64];
+    int t, step;
+    float loss[3];
+    resbm_opt_config oc = resbm_opt_config_default();
+    oc.kind = RESBM_OPT_MUON;
+    cfg.d = 64; cfg.heads = 2; cfg.ff = 80; cfg.batch = 4; cfg.vocab = 40;
+    for (t = 0; t < 3; t++) {
+        cfg.threads = t + 1;
+        CHECK_RC(resbm_model_init(&cfg, &oc, &m[t]), RESBM_OK);
+    }
+    if (th_fail_now) return;
+    for (step = 0; step < 3; step++) {
+        tiny_batch(tok, tg, N, cfg.vocab, 100 + (uint64_t)step);
+        for (t = 0; t < 3; t++) CHECK_RC(resbm_model_train_step(m[t], tok, tg, 4, 2, &loss[t]), RESBM_OK);
+        CHECK(loss[0] == loss[1] && loss[0] == loss[2], "step %d losses %.9g %.9g %.9g", step, loss[0], loss[1], loss[2]);
+    }
+    {
+        const resbm_param *p0 = resbm_model_params(m[0], &np), *p1 = resbm_model_params(m[1], NULL);
+        const resbm_param *p2 = resbm_model_params(m[2], NULL);
+        for (i = 0; i < np; i++) {
+            size_t n = p0[i].value.ne[0] * p0[i].value.ne[1];
+            CHECK(!memcmp(p0[i].value.data, p1[i].value.data, n * 4) &&
+                  !memcmp(p0[i].value.data, p2[i].value.data, n * 4), "%s differs", p0[i].name);
+        }
+    }
+    for (t = 0; t < 3; t++) resbm_model_free(m[t]);
+}
+
+static void test_model_learns(void) {
+    /* A repeating pattern is learnable: the loss must fall far below chance (ln V). */
+    resbm_model_config cfg = tiny_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    resbm_model *m;
+    int32_t tok[64], tg[64];
+    size_t i, N = 3 * (size_t)cfg.seq;
+    float loss = 0, first = 0;
+    int step;
+    cfg.init_std = 0.02f;
+    oc.lr = 1e-2f; oc.warmup = 5;
+    CHECK_RC(resbm_model_init(&cfg, &oc, &m), RESBM_OK);
+    if (th_fail_now) return;
+    for (i = 0; i < N; i++) { tok[i] = (int32_t)((i * 7 + i / 5) % 13); }
+    for (i = 0; i < N; i++) tg[i] = (int32_t)((tok[i] * 3 + 1) % 23);
+    for (step = 0; step < 60; step++) {
+        CHECK_RC(resbm_model_train_step(m, tok, tg, 3, 3, &loss), RESBM_OK);
+        if (step == 0) first = loss;
+    }
+    CHECK(fabs(first - log(23.0)) < 0.2, "initial loss %g, chance %g", first, log(23.0));
+    CHECK(loss < 0.2, "final loss %g", loss);
+    CHECK(resbm_model_step_count(m) == 60, "steps %ld", resbm_model_step_count(m));
+    resbm_model_free(m);
+}
+
+static void test_model_state_errors(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_model *m;
+    int32_t tok[64], tg[64];
+    float loss = 7.0f, h[16];
+    size_t N = 3 * (size_t)cfg.seq;
+    CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_OK);
+    if (th_fail_now) return;
+    tiny_batch(tok, tg, N, cfg.vocab, 1);
+    CHECK_RC(resbm_model_backward(m, 0, NULL, NULL, 1.0f), RESBM_ESTATE);
+    tg[4] = 23;
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, tg, 3, NULL, &loss), RESBM_ERANGE);
+    CHECK(loss == 7.0f, "loss written on failure");
+    tg[4] = 0;
+    CHECK_RC(resbm_model_forward(m, 1, tok, NULL, tg, 3, NULL, &loss), RESBM_EINVAL);
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, tg, 4, NULL, &loss), RESBM_EINVAL);
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, tg, 0, NULL, &loss), RESBM_EINVAL);
+    CHECK_RC(resbm_model_forward(m, 0, NULL, NULL, tg, 3, NULL, &loss), RESBM_EINVAL);
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, NULL, 3, NULL, &loss), RESBM_EINVAL);
+    CHECK_RC(resbm_model_forward(NULL, 0, tok, NULL, tg, 3, NULL, &loss), RESBM_EINVAL);
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, tg, 3, NULL, &loss), RESBM_OK);
+    CHECK_RC(resbm_model_forward(m, 0, tok, NULL, tg, 3, NULL, &loss), RESBM_ESTATE);
+    CHECK_RC(resbm_model_train_step(m, tok, tg, 3, 1, &loss), RESBM_ESTATE);
+    CHECK_RC(resbm_model_backward(m, 0, NULL, NULL, NAN), RESBM_EINVAL);
+    CHECK_RC(resbm_model_backward(m, 0, NULL, NULL, 1.0f), RESBM_OK);
+    CHECK_RC(resbm_model_train_step(m, tok, tg, 3, 2, &loss), RESBM_EINVAL); /* 3 % 2 */
+    CHECK_RC(resbm_model_train_step(m, tok, tg, 6, 1, &loss), RESBM_EINVAL); /* > batch */
+    CHECK_RC(resbm_model_update(m, NAN), RESBM_EINVAL);
+    resbm_model_free(m);
+    /* a middle stage rejects non-finite input activations */
+    cfg.stages = 2; cfg.stage = 1;
+    CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_OK);
+    if (th_fail_now) return;
+    {
+        float *x = (float *)calloc(N * (size_t)cfg.d, 4);
+        x[17] = NAN;
+        CHECK_RC(resbm_model_forward(m, 0, NULL, x, tg, 3, NULL, &loss), RESBM_ENONFINITE);
+        CHECK_RC(resbm_model_forward(m, 0, NULL, x, tg, 3, h, NULL), RESBM_EINVAL); /* last stage needs loss */
+        free(x);
+    }
+    resbm_model_free(m);
+}
+
+static void test_config_validation(void) {
+    resbm_model_config c;
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model *m = (resbm_model *)&c;
+    c = resbm_model_config_default(); c.heads = 3;
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EINVAL);
+    CHECK(m == (resbm_model *)&c, "out touched on failure");
+    c = resbm_model_config_default(); c.d = 6; c.heads = 2; /* odd head width */
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EINVAL);
+    c = resbm_model_config_default(); c.stage = 1;
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EINVAL);
+    c = resbm_model_config_default(); c.stages = 9; /* more stages than layers */
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EINVAL);
+    c = resbm_model_config_default(); c.vocab = -4;
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EINVAL);
+    c = resbm_model_config_default(); c.seq = 1 << 30; c.batch = 1 << 30; c.d = 1 << 20; c.heads = 1 << 12;
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EOVERFLOW);
+    c = resbm_model_config_default();
+    o.lr = -1.0f;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    o = resbm_opt_config_default(); o.kind = 7;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    o = resbm_opt_config_default(); o.beta2 = 1.0f;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    CHECK_RC(resbm_model_init(NULL, NULL, &m), RESBM_EINVAL);
+    CHECK_RC(resbm_model_init(&c, NULL, NULL), RESBM_EINVAL);
+    CHECK(m == (resbm_model *)&c, "out touched on failure");
+}
+
+/* ---- optimizers ------------------------------------------------------------------------------- */
+static void test_lr_schedule(void) {
+    resbm_opt_config o = resbm_opt_config_default();
+    o.warmup = 10; o.total_steps = 110; o.min_lr_frac = 0.1f;
+    CHECK_NEAR(resbm_lr_factor(&o, 0), 0.1, 1e-7);
+    CHECK_NEAR(resbm_lr_factor(&o, 9), 1.0, 1e-7);
+    CHECK_NEAR(resbm_lr_factor(&o, 10), 1.0, 1e-7);
+    CHECK_NEAR(resbm_lr_factor(&o, 60), 0.55, 1e-6);
+    CHECK_NEAR(resbm_lr_factor(&o, 110), 0.1, 1e-7);
+    CHECK_NEAR(resbm_lr_factor(&o, 500), 0.1, 1e-7);
+    o.total_steps = 0;
+    CHECK_NEAR(resbm_lr_factor(&o, 500), 1.0, 1e-7);
+    o.warmup = 0;
+    CHECK_NEAR(resbm_lr_factor(&o, 0), 1.0, 1e-7);
+}
+
+/* A model with given gradients: sets every gradient from a stream, returns copies of values. */
+static double **set_grads(resbm_model *m, uint64_t seed) {
+    size_t np, i, j;
+    resbm_param *ps = resbm_model_params_mut(m, &np);
+    double **w = (double **)malloc(np * sizeof(double *));
+    resbm_rng r;
+    resbm_rng_seed(&r, seed, 1);
+    for (i = 0; i < np; i++) {
+        size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
+        for (j = 0; j < n; j++) ps[i].grad.data[j] = resbm_rng_normal(&r) * 0.1f;
+        w[i] = to_double(ps[i].value.data, n);
+    }
+    return w;
+}
+
+static void test_adamw_by_hand(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model *m;
+    resbm_param *ps;
+    size_t np, i, j;
+    double **mom1, **mom2, **w;
+    int step, bad = 0;
+    o.warmup = 4; o.total_steps = 0; o.lr = 0.01f; o.weight_decay = 0.3f;
+    CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
+    if (th_fail_now) return;
+    ps = resbm_model_params_mut(m, &np);
+    mom1 = (double **)calloc(np, sizeof(double *));
+    mom2 = (double **)calloc(np, sizeof(double *));
+    for (i = 0; i < np; i++) {
+        mom1[i] = (double *)calloc(ps[i].value.ne[0] * ps[i].value.ne[1], 8);
+        mom2[i] = (double *)calloc(ps[i].value.ne[0] * ps[i].value.ne[1], 8);
+    }
+    for (step = 0; step < 3; step++) {
+        double lr = 0.01 * (step + 1) / 4.0, bc1 = 1 - pow(0.9, step + 1), bc2 = 1 - pow(0.95, step + 1);
+        float scale = 0.5f + 0.25f * (float)step;
+        w = set_grads(m, 77 + (uint64_t)step);
+        CHECK_RC(resbm_model_update(m, scale), RESBM_OK);
+        for (i = 0; i < np; i++) {
+            size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
+            double decay = ps[i].kind == RESBM_PARAM_NORM ? 0.0 : 0.3;
+            for (j = 0; j < n; j++) {
+                double g = (double)ps[i].grad.data[j] * scale, want;
+                mom1[i][j] = 0.9 * mom1[i][j] + 0.1 * g;
+                mom2[i][j] = 0.95 * mom2[i][j] + 0.05 * g * g;
+                want = w[i][j] * (1 - lr * decay) - lr / bc1 * mom1[i][j] / (sqrt(mom2[i][j]) / sqrt(bc2) + 1e-8);
+                if (!(fabs(ps[i].value.data[j] - want) <= 1e-6 * fabs(want) + 2e-7) && bad++ < 3)
+                    printf("    step %d %s[%zu]: %.9g vs %.9g\n", step, ps[i].name, j, ps[i].value.data[j], want);
+            }
+            free(w[i]);
+        }
+        free(w);
+    }
+    CHECK(bad == 0, "%d mismatches", bad);
+    for (i = 0; i < np; i++) { free(mom1[i]); free(mom2[i]); }
+    free(mom1); free(mom2);
+    resbm_model_free(m);
+}
+
+static void test_sgd_by_hand(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model *m;
+    resbm_param *ps;
+    size_t np, i, j;
+    double **w;
+    o.kind = RESBM_OPT_SGD; o.lr = 0.05f;
+    CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
+    if (th_fail_now) return;
+    ps = resbm_model_params_mut(m, &np);
+    w = set_grads(m, 5);
+    CHECK_RC(resbm_model_update(m, 2.0f), RESBM_OK);
+    for (i = 0; i < np; i++) {
+        size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
+        for (j = 0; j < n; j++) {
+            float want = (float)w[i][j] - 0.05f * (ps[i].grad.data[j] * 2.0f);
+            if (ps[i].value.data[j] != want) {
+                CHECK(0, "%s[%zu] %.9g vs %.9g", ps[i].name, j, ps[i].value.data[j], want);
+                break;
+            }
+        }
+        free(w[i]);
+    }
+    free(w);
+    resbm_model_free(m);
+}
+
+/* Newton-Schulz in double: x [k, n] (k <= n) in place. */
+static void ref_ns(double *x, size_t k, size_t n, int steps) {
+    double *A = (double *)malloc(k * k * 8), *B = (double *)malloc(k * k * 8), *Y = (double *)malloc(k * n * 8);
+    size_t i, j, l;
+    int s;
+    for (s = 0; s < steps; s++) {
+        for (i = 0; i < k; i++)
+            for (j = 0; j < k; j++) {
+                double t = 0;
+                for (l = 0; l < n; l++) t += x[i * n + l] * x[j * n + l];
+                A[i * k + j] = t;
+            }
+        for (i = 0; i < k; i++)
+            for (j = 0; j < k; j++) {
+                double t = 0;
+                for (l = 0; l < k; l++) t += A[i * k + l] * A[l * k + j];
+                B[i * k + j] = -4.7750 * A[i * k + j] + 2.0315 * t;
+            }
+        for (i = 0; i < k; i++)
+            for (j = 0; j < n; j++) {
+                double t = 0;
+                for (l = 0; l < k; l++) t += B[i * k + l] * x[l * n + j];
+                Y[i * n + j] = 3.4445 * x[i * n + j] + t;
+            }
+        memcpy(x, Y, k * n * 8);
+    }
+    free(A); free(B); free(Y);
+}
+
+static void test_muon_by_hand(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model *m;
+    resbm_param *ps;
+    size_t np, i, j, r, c;
+    double **w;
+    int checked = 0;
+    o.kind = RESBM_OPT_MUON; o.warmup = 0; o.muon_lr = 0.02f; o.weight_decay = 0.1f;
+    CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
+    if (th_fail_now) return;
+    ps = resbm_model_params_mut(m, &np);
+    w = set_grads(m, 9);
+    CHECK_RC(resbm_model_update(m, 0.5f), RESBM_OK);
+    for (i = 0; i < np; i++) {
+        size_t R = ps[i].value.ne[0], C = ps[i].value.ne[1], n = R * C, k = R < C ? R : C, wide = R < C ? C : R;
+        double *x, ss = 0, f, maxd = 0, maxu = 0;
+        if (ps[i].kind != RESBM_PARAM_HIDDEN) { free(w[i]); continue; }
+        x = (double *)malloc(n * 8);
+        for (r = 0; r < R; r++)
+            for (c = 0; c < C; c++) {
+                double g = (double)ps[i].grad.data[r * C + c] * 0.5, u = g + 0.95 * g; /* buf = g */
+                if (R <= C) x[r * C + c] = u; else x[c * R + r] = u;
+                ss += u * u;
+            }
+        for (j = 0; j < n; j++) x[j] /= sqrt(ss) + 1e-7;
+        ref_ns(x, k, wide, 5);
+        f = 0.02 * sqrt(R > C ? (double)R / (double)C : 1.0);
+        for (r = 0; r < R; r++)
+            for (c = 0; c < C; c++) {
+                double u = R <= C ? x[r * C + c] : x[c * R + r];
+                double want = w[i][r * C + c] * (1 - 0.02 * 0.1) - f * u;
+                double dd = fabs(ps[i].value.data[r * C + c] - want);
+                maxd = dd > maxd ? dd : maxd;
+                maxu = fabs(f * u) > maxu ? fabs(f * u) : maxu;
+            }
+        /* float Newton-Schulz drifts a little from double: compare with the update's size */
+        CHECK(maxd <= 2e-3 * maxu, "%s: max diff %g, update size %g", ps[i].name, maxd, maxu);
+        checked++;
+        free(x);
+        free(w[i]);
+    }
+    free(w);
+    CHECK(checked == 14, "checked %d hidden matrices", checked);
+    resbm_model_free(m);
+}
+
+/* train_step == zero_grad + forward/backward per microbatch + clip + update, and microbatching
+   gives the gradient of the mean over all tokens. */
+static void test_train_step_composition(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model *a, *b;
+    size_t np, i, N = 3 * (size_t)cfg.seq, T = (size_t)cfg.seq;
+    int32_t tok[64], tg[64];
+    float la, lb = 0, l;
+    double sq;
+    int k;
+    o.clip = 0.05f; /* small enough to bind */
+    CHECK_RC(resbm_model_init(&cfg, &o, &a), RESBM_OK);
+    CHECK_RC(resbm_model_init(&cfg, &o, &b), RESBM_OK);
+    if (th_fail_now) return;
+    tiny_batch(tok, tg, N, cfg.vocab, 4);
+    CHECK_RC(resbm_model_train_step(a, tok, tg, 3, 3, &la), RESBM_OK);
+    resbm_model_zero_grad(b);
+    for (k = 0; k < 3; k++) {
+        CHECK_RC(resbm_model_forward(b, 0, tok + k * T, NULL, tg + k * T, 1, NULL, &l), RESBM_OK);
+        CHECK_RC(resbm_model_backward(b, 0, NULL, NULL, 1.0f / 3.0f), RESBM_OK);
+        lb += l;
+    }
+    resbm_model_grad_sqnorm(b, &sq);
+    CHECK(sqrt(sq) > 0.05, "clip should bind: norm %g", sqrt(sq));
+    CHECK_RC(resbm_model_update(b, (float)(0.05 / (sqrt(sq) + 1e-6))), RESBM_OK);
+    CHECK_NEAR(la, lb / 3.0f, 1e-6);
+    {
+        const resbm_param *pa = resbm_model_params(a, &np), *pb = resbm_model_params(b, NULL);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pa[i].value.data, pb[i].value.data, pa[i].value.ne[0] * pa[i].value.ne[1] * 4), "%s", pa[i].name);
+    }
+    resbm_model_free(a);
+    resbm_model_free(b);
+}
+
+/* ---- memory ----------------------------------------------------------------------------------- */
+static void test_step_allocates_nothing(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model *m;
+    int32_t tok[64], tg[64];
+    float loss;
+    long before;
+    int kind;
+    cfg.threads = 2;
+    for (kind = 0; kind < 3; kind++) {
+        o.kind = kind;
+        CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
+        if (th_fail_now) return;
+        tiny_batch(tok, tg, 3 * (size_t)cfg.seq, cfg.vocab, 4);
+        before = ta_calls;
+        CHECK_RC(resbm_model_train_step(m, tok, tg, 3, 3, &loss), RESBM_OK);
+        CHECK_RC(resbm_model_train_step(m, tok, tg, 3, 1, &loss), RESBM_OK);
+        CHECK(ta_calls == before, "optimizer %d: %ld allocations during steps", kind, ta_calls - before);
+        resbm_model_free(m);
+    }
+}
+
+static void test_failing_allocator(void) {
+    resbm_model_config cfg = tiny_config();
+    long n;
+    int rc, ok = 0;
+    cfg.threads = 3;
+    for (n = 0; n < 50 && !ok; n++) {
+        resbm_model *m = NULL;
+        ta_calls = 0; ta_live = 0; ta_fail_at = n;
+        rc = resbm_model_init(&cfg, NULL, &m);
+        if (rc == RESBM_OK) { ok = 1; resbm_model_free(m); }
+        else CHECK(rc == RESBM_ENOMEM && m == NULL, "failing call %ld: rc %d", n, rc);
+        CHECK(ta_live == 0, "failing call %ld leaked %ld blocks", n, ta_live);
+    }
+    CHECK(ok && n >= 2, "init needs %ld allocations", n);
+    for (n = 0; n < 10; n++) { /* the safetensors writer's header buffer */
+        float v[3] = {1, 2, 3};
+        resbm_st_entry e;
+        memset(&e, 0, sizeof(e));
+        e.name = "v"; e.dtype = RESBM_DT_F32; e.ndim = 1; e.shape[0] = 3; e.data = v;
+        ta_calls = 0; ta_live = 0; ta_fail_at = n;
+        rc = resbm_safetensors_write("/tmp/resbm_test_alloc.safetensors", &e, 1, NULL, 0);
+        CHECK(rc == RESBM_OK || rc == RESBM_ENOMEM, "rc %d", rc);
+        CHECK(ta_live == 0, "safetensors leaked %ld", ta_live);
+        if (rc == RESBM_OK) break;
+    }
+    ta_fail_at = -1;
+    remove("/tmp/resbm_test_alloc.safetensors");
+}
+
+/* ---- safetensors ------------------------------------------------------------------------------ */
+static void test_safetensors_write(void) {
+    const char *path = "/tmp/resbm_test_st.safetensors";
+    float a[6] = {1, -2, 3.5f, 0, 1e-3f, -7};
+    int32_t b[2] = {-1, 70000};
+    const char *meta[] = {"d", "16", "note", "quote\" back\\slash"};
+    resbm_st_entry e[2];
+    unsigned char buf[1024];
+    size_t len, hl;
+    FILE *fp;
+    memset(e, 0, sizeof(e));
+    e[0].name = "a"; e[0].dtype = RESBM_DT_F32; e[0].ndim = 2; e[0].shape[0] = 2; e[0].shape[1] = 3; e[0].data = a;
+    e[1].name = "b"; e[1].dtype = RESBM_DT_I32; e[1].ndim = 1; e[1].shape[0] = 2; e[1].data = b;
+    CHECK_RC(resbm_safetensors_write(path, e, 2, meta, 2), RESBM_OK);
+    fp = fopen(path, "rb");
+    CHECK(fp != NULL, "file exists");
+    if (!fp) return;
+    len = fread(buf, 1, sizeof(buf), fp);
+    fclose(fp);
+    hl = (size_t)buf[0] | (size_t)buf[1] << 8 | (size_t)buf[2] << 16;
+    CHECK(hl % 8 == 0 && 8 + hl + 32 == len, "header %zu file %zu", hl, len);
+    CHECK(buf[8] == '{', "json");
+    buf[8 + hl] = 0;
+    CHECK(strstr((char *)buf + 8, "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}") != NULL, "%s", buf + 8);
+    CHECK(strstr((char *)buf + 8, "\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[24,32]}") != NULL, "b");
+    CHECK(strstr((char *)buf + 8, "quote\\\" back\\\\slash") != NULL, "escaping");
+    fp = fopen(path, "rb");
+    if (fp) { fseek(fp, (long)(8 + hl), SEEK_SET); CHECK(fread(buf, 1, 32, fp) == 32, "data"); fclose(fp); }
+    CHECK(!memcmp(buf, a, 24) && !memcmp(buf + 24, b, 8), "payload (little-endian host)");
+    CHECK_RC(resbm_safetensors_write("/nonexistent-dir/x.safetensors", e, 2, NULL, 0), RESBM_EIO);
+    e[0].ndim = 0;
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EINVAL);
+    remove(path);
+}
+
+/* ---- argument validation across the layer API -------------------------------------------------- */
+static void test_layer_args(void) {
+    float x[64] = {0}, y[64], g[16] = {0}, r[8];
+    int32_t t[4] = {0, 1, 2, 3};
+    memset(y, 0x7f, sizeof(y));
+    CHECK_RC(resbm_rmsnorm_forward(NULL, NULL, r, x, g, 4, 16), RESBM_EINVAL);
+    CHECK_RC(resbm_rmsnorm_forward(NULL, y, r, x, g, 0, 16), RESBM_EINVAL);
+    CHECK_RC(resbm_rmsnorm_backward(NULL, y, g, x, x, g, NULL, 4, 16), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_forward(NULL, y, x, x, 4, 4, 4), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_backward(NULL, y, y, x, x, x, 4, 4, 4, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_embedding_forward(y, t, x, 4, 16, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_embedding_forward(y, NULL, x, 4, 16, 4), RESBM_EINVAL);
+    CHECK_RC(resbm_rope_tables(r, r, 4, 3, 10000.0), RESBM_EINVAL);
+    CHECK_RC(resbm_rope_forward(NULL, y, r, r, 4, 4, 16, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_attention_forward(NULL, y, r, x, x, x, 4, 0, 16, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_attention_backward(NULL, y, y, y, x, x, x, x, x, NULL, 4, 4, 16, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_swiglu_forward(NULL, y, x, NULL, 4), RESBM_EINVAL);
+    CHECK_RC(resbm_swiglu_backward(NULL, y, y, x, x, x, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_xent_forward(NULL, y, r, x, t, 4, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_xent_backward(NULL, y, x, NULL, 4, 4, 1.0f), RESBM_EINVAL);
+    CHECK(y[0] != 0 && y[63] != 0, "output touched by a rejected call");
+}
+
+int main(int argc, char **argv) {
+    int i;
+    for (i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--filter")) filter = argv[i + 1];
+    RUN(test_strerror);
+    RUN(test_sizes);
+    RUN(test_rng);
+    RUN(test_arena);
+    RUN(test_pool);
+    RUN(test_gemm_shapes);
+    RUN(test_gemm_large_threads);
+    RUN(test_gemm_args);
+    RUN(test_grad_rmsnorm);
+    RUN(test_grad_linear);
+    RUN(test_grad_rope);
+    RUN(test_grad_attention);
+    RUN(test_grad_swiglu);
+    RUN(test_grad_embedding);
+    RUN(test_grad_xent);
+    RUN(test_grad_model);
+    RUN(test_model_names_init);
+    RUN(test_model_stage_split);
+    RUN(test_model_threads_bitwise);
+    RUN(test_model_learns);
+    RUN(test_model_state_errors);
+    RUN(test_config_validation);
+    RUN(test_lr_schedule);
+    RUN(test_adamw_by_hand);
+    RUN(test_sgd_by_hand);
+    RUN(test_muon_by_hand);
+    RUN(test_train_step_composition);
+    RUN(test_step_allocates_nothing);
+    RUN(test_failing_allocator);
+    RUN(test_safetensors_write);
+    RUN(test_layer_args);
+    return th_finish();
+}
