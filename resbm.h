@@ -488,13 +488,13 @@ static void resbm__dealloc(void *p, void *user) {
 #define RESBM__NR 8
 #endif
 #define RESBM__KC 256 /* fixed: it decides the summation order, so it never depends on threads */
-#define RESBM__MC (16 * RESBM__MR) /* tiles are whole panels: MC % MR == 0, NC % NR == 0 */
-#define RESBM__NC (8 * RESBM__NR)
-#define RESBM__PACK_FLOATS ((size_t)RESBM__MC * RESBM__KC + (size_t)RESBM__KC * RESBM__NC)
+#define RESBM__MC (32 * RESBM__MR) /* tile rows: op(A) block MC x KC stays in L2 */
+#define RESBM__NC (8 * RESBM__NR)  /* tile columns: the packed op(B) block is KC x NC */
+#define RESBM__PACK_FLOATS ((size_t)RESBM__KC * RESBM__NC)
 
 struct resbm_pool {
     int nthreads;
-    float *pack; /* [nthreads][RESBM__PACK_FLOATS] */
+    float *pack; /* [nthreads][RESBM__PACK_FLOATS] GEMM packing buffers */
 #ifndef RESBM_NO_THREADS
     pthread_t *threads;
     pthread_mutex_t mu;
@@ -688,84 +688,98 @@ static void resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm_
 }
 
 /* ---- GEMM ------------------------------------------------------------------------------------- */
-/* Blocked like BLIS: C is cut into tiles, one task each. A task walks K in blocks of KC (always
-   the same blocks, so every C element sums in the same order whatever the tiling or thread
-   count), packs its A block into MR-row panels and its B block into NR-column panels, and calls
-   the register micro-kernel on every (MR x NR) piece. Packing turns the three forms into one. */
+/* Blocked like BLIS, with less packing: C is cut into tiles, one task each. A task walks K in
+   blocks of KC (always the same blocks, so every C element sums in the same order whatever the
+   tiling or the thread count) and calls the register micro-kernel on every MR x NR piece.
+   op(A) is read in place through strides (the kernel broadcasts one element per row, so any
+   layout works). op(B) is read in place when it is [K,N] and the kernel can mask its edge loads
+   (AVX-512); otherwise (B^T, or no masking) the task packs its KC x tile-width block into
+   NR-wide, zero-padded panels. Splitting work along N never repacks anything, so tiles are cut
+   along N first. */
 
-/* c[MR, NR] (+)= a_panel[kc][MR] . b_panel[kc][NR]; only the top-left mr x nr part is stored. */
-static void resbm__kernel(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                          size_t mr, size_t nr, int add) {
-    size_t i, j, k;
+/* c[mr, nr] (+)= sum_k a(i,k) b(k,j) with a(i,k) = a[i*ars + k*aks] and b(k,j) = b[k*ldb + j].
+   Rows past mr repeat row mr-1 (computed, never stored), so no read leaves op(A). */
+static void resbm__kernel(size_t kc, const float *a, size_t ars, size_t aks, const float *b,
+                          size_t ldb, float *c, size_t ldc, size_t mr, size_t nr, int add) {
+    const float *ar[RESBM__MR];
+    size_t i, k;
+    for (i = 0; i < RESBM__MR; i++) ar[i] = a + (i < mr ? i : mr - 1) * ars;
+    {
 #if defined(__AVX512F__)
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xffff : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
     __m512 c0[RESBM__MR], c1[RESBM__MR];
-    for (i = 0; i < RESBM__MR; i++) { c0[i] = _mm512_setzero_ps(); c1[i] = _mm512_setzero_ps(); }
+    c0[0] = c0[1] = c0[2] = c0[3] = c0[4] = c0[5] = c0[6] = c0[7] = _mm512_setzero_ps();
+    c1[0] = c1[1] = c1[2] = c1[3] = c1[4] = c1[5] = c1[6] = c1[7] = _mm512_setzero_ps();
     for (k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_load_ps(b + k * RESBM__NR), b1 = _mm512_load_ps(b + k * RESBM__NR + 16);
-        const float *ak = a + k * RESBM__MR;
-        __m512 a0 = _mm512_set1_ps(ak[0]), a1 = _mm512_set1_ps(ak[1]);
-        __m512 a2 = _mm512_set1_ps(ak[2]), a3 = _mm512_set1_ps(ak[3]);
+        const float *bk = b + k * ldb;
+        size_t ak = k * aks;
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, bk), b1 = _mm512_maskz_loadu_ps(m1, bk + 16);
+        __m512 a0 = _mm512_set1_ps(ar[0][ak]), a1 = _mm512_set1_ps(ar[1][ak]);
+        __m512 a2 = _mm512_set1_ps(ar[2][ak]), a3 = _mm512_set1_ps(ar[3][ak]);
         c0[0] = _mm512_fmadd_ps(a0, b0, c0[0]); c1[0] = _mm512_fmadd_ps(a0, b1, c1[0]);
         c0[1] = _mm512_fmadd_ps(a1, b0, c0[1]); c1[1] = _mm512_fmadd_ps(a1, b1, c1[1]);
         c0[2] = _mm512_fmadd_ps(a2, b0, c0[2]); c1[2] = _mm512_fmadd_ps(a2, b1, c1[2]);
         c0[3] = _mm512_fmadd_ps(a3, b0, c0[3]); c1[3] = _mm512_fmadd_ps(a3, b1, c1[3]);
-        a0 = _mm512_set1_ps(ak[4]); a1 = _mm512_set1_ps(ak[5]);
-        a2 = _mm512_set1_ps(ak[6]); a3 = _mm512_set1_ps(ak[7]);
+        a0 = _mm512_set1_ps(ar[4][ak]); a1 = _mm512_set1_ps(ar[5][ak]);
+        a2 = _mm512_set1_ps(ar[6][ak]); a3 = _mm512_set1_ps(ar[7][ak]);
         c0[4] = _mm512_fmadd_ps(a0, b0, c0[4]); c1[4] = _mm512_fmadd_ps(a0, b1, c1[4]);
         c0[5] = _mm512_fmadd_ps(a1, b0, c0[5]); c1[5] = _mm512_fmadd_ps(a1, b1, c1[5]);
         c0[6] = _mm512_fmadd_ps(a2, b0, c0[6]); c1[6] = _mm512_fmadd_ps(a2, b1, c1[6]);
         c0[7] = _mm512_fmadd_ps(a3, b0, c0[7]); c1[7] = _mm512_fmadd_ps(a3, b1, c1[7]);
     }
-    if (mr == RESBM__MR && nr == RESBM__NR) {
-        for (i = 0; i < RESBM__MR; i++) {
-            float *ci = c + i * ldc;
-            if (add) {
-                c0[i] = _mm512_add_ps(_mm512_loadu_ps(ci), c0[i]);
-                c1[i] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), c1[i]);
-            }
-            _mm512_storeu_ps(ci, c0[i]);
-            _mm512_storeu_ps(ci + 16, c1[i]);
-        }
-        return;
-    } else {
-        float tile[RESBM__MR * RESBM__NR];
-        for (i = 0; i < RESBM__MR; i++) {
-            _mm512_storeu_ps(tile + i * RESBM__NR, c0[i]);
-            _mm512_storeu_ps(tile + i * RESBM__NR + 16, c1[i]);
-        }
-#elif defined(__AVX2__) && defined(__FMA__)
+    /* Constant indices only, so c0/c1 stay in registers (a variable index would spill them). */
+#define RESBM__STORE_ROW(i)                                                                        \
+    if ((i) < mr) {                                                                                \
+        float *ci = c + (i) * ldc;                                                                 \
+        __m512 x0 = c0[i], x1 = c1[i];                                                             \
+        if (add) {                                                                                 \
+            x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), x0);                                 \
+            x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), x1);                            \
+        }                                                                                          \
+        _mm512_mask_storeu_ps(ci, m0, x0);                                                         \
+        _mm512_mask_storeu_ps(ci + 16, m1, x1);                                                    \
+    }
+    RESBM__STORE_ROW(0) RESBM__STORE_ROW(1) RESBM__STORE_ROW(2) RESBM__STORE_ROW(3)
+    RESBM__STORE_ROW(4) RESBM__STORE_ROW(5) RESBM__STORE_ROW(6) RESBM__STORE_ROW(7)
+#undef RESBM__STORE_ROW
+#else
+    float tile[RESBM__MR * RESBM__NR];
+    size_t j;
+#if defined(__AVX2__) && defined(__FMA__)
     __m256 c0[RESBM__MR], c1[RESBM__MR];
     for (i = 0; i < RESBM__MR; i++) { c0[i] = _mm256_setzero_ps(); c1[i] = _mm256_setzero_ps(); }
     for (k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(b + k * RESBM__NR), b1 = _mm256_load_ps(b + k * RESBM__NR + 8);
-        const float *ak = a + k * RESBM__MR;
+        __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
         for (i = 0; i < RESBM__MR; i++) {
-            __m256 ai = _mm256_broadcast_ss(ak + i);
+            __m256 ai = _mm256_broadcast_ss(ar[i] + k * aks);
             c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
             c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
         }
     }
-    {
-        float tile[RESBM__MR * RESBM__NR];
-        for (i = 0; i < RESBM__MR; i++) {
-            _mm256_storeu_ps(tile + i * RESBM__NR, c0[i]);
-            _mm256_storeu_ps(tile + i * RESBM__NR + 8, c1[i]);
-        }
-#else
-    float tile[RESBM__MR * RESBM__NR];
-    {
-        for (i = 0; i < RESBM__MR * RESBM__NR; i++) tile[i] = 0.0f;
-        for (k = 0; k < kc; k++)
-            for (i = 0; i < RESBM__MR; i++)
-                for (j = 0; j < RESBM__NR; j++)
-                    tile[i * RESBM__NR + j] += a[k * RESBM__MR + i] * b[k * RESBM__NR + j];
-#endif
-        for (i = 0; i < mr; i++)
-            for (j = 0; j < nr; j++)
-                c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * RESBM__NR + j] : tile[i * RESBM__NR + j];
+    for (i = 0; i < RESBM__MR; i++) {
+        _mm256_storeu_ps(tile + i * RESBM__NR, c0[i]);
+        _mm256_storeu_ps(tile + i * RESBM__NR + 8, c1[i]);
     }
-    (void)j;
+#else
+    for (i = 0; i < RESBM__MR * RESBM__NR; i++) tile[i] = 0.0f;
+    for (k = 0; k < kc; k++)
+        for (i = 0; i < RESBM__MR; i++)
+            for (j = 0; j < RESBM__NR; j++)
+                tile[i * RESBM__NR + j] += ar[i][k * aks] * b[k * ldb + j];
+#endif
+    for (i = 0; i < mr; i++)
+        for (j = 0; j < nr; j++)
+            c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * RESBM__NR + j] : tile[i * RESBM__NR + j];
+#endif
+    }
 }
+
+#if defined(__AVX512F__)
+#define RESBM__DIRECT_B 1 /* the kernel masks its loads, so op(B) = B [K,N] is read in place */
+#else
+#define RESBM__DIRECT_B 0
+#endif
 
 typedef struct {
     int form, accumulate;
@@ -775,30 +789,6 @@ typedef struct {
     float *pack;
 } resbm__gemm_job;
 
-/* Packs rows [i0, i0+mc) x k [k0, k0+kc) of op(A) into MR-row panels, zero-padded. */
-static void resbm__pack_a(float *dst, const resbm__gemm_job *g, size_t i0, size_t mc, size_t k0,
-                          size_t kc) {
-    size_t p, i, k;
-    for (p = 0; p < mc; p += RESBM__MR) {
-        size_t mr = RESBM__MIN(RESBM__MR, mc - p);
-        float *d = dst + p * kc;
-        if (g->form == RESBM_GEMM_TN) { /* A is [K, M] */
-            for (k = 0; k < kc; k++) {
-                const float *src = g->A + (k0 + k) * g->M + i0 + p;
-                for (i = 0; i < mr; i++) d[k * RESBM__MR + i] = src[i];
-                for (; i < RESBM__MR; i++) d[k * RESBM__MR + i] = 0.0f;
-            }
-        } else { /* A is [M, K] */
-            for (i = 0; i < mr; i++) {
-                const float *src = g->A + (i0 + p + i) * g->K + k0;
-                for (k = 0; k < kc; k++) d[k * RESBM__MR + i] = src[k];
-            }
-            for (; i < RESBM__MR; i++)
-                for (k = 0; k < kc; k++) d[k * RESBM__MR + i] = 0.0f;
-        }
-    }
-}
-
 /* Packs k [k0, k0+kc) x columns [j0, j0+nc) of op(B) into NR-column panels, zero-padded. */
 static void resbm__pack_b(float *dst, const resbm__gemm_job *g, size_t j0, size_t nc, size_t k0,
                           size_t kc) {
@@ -806,7 +796,7 @@ static void resbm__pack_b(float *dst, const resbm__gemm_job *g, size_t j0, size_
     for (p = 0; p < nc; p += RESBM__NR) {
         size_t nr = RESBM__MIN(RESBM__NR, nc - p);
         float *d = dst + p * kc;
-        if (g->form == RESBM_GEMM_NT) { /* B is [N, K] */
+        if (g->form == RESBM_GEMM_NT) { /* B is [N, K]: a transpose, a row of B at a time */
             for (j = 0; j < nr; j++) {
                 const float *src = g->B + (j0 + p + j) * g->K + k0;
                 for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = src[k];
@@ -827,8 +817,10 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
     const resbm__gemm_job *g = (const resbm__gemm_job *)ctx;
     size_t i0 = (task / g->tiles_n) * g->tm, j0 = (task % g->tiles_n) * g->tn;
     size_t mc = RESBM__MIN(g->tm, g->M - i0), nc = RESBM__MIN(g->tn, g->N - j0);
-    float *pa = g->pack + (size_t)thread * RESBM__PACK_FLOATS;
-    float *pb = pa + (size_t)RESBM__MC * RESBM__KC;
+    float *pb = g->pack + (size_t)thread * RESBM__PACK_FLOATS;
+    int packed = g->form == RESBM_GEMM_NT || !RESBM__DIRECT_B;
+    /* op(A)(i, k) = A[i*ars + k*aks] */
+    size_t ars = g->form == RESBM_GEMM_TN ? 1 : g->K, aks = g->form == RESBM_GEMM_TN ? g->M : 1;
     size_t k0, ir, jr;
     if (g->K == 0) { /* C = 0 or C unchanged */
         if (!g->accumulate)
@@ -838,13 +830,15 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
     for (k0 = 0; k0 < g->K; k0 += RESBM__KC) {
         size_t kc = RESBM__MIN((size_t)RESBM__KC, g->K - k0);
         int add = g->accumulate || k0 > 0;
-        resbm__pack_a(pa, g, i0, mc, k0, kc);
-        resbm__pack_b(pb, g, j0, nc, k0, kc);
-        for (jr = 0; jr < nc; jr += RESBM__NR)
+        if (packed) resbm__pack_b(pb, g, j0, nc, k0, kc);
+        for (jr = 0; jr < nc; jr += RESBM__NR) {
+            const float *b = packed ? pb + jr * kc : g->B + k0 * g->N + j0 + jr;
+            size_t ldb = packed ? RESBM__NR : g->N;
             for (ir = 0; ir < mc; ir += RESBM__MR)
-                resbm__kernel(kc, pa + ir * kc, pb + jr * kc, g->C + (i0 + ir) * g->N + j0 + jr,
-                              g->N, RESBM__MIN(RESBM__MR, mc - ir), RESBM__MIN(RESBM__NR, nc - jr),
-                              add);
+                resbm__kernel(kc, g->A + (i0 + ir) * ars + k0 * aks, ars, aks, b, ldb,
+                              g->C + (i0 + ir) * g->N + j0 + jr, g->N,
+                              RESBM__MIN(RESBM__MR, mc - ir), RESBM__MIN(RESBM__NR, nc - jr), add);
+        }
     }
 }
 
@@ -875,18 +869,18 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
 #endif
     {
         resbm__gemm_job g;
-        size_t want = (size_t)pool->nthreads * 4, tiles_m, tiles_n;
+        size_t want = pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1, tiles_m, tiles_n;
         g.form = form; g.accumulate = accumulate; g.C = C; g.A = A; g.B = B;
         g.M = M; g.N = N; g.K = K; g.pack = pool->pack;
         /* Tile size only decides who computes what, never the arithmetic: shrink tiles until
-           every thread has a few to take. */
+           every thread has a few to take, along N first (that repacks nothing). */
         g.tm = RESBM__MC; g.tn = RESBM__NC;
         for (;;) {
             tiles_m = (M + g.tm - 1) / g.tm;
             tiles_n = (N + g.tn - 1) / g.tn;
             if (tiles_m * tiles_n >= want) break;
-            if (g.tn >= g.tm && g.tn > 2 * RESBM__NR) g.tn /= 2;
-            else if (g.tm > 4 * RESBM__MR) g.tm /= 2;
+            if (g.tn >= 4 * RESBM__NR && g.tn / 2 < N) g.tn /= 2;
+            else if (g.tm >= 4 * RESBM__MR && g.tm / 2 < M) g.tm /= 2;
             else break;
         }
         g.tiles_n = tiles_n;
