@@ -141,6 +141,10 @@ typedef void (*resbm_task_fn)(void *ctx, size_t task, int thread);
 RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out);
 RESBMDEF void resbm_pool_free(resbm_pool *pool);
 RESBMDEF int resbm_pool_threads(const resbm_pool *pool);
+/* Makes sure every thread has at least this many floats of kernel scratch (grows, never
+   shrinks; not while the pool runs). Attention takes its fast blocked path when
+   RESBM_ATTENTION_WORK(T) floats are reserved. */
+RESBMDEF int resbm_pool_reserve(resbm_pool *pool, size_t floats_per_thread);
 /* Runs fn(ctx, task, thread) for task in [0, ntasks) and returns when all are done. Tasks are
    taken in any order by any thread; a task must write only what it owns. */
 RESBMDEF int resbm_pool_run(resbm_pool *pool, resbm_task_fn fn, void *ctx, size_t ntasks);
@@ -196,6 +200,7 @@ RESBMDEF int resbm_rope_backward(resbm_pool *pool, float *dx, const float *cos_t
    lse [N,H] keeps each row's log-sum-exp so backward recomputes probabilities without any
    O(T^2) buffer. hd <= RESBM_MAX_HEAD_DIM. */
 #define RESBM_MAX_HEAD_DIM 512
+#define RESBM_ATTENTION_WORK(T) ((size_t)128 * (size_t)(T)) /* floats per pool thread */
 RESBMDEF int resbm_attention_forward(resbm_pool *pool, float *out /*[N,d]*/, float *lse /*[N,H]*/,
                                      const float *q /*[N,d]*/, const float *k, const float *v,
                                      size_t N, size_t T, size_t d, size_t H);
@@ -495,6 +500,8 @@ static void resbm__dealloc(void *p, void *user) {
 struct resbm_pool {
     int nthreads;
     float *pack; /* [nthreads][RESBM__PACK_FLOATS] GEMM packing buffers */
+    float *work; /* [nthreads][work_floats] kernel scratch, see resbm_pool_reserve */
+    size_t work_floats;
 #ifndef RESBM_NO_THREADS
     pthread_t *threads;
     pthread_mutex_t mu;
@@ -570,7 +577,25 @@ RESBMDEF void resbm_pool_free(resbm_pool *p) {
         pthread_mutex_destroy(&p->mu);
     }
 #endif
+    resbm__dealloc(p->work, NULL);
     resbm__dealloc(p, NULL);
+}
+
+RESBMDEF int resbm_pool_reserve(resbm_pool *p, size_t floats_per_thread) {
+    size_t n;
+    float *w;
+    if (!p || floats_per_thread == 0) return RESBM_EINVAL;
+    if (floats_per_thread <= p->work_floats) return RESBM_OK;
+    floats_per_thread = (floats_per_thread + 15) & ~(size_t)15; /* each thread's slice aligned */
+    if (resbm_size_mul(&n, floats_per_thread, (size_t)p->nthreads) ||
+        resbm_size_mul(&n, n, sizeof(float)))
+        return RESBM_EOVERFLOW;
+    w = (float *)resbm__alloc(n, NULL);
+    if (!w) return RESBM_ENOMEM;
+    resbm__dealloc(p->work, NULL);
+    p->work = w;
+    p->work_floats = floats_per_thread;
+    return RESBM_OK;
 }
 
 RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out) {
@@ -699,8 +724,15 @@ static void resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm_
 
 /* c[mr, nr] (+)= sum_k a(i,k) b(k,j) with a(i,k) = a[i*ars + k*aks] and b(k,j) = b[k*ldb + j].
    Rows past mr repeat row mr-1 (computed, never stored), so no read leaves op(A). */
-static void resbm__kernel(size_t kc, const float *a, size_t ars, size_t aks, const float *b,
-                          size_t ldb, float *c, size_t ldc, size_t mr, size_t nr, int add) {
+#if defined(__GNUC__) || defined(__clang__)
+#define RESBM__NOINLINE __attribute__((noinline))
+#else
+#define RESBM__NOINLINE
+#endif
+/* Kept out of line: inlined into its callers it loses registers to their loop state. */
+static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars, size_t aks,
+                                          const float *b, size_t ldb, float *c, size_t ldc,
+                                          size_t mr, size_t nr, int add) {
     const float *ar[RESBM__MR];
     size_t i, k;
     for (i = 0; i < RESBM__MR; i++) ar[i] = a + (i < mr ? i : mr - 1) * ars;
@@ -781,65 +813,74 @@ static void resbm__kernel(size_t kc, const float *a, size_t ars, size_t aks, con
 #define RESBM__DIRECT_B 0
 #endif
 
-typedef struct {
-    int form, accumulate;
-    float *C;
-    const float *A, *B;
-    size_t M, N, K, tm, tn, tiles_n;
-    float *pack;
-} resbm__gemm_job;
-
-/* Packs k [k0, k0+kc) x columns [j0, j0+nc) of op(B) into NR-column panels, zero-padded. */
-static void resbm__pack_b(float *dst, const resbm__gemm_job *g, size_t j0, size_t nc, size_t k0,
-                          size_t kc) {
+/* Packs op(B)(k, j) = B[k*bks + j*bns], k < kc, j < nc, into NR-column panels, zero-padded. */
+static void resbm__pack_b(float *dst, const float *B, size_t bks, size_t bns, size_t nc, size_t kc) {
     size_t p, j, k;
     for (p = 0; p < nc; p += RESBM__NR) {
         size_t nr = RESBM__MIN(RESBM__NR, nc - p);
         float *d = dst + p * kc;
-        if (g->form == RESBM_GEMM_NT) { /* B is [N, K]: a transpose, a row of B at a time */
+        if (bns == 1) { /* rows of op(B) are contiguous */
+            for (k = 0; k < kc; k++) {
+                const float *src = B + k * bks + p;
+                for (j = 0; j < nr; j++) d[k * RESBM__NR + j] = src[j];
+                for (; j < RESBM__NR; j++) d[k * RESBM__NR + j] = 0.0f;
+            }
+        } else { /* a transpose: walk each source row once */
             for (j = 0; j < nr; j++) {
-                const float *src = g->B + (j0 + p + j) * g->K + k0;
-                for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = src[k];
+                const float *src = B + (p + j) * bns;
+                for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = src[k * bks];
             }
             for (; j < RESBM__NR; j++)
                 for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = 0.0f;
-        } else { /* B is [K, N] */
-            for (k = 0; k < kc; k++) {
-                const float *src = g->B + (k0 + k) * g->N + j0 + p;
-                for (j = 0; j < nr; j++) d[k * RESBM__NR + j] = src[j];
-                for (; j < RESBM__NR; j++) d[k * RESBM__NR + j] = 0.0f;
+        }
+    }
+}
+
+/* Serial C[M,N] (+)= op(A) op(B) on one thread, op(A)(i,k) = A[i*ars + k*aks],
+   op(B)(k,j) = B[k*bks + j*bns], C rows ldc apart; pack holds RESBM__PACK_FLOATS. K > 0. */
+static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
+                              const float *B, size_t bks, size_t bns, size_t M, size_t N, size_t K,
+                              int accumulate, float *pack) {
+    int direct = RESBM__DIRECT_B && bns == 1;
+    size_t j0, k0, jr, ir;
+    for (j0 = 0; j0 < N; j0 += RESBM__NC) {
+        size_t nc = RESBM__MIN((size_t)RESBM__NC, N - j0);
+        for (k0 = 0; k0 < K; k0 += RESBM__KC) {
+            size_t kc = RESBM__MIN((size_t)RESBM__KC, K - k0);
+            int add = accumulate || k0 > 0;
+            if (!direct) resbm__pack_b(pack, B + k0 * bks + j0 * bns, bks, bns, nc, kc);
+            for (jr = 0; jr < nc; jr += RESBM__NR) {
+                const float *b = direct ? B + k0 * bks + j0 + jr : pack + jr * kc;
+                size_t ldb = direct ? bks : RESBM__NR;
+                for (ir = 0; ir < M; ir += RESBM__MR)
+                    resbm__kernel(kc, A + ir * ars + k0 * aks, ars, aks, b, ldb,
+                                  C + ir * ldc + j0 + jr, ldc, RESBM__MIN(RESBM__MR, M - ir),
+                                  RESBM__MIN(RESBM__NR, nc - jr), add);
             }
         }
     }
 }
 
+typedef struct {
+    int accumulate;
+    float *C;
+    const float *A, *B;
+    size_t M, N, K, ars, aks, bks, bns, tm, tn, tiles_n;
+    float *pack;
+} resbm__gemm_job;
+
 static void resbm__gemm_task(void *ctx, size_t task, int thread) {
     const resbm__gemm_job *g = (const resbm__gemm_job *)ctx;
-    size_t i0 = (task / g->tiles_n) * g->tm, j0 = (task % g->tiles_n) * g->tn;
+    size_t i0 = (task / g->tiles_n) * g->tm, j0 = (task % g->tiles_n) * g->tn, i;
     size_t mc = RESBM__MIN(g->tm, g->M - i0), nc = RESBM__MIN(g->tn, g->N - j0);
-    float *pb = g->pack + (size_t)thread * RESBM__PACK_FLOATS;
-    int packed = g->form == RESBM_GEMM_NT || !RESBM__DIRECT_B;
-    /* op(A)(i, k) = A[i*ars + k*aks] */
-    size_t ars = g->form == RESBM_GEMM_TN ? 1 : g->K, aks = g->form == RESBM_GEMM_TN ? g->M : 1;
-    size_t k0, ir, jr;
     if (g->K == 0) { /* C = 0 or C unchanged */
         if (!g->accumulate)
-            for (ir = 0; ir < mc; ir++) memset(g->C + (i0 + ir) * g->N + j0, 0, nc * sizeof(float));
+            for (i = 0; i < mc; i++) memset(g->C + (i0 + i) * g->N + j0, 0, nc * sizeof(float));
         return;
     }
-    for (k0 = 0; k0 < g->K; k0 += RESBM__KC) {
-        size_t kc = RESBM__MIN((size_t)RESBM__KC, g->K - k0);
-        int add = g->accumulate || k0 > 0;
-        if (packed) resbm__pack_b(pb, g, j0, nc, k0, kc);
-        for (jr = 0; jr < nc; jr += RESBM__NR) {
-            const float *b = packed ? pb + jr * kc : g->B + k0 * g->N + j0 + jr;
-            size_t ldb = packed ? RESBM__NR : g->N;
-            for (ir = 0; ir < mc; ir += RESBM__MR)
-                resbm__kernel(kc, g->A + (i0 + ir) * ars + k0 * aks, ars, aks, b, ldb,
-                              g->C + (i0 + ir) * g->N + j0 + jr, g->N,
-                              RESBM__MIN(RESBM__MR, mc - ir), RESBM__MIN(RESBM__NR, nc - jr), add);
-        }
-    }
+    resbm__gemm_block(g->C + i0 * g->N + j0, g->N, g->A + i0 * g->ars, g->ars, g->aks,
+                      g->B + j0 * g->bns, g->bks, g->bns, mc, nc, g->K, g->accumulate,
+                      g->pack + (size_t)thread * RESBM__PACK_FLOATS);
 }
 
 static int resbm__gemm_check(int form, const float *C, const float *A, const float *B, size_t M,
@@ -870,8 +911,12 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
     {
         resbm__gemm_job g;
         size_t want = pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1, tiles_m, tiles_n;
-        g.form = form; g.accumulate = accumulate; g.C = C; g.A = A; g.B = B;
+        g.accumulate = accumulate; g.C = C; g.A = A; g.B = B;
         g.M = M; g.N = N; g.K = K; g.pack = pool->pack;
+        g.ars = form == RESBM_GEMM_TN ? 1 : K;  /* op(A)(i,k) = A[i*ars + k*aks] */
+        g.aks = form == RESBM_GEMM_TN ? M : 1;
+        g.bks = form == RESBM_GEMM_NT ? 1 : N;  /* op(B)(k,j) = B[k*bks + j*bns] */
+        g.bns = form == RESBM_GEMM_NT ? K : 1;
         /* Tile size only decides who computes what, never the arithmetic: shrink tiles until
            every thread has a few to take, along N first (that repacks nothing). */
         g.tm = RESBM__MC; g.tn = RESBM__NC;
@@ -1111,15 +1156,21 @@ RESBMDEF int resbm_rope_backward(resbm_pool *pool, float *dx, const float *cos_t
 }
 
 /* ---- causal attention ------------------------------------------------------------------------- */
-/* One task per (sequence, head): it owns those columns of out/dq/dk/dv for those rows. Forward
-   is an online softmax (running max and sum), so no score row is ever stored. */
+/* One task per (sequence, head): it owns those columns of out/dq/dk/dv for those rows, so the
+   result never depends on the thread count. Two paths compute the same function:
+   - blocked (the pool has RESBM_ATTENTION_WORK(T) floats per thread reserved): 64 queries at a
+     time, scores and their gradients as small GEMMs through the micro-kernel;
+   - plain (no pool or no reserve): a row at a time with an online softmax (running max and
+     sum), no buffer at all. It is also the reference the blocked path is tested against. */
+#define RESBM__BQ 64 /* queries per block: fixed, since it groups dK/dV's summation */
 typedef struct {
     float *out, *lse_out, *dq, *dk, *dv;
     const float *q, *k, *v, *dout, *o, *lse;
     size_t T, d, H;
+    resbm_pool *pool;
 } resbm__attn_job;
 
-static void resbm__attn_fwd_task(void *ctx, size_t task, int thread) {
+static void resbm__attn_fwd_plain(void *ctx, size_t task, int thread) {
     const resbm__attn_job *j = (const resbm__attn_job *)ctx;
     size_t seq = task / j->H, h = task % j->H, hd = j->d / j->H, d = j->d, t, u, i;
     size_t base = seq * j->T;
@@ -1150,7 +1201,7 @@ static void resbm__attn_fwd_task(void *ctx, size_t task, int thread) {
 
 /* With p = exp(s - lse), D_t = dout_t . out_t:  ds = p (dout_t . v_u - D_t),
    dq_t += scale ds k_u,  dk_u += scale ds q_t,  dv_u += p dout_t. */
-static void resbm__attn_bwd_task(void *ctx, size_t task, int thread) {
+static void resbm__attn_bwd_plain(void *ctx, size_t task, int thread) {
     const resbm__attn_job *j = (const resbm__attn_job *)ctx;
     size_t seq = task / j->H, h = task % j->H, hd = j->d / j->H, d = j->d, t, u;
     size_t base = seq * j->T;
@@ -1173,6 +1224,69 @@ static void resbm__attn_bwd_task(void *ctx, size_t task, int thread) {
     }
 }
 
+/* Blocked forward: S = Q K^T for a block of queries against the keys they see, a causal softmax
+   per row (P is zero past the diagonal), then O = P V. */
+static void resbm__attn_fwd_blocked(void *ctx, size_t task, int thread) {
+    const resbm__attn_job *j = (const resbm__attn_job *)ctx;
+    size_t seq = task / j->H, h = task % j->H, hd = j->d / j->H, d = j->d, T = j->T, H = j->H;
+    size_t off = seq * T * d + h * hd, t0, i, u;
+    const float *Q = j->q + off, *K = j->k + off, *V = j->v + off;
+    float *S = j->pool->work + (size_t)thread * j->pool->work_floats;
+    float *pack = j->pool->pack + (size_t)thread * RESBM__PACK_FLOATS;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (t0 = 0; t0 < T; t0 += RESBM__BQ) {
+        size_t bq = RESBM__MIN((size_t)RESBM__BQ, T - t0), nk = t0 + bq;
+        resbm__gemm_block(S, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack); /* Q K^T */
+        for (i = 0; i < bq; i++) {
+            float *row = S + i * T, mx = -INFINITY, sum = 0.0f, inv;
+            size_t t = t0 + i;
+            for (u = 0; u <= t; u++) { row[u] *= scale; mx = row[u] > mx ? row[u] : mx; }
+            for (u = 0; u <= t; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
+            inv = 1.0f / sum;
+            for (u = 0; u <= t; u++) row[u] *= inv;
+            for (; u < nk; u++) row[u] = 0.0f;
+            j->lse_out[(seq * T + t) * H + h] = mx + logf(sum);
+        }
+        resbm__gemm_block(j->out + off + t0 * d, d, S, T, 1, V, d, 1, bq, hd, nk, 0, pack); /* P V */
+    }
+}
+
+/* Blocked backward: recompute P from lse, dP = dO V^T, dS = P (dP - D) scale with
+   D_t = dO_t . O_t, then dQ += dS K, dK += dS^T Q, dV += P^T dO. */
+static void resbm__attn_bwd_blocked(void *ctx, size_t task, int thread) {
+    const resbm__attn_job *j = (const resbm__attn_job *)ctx;
+    size_t seq = task / j->H, h = task % j->H, hd = j->d / j->H, d = j->d, T = j->T, H = j->H;
+    size_t off = seq * T * d + h * hd, t0, i, u;
+    const float *Q = j->q + off, *K = j->k + off, *V = j->v + off, *dO = j->dout + off;
+    const float *O = j->o + off;
+    float *P = j->pool->work + (size_t)thread * j->pool->work_floats, *dP = P + RESBM__BQ * T;
+    float *pack = j->pool->pack + (size_t)thread * RESBM__PACK_FLOATS;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (t0 = 0; t0 < T; t0 += RESBM__BQ) {
+        size_t bq = RESBM__MIN((size_t)RESBM__BQ, T - t0), nk = t0 + bq;
+        resbm__gemm_block(P, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack);   /* Q K^T */
+        resbm__gemm_block(dP, T, dO + t0 * d, d, 1, V, 1, d, bq, nk, hd, 0, pack); /* dO V^T */
+        for (i = 0; i < bq; i++) {
+            float *p = P + i * T, *dp = dP + i * T;
+            size_t t = t0 + i;
+            float L = j->lse[(seq * T + t) * H + h];
+            float D = resbm__dot(dO + t * d, O + t * d, hd);
+            for (u = 0; u <= t; u++) {
+                p[u] = expf(p[u] * scale - L);
+                dp[u] = p[u] * (dp[u] - D) * scale;
+            }
+            for (; u < nk; u++) p[u] = dp[u] = 0.0f;
+        }
+        resbm__gemm_block(j->dq + off + t0 * d, d, dP, T, 1, K, d, 1, bq, hd, nk, 1, pack);
+        resbm__gemm_block(j->dk + off, d, dP, 1, T, Q + t0 * d, d, 1, nk, hd, bq, 1, pack);
+        resbm__gemm_block(j->dv + off, d, P, 1, T, dO + t0 * d, d, 1, nk, hd, bq, 1, pack);
+    }
+}
+
+static int resbm__attn_blocked(const resbm_pool *pool, size_t T) {
+    return pool && pool->work && pool->work_floats >= RESBM_ATTENTION_WORK(T);
+}
+
 static int resbm__attn_check(size_t N, size_t T, size_t d, size_t H) {
     if (N == 0 || T == 0 || d == 0 || H == 0 || d % H || N % T || d / H > RESBM_MAX_HEAD_DIM)
         return RESBM_EINVAL;
@@ -1186,7 +1300,9 @@ RESBMDEF int resbm_attention_forward(resbm_pool *pool, float *out, float *lse, c
     if (!out || !lse || !q || !k || !v || resbm__attn_check(N, T, d, H)) return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.out = out; j.lse_out = lse; j.q = q; j.k = k; j.v = v; j.T = T; j.d = d; j.H = H;
-    return resbm_pool_run(pool, resbm__attn_fwd_task, &j, (N / T) * H);
+    j.pool = pool;
+    return resbm_pool_run(pool, resbm__attn_blocked(pool, T) ? resbm__attn_fwd_blocked
+                                                             : resbm__attn_fwd_plain, &j, (N / T) * H);
 }
 
 RESBMDEF int resbm_attention_backward(resbm_pool *pool, float *dq, float *dk, float *dv,
@@ -1199,8 +1315,9 @@ RESBMDEF int resbm_attention_backward(resbm_pool *pool, float *dq, float *dk, fl
         return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.q = q; j.k = k; j.v = v; j.o = out;
-    j.lse = lse; j.T = T; j.d = d; j.H = H;
-    return resbm_pool_run(pool, resbm__attn_bwd_task, &j, (N / T) * H);
+    j.lse = lse; j.T = T; j.d = d; j.H = H; j.pool = pool;
+    return resbm_pool_run(pool, resbm__attn_blocked(pool, T) ? resbm__attn_bwd_blocked
+                                                             : resbm__attn_bwd_plain, &j, (N / T) * H);
 }
 
 /* ---- SwiGLU gate ------------------------------------------------------------------------------ */
@@ -1643,6 +1760,11 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
         m->own_pool = 1;
         m->bytes += sizeof(resbm_pool) + (size_t)m->cfg.threads * RESBM__PACK_FLOATS * sizeof(float);
     }
+    if ((rc = resbm_pool_reserve(m->pool, RESBM_ATTENTION_WORK(m->cfg.seq)))) {
+        resbm_model_free(m);
+        return rc;
+    }
+    if (m->own_pool) m->bytes += (size_t)m->cfg.threads * m->pool->work_floats * sizeof(float);
     *out = m;
     return RESBM_OK;
 }

@@ -401,27 +401,70 @@ static double attn_loss(void *c) {
     return s;
 }
 
-static void test_grad_attention(void) {
-    size_t N = LN, T = LT, d = LD, H = LH, n = N * d;
+/* Forward against the double reference and every gradient against finite differences, on both
+   attention paths: plain (no scratch reserved) and blocked. */
+static void grad_attention_case(size_t N, size_t T, size_t d, size_t H, int blocked, size_t samples) {
+    size_t n = N * d;
     float *q = rand_floats(n, 2.0f, 1), *k = rand_floats(n, 2.0f, 2), *v = rand_floats(n, 1.0f, 3);
-    float *w = rand_floats(n, 1.0f, 4), *out = (float *)malloc(n * 4), lse[LN * LH];
+    float *w = rand_floats(n, 1.0f, 4), *out = (float *)malloc(n * 4), *lse = (float *)malloc(N * H * 4);
     float *dq = (float *)calloc(n, 4), *dk = (float *)calloc(n, 4), *dv = (float *)calloc(n, 4);
     resbm_pool *p;
     attn_ctx c;
     resbm_pool_init(2, &p);
+    if (blocked) CHECK_RC(resbm_pool_reserve(p, RESBM_ATTENTION_WORK(T)), RESBM_OK);
     c.q = to_double(q, n); c.k = to_double(k, n); c.v = to_double(v, n); c.w = to_double(w, n);
     c.out = (double *)malloc(n * 8); c.N = N; c.T = T; c.d = d; c.H = H;
     CHECK_RC(resbm_attention_forward(p, out, lse, q, k, v, N, T, d, H), RESBM_OK);
     attn_loss(&c);
-    CHECK(near_all("attention out", out, c.out, n, 1e-5), "forward");
+    CHECK(near_all("attention out", out, c.out, n, 1e-5), "forward, blocked %d", blocked);
     CHECK_RC(resbm_attention_backward(p, dq, dk, dv, w, q, k, v, out, lse, N, T, d, H), RESBM_OK);
-    CHECK(fd_check("attention dq", attn_loss, &c, c.q, dq, n, 400, 1e-4), "dq");
-    CHECK(fd_check("attention dk", attn_loss, &c, c.k, dk, n, 400, 1e-4), "dk");
-    CHECK(fd_check("attention dv", attn_loss, &c, c.v, dv, n, 400, 1e-4), "dv");
+    CHECK(fd_check("attention dq", attn_loss, &c, c.q, dq, n, samples, 1e-4), "dq, blocked %d", blocked);
+    CHECK(fd_check("attention dk", attn_loss, &c, c.k, dk, n, samples, 1e-4), "dk, blocked %d", blocked);
+    CHECK(fd_check("attention dv", attn_loss, &c, c.v, dv, n, samples, 1e-4), "dv, blocked %d", blocked);
     CHECK_RC(resbm_attention_forward(p, out, lse, q, k, v, N, T, d, 3), RESBM_EINVAL);
     resbm_pool_free(p);
-    free(q); free(k); free(v); free(w); free(out); free(dq); free(dk); free(dv);
+    free(q); free(k); free(v); free(w); free(out); free(lse); free(dq); free(dk); free(dv);
     free(c.q); free(c.k); free(c.v); free(c.w); free(c.out);
+}
+
+static void test_grad_attention(void) {
+    grad_attention_case(LN, LT, LD, LH, 0, 400);
+    grad_attention_case(LN, LT, LD, LH, 1, 400);
+    /* T = 150: three query blocks, the last one short; head width 10 is not a SIMD multiple */
+    grad_attention_case(300, 150, 20, 2, 1, 120);
+}
+
+/* The blocked path equals the plain one to float rounding, and is bit-identical across thread
+   counts. */
+static void test_attention_paths(void) {
+    size_t N = 2 * 200, T = 200, d = 96, H = 3, n = N * d, i;
+    float *q = rand_floats(n, 2.0f, 5), *k = rand_floats(n, 2.0f, 6), *v = rand_floats(n, 1.0f, 7);
+    float *dout = rand_floats(n, 1.0f, 8), *o[3], *l[3], *g[3][3];
+    int path, t;
+    for (path = 0; path < 3; path++) { /* 0 plain, 1 blocked 1 thread, 2 blocked 3 threads */
+        resbm_pool *p;
+        resbm_pool_init(path == 2 ? 3 : 1, &p);
+        if (path) resbm_pool_reserve(p, RESBM_ATTENTION_WORK(T));
+        o[path] = (float *)malloc(n * 4); l[path] = (float *)malloc(N * H * 4);
+        for (t = 0; t < 3; t++) g[path][t] = (float *)calloc(n, 4);
+        CHECK_RC(resbm_attention_forward(p, o[path], l[path], q, k, v, N, T, d, H), RESBM_OK);
+        CHECK_RC(resbm_attention_backward(p, g[path][0], g[path][1], g[path][2], dout, q, k, v,
+                                          o[path], l[path], N, T, d, H), RESBM_OK);
+        resbm_pool_free(p);
+    }
+    for (i = 0; i < n; i++) {
+        CHECK_NEAR(o[1][i], o[0][i], 1e-5);
+        for (t = 0; t < 3; t++) CHECK_NEAR(g[1][t][i], g[0][t][i], 2e-4 * (1 + fabs(g[0][t][i])));
+        if (th_fail_now) break;
+    }
+    for (i = 0; i < N * H; i++) CHECK_NEAR(l[1][i], l[0][i], 1e-5);
+    CHECK(!memcmp(o[1], o[2], n * 4) && !memcmp(l[1], l[2], N * H * 4), "forward differs by threads");
+    for (t = 0; t < 3; t++) CHECK(!memcmp(g[1][t], g[2][t], n * 4), "gradient %d differs by threads", t);
+    for (path = 0; path < 3; path++) {
+        free(o[path]); free(l[path]);
+        for (t = 0; t < 3; t++) free(g[path][t]);
+    }
+    free(q); free(k); free(v); free(dout);
 }
 
 typedef struct { double *h1, *h3, *w; size_t n; } glu_ctx;
@@ -1110,6 +1153,7 @@ int main(int argc, char **argv) {
     RUN(test_grad_linear);
     RUN(test_grad_rope);
     RUN(test_grad_attention);
+    RUN(test_attention_paths);
     RUN(test_grad_swiglu);
     RUN(test_grad_embedding);
     RUN(test_grad_xent);
