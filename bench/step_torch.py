@@ -181,7 +181,12 @@ def main():
     torch.manual_seed(args.seed)
     d, L, H, f, V, T, B = args.d, args.layers, args.heads, args.ff, args.vocab, args.seq, args.batch
     model = Model(V, d, L, H, f, T)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    # as resbm.h does: weight decay on 2-D weights only, not on norm gains
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
 
     def step():
