@@ -11,13 +11,36 @@ TESTDEPS = $(HDR) tests/harness.h tests/ref.h
 
 .PHONY: all test check-compile sanitize bench bench-gemm bench-step bench-torch clean
 
-all: $(BUILD)/test_resbm $(BUILD)/torch_dump
+# The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
+# threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
+# bit-identical across thread counts).
+VARIANTS = $(BUILD)/test_resbm_avx2 $(BUILD)/test_resbm_scalar $(BUILD)/test_resbm_nothreads
+CBLAS_INC = /usr/include/x86_64-linux-gnu/openblas-pthread
+HAVE_CBLAS := $(shell test -f $(CBLAS_INC)/cblas.h && echo yes)
+ifeq ($(HAVE_CBLAS),yes)
+VARIANTS += $(BUILD)/test_resbm_cblas
+endif
+
+all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS)
 
 $(BUILD):
 	mkdir -p $(BUILD)
 
 $(BUILD)/test_resbm: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+$(BUILD)/test_resbm_avx2: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) -mavx2 -mfma $(WARN) $< -o $@ $(LIBS)
+
+$(BUILD)/test_resbm_scalar: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $< -o $@ $(LIBS)
+
+$(BUILD)/test_resbm_nothreads: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) -DRESBM_NO_THREADS $(WARN) $< -o $@ -lm
+
+$(BUILD)/test_resbm_cblas: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) -DRESBM_USE_CBLAS -I$(CBLAS_INC) $(WARN) $< -o $@ \
+	  -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas $(LIBS)
 
 $(BUILD)/torch_dump: tests/torch_dump.c $(HDR) | $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)

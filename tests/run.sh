@@ -29,6 +29,15 @@ tally() { # reads a suite's output, echoes it, adds its "N passed, M failed" lin
 echo "== unit, gradient and determinism tests"
 out=$("$build/test_resbm" 2>&1); tally "$out" $? unit
 
+for v in avx2 scalar nothreads; do
+  echo "== the same suite, $v kernels"
+  out=$("$build/test_resbm_$v" 2>&1); tally "$out" $? "$v"
+done
+if [ -x "$build/test_resbm_cblas" ]; then
+  echo "== gradient tests with GEMM through OpenBLAS (RESBM_USE_CBLAS)"
+  out=$("$build/test_resbm_cblas" --filter grad 2>&1); tally "$out" $? cblas
+fi
+
 echo "== PyTorch autograd cross-check"
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   dir=$(mktemp -d)
