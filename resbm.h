@@ -225,6 +225,36 @@ RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs /*[N,V]*/, float 
 RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits /*[N,V]*/, const float *probs,
                                  const int32_t *targets, size_t N, size_t V, float scale);
 
+/* ---- the residual bottleneck between stage s and s+1 (design §4) ---------------------------------
+   Sender, end of stage s:   u = rmsnorm(h) * norm;  z = silu(u w1^T) w2^T + h[:, 0:r]
+   Receiver, start of s+1:   x = silu(z w1^T) w2^T;  x[:, 0:r] += z
+   (identity = 0 drops both "+" terms.) Only z [N,r] and dL/dz [N,r] cross the link. A host with
+   its own layers calls these four directly; the stage runtime calls them for you. */
+/* Saves rstd [N], u [N,d] and a [N,m] (pre-activation) for backward; s [N,m] is scratch. */
+RESBMDEF int resbm_encoder_forward(resbm_pool *pool, float *z /*[N,r]*/, float *rstd, float *u,
+                                   float *a, float *s, const float *h /*[N,d]*/,
+                                   const float *norm /*[d]*/, const float *w1 /*[m,d]*/,
+                                   const float *w2 /*[r,m]*/, size_t N, size_t d, size_t r,
+                                   size_t m, int identity);
+/* dh += dL/dh (the host adds into its own residual gradient); dnorm, dw1, dw2 +=.
+   s, ds [N,m] and du [N,d] are scratch. */
+RESBMDEF int resbm_encoder_backward(resbm_pool *pool, float *dh, float *dnorm, float *dw1,
+                                    float *dw2, float *s, float *ds, float *du,
+                                    const float *dz /*[N,r]*/, const float *h, const float *norm,
+                                    const float *w1, const float *w2, const float *rstd,
+                                    const float *u, const float *a, size_t N, size_t d, size_t r,
+                                    size_t m, int identity);
+/* Saves a [N,m] for backward; s [N,m] is scratch. */
+RESBMDEF int resbm_decoder_forward(resbm_pool *pool, float *x /*[N,d]*/, float *a, float *s,
+                                   const float *z /*[N,r]*/, const float *w1 /*[m,r]*/,
+                                   const float *w2 /*[d,m]*/, size_t N, size_t d, size_t r,
+                                   size_t m, int identity);
+/* dz = dL/dz (overwritten, [N,r]); dw1, dw2 +=. s, ds [N,m] are scratch. */
+RESBMDEF int resbm_decoder_backward(resbm_pool *pool, float *dz, float *dw1, float *dw2, float *s,
+                                    float *ds, const float *dx /*[N,d]*/, const float *z,
+                                    const float *w1, const float *w2, const float *a, size_t N,
+                                    size_t d, size_t r, size_t m, int identity);
+
 /* ---- the model (one pipeline stage; stages == 1 is the whole model) -------------------------------- */
 typedef struct resbm_model_config {
     int vocab;          /* V, default 256 (bytes) */
@@ -237,6 +267,9 @@ typedef struct resbm_model_config {
     int stages;         /* S stages the model is split into, default 1 */
     int stage;          /* which one this object holds, default 0 */
     int act_slots;      /* activation sets kept for backward, default 1 */
+    int r;              /* bottleneck width between stages, default d (no bottleneck) */
+    int m;              /* bottleneck hidden width, default max(1, d/4) (see bench/RESULTS.md) */
+    int no_identity;    /* 1 = ablation without the identity path */
     int threads;        /* kernel threads (own pool) when pool is NULL, default 1 */
     uint64_t seed;      /* default 1337 */
     float init_std;     /* default 0.02 */
@@ -288,14 +321,15 @@ RESBMDEF size_t resbm_model_num_floats(const resbm_model *m); /* parameters on t
 RESBMDEF size_t resbm_model_bytes(const resbm_model *m);      /* all memory the model holds */
 RESBMDEF long resbm_model_step_count(const resbm_model *m);   /* optimizer updates applied */
 
-/* Forward of `rows` sequences into activation slot `slot`.
-   First stage: tokens [rows*T]; other stages: x_in [rows*T, d].
-   Last stage: targets [rows*T], *loss = mean token loss; other stages: h_out [rows*T, d]. */
+/* Forward of `rows` sequences into activation slot `slot`. Rows between stages are w = r wide
+   (the bottleneck's z; w = d and the raw residual stream when r == d).
+   First stage: tokens [rows*T]; other stages: x_in [rows*T, w].
+   Last stage: targets [rows*T], *loss = mean token loss; other stages: h_out [rows*T, w]. */
 RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens,
                                  const float *x_in, const int32_t *targets, size_t rows,
                                  float *h_out, float *loss);
 /* Backward of the forward held in `slot`. Last stage: the gradient of loss_weight * (that
-   forward's mean loss); other stages: dh_out [rows*T, d] is dL/dh_out. Not first stage: dx_in
+   forward's mean loss); other stages: dh_out [rows*T, w] is dL/dh_out. Not first stage: dx_in
    receives dL/dx_in (overwritten). Parameter gradients accumulate. */
 RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
                                   float loss_weight);
@@ -377,6 +411,7 @@ typedef char resbm__float_is_32_bit[(sizeof(float) == 4 && FLT_MANT_DIG == 24) ?
 #define RESBM__MAX(a, b) ((a) > (b) ? (a) : (b))
 #define RESBM__ALIGN 64
 #define RESBM__NORM_EPS 1e-5f
+#define RESBM__TRY(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
 
 /* ---- status ----------------------------------------------------------------------------------- */
 RESBMDEF const char *resbm_strerror(int code) {
@@ -1427,6 +1462,113 @@ RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits, const float *
     return RESBM_OK;
 }
 
+/* ---- residual bottleneck ---------------------------------------------------------------------- */
+typedef struct { float *out; const float *in, *a; } resbm__silu_job;
+
+static void resbm__silu_fwd_range(void *ctx, size_t b, size_t e) {
+    const resbm__silu_job *j = (const resbm__silu_job *)ctx;
+    size_t i;
+    for (i = b; i < e; i++) j->out[i] = resbm__silu(j->in[i]);
+}
+
+/* out = in * silu'(a), in place allowed */
+static void resbm__silu_bwd_range(void *ctx, size_t b, size_t e) {
+    const resbm__silu_job *j = (const resbm__silu_job *)ctx;
+    size_t i;
+    for (i = b; i < e; i++) {
+        float x = j->a[i], sg = 1.0f / (1.0f + expf(-x));
+        j->out[i] = j->in[i] * sg * (1.0f + x * (1.0f - sg));
+    }
+}
+
+static void resbm__silu_all(resbm_pool *pool, float *out, const float *in, size_t n) {
+    resbm__silu_job j;
+    j.out = out; j.in = in; j.a = NULL;
+    resbm__parallel_for(pool, n, 4096, resbm__silu_fwd_range, &j);
+}
+
+static void resbm__silu_grad(resbm_pool *pool, float *out, const float *in, const float *a, size_t n) {
+    resbm__silu_job j;
+    j.out = out; j.in = in; j.a = a;
+    resbm__parallel_for(pool, n, 4096, resbm__silu_bwd_range, &j);
+}
+
+/* y[:, 0:r] += x for x [N,r], y rows of width d */
+static void resbm__add_narrow(float *y, size_t d, const float *x, size_t r, size_t N) {
+    size_t n;
+    for (n = 0; n < N; n++) resbm__axpy(y + n * d, 1.0f, x + n * r, r);
+}
+
+static int resbm__bneck_check(const resbm_pool *pool, size_t N, size_t d, size_t r, size_t m,
+                              int identity) {
+    if (!pool || N == 0 || d == 0 || r == 0 || r > d || m == 0) return RESBM_EINVAL;
+    if (identity != 0 && identity != 1) return RESBM_EINVAL;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_encoder_forward(resbm_pool *pool, float *z, float *rstd, float *u, float *a,
+                                   float *s, const float *h, const float *norm, const float *w1,
+                                   const float *w2, size_t N, size_t d, size_t r, size_t m,
+                                   int identity) {
+    size_t n;
+    if (!z || !rstd || !u || !a || !s || !h || !norm || !w1 || !w2 ||
+        resbm__bneck_check(pool, N, d, r, m, identity))
+        return RESBM_EINVAL;
+    RESBM__TRY(resbm_rmsnorm_forward(pool, u, rstd, h, norm, N, d));
+    RESBM__TRY(resbm_linear_forward(pool, a, u, w1, N, d, m));
+    resbm__silu_all(pool, s, a, N * m);
+    if (identity)
+        for (n = 0; n < N; n++) memcpy(z + n * r, h + n * d, r * sizeof(float));
+    return resbm_gemm(pool, RESBM_GEMM_NT, identity, z, s, w2, N, r, m);
+}
+
+RESBMDEF int resbm_encoder_backward(resbm_pool *pool, float *dh, float *dnorm, float *dw1,
+                                    float *dw2, float *s, float *ds, float *du, const float *dz,
+                                    const float *h, const float *norm, const float *w1,
+                                    const float *w2, const float *rstd, const float *u,
+                                    const float *a, size_t N, size_t d, size_t r, size_t m,
+                                    int identity) {
+    if (!dh || !dnorm || !dw1 || !dw2 || !s || !ds || !du || !dz || !h || !norm || !w1 || !w2 ||
+        !rstd || !u || !a || resbm__bneck_check(pool, N, d, r, m, identity))
+        return RESBM_EINVAL;
+    resbm__silu_all(pool, s, a, N * m); /* recomputed rather than kept */
+    RESBM__TRY(resbm_linear_backward(pool, ds, dw2, dz, s, w2, N, m, r, 0));
+    resbm__silu_grad(pool, ds, ds, a, N * m);
+    RESBM__TRY(resbm_linear_backward(pool, du, dw1, ds, u, w1, N, d, m, 0));
+    RESBM__TRY(resbm_rmsnorm_backward(pool, dh, dnorm, du, h, norm, rstd, N, d));
+    if (identity) resbm__add_narrow(dh, d, dz, r, N);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_decoder_forward(resbm_pool *pool, float *x, float *a, float *s, const float *z,
+                                   const float *w1, const float *w2, size_t N, size_t d, size_t r,
+                                   size_t m, int identity) {
+    if (!x || !a || !s || !z || !w1 || !w2 || resbm__bneck_check(pool, N, d, r, m, identity))
+        return RESBM_EINVAL;
+    RESBM__TRY(resbm_linear_forward(pool, a, z, w1, N, r, m));
+    resbm__silu_all(pool, s, a, N * m);
+    RESBM__TRY(resbm_linear_forward(pool, x, s, w2, N, m, d));
+    if (identity) resbm__add_narrow(x, d, z, r, N);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_decoder_backward(resbm_pool *pool, float *dz, float *dw1, float *dw2, float *s,
+                                    float *ds, const float *dx, const float *z, const float *w1,
+                                    const float *w2, const float *a, size_t N, size_t d, size_t r,
+                                    size_t m, int identity) {
+    size_t n;
+    if (!dz || !dw1 || !dw2 || !s || !ds || !dx || !z || !w1 || !w2 || !a ||
+        resbm__bneck_check(pool, N, d, r, m, identity))
+        return RESBM_EINVAL;
+    resbm__silu_all(pool, s, a, N * m);
+    RESBM__TRY(resbm_linear_backward(pool, ds, dw2, dx, s, w2, N, m, d, 0));
+    resbm__silu_grad(pool, ds, ds, a, N * m);
+    RESBM__TRY(resbm_linear_backward(pool, dz, dw1, ds, z, w1, N, r, m, 0));
+    if (identity)
+        for (n = 0; n < N; n++) resbm__axpy(dz + n * r, 1.0f, dx + n * d, r);
+    return RESBM_OK;
+}
+
 /* ---- the model -------------------------------------------------------------------------------- */
 typedef struct {
     resbm_param *attn_norm, *wq, *wk, *wv, *wo, *mlp_norm, *w1, *w2, *w3;
@@ -1444,6 +1586,8 @@ typedef struct {
     float *h1, *h3;              /* [L][N,f] */
     float *rstd_f, *xn;          /* [N], [N,d] final norm */
     float *probs, *losses;       /* [N,V], [N] */
+    float *z_in, *dec_a;         /* [N,r], [N,m] decoder input and pre-activation */
+    float *enc_rstd, *enc_u, *enc_a; /* [N], [N,d], [N,m] encoder */
 } resbm__acts;
 
 struct resbm_model {
@@ -1453,23 +1597,26 @@ struct resbm_model {
     int own_pool;
     size_t bytes;
     int layer0, nblocks, first, last; /* this stage's blocks [layer0, layer0 + nblocks) */
+    int has_dec, has_enc, identity;   /* bottleneck halves held: decoder in, encoder out */
+    size_t r, m, win, wout;           /* widths of the stage's input and output rows */
     size_t nparams, nfloats;          /* nfloats counts padded parameter storage */
     resbm_param *params;
     resbm__block *blocks;
     resbm_param *tok_emb, *final_norm, *lm_head;
+    resbm_param *dec_w1, *dec_w2, *enc_norm, *enc_w1, *enc_w2;
     float *pmem, *gmem;               /* [nfloats] values, gradients (contiguous) */
     float *rope_cos, *rope_sin;       /* [T, hd/2] */
     resbm__acts *slots;               /* [act_slots] */
     float *dres, *dtmp, *dq, *dk, *dv; /* [N,d] backward scratch */
     float *g, *dh1, *dh3;             /* [N,f] */
     float *dlogits;                   /* [N,V] */
+    float *bm1, *bm2;                 /* [N,m] bottleneck scratch */
     float *ns_x, *ns_y, *ns_a, *ns_b; /* Muon Newton-Schulz scratch */
     double *partials;                 /* [nchunks] squared-norm partial sums */
     size_t nchunks;
     long step;
 };
 
-#define RESBM__TRY(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
 #define RESBM__CHUNK 16384 /* elements per optimizer / norm task */
 
 RESBMDEF resbm_model_config resbm_model_config_default(void) {
@@ -1502,12 +1649,15 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
     if (!c->batch) c->batch = dc.batch;
     if (!c->stages) c->stages = dc.stages;
     if (!c->act_slots) c->act_slots = dc.act_slots;
+    if (!c->r) c->r = c->d;
+    if (!c->m) c->m = c->d >= 4 ? c->d / 4 : 1;
     if (!c->threads) c->threads = dc.threads;
     if (!c->seed) c->seed = dc.seed;
     if (c->init_std == 0.0f) c->init_std = dc.init_std;
     if (c->vocab < 1 || c->d < 2 || c->layers < 1 || c->heads < 1 || c->ff < 1 || c->seq < 1 ||
         c->batch < 1 || c->stages < 1 || c->stage < 0 || c->stage >= c->stages ||
-        c->stages > c->layers || c->act_slots < 1 || c->threads < 1 || c->threads > 1024)
+        c->stages > c->layers || c->act_slots < 1 || c->threads < 1 || c->threads > 1024 ||
+        c->r < 1 || c->r > c->d || c->m < 1 || (c->no_identity != 0 && c->no_identity != 1))
         return RESBM_EINVAL;
     if (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM)
         return RESBM_EINVAL;
@@ -1550,6 +1700,18 @@ static int resbm__param_spec(const resbm_model *m, size_t idx, char *name, int *
         }
         idx--;
     }
+    if (m->has_dec) {
+        size_t R = m->r, M = m->m;
+        if (idx < 2) {
+            sprintf(name, "bottleneck.%d.dec_w%d", c->stage - 1, (int)idx + 1);
+            *kind = RESBM_PARAM_HIDDEN;
+            *rows = idx == 0 ? M : d;
+            *cols = idx == 0 ? R : M;
+            *std = idx == 1 && m->identity ? 0.0f : sd; /* zero: the untrained boundary is the identity */
+            return 1;
+        }
+        idx -= 2;
+    }
     if (idx < (size_t)m->nblocks * 9) {
         static const char *const names[9] = {"attn_norm", "wq", "wk", "wv", "wo",
                                               "mlp_norm", "w1", "w2", "w3"};
@@ -1562,6 +1724,19 @@ static int resbm__param_spec(const resbm_model *m, size_t idx, char *name, int *
         return 1;
     }
     idx -= (size_t)m->nblocks * 9;
+    if (m->has_enc) {
+        size_t R = m->r, M = m->m;
+        if (idx < 3) {
+            static const char *const names[3] = {"enc_norm", "enc_w1", "enc_w2"};
+            sprintf(name, "bottleneck.%d.%s", c->stage, names[idx]);
+            *kind = idx == 0 ? RESBM_PARAM_NORM : RESBM_PARAM_HIDDEN;
+            *rows = idx == 0 ? d : idx == 1 ? M : R;
+            *cols = idx == 0 ? 1 : idx == 1 ? d : M;
+            *std = idx == 2 && m->identity ? 0.0f : idx == 0 ? 0.0f : sd;
+            return 1;
+        }
+        idx -= 3;
+    }
     if (m->last) {
         if (idx == 0) {
             strcpy(name, "final_norm"); *kind = RESBM_PARAM_NORM; *rows = d; *cols = 1; *std = 0;
@@ -1639,6 +1814,11 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
         sl->xn = (float *)resbm_arena_push(a, m->last ? N * d : 0, sizeof(float));
         sl->probs = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
         sl->losses = (float *)resbm_arena_push(a, m->last ? N : 0, sizeof(float));
+        sl->z_in = (float *)resbm_arena_push(a, m->has_dec ? N * m->r : 0, sizeof(float));
+        sl->dec_a = (float *)resbm_arena_push(a, m->has_dec ? N * m->m : 0, sizeof(float));
+        sl->enc_rstd = (float *)resbm_arena_push(a, m->has_enc ? N : 0, sizeof(float));
+        sl->enc_u = (float *)resbm_arena_push(a, m->has_enc ? N * d : 0, sizeof(float));
+        sl->enc_a = (float *)resbm_arena_push(a, m->has_enc ? N * m->m : 0, sizeof(float));
     }
     m->dres = (float *)resbm_arena_push(a, N * d, sizeof(float));
     m->dtmp = (float *)resbm_arena_push(a, N * d, sizeof(float));
@@ -1649,6 +1829,8 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     m->dh1 = (float *)resbm_arena_push(a, N * f, sizeof(float));
     m->dh3 = (float *)resbm_arena_push(a, N * f, sizeof(float));
     m->dlogits = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
+    m->bm1 = (float *)resbm_arena_push(a, m->has_enc || m->has_dec ? N * m->m : 0, sizeof(float));
+    m->bm2 = (float *)resbm_arena_push(a, m->has_enc || m->has_dec ? N * m->m : 0, sizeof(float));
     if (!a->base) return;
     /* Carving pass: fill the parameter table. */
     off = 0;
@@ -1661,7 +1843,7 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
         n = rows * cols;
         p->value.data = m->pmem + off;
         p->grad.data = m->gmem + off;
-        p->value.ndim = p->grad.ndim = cols == 1 ? 1 : 2;
+        p->value.ndim = p->grad.ndim = p->kind == RESBM_PARAM_NORM ? 1 : 2; /* [m,1] stays 2-D */
         p->value.ne[0] = p->grad.ne[0] = rows;
         p->value.ne[1] = p->grad.ne[1] = cols;
         if (m->opt.kind == RESBM_OPT_ADAMW || (m->opt.kind == RESBM_OPT_MUON && p->kind != RESBM_PARAM_HIDDEN)) {
@@ -1679,12 +1861,17 @@ static void resbm__model_link(resbm_model *m) {
     size_t i = 0;
     int b;
     m->tok_emb = m->first ? &m->params[i++] : NULL;
+    m->dec_w1 = m->has_dec ? &m->params[i++] : NULL;
+    m->dec_w2 = m->has_dec ? &m->params[i++] : NULL;
     for (b = 0; b < m->nblocks; b++) {
         resbm__block *k = &m->blocks[b];
         k->attn_norm = &m->params[i++]; k->wq = &m->params[i++]; k->wk = &m->params[i++];
         k->wv = &m->params[i++]; k->wo = &m->params[i++]; k->mlp_norm = &m->params[i++];
         k->w1 = &m->params[i++]; k->w2 = &m->params[i++]; k->w3 = &m->params[i++];
     }
+    m->enc_norm = m->has_enc ? &m->params[i++] : NULL;
+    m->enc_w1 = m->has_enc ? &m->params[i++] : NULL;
+    m->enc_w2 = m->has_enc ? &m->params[i++] : NULL;
     m->final_norm = m->last ? &m->params[i++] : NULL;
     m->lm_head = m->last ? &m->params[i++] : NULL;
 }
@@ -1701,6 +1888,8 @@ static void resbm__model_init_params(resbm_model *m) {
         resbm__param_spec(m, i, name, &kind, &rows, &cols, &std);
         if (p->kind == RESBM_PARAM_NORM) {
             for (j = 0; j < n; j++) p->value.data[j] = 1.0f;
+        } else if (std == 0.0f) {
+            memset(p->value.data, 0, n * sizeof(float));
         } else {
             resbm_rng rng;
             resbm_rng_seed(&rng, m->cfg.seed, resbm__fnv1a(p->name));
@@ -1723,15 +1912,25 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
     if ((rc = resbm__resolve(&tmp.cfg, &tmp.opt))) return rc;
     /* Every extent below is a product of these: check the largest ones once. */
     if (resbm_size_mul(&N, (size_t)tmp.cfg.batch, (size_t)tmp.cfg.seq) ||
-        resbm_size_mul(&Nd, N, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.d, tmp.cfg.ff), tmp.cfg.vocab)) ||
+        resbm_size_mul(&Nd, N, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.d, tmp.cfg.ff),
+                                                  RESBM__MAX(tmp.cfg.vocab, tmp.cfg.m))) ||
         resbm_size_mul(&check, Nd, (size_t)tmp.cfg.layers + 1) ||
         resbm_size_mul(&check, check, (size_t)tmp.cfg.act_slots * 16 * sizeof(float)) ||
-        resbm_size_mul(&check, (size_t)RESBM__MAX(tmp.cfg.ff, tmp.cfg.vocab), (size_t)tmp.cfg.d * 64))
+        resbm_size_mul(&check, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.ff, tmp.cfg.vocab), tmp.cfg.m),
+                       (size_t)tmp.cfg.d * 64))
         return RESBM_EOVERFLOW;
     resbm__stage_blocks(tmp.cfg.layers, tmp.cfg.stages, tmp.cfg.stage, &tmp.layer0, &tmp.nblocks);
     tmp.first = tmp.cfg.stage == 0;
     tmp.last = tmp.cfg.stage == tmp.cfg.stages - 1;
-    tmp.nparams = (size_t)(tmp.first ? 1 : 0) + 9 * (size_t)tmp.nblocks + (tmp.last ? 2 : 0);
+    tmp.r = (size_t)tmp.cfg.r;
+    tmp.m = (size_t)tmp.cfg.m;
+    tmp.identity = !tmp.cfg.no_identity;
+    tmp.has_dec = !tmp.first && tmp.cfg.r < tmp.cfg.d;
+    tmp.has_enc = !tmp.last && tmp.cfg.r < tmp.cfg.d;
+    tmp.win = tmp.first ? 0 : tmp.r;
+    tmp.wout = tmp.last ? 0 : tmp.r;
+    tmp.nparams = (size_t)(tmp.first ? 1 : 0) + 9 * (size_t)tmp.nblocks + (tmp.last ? 2 : 0) +
+                  (tmp.has_dec ? 2 : 0) + (tmp.has_enc ? 3 : 0);
     memset(&a, 0, sizeof(a));
     resbm_arena_push(&a, 1, sizeof(resbm_model));
     resbm__model_carve(&tmp, &a);
@@ -1890,10 +2089,15 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
     V = (size_t)m->cfg.vocab;
     if (m->first && !resbm__targets_ok(tokens, N, V)) return RESBM_ERANGE;
     if (m->last && !resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
-    if (!m->first && !resbm__all_finite(x_in, N * d)) return RESBM_ENONFINITE;
+    if (!m->first && !resbm__all_finite(x_in, N * m->win)) return RESBM_ENONFINITE;
     if (m->first) {
         memcpy(s->tokens, tokens, N * sizeof(int32_t));
         RESBM__TRY(resbm_embedding_forward(s->x, tokens, m->tok_emb->value.data, N, d, V));
+    } else if (m->has_dec) {
+        memcpy(s->z_in, x_in, N * m->r * sizeof(float));
+        RESBM__TRY(resbm_decoder_forward(m->pool, s->x, s->dec_a, m->bm1, s->z_in,
+                                         m->dec_w1->value.data, m->dec_w2->value.data, N, d, m->r,
+                                         m->m, m->identity));
     } else {
         memcpy(s->x, x_in, N * d * sizeof(float));
     }
@@ -1907,6 +2111,11 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
         RESBM__TRY(resbm_xent_forward(m->pool, s->probs, s->losses, s->probs, targets, N, V));
         for (n = 0; n < N; n++) sum += s->losses[n];
         *loss = (float)(sum / (double)N);
+    } else if (m->has_enc) {
+        RESBM__TRY(resbm_encoder_forward(m->pool, h_out, s->enc_rstd, s->enc_u, s->enc_a, m->bm1,
+                                         s->x + (size_t)m->nblocks * N * d, m->enc_norm->value.data,
+                                         m->enc_w1->value.data, m->enc_w2->value.data, N, d, m->r,
+                                         m->m, m->identity));
     } else {
         memcpy(h_out, s->x + (size_t)m->nblocks * N * d, N * d * sizeof(float));
     }
@@ -1927,7 +2136,7 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
     N = s->rows * (size_t)m->cfg.seq;
     d = (size_t)m->cfg.d;
     V = (size_t)m->cfg.vocab;
-    if (!m->last && !resbm__all_finite(dh_out, N * d)) return RESBM_ENONFINITE;
+    if (!m->last && !resbm__all_finite(dh_out, N * m->wout)) return RESBM_ENONFINITE;
     if (m->last) {
         const float *xl = s->x + (size_t)m->nblocks * N * d;
         RESBM__TRY(resbm_xent_backward(m->pool, m->dlogits, s->probs, s->targets, N, V,
@@ -1937,12 +2146,25 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
         memset(m->dres, 0, N * d * sizeof(float));
         RESBM__TRY(resbm_rmsnorm_backward(m->pool, m->dres, m->final_norm->grad.data, m->dtmp, xl,
                                           m->final_norm->value.data, s->rstd_f, N, d));
+    } else if (m->has_enc) {
+        memset(m->dres, 0, N * d * sizeof(float));
+        RESBM__TRY(resbm_encoder_backward(m->pool, m->dres, m->enc_norm->grad.data,
+                                          m->enc_w1->grad.data, m->enc_w2->grad.data, m->bm1,
+                                          m->bm2, m->dtmp, dh_out, s->x + (size_t)m->nblocks * N * d,
+                                          m->enc_norm->value.data, m->enc_w1->value.data,
+                                          m->enc_w2->value.data, s->enc_rstd, s->enc_u, s->enc_a,
+                                          N, d, m->r, m->m, m->identity));
     } else {
         memcpy(m->dres, dh_out, N * d * sizeof(float));
     }
     for (l = m->nblocks - 1; l >= 0; l--) RESBM__TRY(resbm__block_backward(m, s, l, N));
     if (m->first)
         RESBM__TRY(resbm_embedding_backward(m->tok_emb->grad.data, m->dres, s->tokens, N, d, V));
+    else if (m->has_dec)
+        RESBM__TRY(resbm_decoder_backward(m->pool, dx_in, m->dec_w1->grad.data,
+                                          m->dec_w2->grad.data, m->bm1, m->bm2, m->dres, s->z_in,
+                                          m->dec_w1->value.data, m->dec_w2->value.data, s->dec_a,
+                                          N, d, m->r, m->m, m->identity));
     else
         memcpy(dx_in, m->dres, N * d * sizeof(float));
     s->rows = 0;

@@ -126,4 +126,33 @@ static double ref_model_loss(double *const *w, const int32_t *tok, const int32_t
     return loss;
 }
 
+/* Bottleneck sender: z [N,r] = silu(rmsnorm(h) * norm w1^T) w2^T (+ h[:, 0:r]) */
+static void ref_encoder(double *z, const double *h, const double *norm, const double *w1,
+                        const double *w2, size_t N, size_t d, size_t r, size_t m, int identity) {
+    size_t n, i;
+    double *u = (double *)malloc(N * d * sizeof(double)), *a = (double *)malloc(N * m * sizeof(double));
+    ref_rmsnorm(u, h, norm, N, d);
+    ref_linear(a, u, w1, N, d, m);
+    for (i = 0; i < N * m; i++) a[i] = ref_silu(a[i]);
+    ref_linear(z, a, w2, N, m, r);
+    if (identity)
+        for (n = 0; n < N; n++)
+            for (i = 0; i < r; i++) z[n * r + i] += h[n * d + i];
+    free(u); free(a);
+}
+
+/* Bottleneck receiver: x [N,d] = silu(z w1^T) w2^T, x[:, 0:r] += z */
+static void ref_decoder(double *x, const double *z, const double *w1, const double *w2, size_t N,
+                        size_t d, size_t r, size_t m, int identity) {
+    size_t n, i;
+    double *a = (double *)malloc(N * m * sizeof(double));
+    ref_linear(a, z, w1, N, r, m);
+    for (i = 0; i < N * m; i++) a[i] = ref_silu(a[i]);
+    ref_linear(x, a, w2, N, m, d);
+    if (identity)
+        for (n = 0; n < N; n++)
+            for (i = 0; i < r; i++) x[n * d + i] += z[n * r + i];
+    free(a);
+}
+
 #endif

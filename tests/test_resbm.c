@@ -570,6 +570,118 @@ static void tiny_batch(int32_t *tok, int32_t *tg, size_t n, int V, uint64_t seed
     for (i = 0; i < n; i++) { tok[i] = (int32_t)(resbm_rng_u32(&r) % (uint32_t)V); tg[i] = (int32_t)(resbm_rng_u32(&r) % (uint32_t)V); }
 }
 
+/* ---- the bottleneck --------------------------------------------------------------------------- */
+enum { BN = 10, BD = 24, BR = 3, BM = 7 };
+
+typedef struct { double *h, *norm, *w1, *w2, *w, *z; int identity; } enc_ctx;
+static double enc_loss(void *c) {
+    enc_ctx *e = (enc_ctx *)c;
+    size_t i;
+    double s = 0;
+    ref_encoder(e->z, e->h, e->norm, e->w1, e->w2, BN, BD, BR, BM, e->identity);
+    for (i = 0; i < BN * BR; i++) s += e->w[i] * e->z[i];
+    return s;
+}
+
+typedef struct { double *z, *w1, *w2, *w, *x; int identity; } dec_ctx;
+static double dec_loss(void *c) {
+    dec_ctx *e = (dec_ctx *)c;
+    size_t i;
+    double s = 0;
+    ref_decoder(e->x, e->z, e->w1, e->w2, BN, BD, BR, BM, e->identity);
+    for (i = 0; i < BN * BD; i++) s += e->w[i] * e->x[i];
+    return s;
+}
+
+static void test_grad_bottleneck(void) {
+    int identity;
+    resbm_pool *p;
+    resbm_pool_init(2, &p);
+    for (identity = 0; identity <= 1; identity++) {
+        float *h = rand_floats(BN * BD, 2.0f, 1), *norm = rand_floats(BD, 1.0f, 2);
+        float *w1 = rand_floats(BM * BD, 0.5f, 3), *w2 = rand_floats(BR * BM, 0.5f, 4);
+        float *v1 = rand_floats(BM * BR, 0.5f, 5), *v2 = rand_floats(BD * BM, 0.5f, 6);
+        float *wz = rand_floats(BN * BR, 1.0f, 7), *wx = rand_floats(BN * BD, 1.0f, 8);
+        float z[BN * BR], x[BN * BD], rstd[BN], u[BN * BD], a[BN * BM], s[BN * BM], ds[BN * BM];
+        float du[BN * BD], dh[BN * BD], dn[BD], dw1[BM * BD], dw2[BR * BM], dz[BN * BR];
+        float dv1[BM * BR], dv2[BD * BM], a2[BN * BM];
+        double zr[BN * BR], xr[BN * BD];
+        enc_ctx e;
+        dec_ctx c;
+        memset(dh, 0, sizeof(dh)); memset(dn, 0, sizeof(dn)); memset(dw1, 0, sizeof(dw1));
+        memset(dw2, 0, sizeof(dw2)); memset(dv1, 0, sizeof(dv1)); memset(dv2, 0, sizeof(dv2));
+        e.h = to_double(h, BN * BD); e.norm = to_double(norm, BD); e.w1 = to_double(w1, BM * BD);
+        e.w2 = to_double(w2, BR * BM); e.w = to_double(wz, BN * BR); e.z = zr; e.identity = identity;
+        CHECK_RC(resbm_encoder_forward(p, z, rstd, u, a, s, h, norm, w1, w2, BN, BD, BR, BM, identity), RESBM_OK);
+        enc_loss(&e);
+        CHECK(near_all("encoder z", z, zr, BN * BR, 1e-6), "identity %d", identity);
+        CHECK_RC(resbm_encoder_backward(p, dh, dn, dw1, dw2, s, ds, du, wz, h, norm, w1, w2, rstd, u, a,
+                                        BN, BD, BR, BM, identity), RESBM_OK);
+        CHECK(fd_check("encoder dh", enc_loss, &e, e.h, dh, BN * BD, 400, 1e-5), "identity %d", identity);
+        CHECK(fd_check("encoder dnorm", enc_loss, &e, e.norm, dn, BD, 400, 1e-5), "identity %d", identity);
+        CHECK(fd_check("encoder dw1", enc_loss, &e, e.w1, dw1, BM * BD, 400, 1e-5), "identity %d", identity);
+        CHECK(fd_check("encoder dw2", enc_loss, &e, e.w2, dw2, BR * BM, 400, 1e-5), "identity %d", identity);
+        c.z = to_double(z, BN * BR); c.w1 = to_double(v1, BM * BR); c.w2 = to_double(v2, BD * BM);
+        c.w = to_double(wx, BN * BD); c.x = xr; c.identity = identity;
+        CHECK_RC(resbm_decoder_forward(p, x, a2, s, z, v1, v2, BN, BD, BR, BM, identity), RESBM_OK);
+        dec_loss(&c);
+        CHECK(near_all("decoder x", x, xr, BN * BD, 1e-6), "identity %d", identity);
+        CHECK_RC(resbm_decoder_backward(p, dz, dv1, dv2, s, ds, wx, z, v1, v2, a2, BN, BD, BR, BM, identity), RESBM_OK);
+        CHECK(fd_check("decoder dz", dec_loss, &c, c.z, dz, BN * BR, 400, 1e-5), "identity %d", identity);
+        CHECK(fd_check("decoder dw1", dec_loss, &c, c.w1, dv1, BM * BR, 400, 1e-5), "identity %d", identity);
+        CHECK(fd_check("decoder dw2", dec_loss, &c, c.w2, dv2, BD * BM, 400, 1e-5), "identity %d", identity);
+        CHECK_RC(resbm_encoder_forward(p, z, rstd, u, a, s, h, norm, w1, w2, BN, BD, BD + 1, BM, identity), RESBM_EINVAL);
+        CHECK_RC(resbm_decoder_forward(p, x, a2, s, z, v1, v2, BN, BD, BR, BM, 2), RESBM_EINVAL);
+        free(h); free(norm); free(w1); free(w2); free(v1); free(v2); free(wz); free(wx);
+        free(e.h); free(e.norm); free(e.w1); free(e.w2); free(e.w); free(c.z); free(c.w1); free(c.w2); free(c.w);
+    }
+    resbm_pool_free(p);
+}
+
+/* An untrained boundary (zero output projections) is exactly the rank-r identity: the first r
+   channels pass, the rest are zero. Without the identity path the projections start random. */
+static void test_bottleneck_init_identity(void) {
+    resbm_model_config c = tiny_config();
+    resbm_model *s0, *s1;
+    size_t N = 3 * (size_t)c.seq, d = (size_t)c.d, i, n, np;
+    int32_t tok[64], tg[64];
+    float *z, *x, loss;
+    const resbm_param *ps;
+    c.stages = 2; c.r = 4; c.m = 8;
+    c.stage = 0; CHECK_RC(resbm_model_init(&c, NULL, &s0), RESBM_OK);
+    c.stage = 1; CHECK_RC(resbm_model_init(&c, NULL, &s1), RESBM_OK);
+    if (th_fail_now) return;
+    ps = resbm_model_params(s0, &np);
+    CHECK(!strcmp(ps[np - 3].name, "bottleneck.0.enc_norm") && !strcmp(ps[np - 1].name, "bottleneck.0.enc_w2"), "%s", ps[np - 1].name);
+    CHECK(ps[np - 2].value.ne[0] == 8 && ps[np - 2].value.ne[1] == d && ps[np - 1].value.ne[0] == 4, "shapes");
+    for (i = 0; i < 4 * 8; i++) CHECK(ps[np - 1].value.data[i] == 0.0f, "enc_w2 not zero");
+    ps = resbm_model_params(s1, &np);
+    CHECK(!strcmp(ps[0].name, "bottleneck.0.dec_w1") && !strcmp(ps[1].name, "bottleneck.0.dec_w2"), "%s", ps[0].name);
+    CHECK(ps[0].value.ne[0] == 8 && ps[0].value.ne[1] == 4 && ps[1].value.ne[0] == d && ps[1].value.ne[1] == 8, "dec shapes");
+    tiny_batch(tok, tg, N, c.vocab, 2);
+    z = (float *)malloc(N * 4 * 4); x = (float *)malloc(N * d * 4);
+    CHECK_RC(resbm_model_forward(s0, 0, tok, NULL, NULL, 3, z, NULL), RESBM_OK);
+    CHECK_RC(resbm_model_forward(s1, 0, NULL, z, tg, 3, NULL, &loss), RESBM_OK);
+    {
+        /* stage 1's decoded input: its first block input, x[0] in slot 0 */
+        resbm__acts *sl = &s1->slots[0];
+        const float *h = s0->slots[0].x + (size_t)s0->nblocks * N * d;
+        for (n = 0; n < N; n++)
+            for (i = 0; i < d; i++) {
+                float want = i < 4 ? h[n * d + i] : 0.0f;
+                if (sl->x[n * d + i] != want) { CHECK(0, "x[%zu,%zu] = %g, want %g", n, i, sl->x[n * d + i], want); n = N; break; }
+            }
+    }
+    resbm_model_free(s0); resbm_model_free(s1);
+    c.no_identity = 1;
+    c.stage = 1; CHECK_RC(resbm_model_init(&c, NULL, &s1), RESBM_OK);
+    if (th_fail_now) { free(z); free(x); return; }
+    ps = resbm_model_params(s1, &np);
+    CHECK(ps[1].value.data[0] != 0.0f && ps[1].value.data[5] != 0.0f, "ablation dec_w2 must start random");
+    resbm_model_free(s1);
+    free(z); free(x);
+}
+
 typedef struct { double **w; const int32_t *tok, *tg; size_t N, T, d, H, f, V, L; } model_ctx;
 static double model_loss(void *c) {
     model_ctx *m = (model_ctx *)c;
@@ -1161,6 +1273,8 @@ int main(int argc, char **argv) {
     RUN(test_grad_swiglu);
     RUN(test_grad_embedding);
     RUN(test_grad_xent);
+    RUN(test_grad_bottleneck);
+    RUN(test_bottleneck_init_identity);
     RUN(test_grad_model);
     RUN(test_model_names_init);
     RUN(test_model_stage_split);

@@ -15,8 +15,8 @@
 static int dump(const char *dir, const char *name, resbm_model_config cfg, int n_micro) {
     resbm_model *st[MAX_STAGES];
     resbm_st_entry *e;
-    char path[1024], meta_v[8][32];
-    const char *meta[16];
+    char path[1024], meta_v[11][32];
+    const char *meta[22];
     size_t B = (size_t)cfg.batch, T = (size_t)cfg.seq, d = (size_t)cfg.d, mr = B / (size_t)n_micro;
     size_t N = mr * T, ne = 0, i, np, total = 0;
     int32_t *tok = (int32_t *)malloc(B * T * 4), *tg = (int32_t *)malloc(B * T * 4);
@@ -36,7 +36,18 @@ static int dump(const char *dir, const char *name, resbm_model_config cfg, int n
             return rc;
         }
         resbm_model_zero_grad(st[s]);
-        resbm_model_params(st[s], &np);
+        {
+            /* Zero-initialised output projections would leave some gradients zero: give them
+               random values of the init scale (0.02) so every path carries signal. At 0.1 with
+               r = 1 the float32 rounding of both this library and of PyTorch in float32 reaches
+               1e-4 of float64: that configuration is ill-conditioned, not wrong. */
+            resbm_param *ps = resbm_model_params_mut(st[s], &np);
+            for (i = 0; i < np; i++)
+                if (strstr(ps[i].name, "_w2") && strstr(ps[i].name, "bottleneck")) {
+                    size_t j, n = ps[i].value.ne[0] * ps[i].value.ne[1];
+                    for (j = 0; j < n; j++) ps[i].value.data[j] = 0.02f * resbm_rng_normal(&r);
+                }
+        }
         total += np;
         h[s] = (float *)malloc(N * d * 4);
         g[s] = (float *)malloc(N * d * 4);
@@ -79,8 +90,12 @@ static int dump(const char *dir, const char *name, resbm_model_config cfg, int n
     meta[4] = "heads"; meta[5] = meta_v[2]; meta[6] = "ff"; meta[7] = meta_v[3];
     meta[8] = "vocab"; meta[9] = meta_v[4]; meta[10] = "seq"; meta[11] = meta_v[5];
     meta[12] = "batch"; meta[13] = meta_v[6]; meta[14] = "stages"; meta[15] = meta_v[7];
+    sprintf(meta_v[8], "%d", cfg.r ? cfg.r : cfg.d); sprintf(meta_v[9], "%d", cfg.m);
+    sprintf(meta_v[10], "%d", cfg.no_identity ? 0 : 1);
+    meta[16] = "r"; meta[17] = meta_v[8]; meta[18] = "m"; meta[19] = meta_v[9];
+    meta[20] = "identity"; meta[21] = meta_v[10];
     snprintf(path, sizeof(path), "%s/%s.safetensors", dir, name);
-    rc = resbm_safetensors_write(path, e, ne, meta, 8);
+    rc = resbm_safetensors_write(path, e, ne, meta, 11);
     if (rc) fprintf(stderr, "%s: %s\n", path, resbm_strerror(rc));
     else printf("wrote %s (loss %.6f)\n", path, loss);
     for (i = 0; i < ne; i++)
@@ -100,5 +115,12 @@ int main(int argc, char **argv) {
     rc |= dump(argv[1], "micro3", c, 3);
     c.stages = 3; c.layers = 5; c.seed = 99;
     rc |= dump(argv[1], "stages3", c, 1);
+    /* with residual bottlenecks: r = 4 of d = 32, hidden m = 8, with and without identity */
+    c.stages = 2; c.layers = 3; c.r = 4; c.m = 8; c.seed = 7;
+    rc |= dump(argv[1], "bneck2", c, 3);
+    c.no_identity = 1;
+    rc |= dump(argv[1], "bneck2_noid", c, 1);
+    c.no_identity = 0; c.stages = 3; c.layers = 4; c.r = 1; c.m = 16;
+    rc |= dump(argv[1], "bneck3_r1", c, 1);
     return rc ? 1 : 0;
 }
