@@ -95,7 +95,23 @@ enum {
     RESBM_ETHREAD = -20,   /* a thread, mutex or condition variable could not be created */
     /* files */
     RESBM_EIO = -30,       /* a file could not be opened, written, synced or renamed */
-    RESBM_EFORMAT = -31    /* a file is malformed */
+    RESBM_EFORMAT = -31,   /* a file is malformed */
+    /* wire frames */
+    RESBM_ETRUNC = -40,    /* frame shorter than its header says */
+    RESBM_EMAGIC = -41,    /* frame does not start with "RBM1" */
+    RESBM_EVERSION = -42,  /* frame version not supported */
+    RESBM_EKIND = -43,     /* frame kind unknown or not the one expected */
+    RESBM_EDTYPE = -44,    /* frame dtype unknown or not the one expected */
+    RESBM_ESTAGE = -45,    /* frame from or to the wrong stage */
+    RESBM_ESTEP = -46,     /* frame for another step */
+    RESBM_EMICRO = -47,    /* frame for another microbatch */
+    RESBM_ESHAPE = -48,    /* frame rows or cols not the ones expected */
+    RESBM_ESIZE = -49,     /* frame payload size inconsistent with its shape and dtype */
+    RESBM_ECRC = -50,      /* frame checksum mismatch */
+    /* transport */
+    RESBM_ETIMEDOUT = -60, /* no message within the timeout */
+    RESBM_ECLOSED = -61,   /* the peer closed or is gone */
+    RESBM_ETRANSPORT = -62 /* the transport failed to send or receive */
 };
 
 RESBMDEF const char *resbm_strerror(int code);
@@ -347,6 +363,40 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
                                     const int32_t *targets, size_t rows, int n_micro,
                                     float *loss);
 
+/* ---- wire format (design §5): one frame per message, little-endian, written byte by byte ------
+     magic "RBM1" | u16 version | u8 kind | u8 dtype | u16 from_stage | u16 to_stage | u64 step
+     | u32 microbatch | u32 rows | u32 cols | u32 payload_bytes | u32 crc32c | payload
+   The CRC (Castagnoli) covers the header without its own field, then the payload. i8 payloads
+   are blocks of 64 values (the last may be shorter): an f32 scale (absmax/127), then the int8s. */
+#define RESBM_WIRE_VERSION 1
+#define RESBM_FRAME_HEADER 40
+enum { RESBM_KIND_ACT = 1, RESBM_KIND_GRAD = 2, RESBM_KIND_CONTROL = 3 };
+enum { RESBM_WIRE_F32 = 0, RESBM_WIRE_BF16 = 1, RESBM_WIRE_F16 = 2, RESBM_WIRE_I8 = 3 };
+#define RESBM_I8_BLOCK 64
+
+typedef struct resbm_frame_info {
+    int kind;            /* RESBM_KIND_* */
+    int dtype;           /* RESBM_WIRE_* */
+    unsigned from_stage, to_stage;
+    uint64_t step;
+    uint32_t micro, rows, cols;
+} resbm_frame_info;
+
+RESBMDEF uint32_t resbm_crc32c(uint32_t crc, const void *buf, size_t len); /* crc 0 to start */
+/* Payload size of rows x cols values in dtype. */
+RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_t *out);
+/* Encodes rows*cols values as one frame into buf[cap]; *len = frame bytes. Values must be finite
+   (RESBM_ENONFINITE) and, for f16/bf16, representable (RESBM_ERANGE). */
+RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_frame_info *info,
+                                const float *values);
+/* Reads and checks a header (magic, version, kind, dtype, sizes, CRC over the whole frame)
+   without decoding values. */
+RESBMDEF int resbm_frame_peek(const void *buf, size_t len, resbm_frame_info *info);
+/* Checks every field against `expect`, the size, the CRC and every value, and only then decodes
+   rows*cols values into out[out_count]; out is untouched on any failure. */
+RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, size_t len,
+                                const resbm_frame_info *expect);
+
 /* ---- safetensors --------------------------------------------------------------------------------- */
 enum { RESBM_DT_F32 = 0, RESBM_DT_I32 = 1 };
 typedef struct resbm_st_entry {
@@ -426,6 +476,20 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_ETHREAD: return "could not create a thread, mutex or condition variable";
     case RESBM_EIO: return "file could not be opened, written, synced or renamed";
     case RESBM_EFORMAT: return "malformed file";
+    case RESBM_ETRUNC: return "frame truncated: shorter than its header says";
+    case RESBM_EMAGIC: return "frame has a bad magic (not RBM1)";
+    case RESBM_EVERSION: return "frame version not supported";
+    case RESBM_EKIND: return "frame kind unknown or unexpected";
+    case RESBM_EDTYPE: return "frame dtype unknown or unexpected";
+    case RESBM_ESTAGE: return "frame from or to the wrong stage";
+    case RESBM_ESTEP: return "frame for another step";
+    case RESBM_EMICRO: return "frame for another microbatch";
+    case RESBM_ESHAPE: return "frame shape (rows, cols) unexpected";
+    case RESBM_ESIZE: return "frame payload size inconsistent with shape and dtype";
+    case RESBM_ECRC: return "frame checksum (CRC32C) mismatch";
+    case RESBM_ETIMEDOUT: return "timed out waiting for a peer";
+    case RESBM_ECLOSED: return "peer closed the connection";
+    case RESBM_ETRANSPORT: return "transport failed to send or receive";
     default: return "unknown error code";
     }
 }
@@ -2343,6 +2407,304 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
     }
     RESBM__TRY(resbm_model_update(m, scale));
     *loss = (float)(sum / n_micro);
+    return RESBM_OK;
+}
+
+/* ---- wire codec ------------------------------------------------------------------------------- */
+#if !defined(__SSE4_2__)
+static const uint32_t resbm__crc32c_table[256] = {
+    0x00000000u, 0xf26b8303u, 0xe13b70f7u, 0x1350f3f4u, 0xc79a971fu, 0x35f1141cu,
+    0x26a1e7e8u, 0xd4ca64ebu, 0x8ad958cfu, 0x78b2dbccu, 0x6be22838u, 0x9989ab3bu,
+    0x4d43cfd0u, 0xbf284cd3u, 0xac78bf27u, 0x5e133c24u, 0x105ec76fu, 0xe235446cu,
+    0xf165b798u, 0x030e349bu, 0xd7c45070u, 0x25afd373u, 0x36ff2087u, 0xc494a384u,
+    0x9a879fa0u, 0x68ec1ca3u, 0x7bbcef57u, 0x89d76c54u, 0x5d1d08bfu, 0xaf768bbcu,
+    0xbc267848u, 0x4e4dfb4bu, 0x20bd8edeu, 0xd2d60dddu, 0xc186fe29u, 0x33ed7d2au,
+    0xe72719c1u, 0x154c9ac2u, 0x061c6936u, 0xf477ea35u, 0xaa64d611u, 0x580f5512u,
+    0x4b5fa6e6u, 0xb93425e5u, 0x6dfe410eu, 0x9f95c20du, 0x8cc531f9u, 0x7eaeb2fau,
+    0x30e349b1u, 0xc288cab2u, 0xd1d83946u, 0x23b3ba45u, 0xf779deaeu, 0x05125dadu,
+    0x1642ae59u, 0xe4292d5au, 0xba3a117eu, 0x4851927du, 0x5b016189u, 0xa96ae28au,
+    0x7da08661u, 0x8fcb0562u, 0x9c9bf696u, 0x6ef07595u, 0x417b1dbcu, 0xb3109ebfu,
+    0xa0406d4bu, 0x522bee48u, 0x86e18aa3u, 0x748a09a0u, 0x67dafa54u, 0x95b17957u,
+    0xcba24573u, 0x39c9c670u, 0x2a993584u, 0xd8f2b687u, 0x0c38d26cu, 0xfe53516fu,
+    0xed03a29bu, 0x1f682198u, 0x5125dad3u, 0xa34e59d0u, 0xb01eaa24u, 0x42752927u,
+    0x96bf4dccu, 0x64d4cecfu, 0x77843d3bu, 0x85efbe38u, 0xdbfc821cu, 0x2997011fu,
+    0x3ac7f2ebu, 0xc8ac71e8u, 0x1c661503u, 0xee0d9600u, 0xfd5d65f4u, 0x0f36e6f7u,
+    0x61c69362u, 0x93ad1061u, 0x80fde395u, 0x72966096u, 0xa65c047du, 0x5437877eu,
+    0x4767748au, 0xb50cf789u, 0xeb1fcbadu, 0x197448aeu, 0x0a24bb5au, 0xf84f3859u,
+    0x2c855cb2u, 0xdeeedfb1u, 0xcdbe2c45u, 0x3fd5af46u, 0x7198540du, 0x83f3d70eu,
+    0x90a324fau, 0x62c8a7f9u, 0xb602c312u, 0x44694011u, 0x5739b3e5u, 0xa55230e6u,
+    0xfb410cc2u, 0x092a8fc1u, 0x1a7a7c35u, 0xe811ff36u, 0x3cdb9bddu, 0xceb018deu,
+    0xdde0eb2au, 0x2f8b6829u, 0x82f63b78u, 0x709db87bu, 0x63cd4b8fu, 0x91a6c88cu,
+    0x456cac67u, 0xb7072f64u, 0xa457dc90u, 0x563c5f93u, 0x082f63b7u, 0xfa44e0b4u,
+    0xe9141340u, 0x1b7f9043u, 0xcfb5f4a8u, 0x3dde77abu, 0x2e8e845fu, 0xdce5075cu,
+    0x92a8fc17u, 0x60c37f14u, 0x73938ce0u, 0x81f80fe3u, 0x55326b08u, 0xa759e80bu,
+    0xb4091bffu, 0x466298fcu, 0x1871a4d8u, 0xea1a27dbu, 0xf94ad42fu, 0x0b21572cu,
+    0xdfeb33c7u, 0x2d80b0c4u, 0x3ed04330u, 0xccbbc033u, 0xa24bb5a6u, 0x502036a5u,
+    0x4370c551u, 0xb11b4652u, 0x65d122b9u, 0x97baa1bau, 0x84ea524eu, 0x7681d14du,
+    0x2892ed69u, 0xdaf96e6au, 0xc9a99d9eu, 0x3bc21e9du, 0xef087a76u, 0x1d63f975u,
+    0x0e330a81u, 0xfc588982u, 0xb21572c9u, 0x407ef1cau, 0x532e023eu, 0xa145813du,
+    0x758fe5d6u, 0x87e466d5u, 0x94b49521u, 0x66df1622u, 0x38cc2a06u, 0xcaa7a905u,
+    0xd9f75af1u, 0x2b9cd9f2u, 0xff56bd19u, 0x0d3d3e1au, 0x1e6dcdeeu, 0xec064eedu,
+    0xc38d26c4u, 0x31e6a5c7u, 0x22b65633u, 0xd0ddd530u, 0x0417b1dbu, 0xf67c32d8u,
+    0xe52cc12cu, 0x1747422fu, 0x49547e0bu, 0xbb3ffd08u, 0xa86f0efcu, 0x5a048dffu,
+    0x8ecee914u, 0x7ca56a17u, 0x6ff599e3u, 0x9d9e1ae0u, 0xd3d3e1abu, 0x21b862a8u,
+    0x32e8915cu, 0xc083125fu, 0x144976b4u, 0xe622f5b7u, 0xf5720643u, 0x07198540u,
+    0x590ab964u, 0xab613a67u, 0xb831c993u, 0x4a5a4a90u, 0x9e902e7bu, 0x6cfbad78u,
+    0x7fab5e8cu, 0x8dc0dd8fu, 0xe330a81au, 0x115b2b19u, 0x020bd8edu, 0xf0605beeu,
+    0x24aa3f05u, 0xd6c1bc06u, 0xc5914ff2u, 0x37faccf1u, 0x69e9f0d5u, 0x9b8273d6u,
+    0x88d28022u, 0x7ab90321u, 0xae7367cau, 0x5c18e4c9u, 0x4f48173du, 0xbd23943eu,
+    0xf36e6f75u, 0x0105ec76u, 0x12551f82u, 0xe03e9c81u, 0x34f4f86au, 0xc69f7b69u,
+    0xd5cf889du, 0x27a40b9eu, 0x79b737bau, 0x8bdcb4b9u, 0x988c474du, 0x6ae7c44eu,
+    0xbe2da0a5u, 0x4c4623a6u, 0x5f16d052u, 0xad7d5351u,
+};
+#endif
+
+RESBMDEF uint32_t resbm_crc32c(uint32_t crc, const void *buf, size_t len) {
+    const unsigned char *p = (const unsigned char *)buf;
+    crc = ~crc;
+    if (!p) return ~crc;
+#if defined(__SSE4_2__)
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t v = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 |
+                     (uint64_t)p[3] << 24 | (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 |
+                     (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+        crc = (uint32_t)_mm_crc32_u64(crc, v);
+    }
+    for (; len; len--) crc = _mm_crc32_u8(crc, *p++);
+#else
+    for (; len; len--) crc = resbm__crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+#endif
+    return ~crc;
+}
+
+static void resbm__put16(unsigned char *p, unsigned v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
+static void resbm__put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+}
+static unsigned resbm__get16(const unsigned char *p) { return (unsigned)p[0] | (unsigned)p[1] << 8; }
+static uint32_t resbm__get32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint32_t resbm__fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static float resbm__bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* f32 -> bf16, round to nearest even (finite input) */
+static unsigned resbm__to_bf16(float f) {
+    uint32_t u = resbm__fbits(f);
+    return (unsigned)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* f32 -> IEEE half, round to nearest even, subnormals kept (finite input) */
+static unsigned resbm__to_f16(float f) {
+    uint32_t u = resbm__fbits(f), sign = (u >> 16) & 0x8000u, mant = u & 0x7fffffu;
+    int e = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t h, rem, half;
+    if (e >= 31) return sign | 0x7c00u; /* overflow: Inf, refused by the caller */
+    if (e <= 0) {                       /* half subnormal (or zero) */
+        int shift;
+        if (e < -10) return sign;
+        mant |= 0x800000u;
+        shift = 14 - e;
+        h = mant >> shift;
+        rem = mant & ((1u << shift) - 1);
+        half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1u))) h++;
+        return sign | h;
+    }
+    h = ((uint32_t)e << 10) | (mant >> 13);
+    rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* may carry into the exponent */
+    return sign | h;
+}
+
+static float resbm__from_f16(unsigned h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (e == 0) {
+        float v = (float)mant * 5.9604644775390625e-8f; /* mant * 2^-24, exact */
+        return sign ? -v : v;
+    }
+    if (e == 31) return resbm__bitsf(sign | 0x7f800000u | (mant << 13));
+    return resbm__bitsf(sign | ((e - 15 + 127) << 23) | (mant << 13));
+}
+
+static int resbm__finite(float f) { return (resbm__fbits(f) & 0x7f800000u) != 0x7f800000u; }
+
+RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_t *out) {
+    size_t n, b;
+    if (!out) return RESBM_EINVAL;
+    if (resbm_size_mul(&n, rows, cols)) return RESBM_EOVERFLOW;
+    switch (dtype) {
+    case RESBM_WIRE_F32: if (resbm_size_mul(&b, n, 4)) return RESBM_EOVERFLOW; break;
+    case RESBM_WIRE_BF16:
+    case RESBM_WIRE_F16: if (resbm_size_mul(&b, n, 2)) return RESBM_EOVERFLOW; break;
+    case RESBM_WIRE_I8:
+        if (resbm_size_add(&b, n, 4 * ((n + RESBM_I8_BLOCK - 1) / RESBM_I8_BLOCK))) return RESBM_EOVERFLOW;
+        break;
+    default: return RESBM_EINVAL;
+    }
+    *out = b;
+    return RESBM_OK;
+}
+
+static int resbm__info_ok(const resbm_frame_info *f) {
+    return f->kind >= RESBM_KIND_ACT && f->kind <= RESBM_KIND_CONTROL && f->dtype >= RESBM_WIRE_F32 &&
+           f->dtype <= RESBM_WIRE_I8 && f->from_stage <= 0xffffu && f->to_stage <= 0xffffu;
+}
+
+RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_frame_info *info,
+                                const float *x) {
+    unsigned char *p = (unsigned char *)buf, *q;
+    size_t n, pb, total, i;
+    uint32_t crc;
+    if (!buf || !len || !info || !resbm__info_ok(info) || (!x && info->rows && info->cols))
+        return RESBM_EINVAL;
+    if (resbm_wire_payload_bytes(info->dtype, info->rows, info->cols, &pb) || pb > 0xffffffffu ||
+        resbm_size_add(&total, pb, RESBM_FRAME_HEADER))
+        return RESBM_EOVERFLOW;
+    if (total > cap) return RESBM_EINVAL;
+    n = (size_t)info->rows * info->cols;
+    for (i = 0; i < n; i++) { /* refuse before writing anything */
+        if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
+        if (info->dtype == RESBM_WIRE_F16 && (resbm__to_f16(x[i]) & 0x7c00u) == 0x7c00u) return RESBM_ERANGE;
+        if (info->dtype == RESBM_WIRE_BF16 && (resbm__to_bf16(x[i]) & 0x7f80u) == 0x7f80u) return RESBM_ERANGE;
+    }
+    memcpy(p, "RBM1", 4);
+    resbm__put16(p + 4, RESBM_WIRE_VERSION);
+    p[6] = (unsigned char)info->kind;
+    p[7] = (unsigned char)info->dtype;
+    resbm__put16(p + 8, info->from_stage);
+    resbm__put16(p + 10, info->to_stage);
+    resbm__put32(p + 12, (uint32_t)(info->step & 0xffffffffu));
+    resbm__put32(p + 16, (uint32_t)(info->step >> 32));
+    resbm__put32(p + 20, info->micro);
+    resbm__put32(p + 24, info->rows);
+    resbm__put32(p + 28, info->cols);
+    resbm__put32(p + 32, (uint32_t)pb);
+    q = p + RESBM_FRAME_HEADER;
+    switch (info->dtype) {
+    case RESBM_WIRE_F32:
+        for (i = 0; i < n; i++) resbm__put32(q + 4 * i, resbm__fbits(x[i]));
+        break;
+    case RESBM_WIRE_BF16:
+        for (i = 0; i < n; i++) resbm__put16(q + 2 * i, resbm__to_bf16(x[i]));
+        break;
+    case RESBM_WIRE_F16:
+        for (i = 0; i < n; i++) resbm__put16(q + 2 * i, resbm__to_f16(x[i]));
+        break;
+    default: { /* i8: per block of 64, an f32 scale = absmax / 127, then the values */
+        size_t b0;
+        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
+            size_t bn = RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
+            float amax = 0.0f, scale, inv;
+            for (i = 0; i < bn; i++) amax = RESBM__MAX(amax, fabsf(x[b0 + i]));
+            scale = amax / 127.0f;
+            inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            resbm__put32(q, resbm__fbits(scale));
+            for (i = 0; i < bn; i++) {
+                float v = roundf(x[b0 + i] * inv);
+                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+                q[4 + i] = (unsigned char)(signed char)(int)v;
+            }
+            q += 4 + bn;
+        }
+    }
+    }
+    crc = resbm_crc32c(0, p, 36);
+    crc = resbm_crc32c(crc, p + RESBM_FRAME_HEADER, pb);
+    resbm__put32(p + 36, crc);
+    *len = total;
+    return RESBM_OK;
+}
+
+/* Header checks shared by peek and decode: everything but the expected values. */
+static int resbm__frame_header(const unsigned char *p, size_t len, resbm_frame_info *f, size_t *pb) {
+    size_t want;
+    uint32_t crc;
+    if (len < RESBM_FRAME_HEADER) return RESBM_ETRUNC;
+    if (memcmp(p, "RBM1", 4)) return RESBM_EMAGIC;
+    if (resbm__get16(p + 4) != RESBM_WIRE_VERSION) return RESBM_EVERSION;
+    f->kind = p[6];
+    f->dtype = p[7];
+    if (f->kind < RESBM_KIND_ACT || f->kind > RESBM_KIND_CONTROL) return RESBM_EKIND;
+    if (f->dtype > RESBM_WIRE_I8) return RESBM_EDTYPE;
+    f->from_stage = resbm__get16(p + 8);
+    f->to_stage = resbm__get16(p + 10);
+    f->step = (uint64_t)resbm__get32(p + 12) | (uint64_t)resbm__get32(p + 16) << 32;
+    f->micro = resbm__get32(p + 20);
+    f->rows = resbm__get32(p + 24);
+    f->cols = resbm__get32(p + 28);
+    *pb = resbm__get32(p + 32);
+    if (resbm_wire_payload_bytes(f->dtype, f->rows, f->cols, &want) || want != *pb) return RESBM_ESIZE;
+    if (len - RESBM_FRAME_HEADER < *pb) return RESBM_ETRUNC;
+    if (len - RESBM_FRAME_HEADER > *pb) return RESBM_ESIZE;
+    crc = resbm_crc32c(resbm_crc32c(0, p, 36), p + RESBM_FRAME_HEADER, *pb);
+    if (crc != resbm__get32(p + 36)) return RESBM_ECRC;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_frame_peek(const void *buf, size_t len, resbm_frame_info *info) {
+    resbm_frame_info f;
+    size_t pb;
+    int rc;
+    if (!buf || !info) return RESBM_EINVAL;
+    if ((rc = resbm__frame_header((const unsigned char *)buf, len, &f, &pb))) return rc;
+    *info = f;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, size_t len,
+                                const resbm_frame_info *e) {
+    const unsigned char *p = (const unsigned char *)buf, *q;
+    resbm_frame_info f;
+    size_t pb, n, i;
+    int rc;
+    if (!out || !buf || !e) return RESBM_EINVAL;
+    /* cheap field checks first, so a wrong frame says what is wrong even if also corrupt */
+    if (len >= RESBM_FRAME_HEADER && !memcmp(p, "RBM1", 4) && resbm__get16(p + 4) == RESBM_WIRE_VERSION) {
+        if (p[6] != e->kind) return RESBM_EKIND;
+        if (p[7] != e->dtype) return RESBM_EDTYPE;
+    }
+    if ((rc = resbm__frame_header(p, len, &f, &pb))) return rc;
+    if (f.from_stage != e->from_stage || f.to_stage != e->to_stage) return RESBM_ESTAGE;
+    if (f.step != e->step) return RESBM_ESTEP;
+    if (f.micro != e->micro) return RESBM_EMICRO;
+    if (f.rows != e->rows || f.cols != e->cols) return RESBM_ESHAPE;
+    n = (size_t)f.rows * f.cols;
+    if (n > out_count) return RESBM_EINVAL;
+    q = p + RESBM_FRAME_HEADER;
+    /* every value must be finite before anything is written */
+    switch (f.dtype) {
+    case RESBM_WIRE_F32:
+        for (i = 0; i < n; i++)
+            if ((resbm__get32(q + 4 * i) & 0x7f800000u) == 0x7f800000u) return RESBM_ENONFINITE;
+        for (i = 0; i < n; i++) out[i] = resbm__bitsf(resbm__get32(q + 4 * i));
+        break;
+    case RESBM_WIRE_BF16:
+        for (i = 0; i < n; i++)
+            if ((resbm__get16(q + 2 * i) & 0x7f80u) == 0x7f80u) return RESBM_ENONFINITE;
+        for (i = 0; i < n; i++) out[i] = resbm__bitsf((uint32_t)resbm__get16(q + 2 * i) << 16);
+        break;
+    case RESBM_WIRE_F16:
+        for (i = 0; i < n; i++)
+            if ((resbm__get16(q + 2 * i) & 0x7c00u) == 0x7c00u) return RESBM_ENONFINITE;
+        for (i = 0; i < n; i++) out[i] = resbm__from_f16(resbm__get16(q + 2 * i));
+        break;
+    default: {
+        size_t b0;
+        const unsigned char *r = q;
+        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
+            if (!resbm__finite(resbm__bitsf(resbm__get32(r)))) return RESBM_ENONFINITE;
+            r += 4 + RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
+        }
+        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
+            size_t bn = RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
+            float scale = resbm__bitsf(resbm__get32(q));
+            for (i = 0; i < bn; i++) out[b0 + i] = (float)(signed char)q[4 + i] * scale;
+            q += 4 + bn;
+        }
+    }
+    }
     return RESBM_OK;
 }
 

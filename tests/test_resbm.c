@@ -1230,6 +1230,137 @@ static void test_safetensors_write(void) {
     remove(path);
 }
 
+/* ---- wire codec ------------------------------------------------------------------------------- */
+static resbm_frame_info frame_info(int kind, int dtype, uint32_t rows, uint32_t cols) {
+    resbm_frame_info f;
+    memset(&f, 0, sizeof(f));
+    f.kind = kind; f.dtype = dtype; f.from_stage = 1; f.to_stage = 2; f.step = 0x100000007ULL;
+    f.micro = 3; f.rows = rows; f.cols = cols;
+    return f;
+}
+
+static void put_crc(unsigned char *buf, size_t len) { /* recompute after a deliberate patch */
+    uint32_t c = resbm_crc32c(resbm_crc32c(0, buf, 36), buf + 40, len - 40);
+    buf[36] = (unsigned char)c; buf[37] = (unsigned char)(c >> 8);
+    buf[38] = (unsigned char)(c >> 16); buf[39] = (unsigned char)(c >> 24);
+}
+
+static void test_crc32c(void) {
+    unsigned char data[100];
+    int i;
+    CHECK(resbm_crc32c(0, "123456789", 9) == 0xe3069283u, "check value 0x%08x", resbm_crc32c(0, "123456789", 9));
+    for (i = 0; i < 100; i++) data[i] = (unsigned char)(i * 7 + 1);
+    CHECK(resbm_crc32c(resbm_crc32c(0, data, 37), data + 37, 63) == resbm_crc32c(0, data, 100), "chaining");
+}
+
+static void test_wire_conversions(void) {
+    static const struct { float f; unsigned h; } f16[] = {
+        {1.0f, 0x3c00}, {-2.0f, 0xc000}, {65504.0f, 0x7bff}, {5.9604644775390625e-8f, 0x0001},
+        {1.0f + 1.0f / 2048, 0x3c00}, /* tie to even */ {1.0f + 3.0f / 2048, 0x3c02},
+        {6.103515625e-5f, 0x0400}, {0.0f, 0x0000}, {2.9802322387695312e-8f, 0x0000} /* tie to 0 */};
+    float x[5] = {1.0f, -1.5f, 3.14159265f, 1e-3f, 70000.0f}, y[5];
+    unsigned char buf[256];
+    size_t len, i;
+    resbm_frame_info f = frame_info(RESBM_KIND_ACT, RESBM_WIRE_F16, 1, 1);
+    for (i = 0; i < sizeof(f16) / sizeof(f16[0]); i++) {
+        CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, &f16[i].f), RESBM_OK);
+        CHECK((unsigned)(buf[40] | buf[41] << 8) == f16[i].h, "f16(%g) = 0x%04x, want 0x%04x", f16[i].f, buf[40] | buf[41] << 8, f16[i].h);
+        CHECK_RC(resbm_frame_decode(y, 1, buf, len, &f), RESBM_OK);
+        CHECK(fabsf(y[0] - f16[i].f) <= fabsf(f16[i].f) / 1024 + 6e-8f, "round trip %g -> %g", f16[i].f, y[0]);
+    }
+    f.cols = 5;
+    CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, x), RESBM_ERANGE); /* 70000 > f16 max */
+    f.dtype = RESBM_WIRE_BF16;
+    CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, x), RESBM_OK);
+    CHECK(buf[40] == 0x80 && buf[41] == 0x3f, "bf16(1) = 0x%02x%02x", buf[41], buf[40]);
+    CHECK_RC(resbm_frame_decode(y, 5, buf, len, &f), RESBM_OK);
+    for (i = 0; i < 5; i++) CHECK(fabsf(y[i] - x[i]) <= fabsf(x[i]) / 256, "bf16 %g -> %g", x[i], y[i]);
+    x[2] = NAN;
+    CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, x), RESBM_ENONFINITE);
+    CHECK_RC(resbm_frame_encode(buf, 49, &len, &f, y), RESBM_EINVAL); /* 50 bytes do not fit in 49 */
+}
+
+static void test_wire_roundtrip(void) {
+    int dt, kind;
+    size_t n = 2 * 77, len, i, pb;
+    float *x = rand_floats(n, 3.0f, 9), *y = (float *)malloc(n * 4);
+    unsigned char *buf = (unsigned char *)malloc(40 + n * 4);
+    for (i = 0; i < 64; i++) x[64 + i] *= 1e-3f; /* a quiet block: i8 scales per block */
+    for (dt = 0; dt < 4; dt++)
+        for (kind = 1; kind <= 3; kind++) {
+            resbm_frame_info f = frame_info(kind, dt, 2, 77), g = frame_info(0, 0, 0, 0);
+            CHECK_RC(resbm_frame_encode(buf, 40 + n * 4, &len, &f, x), RESBM_OK);
+            resbm_wire_payload_bytes(dt, 2, 77, &pb);
+            CHECK(len == 40 + pb, "dtype %d len %zu", dt, len);
+            CHECK(pb == (dt == 0 ? 4 * n : dt < 3 ? 2 * n : n + 4 * 3), "payload %zu", pb);
+            CHECK_RC(resbm_frame_peek(buf, len, &g), RESBM_OK);
+            CHECK(g.kind == kind && g.dtype == dt && g.step == f.step && g.micro == 3 && g.rows == 2 &&
+                  g.cols == 77 && g.from_stage == 1 && g.to_stage == 2, "peek");
+            CHECK_RC(resbm_frame_decode(y, n, buf, len, &f), RESBM_OK);
+            for (i = 0; i < n; i++) {
+                size_t b0 = i / 64 * 64, j;
+                float amax = 0, tol;
+                for (j = b0; j < b0 + 64 && j < n; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+                tol = dt == 0 ? 0 : dt == 1 ? fabsf(x[i]) / 256 : dt == 2 ? fabsf(x[i]) / 2048 + 6e-8f : amax / 254 * 1.0001f;
+                if (!(fabsf(y[i] - x[i]) <= tol)) { CHECK(0, "dtype %d [%zu]: %g -> %g", dt, i, x[i], y[i]); break; }
+            }
+        }
+    free(x); free(y); free(buf);
+}
+
+/* Every failure class has its own code, and the output is never touched. */
+static void test_wire_rejects(void) {
+    float x[12], out[12];
+    unsigned char good[128], bad[128];
+    size_t len, i, cut;
+    resbm_frame_info f = frame_info(RESBM_KIND_GRAD, RESBM_WIRE_F32, 3, 4), e;
+    for (i = 0; i < 12; i++) { x[i] = (float)i - 5.5f; out[i] = 42.0f; }
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &len, &f, x), RESBM_OK);
+#define REJECT(patch, expect, code)                                                                 \
+    do {                                                                                            \
+        memcpy(bad, good, len);                                                                     \
+        e = f;                                                                                      \
+        patch;                                                                                      \
+        CHECK_RC(resbm_frame_decode(out, 12, bad, len, &expect), code);                             \
+    } while (0)
+    REJECT(bad[0] = 'X', e, RESBM_EMAGIC);
+    REJECT((bad[4] = 2, put_crc(bad, len)), e, RESBM_EVERSION);
+    REJECT((bad[6] = 9, put_crc(bad, len)), e, RESBM_EKIND);
+    REJECT(e.kind = RESBM_KIND_ACT, e, RESBM_EKIND);
+    REJECT((bad[7] = 7, put_crc(bad, len)), e, RESBM_EDTYPE);
+    REJECT(e.dtype = RESBM_WIRE_BF16, e, RESBM_EDTYPE);
+    REJECT(e.from_stage = 0, e, RESBM_ESTAGE);
+    REJECT(e.to_stage = 3, e, RESBM_ESTAGE);
+    REJECT(e.step = 7, e, RESBM_ESTEP);
+    REJECT(e.micro = 4, e, RESBM_EMICRO);
+    REJECT(e.rows = 4, e, RESBM_ESHAPE);
+    REJECT(e.cols = 3, e, RESBM_ESHAPE);
+    REJECT((bad[32] = 47, put_crc(bad, len)), e, RESBM_ESIZE);           /* payload size lies */
+    REJECT((bad[35] = 0x7f, put_crc(bad, len)), e, RESBM_ESIZE);         /* a huge declared payload */
+    REJECT((bad[24] = 0xff, bad[25] = 0xff, bad[26] = 0xff, put_crc(bad, len)), e, RESBM_ESIZE);
+    REJECT(bad[40 + 5] ^= 0x10, e, RESBM_ECRC);                          /* one payload bit */
+    REJECT(bad[13] ^= 0x01, e, RESBM_ECRC);                              /* one header bit */
+    REJECT((bad[40 + 8] = 0, bad[41 + 8] = 0, bad[42 + 8] = 0xc0, bad[43 + 8] = 0x7f, put_crc(bad, len)), e, RESBM_ENONFINITE);
+    REJECT((bad[43] = 0x7f, bad[42] = 0x80, bad[41] = 0, bad[40] = 0, put_crc(bad, len)), e, RESBM_ENONFINITE); /* +Inf */
+#undef REJECT
+    for (cut = 0; cut < len; cut++)
+        CHECK_RC(resbm_frame_decode(out, 12, good, cut, &f), RESBM_ETRUNC);
+    memcpy(bad, good, len);
+    bad[len] = 0;
+    CHECK_RC(resbm_frame_decode(out, 12, bad, len + 1, &f), RESBM_ESIZE); /* trailing bytes */
+    CHECK_RC(resbm_frame_decode(out, 11, good, len, &f), RESBM_EINVAL);  /* does not fit out */
+    for (i = 0; i < 12; i++) CHECK(out[i] == 42.0f, "output touched by a rejected frame");
+    CHECK_RC(resbm_frame_decode(out, 12, good, len, &f), RESBM_OK);
+    CHECK(!memcmp(out, x, sizeof(x)), "good frame decodes exactly");
+    /* an i8 frame with a NaN scale */
+    f.dtype = RESBM_WIRE_I8;
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &len, &f, x), RESBM_OK);
+    good[43] = 0x7f; good[42] = 0xc0; put_crc(good, len);
+    for (i = 0; i < 12; i++) out[i] = 42.0f;
+    CHECK_RC(resbm_frame_decode(out, 12, good, len, &f), RESBM_ENONFINITE);
+    CHECK(out[0] == 42.0f, "output touched");
+}
+
 /* ---- argument validation across the layer API -------------------------------------------------- */
 static void test_layer_args(void) {
     float x[64] = {0}, y[64], g[16] = {0}, r[8];
@@ -1291,5 +1422,9 @@ int main(int argc, char **argv) {
     RUN(test_failing_allocator);
     RUN(test_safetensors_write);
     RUN(test_layer_args);
+    RUN(test_crc32c);
+    RUN(test_wire_conversions);
+    RUN(test_wire_roundtrip);
+    RUN(test_wire_rejects);
     return th_finish();
 }
