@@ -55,6 +55,13 @@
        0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
             backward, whole-model forward/backward, AdamW, Muon, SGD, safetensors writer.
 */
+/* The implementation uses POSIX clocks and sleeps: ask for them when the implementing file
+   includes this header first under a strict ISO mode (-std=c99). */
+#if defined(RESBM_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_XOPEN_SOURCE) && \
+    !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #ifndef RESBM_H
 #define RESBM_H
 
@@ -397,6 +404,37 @@ RESBMDEF int resbm_frame_peek(const void *buf, size_t len, resbm_frame_info *inf
 RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, size_t len,
                                 const resbm_frame_info *expect);
 
+/* ---- transport (design §6): the host's stack behind two callbacks ------------------------------
+   Return 0 or a negative RESBM_E* code. Messages arrive whole and in order per peer. recv waits
+   up to timeout_ms (< 0 forever, 0 poll): RESBM_ETIMEDOUT when nothing came, RESBM_ECLOSED when
+   the peer is gone; a message larger than cap is RESBM_EINVAL and stays queued. */
+typedef struct resbm_transport {
+    void *user;
+    int (*send)(void *user, int peer, const void *buf, size_t len);
+    int (*recv)(void *user, int peer, void *buf, size_t cap, size_t *len, int timeout_ms);
+} resbm_transport;
+
+/* In-process transport: n peers (threads) with a bounded mailbox of `capacity` bytes per ordered
+   pair, allocated once (n * n * capacity bytes). send blocks while the mailbox is full. */
+typedef struct resbm_inproc resbm_inproc;
+RESBMDEF int resbm_inproc_init(int n_peers, size_t capacity, resbm_inproc **out);
+RESBMDEF void resbm_inproc_free(resbm_inproc *hub);
+/* The transport peer `me` uses. */
+RESBMDEF int resbm_inproc_transport(resbm_inproc *hub, int me, resbm_transport *out);
+/* Peer `peer` is gone: its pending and future sends fail with RESBM_ECLOSED, and so do the
+   others' receives from it once its mailbox is empty. */
+RESBMDEF int resbm_inproc_close(resbm_inproc *hub, int peer);
+
+/* Shaping wrapper: a link of `bytes_per_sec` (0 = unlimited) and one-way `latency_ms` per
+   direction, around any transport; it is a transport itself. A message occupies the sender's
+   link for len / bytes_per_sec, then arrives latency_ms later (each message carries its arrival
+   time in an 8-byte prefix, so both ends must be shaped). Messages up to max_message bytes. */
+typedef struct resbm_shaper resbm_shaper;
+RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n_peers, double bytes_per_sec,
+                               double latency_ms, size_t max_message, resbm_shaper **out);
+RESBMDEF void resbm_shaper_free(resbm_shaper *s);
+RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
+
 /* ---- safetensors --------------------------------------------------------------------------------- */
 enum { RESBM_DT_F32 = 0, RESBM_DT_I32 = 1 };
 typedef struct resbm_st_entry {
@@ -432,6 +470,7 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
 #include <pthread.h>
 #endif
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
@@ -2705,6 +2744,342 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
         }
     }
     }
+    return RESBM_OK;
+}
+
+/* ---- transports ------------------------------------------------------------------------------- */
+static double resbm__now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void resbm__sleep_until(double t) {
+    double d = t - resbm__now();
+    struct timespec ts;
+    if (d <= 0) return;
+    ts.tv_sec = (time_t)d;
+    ts.tv_nsec = (long)((d - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) && errno == EINTR) {}
+}
+
+/* A bounded ring of length-prefixed messages (u64 length, then the bytes). */
+typedef struct {
+    unsigned char *buf;
+    size_t cap, head, used;
+#ifndef RESBM_NO_THREADS
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* broadcast on every change: data arrived, space freed, peer closed */
+#endif
+} resbm__mailbox;
+
+typedef struct { resbm_inproc *hub; int me; } resbm__inproc_ep;
+
+struct resbm_inproc {
+    int n;
+    size_t cap;
+    resbm__mailbox *box; /* [src * n + dst] */
+    int *closed;         /* [n] */
+    resbm__inproc_ep *ep; /* [n] */
+    int inited;          /* mailboxes whose mutex/cv exist */
+};
+
+#ifndef RESBM_NO_THREADS
+#define RESBM__LOCK(b) pthread_mutex_lock(&(b)->mu)
+#define RESBM__UNLOCK(b) pthread_mutex_unlock(&(b)->mu)
+#else
+#define RESBM__LOCK(b) ((void)(b))
+#define RESBM__UNLOCK(b) ((void)(b))
+#endif
+
+static void resbm__ring_put(resbm__mailbox *b, const unsigned char *src, size_t n) {
+    size_t tail = (b->head + b->used) % b->cap, first = RESBM__MIN(n, b->cap - tail);
+    memcpy(b->buf + tail, src, first);
+    memcpy(b->buf, src + first, n - first);
+    b->used += n;
+}
+
+static void resbm__ring_get(resbm__mailbox *b, unsigned char *dst, size_t n, int consume) {
+    size_t first = RESBM__MIN(n, b->cap - b->head);
+    memcpy(dst, b->buf + b->head, first);
+    memcpy(dst + first, b->buf, n - first);
+    if (consume) { b->head = (b->head + n) % b->cap; b->used -= n; }
+}
+
+RESBMDEF void resbm_inproc_free(resbm_inproc *h) {
+    int i;
+    if (!h) return;
+#ifndef RESBM_NO_THREADS
+    for (i = 0; i < h->inited; i++) {
+        pthread_cond_destroy(&h->box[i].cv);
+        pthread_mutex_destroy(&h->box[i].mu);
+    }
+#else
+    (void)i;
+#endif
+    resbm__dealloc(h, NULL);
+}
+
+RESBMDEF int resbm_inproc_init(int n, size_t capacity, resbm_inproc **out) {
+    resbm_arena a;
+    resbm_inproc *h;
+    size_t nb, i;
+    if (!out || n < 1 || n > 4096 || capacity < 16) return RESBM_EINVAL;
+    nb = (size_t)n * (size_t)n;
+    memset(&a, 0, sizeof(a));
+    resbm_arena_push(&a, 1, sizeof(resbm_inproc));
+    resbm_arena_push(&a, nb, sizeof(resbm__mailbox));
+    resbm_arena_push(&a, (size_t)n, sizeof(int));
+    resbm_arena_push(&a, (size_t)n, sizeof(resbm__inproc_ep));
+    for (i = 0; i < nb; i++) resbm_arena_push(&a, capacity, 1);
+    if (a.overflow) return RESBM_EOVERFLOW;
+    a.base = (unsigned char *)resbm__alloc(a.used, NULL);
+    if (!a.base) return RESBM_ENOMEM;
+    memset(a.base, 0, a.used);
+    a.cap = a.used;
+    a.used = 0;
+    h = (resbm_inproc *)resbm_arena_push(&a, 1, sizeof(resbm_inproc));
+    h->n = n;
+    h->cap = capacity;
+    h->box = (resbm__mailbox *)resbm_arena_push(&a, nb, sizeof(resbm__mailbox));
+    h->closed = (int *)resbm_arena_push(&a, (size_t)n, sizeof(int));
+    h->ep = (resbm__inproc_ep *)resbm_arena_push(&a, (size_t)n, sizeof(resbm__inproc_ep));
+    for (i = 0; i < (size_t)n; i++) { h->ep[i].hub = h; h->ep[i].me = (int)i; }
+    for (i = 0; i < nb; i++) {
+        h->box[i].buf = (unsigned char *)resbm_arena_push(&a, capacity, 1);
+        h->box[i].cap = capacity;
+#ifndef RESBM_NO_THREADS
+        if (pthread_mutex_init(&h->box[i].mu, NULL)) { resbm_inproc_free(h); return RESBM_ETHREAD; }
+        if (pthread_cond_init(&h->box[i].cv, NULL)) {
+            pthread_mutex_destroy(&h->box[i].mu);
+            resbm_inproc_free(h);
+            return RESBM_ETHREAD;
+        }
+#endif
+        h->inited++;
+    }
+    *out = h;
+    return RESBM_OK;
+}
+
+static int resbm__inproc_send(void *user, int peer, const void *buf, size_t len) {
+    resbm__inproc_ep *ep = (resbm__inproc_ep *)user;
+    resbm_inproc *h;
+    resbm__mailbox *b;
+    unsigned char hdr[8];
+    int k;
+    if (!ep || (!buf && len)) return RESBM_EINVAL;
+    h = ep->hub;
+    if (peer < 0 || peer >= h->n || peer == ep->me || len > h->cap - 8) return RESBM_EINVAL;
+    b = &h->box[(size_t)ep->me * (size_t)h->n + (size_t)peer];
+    RESBM__LOCK(b);
+    for (;;) {
+        if (__atomic_load_n(&h->closed[peer], __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&h->closed[ep->me], __ATOMIC_ACQUIRE)) {
+            RESBM__UNLOCK(b);
+            return RESBM_ECLOSED;
+        }
+        if (b->cap - b->used >= len + 8) break;
+#ifndef RESBM_NO_THREADS
+        pthread_cond_wait(&b->cv, &b->mu);
+#else
+        return RESBM_ETRANSPORT; /* full, and no other thread can drain it */
+#endif
+    }
+    for (k = 0; k < 8; k++) hdr[k] = (unsigned char)((uint64_t)len >> (8 * k));
+    resbm__ring_put(b, hdr, 8);
+    resbm__ring_put(b, (const unsigned char *)buf, len);
+#ifndef RESBM_NO_THREADS
+    pthread_cond_broadcast(&b->cv);
+#endif
+    RESBM__UNLOCK(b);
+    return RESBM_OK;
+}
+
+static int resbm__inproc_recv(void *user, int peer, void *buf, size_t cap, size_t *len,
+                              int timeout_ms) {
+    resbm__inproc_ep *ep = (resbm__inproc_ep *)user;
+    resbm_inproc *h;
+    resbm__mailbox *b;
+    unsigned char hdr[8];
+    uint64_t n = 0;
+    int k;
+#ifndef RESBM_NO_THREADS
+    struct timespec until;
+    if (timeout_ms > 0) {
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+    }
+#endif
+    (void)timeout_ms;
+    if (!ep || !buf || !len) return RESBM_EINVAL;
+    h = ep->hub;
+    if (peer < 0 || peer >= h->n || peer == ep->me) return RESBM_EINVAL;
+    b = &h->box[(size_t)peer * (size_t)h->n + (size_t)ep->me];
+    RESBM__LOCK(b);
+    while (b->used == 0) {
+        if (__atomic_load_n(&h->closed[peer], __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&h->closed[ep->me], __ATOMIC_ACQUIRE)) {
+            RESBM__UNLOCK(b);
+            return RESBM_ECLOSED;
+        }
+#ifndef RESBM_NO_THREADS
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&b->cv, &b->mu);
+        } else if (timeout_ms == 0 || pthread_cond_timedwait(&b->cv, &b->mu, &until) == ETIMEDOUT) {
+            if (b->used) break;
+            RESBM__UNLOCK(b);
+            return RESBM_ETIMEDOUT;
+        }
+#else
+        RESBM__UNLOCK(b);
+        return RESBM_ETIMEDOUT;
+#endif
+    }
+    resbm__ring_get(b, hdr, 8, 0);
+    for (k = 0; k < 8; k++) n |= (uint64_t)hdr[k] << (8 * k);
+    if (n > cap) { /* stays queued */
+        RESBM__UNLOCK(b);
+        return RESBM_EINVAL;
+    }
+    resbm__ring_get(b, hdr, 8, 1);
+    resbm__ring_get(b, (unsigned char *)buf, (size_t)n, 1);
+    *len = (size_t)n;
+#ifndef RESBM_NO_THREADS
+    pthread_cond_broadcast(&b->cv);
+#endif
+    RESBM__UNLOCK(b);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_inproc_transport(resbm_inproc *h, int me, resbm_transport *out) {
+    if (!h || !out || me < 0 || me >= h->n) return RESBM_EINVAL;
+    out->user = &h->ep[me];
+    out->send = resbm__inproc_send;
+    out->recv = resbm__inproc_recv;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_inproc_close(resbm_inproc *h, int peer) {
+    int i;
+    if (!h || peer < 0 || peer >= h->n) return RESBM_EINVAL;
+    __atomic_store_n(&h->closed[peer], 1, __ATOMIC_RELEASE);
+    for (i = 0; i < h->n; i++) { /* wake everyone waiting on a mailbox of this peer */
+        resbm__mailbox *b1 = &h->box[(size_t)peer * (size_t)h->n + (size_t)i];
+        resbm__mailbox *b2 = &h->box[(size_t)i * (size_t)h->n + (size_t)peer];
+        RESBM__LOCK(b1);
+#ifndef RESBM_NO_THREADS
+        pthread_cond_broadcast(&b1->cv);
+#endif
+        RESBM__UNLOCK(b1);
+        RESBM__LOCK(b2);
+#ifndef RESBM_NO_THREADS
+        pthread_cond_broadcast(&b2->cv);
+#endif
+        RESBM__UNLOCK(b2);
+    }
+    return RESBM_OK;
+}
+
+/* Shaper: each message gets an 8-byte prefix, its arrival time on CLOCK_MONOTONIC. */
+struct resbm_shaper {
+    resbm_transport inner;
+    int n;
+    double bps, latency;       /* bytes/s (0 unlimited), seconds */
+    size_t max_msg;
+    double *busy_until;        /* [n] when the link to each peer is free again */
+    unsigned char *sbuf;       /* [max_msg + 8] */
+    unsigned char *rbuf;       /* [n][max_msg + 8] */
+    size_t *pending;           /* [n] bytes of a message held back for a too-small cap */
+};
+
+static int resbm__shaper_send(void *user, int peer, const void *buf, size_t len) {
+    resbm_shaper *s = (resbm_shaper *)user;
+    double now, start, arrive;
+    uint64_t bits;
+    int k;
+    if (!s || (!buf && len) || peer < 0 || peer >= s->n || len > s->max_msg) return RESBM_EINVAL;
+    now = resbm__now();
+    start = RESBM__MAX(now, s->busy_until[peer]);
+    s->busy_until[peer] = start + (s->bps > 0 ? (double)(len + 8) / s->bps : 0.0);
+    arrive = s->busy_until[peer] + s->latency;
+    resbm__sleep_until(start); /* the link still carries the previous message */
+    memcpy(&bits, &arrive, 8);
+    for (k = 0; k < 8; k++) s->sbuf[k] = (unsigned char)(bits >> (8 * k));
+    memcpy(s->sbuf + 8, buf, len);
+    return s->inner.send(s->inner.user, peer, s->sbuf, len + 8);
+}
+
+static int resbm__shaper_recv(void *user, int peer, void *buf, size_t cap, size_t *len,
+                              int timeout_ms) {
+    resbm_shaper *s = (resbm_shaper *)user;
+    unsigned char *rb;
+    size_t got = 0;
+    uint64_t bits = 0;
+    double arrive;
+    int k, rc;
+    if (!s || !buf || !len || peer < 0 || peer >= s->n) return RESBM_EINVAL;
+    rb = s->rbuf + (size_t)peer * (s->max_msg + 8);
+    if (s->pending[peer]) {
+        got = s->pending[peer];
+    } else {
+        if ((rc = s->inner.recv(s->inner.user, peer, rb, s->max_msg + 8, &got, timeout_ms))) return rc;
+        if (got < 8) return RESBM_ETRANSPORT; /* not from a shaper */
+        for (k = 0; k < 8; k++) bits |= (uint64_t)rb[k] << (8 * k);
+        memcpy(&arrive, &bits, 8);
+        resbm__sleep_until(arrive);
+    }
+    if (got - 8 > cap) { s->pending[peer] = got; return RESBM_EINVAL; }
+    s->pending[peer] = 0;
+    memcpy(buf, rb + 8, got - 8);
+    *len = got - 8;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n, double bytes_per_sec,
+                               double latency_ms, size_t max_message, resbm_shaper **out) {
+    resbm_arena a;
+    resbm_shaper *s;
+    size_t slot;
+    if (!inner || !inner->send || !inner->recv || !out || n < 1 || n > 4096 ||
+        !(bytes_per_sec >= 0) || !(latency_ms >= 0) || max_message == 0)
+        return RESBM_EINVAL;
+    if (resbm_size_add(&slot, max_message, 8)) return RESBM_EOVERFLOW;
+    memset(&a, 0, sizeof(a));
+    resbm_arena_push(&a, 1, sizeof(resbm_shaper));
+    resbm_arena_push(&a, (size_t)n, sizeof(double));
+    resbm_arena_push(&a, slot, 1);
+    resbm_arena_push(&a, (size_t)n, slot);
+    resbm_arena_push(&a, (size_t)n, sizeof(size_t));
+    if (a.overflow) return RESBM_EOVERFLOW;
+    a.base = (unsigned char *)resbm__alloc(a.used, NULL);
+    if (!a.base) return RESBM_ENOMEM;
+    memset(a.base, 0, a.used);
+    a.cap = a.used;
+    a.used = 0;
+    s = (resbm_shaper *)resbm_arena_push(&a, 1, sizeof(resbm_shaper));
+    s->inner = *inner;
+    s->n = n;
+    s->bps = bytes_per_sec;
+    s->latency = latency_ms / 1000.0;
+    s->max_msg = max_message;
+    s->busy_until = (double *)resbm_arena_push(&a, (size_t)n, sizeof(double));
+    s->sbuf = (unsigned char *)resbm_arena_push(&a, slot, 1);
+    s->rbuf = (unsigned char *)resbm_arena_push(&a, (size_t)n, slot);
+    s->pending = (size_t *)resbm_arena_push(&a, (size_t)n, sizeof(size_t));
+    *out = s;
+    return RESBM_OK;
+}
+
+RESBMDEF void resbm_shaper_free(resbm_shaper *s) { resbm__dealloc(s, NULL); }
+
+RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out) {
+    if (!s || !out) return RESBM_EINVAL;
+    out->user = s;
+    out->send = resbm__shaper_send;
+    out->recv = resbm__shaper_recv;
     return RESBM_OK;
 }
 

@@ -1,5 +1,6 @@
 /* test_resbm.c - unit, gradient and determinism tests for resbm.h.
    Usage: test_resbm [--filter SUBSTRING]. Last line: "N passed, M failed"; exit 0 or 1. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep under -std=c99 */
 #include "../resbm.h" /* declarations only: the header must stand on its own */
 
 #include <stdlib.h>
@@ -1361,6 +1362,121 @@ static void test_wire_rejects(void) {
     CHECK(out[0] == 42.0f, "output touched");
 }
 
+/* ---- transports ------------------------------------------------------------------------------- */
+#ifndef RESBM_NO_THREADS
+#include <pthread.h>
+#include <time.h>
+static double t_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct { resbm_transport t; int peer, count, ok; } pump_arg;
+
+/* Receives `count` messages from peer; message i is i+1 bytes of value (i & 255). */
+static void *pump_recv(void *arg) {
+    pump_arg *a = (pump_arg *)arg;
+    unsigned char buf[4096];
+    int i;
+    size_t len, j;
+    a->ok = 1;
+    for (i = 0; i < a->count; i++) {
+        if (a->t.recv(a->t.user, a->peer, buf, sizeof(buf), &len, 5000) || len != (size_t)(i % 3000) + 1) { a->ok = 0; return NULL; }
+        for (j = 0; j < len; j++)
+            if (buf[j] != (unsigned char)i) { a->ok = 0; return NULL; }
+    }
+    return NULL;
+}
+
+static void test_inproc(void) {
+    resbm_inproc *h;
+    resbm_transport t0, t1, t2;
+    unsigned char buf[8192], big[8192];
+    memset(&t0, 0, sizeof(t0)); memset(&t1, 0, sizeof(t1)); memset(&t2, 0, sizeof(t2));
+    size_t len = 99;
+    int i;
+    pump_arg a;
+    pthread_t th;
+    CHECK_RC(resbm_inproc_init(3, 4096, &h), RESBM_OK);
+    if (th_fail_now) return;
+    resbm_inproc_transport(h, 0, &t0);
+    resbm_inproc_transport(h, 1, &t1);
+    resbm_inproc_transport(h, 2, &t2);
+    /* nothing there: poll and timeout */
+    CHECK_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 0), RESBM_ETIMEDOUT);
+    CHECK_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 30), RESBM_ETIMEDOUT);
+    CHECK(len == 99, "len written on timeout");
+    /* order per peer, independent peers */
+    CHECK_RC(t0.send(t0.user, 1, "abc", 3), RESBM_OK);
+    CHECK_RC(t2.send(t2.user, 1, "xy", 2), RESBM_OK);
+    CHECK_RC(t0.send(t0.user, 1, "defg", 4), RESBM_OK);
+    CHECK_RC(t1.recv(t1.user, 2, buf, sizeof(buf), &len, 0), RESBM_OK);
+    CHECK(len == 2 && !memcmp(buf, "xy", 2), "from 2");
+    CHECK_RC(t1.recv(t1.user, 0, buf, 2, &len, 0), RESBM_EINVAL); /* cap too small: stays queued */
+    CHECK_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 0), RESBM_OK);
+    CHECK(len == 3 && !memcmp(buf, "abc", 3), "first");
+    CHECK_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 0), RESBM_OK);
+    CHECK(len == 4 && !memcmp(buf, "defg", 4), "second");
+    CHECK_RC(t0.send(t0.user, 1, big, 4096), RESBM_EINVAL);  /* larger than the mailbox */
+    CHECK_RC(t0.send(t0.user, 0, big, 1), RESBM_EINVAL);     /* to itself */
+    CHECK_RC(t0.send(t0.user, 3, big, 1), RESBM_EINVAL);     /* no such peer */
+    /* a full mailbox blocks the sender until the receiver drains it: 3000 messages, wrapping */
+    a.t = t1; a.peer = 0; a.count = 3000;
+    pthread_create(&th, NULL, pump_recv, &a);
+    for (i = 0; i < 3000; i++) {
+        memset(big, i & 255, sizeof(big));
+        if (t0.send(t0.user, 1, big, (size_t)(i % 3000) + 1 > 4000 ? 4000 : (size_t)(i % 3000) + 1)) { CHECK(0, "send %d", i); break; }
+    }
+    pthread_join(th, NULL);
+    CHECK(a.ok, "receiver saw a wrong message");
+    /* close: pending messages still arrive, then ECLOSED; sends to a closed peer fail */
+    CHECK_RC(t2.send(t2.user, 0, "last", 4), RESBM_OK);
+    CHECK_RC(resbm_inproc_close(h, 2), RESBM_OK);
+    CHECK_RC(t0.recv(t0.user, 2, buf, sizeof(buf), &len, 100), RESBM_OK);
+    CHECK_RC(t0.recv(t0.user, 2, buf, sizeof(buf), &len, -1), RESBM_ECLOSED); /* no hang */
+    CHECK_RC(t0.send(t0.user, 2, "x", 1), RESBM_ECLOSED);
+    CHECK_RC(resbm_inproc_init(0, 4096, &h), RESBM_EINVAL);
+    resbm_inproc_free(h);
+}
+
+static void test_shaper(void) {
+    resbm_inproc *h;
+    resbm_transport i0, i1, s0, s1;
+    resbm_shaper *a, *b;
+    memset(&s0, 0, sizeof(s0)); memset(&s1, 0, sizeof(s1));
+    unsigned char buf[20000];
+    size_t len;
+    double t0, el;
+    int k;
+    CHECK_RC(resbm_inproc_init(2, 1 << 20, &h), RESBM_OK);
+    if (th_fail_now) return;
+    resbm_inproc_transport(h, 0, &i0);
+    resbm_inproc_transport(h, 1, &i1);
+    /* 1 MB/s and 20 ms: ten 10 kB messages need at least 10 * 10 kB / 1 MB/s + 20 ms = 120 ms */
+    CHECK_RC(resbm_shaper_init(&i0, 2, 1e6, 20.0, 20000, &a), RESBM_OK);
+    CHECK_RC(resbm_shaper_init(&i1, 2, 1e6, 20.0, 20000, &b), RESBM_OK);
+    resbm_shaper_transport(a, &s0);
+    resbm_shaper_transport(b, &s1);
+    memset(buf, 7, sizeof(buf));
+    t0 = t_now();
+    for (k = 0; k < 10; k++) CHECK_RC(s0.send(s0.user, 1, buf, 10000), RESBM_OK);
+    for (k = 0; k < 10; k++) {
+        CHECK_RC(s1.recv(s1.user, 0, buf, sizeof(buf), &len, 5000), RESBM_OK);
+        CHECK(len == 10000 && buf[9999] == 7, "message %d", k);
+    }
+    el = t_now() - t0;
+    CHECK(el >= 0.119, "shaped transfer took %.3f s, the link allows no less than 0.120 s", el);
+    CHECK_RC(s0.send(s0.user, 1, buf, 20001), RESBM_EINVAL);
+    CHECK_RC(resbm_shaper_init(&i0, 2, -1.0, 0.0, 100, &a), RESBM_EINVAL);
+    resbm_shaper_free(b);
+    CHECK_RC(resbm_shaper_init(&i0, 2, 1e6, 20.0, 20000, &b), RESBM_OK);
+    resbm_shaper_free(a);
+    resbm_shaper_free(b);
+    resbm_inproc_free(h);
+}
+#endif
+
 /* ---- argument validation across the layer API -------------------------------------------------- */
 static void test_layer_args(void) {
     float x[64] = {0}, y[64], g[16] = {0}, r[8];
@@ -1426,5 +1542,9 @@ int main(int argc, char **argv) {
     RUN(test_wire_conversions);
     RUN(test_wire_roundtrip);
     RUN(test_wire_rejects);
+#ifndef RESBM_NO_THREADS
+    RUN(test_inproc);
+    RUN(test_shaper);
+#endif
     return th_finish();
 }
