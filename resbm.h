@@ -435,6 +435,46 @@ RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n_peers, double
 RESBMDEF void resbm_shaper_free(resbm_shaper *s);
 RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
 
+/* ---- stage runtime (design §7) -------------------------------------------------------------------
+   One resbm_stage per pipeline stage, each on its own thread, process or machine. Every stage
+   calls resbm_stage_step once per step; stage 0 passes the tokens, the last stage the targets
+   (others pass NULL). A step runs n_micro microbatches in 1F1B order (warm-up forwards, then
+   one forward one backward, then cool-down backwards), sends activations forward and their
+   gradients back as frames, sums the squared gradient norm along the pipeline and sends the
+   total and the loss back (control frames), clips, and applies the optimizer. A failed step
+   (timeout, closed peer, bad frame) applies no update on the stage that saw it and can be
+   retried. */
+typedef struct resbm_stage_config {
+    resbm_model_config model; /* .stages, .stage, .r, .m, ...; .batch = rows per microbatch */
+    resbm_opt_config opt;
+    resbm_transport transport; /* peers are stage numbers */
+    int n_micro;               /* microbatches per step, default 1 */
+    int wire_fwd, wire_bwd;    /* RESBM_WIRE_* of activations and of gradients, default f32 */
+    int timeout_ms;            /* per receive, default 60000 */
+} resbm_stage_config;
+
+typedef struct resbm_stage_stats {
+    uint64_t bytes_sent[4], bytes_recv[4];   /* by frame kind (index RESBM_KIND_*), headers in */
+    uint64_t frames_sent[4], frames_recv[4];
+    double compute_s, wait_s;                /* in model calls; blocked in send or recv */
+    size_t memory_bytes;                     /* everything the stage holds */
+    long steps;                              /* successful steps */
+} resbm_stage_stats;
+
+typedef struct resbm_stage resbm_stage;
+
+RESBMDEF resbm_stage_config resbm_stage_config_default(void);
+RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out);
+RESBMDEF void resbm_stage_free(resbm_stage *st);
+RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
+/* rows = n_micro * model.batch sequences (tokens/targets [rows*T] on the first/last stage).
+   *loss (optional) = the step's mean loss, on every stage. */
+RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                              size_t rows, float *loss);
+RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out);
+/* The clip multiplier for a summed squared gradient norm (shared with resbm_model_train_step). */
+RESBMDEF float resbm_clip_scale(const resbm_opt_config *opt, float total_sqnorm);
+
 /* ---- safetensors --------------------------------------------------------------------------------- */
 enum { RESBM_DT_F32 = 0, RESBM_DT_I32 = 1 };
 typedef struct resbm_st_entry {
@@ -1091,6 +1131,9 @@ RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, 
 }
 
 /* ---- small vector helpers: fixed summation order, so results never depend on threads ---------- */
+static uint32_t resbm__fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static float resbm__bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static int resbm__finite(float f) { return (resbm__fbits(f) & 0x7f800000u) != 0x7f800000u; }
 static float resbm__dot(const float *a, const float *b, size_t n) {
     size_t i = 0;
 #if defined(__AVX512F__)
@@ -2439,11 +2482,8 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
         sum += l;
     }
     RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
-    if (!(sq - sq == 0.0)) return RESBM_ENONFINITE; /* parameters untouched */
-    if (m->opt.kind != RESBM_OPT_SGD && m->opt.clip > 0.0f) {
-        double norm = sqrt(sq);
-        if (norm > m->opt.clip) scale = (float)(m->opt.clip / (norm + 1e-6));
-    }
+    if (!resbm__finite((float)sq)) return RESBM_ENONFINITE; /* parameters untouched */
+    scale = resbm_clip_scale(&m->opt, (float)sq); /* as a pipeline of one stage does */
     RESBM__TRY(resbm_model_update(m, scale));
     *loss = (float)(sum / n_micro);
     return RESBM_OK;
@@ -2525,8 +2565,6 @@ static unsigned resbm__get16(const unsigned char *p) { return (unsigned)p[0] | (
 static uint32_t resbm__get32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
-static uint32_t resbm__fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static float resbm__bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
 /* f32 -> bf16, round to nearest even (finite input) */
 static unsigned resbm__to_bf16(float f) {
@@ -2567,7 +2605,6 @@ static float resbm__from_f16(unsigned h) {
     return resbm__bitsf(sign | ((e - 15 + 127) << 23) | (mant << 13));
 }
 
-static int resbm__finite(float f) { return (resbm__fbits(f) & 0x7f800000u) != 0x7f800000u; }
 
 RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_t *out) {
     size_t n, b;
@@ -3080,6 +3117,234 @@ RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out) {
     out->user = s;
     out->send = resbm__shaper_send;
     out->recv = resbm__shaper_recv;
+    return RESBM_OK;
+}
+
+/* ---- stage runtime ---------------------------------------------------------------------------- */
+struct resbm_stage {
+    resbm_stage_config cfg;
+    resbm_model *model;
+    int s, S, n, slots;
+    size_t Nmb, w;                /* tokens per microbatch, row width on the wire */
+    size_t frame_cap;
+    unsigned char *sbuf, *rbuf;   /* [frame_cap] */
+    float *zin, *zout, *dzin, *dxout; /* [Nmb, w] */
+    uint64_t step;
+    resbm_stage_stats stats;
+};
+
+RESBMDEF float resbm_clip_scale(const resbm_opt_config *o, float total) {
+    double norm;
+    if (!o || o->kind == RESBM_OPT_SGD || !(o->clip > 0.0f)) return 1.0f;
+    norm = sqrt((double)total);
+    return norm > o->clip ? (float)(o->clip / (norm + 1e-6)) : 1.0f;
+}
+
+RESBMDEF resbm_stage_config resbm_stage_config_default(void) {
+    resbm_stage_config c;
+    memset(&c, 0, sizeof(c));
+    c.model = resbm_model_config_default();
+    c.opt = resbm_opt_config_default();
+    c.n_micro = 1;
+    c.wire_fwd = c.wire_bwd = RESBM_WIRE_F32;
+    c.timeout_ms = 60000;
+    return c;
+}
+
+RESBMDEF void resbm_stage_free(resbm_stage *st) {
+    if (!st) return;
+    resbm_model_free(st->model);
+    resbm__dealloc(st, st->cfg.model.alloc_user);
+}
+
+RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) {
+    resbm_stage tmp, *st;
+    resbm_model_config mc;
+    resbm_arena a;
+    size_t pb, pb2, zf;
+    int rc;
+    if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv || cfg->n_micro < 0 ||
+        cfg->wire_fwd < RESBM_WIRE_F32 || cfg->wire_fwd > RESBM_WIRE_I8 ||
+        cfg->wire_bwd < RESBM_WIRE_F32 || cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1)
+        return RESBM_EINVAL;
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.cfg = *cfg;
+    if (!tmp.cfg.n_micro) tmp.cfg.n_micro = 1;
+    if (!tmp.cfg.timeout_ms) tmp.cfg.timeout_ms = 60000;
+    mc = tmp.cfg.model;
+    tmp.S = mc.stages ? mc.stages : 1;
+    tmp.s = mc.stage;
+    tmp.n = tmp.cfg.n_micro;
+    tmp.slots = RESBM__MIN(tmp.S - tmp.s, tmp.n); /* 1F1B keeps at most S - s forwards */
+    if (tmp.slots < 1) return RESBM_EINVAL;
+    mc.act_slots = tmp.slots;
+    if ((rc = resbm_model_init(&mc, &tmp.cfg.opt, &tmp.model))) return rc;
+    tmp.cfg.model = tmp.model->cfg;
+    tmp.Nmb = (size_t)tmp.model->cfg.batch * (size_t)tmp.model->cfg.seq;
+    tmp.w = tmp.model->r;
+    if (tmp.Nmb > 0xffffffffu ||
+        resbm_wire_payload_bytes(RESBM_WIRE_F32, tmp.Nmb, tmp.w, &pb) ||
+        resbm_wire_payload_bytes(RESBM_WIRE_I8, tmp.Nmb, tmp.w, &pb2) ||
+        resbm_size_mul(&zf, tmp.Nmb, tmp.w)) {
+        resbm_model_free(tmp.model);
+        return RESBM_EOVERFLOW;
+    }
+    tmp.frame_cap = RESBM_FRAME_HEADER + RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)64);
+    memset(&a, 0, sizeof(a));
+    resbm_arena_push(&a, 1, sizeof(resbm_stage));
+    resbm_arena_push(&a, 2, tmp.frame_cap);
+    resbm_arena_push(&a, 4 * zf, sizeof(float));
+    if (a.overflow) { resbm_model_free(tmp.model); return RESBM_EOVERFLOW; }
+    a.base = (unsigned char *)resbm__alloc(a.used, mc.alloc_user);
+    if (!a.base) { resbm_model_free(tmp.model); return RESBM_ENOMEM; }
+    memset(a.base, 0, a.used);
+    a.cap = a.used;
+    a.used = 0;
+    st = (resbm_stage *)resbm_arena_push(&a, 1, sizeof(resbm_stage));
+    *st = tmp;
+    st->sbuf = (unsigned char *)resbm_arena_push(&a, 2, tmp.frame_cap);
+    st->rbuf = st->sbuf + tmp.frame_cap;
+    st->zin = (float *)resbm_arena_push(&a, 4 * zf, sizeof(float));
+    st->zout = st->zin + zf;
+    st->dzin = st->zout + zf;
+    st->dxout = st->dzin + zf;
+    st->stats.memory_bytes = a.cap + resbm_model_bytes(st->model);
+    *out = st;
+    return RESBM_OK;
+}
+
+RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st) { return st ? st->model : NULL; }
+
+RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out) {
+    if (!st || !out) return RESBM_EINVAL;
+    *out = st->stats;
+    return RESBM_OK;
+}
+
+static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint32_t micro,
+                             size_t rows, size_t cols, const float *x) {
+    resbm_frame_info f;
+    size_t len;
+    double t0;
+    int rc;
+    f.kind = kind; f.dtype = dtype; f.from_stage = (unsigned)st->s; f.to_stage = (unsigned)to;
+    f.step = st->step; f.micro = micro; f.rows = (uint32_t)rows; f.cols = (uint32_t)cols;
+    RESBM__TRY(resbm_frame_encode(st->sbuf, st->frame_cap, &len, &f, x));
+    t0 = resbm__now();
+    rc = st->cfg.transport.send(st->cfg.transport.user, to, st->sbuf, len);
+    st->stats.wait_s += resbm__now() - t0;
+    if (rc) return rc;
+    st->stats.bytes_sent[kind] += len;
+    st->stats.frames_sent[kind]++;
+    return RESBM_OK;
+}
+
+static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uint32_t micro,
+                             size_t rows, size_t cols, float *x) {
+    resbm_frame_info f;
+    size_t len = 0;
+    double t0 = resbm__now();
+    int rc = st->cfg.transport.recv(st->cfg.transport.user, from, st->rbuf, st->frame_cap, &len,
+                                    st->cfg.timeout_ms);
+    st->stats.wait_s += resbm__now() - t0;
+    if (rc) return rc;
+    if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
+    st->stats.bytes_recv[kind] += len;
+    st->stats.frames_recv[kind]++;
+    f.kind = kind; f.dtype = dtype; f.from_stage = (unsigned)from; f.to_stage = (unsigned)st->s;
+    f.step = st->step; f.micro = micro; f.rows = (uint32_t)rows; f.cols = (uint32_t)cols;
+    return resbm_frame_decode(x, rows * cols, st->rbuf, len, &f);
+}
+
+static int resbm__stage_fwd(resbm_stage *st, int k, const int32_t *tokens,
+                            const int32_t *targets, double *loss_sum) {
+    resbm_model *m = st->model;
+    size_t off = (size_t)k * st->Nmb;
+    float loss = 0.0f;
+    double t0;
+    if (!m->first)
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s - 1, (uint32_t)k,
+                                     st->Nmb, st->w, st->zin));
+    t0 = resbm__now();
+    RESBM__TRY(resbm_model_forward(m, k % st->slots, m->first ? tokens + off : NULL,
+                                   m->first ? NULL : st->zin, m->last ? targets + off : NULL,
+                                   (size_t)m->cfg.batch, m->last ? NULL : st->zout,
+                                   m->last ? &loss : NULL));
+    st->stats.compute_s += resbm__now() - t0;
+    *loss_sum += loss;
+    if (!m->last)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s + 1, (uint32_t)k,
+                                     st->Nmb, st->w, st->zout));
+    return RESBM_OK;
+}
+
+static int resbm__stage_bwd(resbm_stage *st, int k) {
+    resbm_model *m = st->model;
+    double t0;
+    if (!m->last)
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s + 1, (uint32_t)k,
+                                     st->Nmb, st->w, st->dzin));
+    t0 = resbm__now();
+    RESBM__TRY(resbm_model_backward(m, k % st->slots, m->last ? NULL : st->dzin,
+                                    m->first ? NULL : st->dxout, 1.0f / (float)st->n));
+    st->stats.compute_s += resbm__now() - t0;
+    if (!m->first)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s - 1, (uint32_t)k,
+                                     st->Nmb, st->w, st->dxout));
+    return RESBM_OK;
+}
+
+/* Control frames: micro 0 carries the partial squared norm forward along the pipeline, micro 1
+   carries the total and the loss back. */
+RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                              size_t rows, float *loss) {
+    resbm_model *m;
+    double sq, loss_sum = 0.0, t0;
+    float part[1], back[2], scale;
+    int warm, i, fi = 0, bi = 0, sl;
+    size_t T;
+    if (!st) return RESBM_EINVAL;
+    m = st->model;
+    T = (size_t)m->cfg.seq;
+    if (rows != (size_t)st->n * (size_t)m->cfg.batch || (m->first && !tokens) ||
+        (m->last && !targets))
+        return RESBM_EINVAL;
+    if (m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    for (sl = 0; sl < m->cfg.act_slots; sl++) m->slots[sl].rows = 0; /* a failed step left some */
+    RESBM__TRY(resbm_model_zero_grad(m));
+    warm = RESBM__MIN(st->S - st->s - 1, st->n);
+    for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_fwd(st, fi++, tokens, targets, &loss_sum));
+    for (i = 0; i < st->n - warm; i++) {
+        RESBM__TRY(resbm__stage_fwd(st, fi++, tokens, targets, &loss_sum));
+        RESBM__TRY(resbm__stage_bwd(st, bi++));
+    }
+    for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
+    /* the global gradient norm: partial sums forward, the total and the loss back */
+    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    part[0] = (float)sq;
+    if (!m->first) {
+        float prev[1];
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, 0, 1, 1, prev));
+        part[0] = prev[0] + (float)sq;
+    }
+    if (!m->last) {
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, 0, 1, 1, part));
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, 1, 1, 2, back));
+    } else {
+        back[0] = part[0];
+        back[1] = (float)(loss_sum / st->n);
+        if (!resbm__finite(back[0]) || !resbm__finite(back[1])) return RESBM_ENONFINITE;
+    }
+    if (!m->first)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, 1, 1, 2, back));
+    scale = resbm_clip_scale(&st->cfg.opt, back[0]);
+    t0 = resbm__now();
+    RESBM__TRY(resbm_model_update(m, scale));
+    st->stats.compute_s += resbm__now() - t0;
+    st->step++;
+    st->stats.steps++;
+    if (loss) *loss = back[1];
     return RESBM_OK;
 }
 

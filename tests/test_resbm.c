@@ -1477,6 +1477,279 @@ static void test_shaper(void) {
 }
 #endif
 
+/* ---- the stage runtime ------------------------------------------------------------------------ */
+#ifndef RESBM_NO_THREADS
+enum { PIPE_MAX = 4, PIPE_STEPS = 3 };
+
+typedef struct {
+    resbm_stage_config cfg;
+    int steps, rc, s, S, rows;
+    float loss[PIPE_STEPS];
+    resbm_stage *st; /* kept for inspection; freed by the test */
+} pipe_arg;
+
+static void pipe_batch(int32_t *tok, int32_t *tg, const resbm_model_config *c, int rows, int step) {
+    tiny_batch(tok, tg, (size_t)rows * (size_t)c->seq, c->vocab, 500 + (uint64_t)step);
+}
+
+static void *pipe_thread(void *p) {
+    pipe_arg *a = (pipe_arg *)p;
+    int32_t tok[256], tg[256];
+    int k;
+    a->rc = resbm_stage_init(&a->cfg, &a->st);
+    for (k = 0; k < a->steps && !a->rc; k++) {
+        pipe_batch(tok, tg, &a->cfg.model, a->rows, k);
+        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)a->rows, &a->loss[k]);
+    }
+    return NULL;
+}
+
+/* Runs S stages as threads over the in-process transport. Returns 0 when every stage succeeded. */
+static int run_pipeline(pipe_arg *a, resbm_model_config mc, resbm_opt_config oc, int n_micro,
+                        int wire_fwd, int wire_bwd, int steps) {
+    resbm_inproc *hub;
+    pthread_t th[PIPE_MAX];
+    int s, S = mc.stages, bad = 0;
+    if (resbm_inproc_init(S, 1 << 20, &hub)) return 1;
+    for (s = 0; s < S; s++) {
+        memset(&a[s], 0, sizeof(a[s]));
+        a[s].cfg = resbm_stage_config_default();
+        a[s].cfg.model = mc;
+        a[s].cfg.model.stage = s;
+        a[s].cfg.opt = oc;
+        a[s].cfg.n_micro = n_micro;
+        a[s].cfg.wire_fwd = wire_fwd;
+        a[s].cfg.wire_bwd = wire_bwd;
+        a[s].cfg.timeout_ms = 10000;
+        a[s].steps = steps;
+        a[s].rows = n_micro * mc.batch;
+        resbm_inproc_transport(hub, s, &a[s].cfg.transport);
+        pthread_create(&th[s], NULL, pipe_thread, &a[s]);
+    }
+    for (s = 0; s < S; s++) {
+        pthread_join(th[s], NULL);
+        if (a[s].rc) { printf("    stage %d: %s\n", s, resbm_strerror(a[s].rc)); bad = 1; }
+    }
+    resbm_inproc_free(hub);
+    return bad;
+}
+
+static resbm_model_config pipe_config(void) {
+    resbm_model_config c = tiny_config();
+    c.layers = 5; c.stages = 3; c.batch = 1; c.r = 4; c.m = 8;
+    return c;
+}
+
+/* (1) S stages as threads == the same S stages one after another in one thread, bit for bit. */
+static void test_pipeline_equals_sequential(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    pipe_arg a[PIPE_MAX];
+    resbm_model *ref[PIPE_MAX];
+    int S = mc.stages, n = 4, s, b, k, step;
+    size_t Nmb = (size_t)mc.seq, w = 4, np, i;
+    int32_t tok[256], tg[256];
+    float *h[PIPE_MAX], *g[PIPE_MAX];
+    oc.clip = 0.05f; oc.warmup = 2; /* the clip binds: the norm exchange matters */
+    CHECK(run_pipeline(a, mc, oc, n, RESBM_WIRE_F32, RESBM_WIRE_F32, PIPE_STEPS) == 0, "pipeline");
+    if (th_fail_now) return;
+    for (s = 0; s < S; s++) {
+        resbm_model_config c = mc;
+        c.stage = s;
+        CHECK_RC(resbm_model_init(&c, &oc, &ref[s]), RESBM_OK);
+        h[s] = (float *)malloc(Nmb * w * 4);
+        g[s] = (float *)malloc(Nmb * w * 4);
+    }
+    for (step = 0; step < PIPE_STEPS; step++) {
+        double loss_sum = 0, sq;
+        float total = 0, loss = 0;
+        pipe_batch(tok, tg, &mc, n, step);
+        for (s = 0; s < S; s++) resbm_model_zero_grad(ref[s]);
+        for (k = 0; k < n; k++) { /* each stage accumulates microbatches 0..n-1, as 1F1B does */
+            for (s = 0; s < S; s++) {
+                CHECK_RC(resbm_model_forward(ref[s], 0, s == 0 ? tok + k * Nmb : NULL, s ? h[s - 1] : NULL,
+                                             s == S - 1 ? tg + k * Nmb : NULL, 1, s < S - 1 ? h[s] : NULL,
+                                             s == S - 1 ? &loss : NULL), RESBM_OK);
+                if (s == S - 1) loss_sum += loss;
+            }
+            for (b = S - 1; b >= 0; b--)
+                CHECK_RC(resbm_model_backward(ref[b], 0, b < S - 1 ? g[b] : NULL, b ? g[b - 1] : NULL,
+                                              1.0f / (float)n), RESBM_OK);
+        }
+        for (s = 0; s < S; s++) { resbm_model_grad_sqnorm(ref[s], &sq); total = s ? total + (float)sq : (float)sq; }
+        for (s = 0; s < S; s++) CHECK_RC(resbm_model_update(ref[s], resbm_clip_scale(&oc, total)), RESBM_OK);
+        for (s = 0; s < S; s++)
+            CHECK(a[s].loss[step] == (float)(loss_sum / n), "step %d stage %d loss %.9g vs %.9g", step, s,
+                  a[s].loss[step], (float)(loss_sum / n));
+    }
+    for (s = 0; s < S; s++) {
+        const resbm_param *pp = resbm_model_params(resbm_stage_model(a[s].st), &np);
+        const resbm_param *pr = resbm_model_params(ref[s], NULL);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                  "stage %d %s differs", s, pp[i].name);
+        resbm_stage_free(a[s].st);
+        resbm_model_free(ref[s]);
+        free(h[s]); free(g[s]);
+    }
+}
+
+/* (2) one stage == resbm_model_train_step; (3) 1 vs 2 kernel threads per stage, same bits. */
+static void test_pipeline_single_stage_and_threads(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    pipe_arg a[PIPE_MAX], b[PIPE_MAX];
+    resbm_model *m;
+    int32_t tok[256], tg[256];
+    size_t np, i;
+    int step, s;
+    float loss;
+    mc.stages = 1; mc.batch = 2; mc.r = 0;
+    oc.kind = RESBM_OPT_MUON;
+    CHECK(run_pipeline(a, mc, oc, 3, RESBM_WIRE_F32, RESBM_WIRE_F32, PIPE_STEPS) == 0, "pipeline");
+    mc.batch = 6;
+    CHECK_RC(resbm_model_init(&mc, &oc, &m), RESBM_OK);
+    if (th_fail_now) return;
+    for (step = 0; step < PIPE_STEPS; step++) {
+        pipe_batch(tok, tg, &mc, 6, step);
+        CHECK_RC(resbm_model_train_step(m, tok, tg, 6, 3, &loss), RESBM_OK);
+        CHECK(loss == a[0].loss[step], "step %d: %.9g vs %.9g", step, loss, a[0].loss[step]);
+    }
+    {
+        const resbm_param *pp = resbm_model_params(resbm_stage_model(a[0].st), &np);
+        const resbm_param *pr = resbm_model_params(m, NULL);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4), "%s", pp[i].name);
+    }
+    resbm_stage_free(a[0].st);
+    resbm_model_free(m);
+    mc = pipe_config();
+    mc.threads = 1;
+    CHECK(run_pipeline(a, mc, oc, 2, RESBM_WIRE_BF16, RESBM_WIRE_I8, 2) == 0, "pipeline, 1 thread");
+    mc.threads = 2;
+    CHECK(run_pipeline(b, mc, oc, 2, RESBM_WIRE_BF16, RESBM_WIRE_I8, 2) == 0, "pipeline, 2 threads");
+    if (th_fail_now) return;
+    for (s = 0; s < mc.stages; s++) {
+        const resbm_param *pa = resbm_model_params(resbm_stage_model(a[s].st), &np);
+        const resbm_param *pb = resbm_model_params(resbm_stage_model(b[s].st), NULL);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pa[i].value.data, pb[i].value.data, pa[i].value.ne[0] * pa[i].value.ne[1] * 4), "%s", pa[i].name);
+        CHECK(a[s].loss[1] == b[s].loss[1], "loss");
+        resbm_stage_free(a[s].st);
+        resbm_stage_free(b[s].st);
+    }
+}
+
+/* (4) bytes on the wire == frames x header + payload; the compression factor against an f32
+   r == d pipeline of the same shape; activation slots bounded by S - s. */
+static void test_pipeline_wire_bytes(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    pipe_arg a[PIPE_MAX], u[PIPE_MAX];
+    int S = mc.stages, n = 4, s, dt;
+    size_t Nmb = (size_t)mc.seq, r = 4, d = (size_t)mc.d;
+    for (dt = 0; dt < 4; dt++) {
+        resbm_stage_stats st;
+        memset(&st, 0, sizeof(st));
+        uint64_t fwd = 0, bwd = 0, base = 0, prev_sent = 0;
+        size_t pb;
+        CHECK(run_pipeline(a, mc, oc, n, dt, RESBM_WIRE_I8, 2) == 0, "pipeline dtype %d", dt);
+        if (th_fail_now) return;
+        for (s = 0; s < S; s++) {
+            resbm_stage_get_stats(a[s].st, &st);
+            resbm_wire_payload_bytes(dt, Nmb, r, &pb);
+            CHECK(st.bytes_sent[RESBM_KIND_ACT] == (s < S - 1 ? (uint64_t)(2 * n) * (40 + pb) : 0),
+                  "stage %d act bytes %llu", s, (unsigned long long)st.bytes_sent[RESBM_KIND_ACT]);
+            resbm_wire_payload_bytes(RESBM_WIRE_I8, Nmb, r, &pb);
+            CHECK(st.bytes_sent[RESBM_KIND_GRAD] == (s > 0 ? (uint64_t)(2 * n) * (40 + pb) : 0),
+                  "stage %d grad bytes %llu", s, (unsigned long long)st.bytes_sent[RESBM_KIND_GRAD]);
+            CHECK(st.frames_sent[RESBM_KIND_CONTROL] == (uint64_t)(2 * ((s > 0) + (s < S - 1))), "control frames");
+            CHECK(st.bytes_recv[RESBM_KIND_ACT] == (s > 0 ? prev_sent : 0), "stage %d received act bytes", s);
+            prev_sent = st.bytes_sent[RESBM_KIND_ACT];
+            CHECK(resbm_model_get_config(resbm_stage_model(a[s].st))->act_slots == (S - s < n ? S - s : n), "slots");
+            fwd += st.bytes_sent[RESBM_KIND_ACT];
+            bwd += st.bytes_sent[RESBM_KIND_GRAD];
+            resbm_stage_free(a[s].st);
+        }
+        base = (uint64_t)(S - 1) * 2 * 2 * (uint64_t)n * (40 + 4 * Nmb * d); /* f32, r = d, both ways */
+        printf("    wire %s fwd + i8 bwd: %llu bytes/2 steps, %.1fx less than f32 at r = d\n",
+               dt == 0 ? "f32" : dt == 1 ? "bf16" : dt == 2 ? "f16" : "i8",
+               (unsigned long long)(fwd + bwd), (double)base / (double)(fwd + bwd));
+    }
+    /* the uncompressed baseline really sends d floats per token */
+    mc.r = 0;
+    CHECK(run_pipeline(u, mc, oc, n, RESBM_WIRE_F32, RESBM_WIRE_F32, 1) == 0, "r = d pipeline");
+    if (th_fail_now) return;
+    for (s = 0; s < S; s++) {
+        resbm_stage_stats st;
+        memset(&st, 0, sizeof(st));
+        resbm_stage_get_stats(u[s].st, &st);
+        CHECK(st.bytes_sent[RESBM_KIND_ACT] == (s < S - 1 ? (uint64_t)n * (40 + 4 * Nmb * d) : 0), "r = d act bytes");
+        printf("    stage %d holds %.2f MiB (%d activation slots)\n", s, st.memory_bytes / 1048576.0,
+               resbm_model_get_config(resbm_stage_model(u[s].st))->act_slots);
+        resbm_stage_free(u[s].st);
+    }
+}
+
+typedef struct { resbm_stage *st; int rc; float loss; } lone_arg;
+static void *lone_step(void *p) {
+    lone_arg *a = (lone_arg *)p;
+    int32_t tok[256], tg[256];
+    pipe_batch(tok, tg, &resbm_stage_model(a->st)->cfg, 1, 0);
+    a->rc = resbm_stage_step(a->st, tok, tg, 1, &a->loss);
+    return NULL;
+}
+
+/* A missing or closed peer fails the step with a clear code, applies no update, and the same
+   step can be retried. */
+static void test_pipeline_failures(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_inproc *hub;
+    resbm_stage_config c = resbm_stage_config_default();
+    resbm_stage *st[2];
+    lone_arg la[2];
+    pthread_t th[2];
+    float *before;
+    size_t np, i;
+    const resbm_param *ps;
+    int s;
+    mc.stages = 2; mc.layers = 2;
+    resbm_inproc_init(2, 1 << 20, &hub);
+    for (s = 0; s < 2; s++) {
+        c.model = mc; c.model.stage = s; c.timeout_ms = 100;
+        resbm_inproc_transport(hub, s, &c.transport);
+        CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+    }
+    if (th_fail_now) return;
+    ps = resbm_model_params(resbm_stage_model(st[1]), &np);
+    before = (float *)malloc(resbm_model_num_floats(resbm_stage_model(st[1])) * 4);
+    for (i = 0, s = 0; i < np; s += (int)(ps[i].value.ne[0] * ps[i].value.ne[1]), i++)
+        memcpy(before + s, ps[i].value.data, ps[i].value.ne[0] * ps[i].value.ne[1] * 4);
+    la[1].st = st[1];
+    lone_step(&la[1]); /* stage 0 never runs */
+    CHECK_RC(la[1].rc, RESBM_ETIMEDOUT);
+    for (i = 0, s = 0; i < np; s += (int)(ps[i].value.ne[0] * ps[i].value.ne[1]), i++)
+        CHECK(!memcmp(before + s, ps[i].value.data, ps[i].value.ne[0] * ps[i].value.ne[1] * 4), "%s changed", ps[i].name);
+    CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 0, "an update was applied");
+    /* the retry, with both stages */
+    for (s = 0; s < 2; s++) { la[s].st = st[s]; pthread_create(&th[s], NULL, lone_step, &la[s]); }
+    for (s = 0; s < 2; s++) { pthread_join(th[s], NULL); CHECK_RC(la[s].rc, RESBM_OK); }
+    CHECK(la[0].loss == la[1].loss && la[0].loss > 0, "loss on every stage");
+    /* a closed peer surfaces as RESBM_ECLOSED, well before the timeout */
+    resbm_inproc_close(hub, 0);
+    lone_step(&la[1]);
+    CHECK_RC(la[1].rc, RESBM_ECLOSED);
+    CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 1, "steps");
+    for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+    resbm_inproc_free(hub);
+    free(before);
+    c.n_micro = -1;
+    CHECK_RC(resbm_stage_init(&c, &st[0]), RESBM_EINVAL);
+    c.n_micro = 1; c.wire_fwd = 9;
+    CHECK_RC(resbm_stage_init(&c, &st[0]), RESBM_EINVAL);
+}
+#endif
+
 /* ---- argument validation across the layer API -------------------------------------------------- */
 static void test_layer_args(void) {
     float x[64] = {0}, y[64], g[16] = {0}, r[8];
@@ -1545,6 +1818,10 @@ int main(int argc, char **argv) {
 #ifndef RESBM_NO_THREADS
     RUN(test_inproc);
     RUN(test_shaper);
+    RUN(test_pipeline_equals_sequential);
+    RUN(test_pipeline_single_stage_and_threads);
+    RUN(test_pipeline_wire_bytes);
+    RUN(test_pipeline_failures);
 #endif
     return th_finish();
 }
