@@ -9,7 +9,7 @@ LIBS     = -lm -pthread
 HDR      = resbm.h
 TESTDEPS = $(HDR) tests/harness.h tests/ref.h
 
-.PHONY: all test check-compile sanitize bench bench-gemm bench-step bench-torch clean
+.PHONY: all test check-compile sanitize fuzz fuzz-seeds bench bench-overhead bench-gemm bench-step bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
@@ -70,8 +70,23 @@ sanitize: | $(BUILD)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_resbm_san
 	mkdir -p $(BUILD)/san_dump && ASAN_OPTIONS=detect_leaks=1 $(BUILD)/torch_dump_san $(BUILD)/san_dump > /dev/null
 
+# libFuzzer on the frame decoder, FUZZ_SECONDS per target (clang), from the seed corpus in
+# tests/fuzz/ (copied, so the repository's corpus does not grow). Any crash fails the target.
+FUZZ_SECONDS ?= 60
+fuzz: | $(BUILD)
+	clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  tests/fuzz_frame.c -o $(BUILD)/fuzz_frame $(LIBS)
+	rm -rf $(BUILD)/fuzz_corpus_frame && mkdir -p $(BUILD)/fuzz_corpus_frame && cp tests/fuzz/frame/* $(BUILD)/fuzz_corpus_frame/
+	$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz_corpus_frame
+
+# Rewrites the seed corpus (valid frames of every kind, dtype and a few shapes, plus one per fault).
+fuzz-seeds: | $(BUILD)
+	$(CC) -std=c99 -O1 $(WARN) -DFUZZ_WRITE_SEEDS tests/fuzz_frame.c -o $(BUILD)/fuzz_frame_seeds $(LIBS)
+	mkdir -p tests/fuzz/frame && $(BUILD)/fuzz_frame_seeds tests/fuzz/frame
+
 # ---- benchmarks (run alone on the machine; see bench/RESULTS.md) ----
-bench: bench-gemm bench-step bench-torch
+bench: bench-gemm bench-step bench-torch bench-overhead
 
 $(BUILD)/bench_gemm: bench/gemm.c $(HDR) | $(BUILD)
 	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
@@ -89,6 +104,13 @@ bench-gemm: $(BUILD)/bench_gemm_blas
 bench-step: $(BUILD)/bench_step
 	$(BUILD)/bench_step --threads 1
 	$(BUILD)/bench_step --threads 2
+
+$(BUILD)/bench_overhead: bench/overhead.c $(HDR) | $(BUILD)
+	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+bench-overhead: $(BUILD)/bench_overhead
+	$(BUILD)/bench_overhead --threads 1 --clock cpu --steps 20 --control --sweep-m
+	$(BUILD)/bench_overhead --threads 2 --clock wall --steps 40 --control
 
 bench-torch:
 	bash bench/step_torch.sh

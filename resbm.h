@@ -1,4 +1,4 @@
-/* resbm.h - v0.1 - residual bottleneck pipeline training for transformers - MIT license (end of file)
+/* resbm.h - v0.2 - residual bottleneck pipeline training for transformers - MIT license (end of file)
 
    A single-header C library for training a transformer split into pipeline stages that talk over
    slow links. Between two stages sits a residual bottleneck (ResBM, arXiv 2604.11947): the sender
@@ -35,6 +35,27 @@
        }
        resbm_model_free(m);
 
+   EXAMPLE: drop the boundary into your own engine, over your own send/recv
+       // Stage s (sender), after its last layer: h [N,d] is your residual stream; norm [d],
+       // W1 [m,d], W2 [r,m] (zero at init) are parameters you own, train and checkpoint.
+       // rstd [N], u [N,d], a [N,m] are kept for backward; s, ds [N,m], du [N,d] are scratch.
+       resbm_encoder_forward(pool, z, rstd, u, a, s, h, norm, W1, W2, N, d, r, m, 1);
+       resbm_frame_info f = {RESBM_KIND_ACT, RESBM_WIRE_BF16, me, me + 1, step, micro, N, r};
+       resbm_frame_encode(buf, cap, &len, &f, z);          // 40-byte header + N*r bf16 values
+       my_send(me + 1, buf, len);                          // your socket, MPI, RDMA, pigeon...
+       // ... later, dL/dz [N,r] comes back: validate everything before using it
+       len = my_recv(me + 1, buf, cap);
+       f.kind = RESBM_KIND_GRAD; f.from_stage = me + 1; f.to_stage = me;
+       if ((rc = resbm_frame_decode(dz, N * r, buf, len, &f))) return rc;  // drop the step
+       resbm_encoder_backward(pool, dh, dnorm, dW1, dW2, s, ds, du, dz, h, norm, W1, W2,
+                              rstd, u, a, N, d, r, m, 1);   // dh += dL/dh, then your backward
+       // Stage s+1 (receiver), before its first layer: W3 [m,r], W4 [d,m] (zero at init).
+       if ((rc = resbm_frame_decode(z, N * r, buf, len, &expect))) return rc;
+       resbm_decoder_forward(pool, x, a2, s2, z, W3, W4, N, d, r, m, 1);       // x [N,d]
+       // ... your layers forward and backward, giving dx [N,d]; then
+       resbm_decoder_backward(pool, dz, dW3, dW4, s2, ds2, dx, z, W3, W4, a2, N, d, r, m, 1);
+       // encode dz as a RESBM_KIND_GRAD frame back to stage s. Or let resbm_stage do all this.
+
    CONVENTIONS
        Row-major float32, one row per token. Dimension legend used in every shape comment:
          N tokens in a call (rows*seq), T sequence length, d model width, H heads, hd = d/H,
@@ -52,6 +73,8 @@
        and a fixed summation order, so results are bit-identical whatever the thread count.
 
    CHANGES
+       0.2  residual bottleneck (encoder/decoder with identity path), wire codec (f32, bf16, f16,
+            i8; CRC32C), transports (in-process, shaping wrapper), stage runtime with 1F1B.
        0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
             backward, whole-model forward/backward, AdamW, Muon, SGD, safetensors writer.
 */
@@ -69,7 +92,7 @@
 #include <stdint.h>
 
 #define RESBM_VERSION_MAJOR 0
-#define RESBM_VERSION_MINOR 1
+#define RESBM_VERSION_MINOR 2
 
 #ifndef RESBMDEF
 #ifdef RESBM_STATIC

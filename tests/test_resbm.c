@@ -1477,6 +1477,127 @@ static void test_shaper(void) {
 }
 #endif
 
+/* ---- the header's drop-in example, run as written ------------------------------------------------
+   Host-owned parameters and buffers, the host's own send/recv (here the in-process transport).
+   At init (W2 = W4 = 0) the boundary is the rank-r identity: x = h[:, 0:r] in bf16, zeros
+   elsewhere; on the way back dL/dh = dL/dx on the first r channels, zero elsewhere. */
+#ifndef RESBM_NO_THREADS
+static resbm_transport dropin_tr[2];
+static void my_send(int to, const void *buf, size_t len) {
+    int rc = dropin_tr[1 - to].send(dropin_tr[1 - to].user, to, buf, len);
+    CHECK_RC(rc, RESBM_OK);
+}
+static size_t my_recv(int from, void *buf, size_t cap) {
+    size_t len = 0;
+    int rc = dropin_tr[1 - from].recv(dropin_tr[1 - from].user, from, buf, cap, &len, 1000);
+    CHECK_RC(rc, RESBM_OK);
+    return len;
+}
+
+static int dropin_sender(resbm_pool *pool, unsigned me, uint64_t step, uint32_t micro, size_t N,
+                         size_t d, size_t r, size_t m, float *h, float *norm, float *W1, float *W2,
+                         float *dh, float *dnorm, float *dW1, float *dW2) {
+    float *z = (float *)calloc(N * r, 4), *dz = (float *)calloc(N * r, 4), *rstd = (float *)calloc(N, 4);
+    float *u = (float *)calloc(N * d, 4), *du = (float *)calloc(N * d, 4), *a = (float *)calloc(N * m, 4);
+    float *s = (float *)calloc(N * m, 4), *ds = (float *)calloc(N * m, 4);
+    size_t cap = RESBM_FRAME_HEADER + 4 * N * r, len;
+    unsigned char *buf = (unsigned char *)malloc(cap);
+    int rc;
+    /* from the header, verbatim */
+    resbm_encoder_forward(pool, z, rstd, u, a, s, h, norm, W1, W2, N, d, r, m, 1);
+    resbm_frame_info f = {RESBM_KIND_ACT, RESBM_WIRE_BF16, me, me + 1, step, micro, (uint32_t)N, (uint32_t)r};
+    resbm_frame_encode(buf, cap, &len, &f, z);
+    my_send(me + 1, buf, len);
+    len = my_recv(me + 1, buf, cap);
+    f.kind = RESBM_KIND_GRAD; f.from_stage = me + 1; f.to_stage = me;
+    if ((rc = resbm_frame_decode(dz, N * r, buf, len, &f))) goto done;
+    resbm_encoder_backward(pool, dh, dnorm, dW1, dW2, s, ds, du, dz, h, norm, W1, W2,
+                           rstd, u, a, N, d, r, m, 1);
+done:
+    free(z); free(dz); free(rstd); free(u); free(du); free(a); free(s); free(ds); free(buf);
+    return rc;
+}
+
+static int dropin_receiver(resbm_pool *pool, unsigned me, uint64_t step, uint32_t micro, size_t N,
+                           size_t d, size_t r, size_t m, float *x, const float *dx, float *W3,
+                           float *W4, float *dW3, float *dW4) {
+    float *z = (float *)calloc(N * r, 4), *dz = (float *)calloc(N * r, 4);
+    float *a2 = (float *)calloc(N * m, 4), *s2 = (float *)calloc(N * m, 4), *ds2 = (float *)calloc(N * m, 4);
+    size_t cap = RESBM_FRAME_HEADER + 4 * N * r, len;
+    unsigned char *buf = (unsigned char *)malloc(cap);
+    resbm_frame_info expect = {RESBM_KIND_ACT, RESBM_WIRE_BF16, me - 1, me, step, micro, (uint32_t)N, (uint32_t)r};
+    int rc;
+    len = my_recv(me - 1, buf, cap);
+    if ((rc = resbm_frame_decode(z, N * r, buf, len, &expect))) goto done;
+    resbm_decoder_forward(pool, x, a2, s2, z, W3, W4, N, d, r, m, 1);
+    resbm_decoder_backward(pool, dz, dW3, dW4, s2, ds2, dx, z, W3, W4, a2, N, d, r, m, 1);
+    expect.kind = RESBM_KIND_GRAD; expect.dtype = RESBM_WIRE_BF16; expect.from_stage = me; expect.to_stage = me - 1;
+    if ((rc = resbm_frame_encode(buf, cap, &len, &expect, dz))) goto done;
+    my_send(me - 1, buf, len);
+done:
+    free(z); free(dz); free(a2); free(s2); free(ds2); free(buf);
+    return rc;
+}
+
+typedef struct {
+    resbm_pool *pool;
+    float *h, *norm, *W1, *W2, *dh, *dnorm, *dW1, *dW2;
+    int rc;
+} dropin_arg;
+enum { DROP_N = 6, DROP_D = 16, DROP_R = 2, DROP_M = 4 };
+
+static void *dropin_sender_thread(void *p) {
+    dropin_arg *a = (dropin_arg *)p;
+    a->rc = dropin_sender(a->pool, 0, 7, 2, DROP_N, DROP_D, DROP_R, DROP_M, a->h, a->norm, a->W1, a->W2,
+                          a->dh, a->dnorm, a->dW1, a->dW2);
+    return NULL;
+}
+
+static void test_dropin_example(void) {
+    enum { N = DROP_N, D = DROP_D, R = DROP_R, M = DROP_M };
+    static float h[N * D], norm[D], W1[M * D], W2[R * M], dh[N * D], dnorm[D], dW1[M * D], dW2[R * M];
+    static float x[N * D], dx[N * D], W3[M * R], W4[D * M], dW3[M * R], dW4[D * M];
+    resbm_inproc *hub;
+    resbm_pool *p0, *p1;
+    resbm_rng g;
+    dropin_arg a;
+    pthread_t th;
+    size_t i, n;
+    float nz = 0.0f;
+    CHECK_RC(resbm_inproc_init(2, 4096, &hub), RESBM_OK);
+    CHECK_RC(resbm_pool_init(1, &p0), RESBM_OK);
+    CHECK_RC(resbm_pool_init(1, &p1), RESBM_OK);
+    if (th_fail_now) return;
+    resbm_inproc_transport(hub, 0, &dropin_tr[0]);
+    resbm_inproc_transport(hub, 1, &dropin_tr[1]);
+    resbm_rng_seed(&g, 3, 4);
+    for (i = 0; i < N * D; i++) { h[i] = resbm_rng_normal(&g); dx[i] = resbm_rng_normal(&g); }
+    for (i = 0; i < D; i++) norm[i] = 1.0f;
+    for (i = 0; i < M * D; i++) W1[i] = 0.1f * resbm_rng_normal(&g);
+    for (i = 0; i < M * R; i++) W3[i] = 0.1f * resbm_rng_normal(&g);
+    a.pool = p0; a.h = h; a.norm = norm; a.W1 = W1; a.W2 = W2; a.dh = dh; a.dnorm = dnorm;
+    a.dW1 = dW1; a.dW2 = dW2; a.rc = -999;
+    pthread_create(&th, NULL, dropin_sender_thread, &a);
+    CHECK_RC(dropin_receiver(p1, 1, 7, 2, N, D, R, M, x, dx, W3, W4, dW3, dW4), RESBM_OK);
+    pthread_join(th, NULL);
+    CHECK_RC(a.rc, RESBM_OK);
+    /* W2 = W4 = 0: the rank-r identity both ways, through a bf16 wire */
+    for (n = 0; n < N; n++)
+        for (i = 0; i < D; i++) {
+            float xw = i < R ? resbm__bitsf((uint32_t)resbm__to_bf16(h[n * D + i]) << 16) : 0.0f;
+            float gw = i < R ? resbm__bitsf((uint32_t)resbm__to_bf16(dx[n * D + i]) << 16) : 0.0f;
+            CHECK(x[n * D + i] == xw, "x[%zu,%zu] = %g, want %g", n, i, x[n * D + i], xw);
+            CHECK(dh[n * D + i] == gw, "dh[%zu,%zu] = %g, want %g", n, i, dh[n * D + i], gw);
+        }
+    for (i = 0; i < R * M; i++) nz += fabsf(dW2[i]);
+    for (i = 0; i < D * M; i++) nz += fabsf(dW4[i]);
+    CHECK(nz > 0.0f, "the zero-initialised output projections get a gradient");
+    resbm_pool_free(p0);
+    resbm_pool_free(p1);
+    resbm_inproc_free(hub);
+}
+#endif
+
 /* ---- the stage runtime ------------------------------------------------------------------------ */
 #ifndef RESBM_NO_THREADS
 enum { PIPE_MAX = 4, PIPE_STEPS = 3 };
@@ -1818,6 +1939,7 @@ int main(int argc, char **argv) {
 #ifndef RESBM_NO_THREADS
     RUN(test_inproc);
     RUN(test_shaper);
+    RUN(test_dropin_example);
     RUN(test_pipeline_equals_sequential);
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
