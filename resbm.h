@@ -379,6 +379,10 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
    receives dL/dx_in (overwritten). Parameter gradients accumulate. */
 RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
                                   float loss_weight);
+/* Drops the forward held in `slot` without its backward (evaluation, sampling). */
+RESBMDEF int resbm_model_release(resbm_model *m, int slot);
+/* Last stage: the softmax probabilities [rows*T, V] of the forward held in `slot`, or NULL. */
+RESBMDEF const float *resbm_model_probs(const resbm_model *m, int slot);
 RESBMDEF int resbm_model_zero_grad(resbm_model *m);
 /* Sum of squared gradients of this stage's parameters (double, fixed order). */
 RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out);
@@ -494,6 +498,15 @@ RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
    *loss (optional) = the step's mean loss, on every stage. */
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss);
+/* Forward only, on every stage together: `rows` sequences (any number; run model.batch at a
+   time), *loss = their mean token loss on every stage. Nothing is updated. */
+RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                              size_t rows, float *loss);
+/* Sampling through the pipeline, on every stage together: continues prompt[n_prompt] (stage 0;
+   others may pass NULL) by n_new tokens drawn at `temperature` (> 0) from a PCG32 seeded with
+   `seed`; every stage gets them in out[n_new]. The window is the last T tokens. */
+RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
+                                  size_t n_new, float temperature, uint64_t seed, int32_t *out);
 RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out);
 /* The clip multiplier for a summed squared gradient norm (shared with resbm_model_train_step). */
 RESBMDEF float resbm_clip_scale(const resbm_opt_config *opt, float total_sqnorm);
@@ -511,6 +524,33 @@ typedef struct resbm_st_entry {
    temp file, fsync, rename. */
 RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *entries, size_t n,
                                      const char *const *meta_kv, size_t n_meta);
+
+/* A parsed safetensors file. Parsing checks everything before returning: the header length, the
+   JSON (objects, strings with escapes, integer arrays; nothing else), dtypes F32/I32, ranks 0..4,
+   sizes against dtype x shape with overflow checks, offsets inside the data and covering it
+   exactly, unique names. Entry data points into the file copy, little-endian. */
+typedef struct resbm_st_file resbm_st_file;
+RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out);
+/* Reads and parses a file of at most max_bytes (RESBM_EFORMAT when larger). */
+RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st_file **out);
+RESBMDEF void resbm_safetensors_free(resbm_st_file *f);
+RESBMDEF const resbm_st_entry *resbm_safetensors_entries(const resbm_st_file *f, size_t *count);
+RESBMDEF const resbm_st_entry *resbm_safetensors_find(const resbm_st_file *f, const char *name);
+RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *key);
+
+/* ---- checkpoints ----------------------------------------------------------------------------------
+   One safetensors file for any set of stage models (all of them, or one per process): every
+   parameter under its design name, F32; optimizer state as "opt.<name>.m" and "opt.<name>.v"
+   (AdamW moments; Muon's momentum is .m); metadata "format" = "resbm-checkpoint-1", "step" (updates
+   applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs. */
+RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
+                                   const char *const *meta_kv, size_t n_meta);
+/* Loads into every model the tensors it owns (others in the file are ignored): each must be
+   present with its exact shape, F32 and finite, with the optimizer state this run uses, and the
+   config must match. Nothing is changed unless everything checks out. `why` (optional) receives
+   a one-line reason on failure. */
+RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models, size_t n_models,
+                                   char *why, size_t why_len);
 
 #ifdef __cplusplus
 }
@@ -2340,6 +2380,17 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
     return RESBM_OK;
 }
 
+RESBMDEF int resbm_model_release(resbm_model *m, int slot) {
+    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    m->slots[slot].rows = 0;
+    return RESBM_OK;
+}
+
+RESBMDEF const float *resbm_model_probs(const resbm_model *m, int slot) {
+    if (!m || !m->last || slot < 0 || slot >= m->cfg.act_slots || !m->slots[slot].rows) return NULL;
+    return m->slots[slot].probs;
+}
+
 RESBMDEF int resbm_model_zero_grad(resbm_model *m) {
     if (!m) return RESBM_EINVAL;
     memset(m->gmem, 0, m->nfloats * sizeof(float));
@@ -3152,7 +3203,8 @@ struct resbm_stage {
     size_t frame_cap;
     unsigned char *sbuf, *rbuf;   /* [frame_cap] */
     float *zin, *zout, *dzin, *dxout; /* [Nmb, w] */
-    uint64_t step;
+    int32_t *win, *zeros;         /* [T] sampling window, dummy targets */
+    uint64_t step;                /* = the model's update count: frames of a step carry it */
     resbm_stage_stats stats;
 };
 
@@ -3217,6 +3269,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     resbm_arena_push(&a, 1, sizeof(resbm_stage));
     resbm_arena_push(&a, 2, tmp.frame_cap);
     resbm_arena_push(&a, 4 * zf, sizeof(float));
+    resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
     if (a.overflow) { resbm_model_free(tmp.model); return RESBM_EOVERFLOW; }
     a.base = (unsigned char *)resbm__alloc(a.used, mc.alloc_user);
     if (!a.base) { resbm_model_free(tmp.model); return RESBM_ENOMEM; }
@@ -3231,6 +3284,8 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     st->zout = st->zin + zf;
     st->dzin = st->zout + zf;
     st->dxout = st->dzin + zf;
+    st->win = (int32_t *)resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
+    st->zeros = st->win + tmp.model->cfg.seq;
     st->stats.memory_bytes = a.cap + resbm_model_bytes(st->model);
     *out = st;
     return RESBM_OK;
@@ -3279,25 +3334,29 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
     return resbm_frame_decode(x, rows * cols, st->rbuf, len, &f);
 }
 
-static int resbm__stage_fwd(resbm_stage *st, int k, const int32_t *tokens,
-                            const int32_t *targets, double *loss_sum) {
+/* Micro tags: a step's microbatches are 0..n-1; evaluation and sampling frames are tagged apart
+   so a stage that is out of step with its peers gets RESBM_EMICRO, not a wrong tensor. */
+#define RESBM__TAG_EVAL 0x40000000u
+#define RESBM__TAG_GEN 0x20000000u
+
+/* One forward of `rows` sequences into `slot`: receive z, compute, send z on (or the loss). */
+static int resbm__stage_fwd(resbm_stage *st, uint32_t tag, int slot, size_t rows,
+                            const int32_t *tokens, const int32_t *targets, float *loss) {
     resbm_model *m = st->model;
-    size_t off = (size_t)k * st->Nmb;
-    float loss = 0.0f;
+    size_t N = rows * (size_t)m->cfg.seq;
     double t0;
+    *loss = 0.0f;
     if (!m->first)
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s - 1, (uint32_t)k,
-                                     st->Nmb, st->w, st->zin));
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s - 1, tag, N, st->w,
+                                     st->zin));
     t0 = resbm__now();
-    RESBM__TRY(resbm_model_forward(m, k % st->slots, m->first ? tokens + off : NULL,
-                                   m->first ? NULL : st->zin, m->last ? targets + off : NULL,
-                                   (size_t)m->cfg.batch, m->last ? NULL : st->zout,
-                                   m->last ? &loss : NULL));
+    RESBM__TRY(resbm_model_forward(m, slot, m->first ? tokens : NULL, m->first ? NULL : st->zin,
+                                   m->last ? targets : NULL, rows, m->last ? NULL : st->zout,
+                                   m->last ? loss : NULL));
     st->stats.compute_s += resbm__now() - t0;
-    *loss_sum += loss;
     if (!m->last)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s + 1, (uint32_t)k,
-                                     st->Nmb, st->w, st->zout));
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s + 1, tag, N, st->w,
+                                     st->zout));
     return RESBM_OK;
 }
 
@@ -3336,11 +3395,16 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
     if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
     for (sl = 0; sl < m->cfg.act_slots; sl++) m->slots[sl].rows = 0; /* a failed step left some */
     RESBM__TRY(resbm_model_zero_grad(m));
+    st->step = (uint64_t)m->step;
     warm = RESBM__MIN(st->S - st->s - 1, st->n);
-    for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_fwd(st, fi++, tokens, targets, &loss_sum));
-    for (i = 0; i < st->n - warm; i++) {
-        RESBM__TRY(resbm__stage_fwd(st, fi++, tokens, targets, &loss_sum));
-        RESBM__TRY(resbm__stage_bwd(st, bi++));
+    for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
+        size_t off = (size_t)fi * st->Nmb;
+        float l;
+        RESBM__TRY(resbm__stage_fwd(st, (uint32_t)fi, fi % st->slots, (size_t)m->cfg.batch,
+                                    m->first ? tokens + off : NULL, m->last ? targets + off : NULL, &l));
+        loss_sum += l;
+        fi++;
+        if (i >= warm) RESBM__TRY(resbm__stage_bwd(st, bi++));
     }
     for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
     /* the global gradient norm: partial sums forward, the total and the loss back */
@@ -3365,9 +3429,97 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
     t0 = resbm__now();
     RESBM__TRY(resbm_model_update(m, scale));
     st->stats.compute_s += resbm__now() - t0;
-    st->step++;
     st->stats.steps++;
     if (loss) *loss = back[1];
+    return RESBM_OK;
+}
+
+/* Sends a small control vector to stage s - 1 after receiving it from s + 1 (the last stage
+   originates it): how the loss and sampled tokens travel back to stage 0. */
+static int resbm__stage_back(resbm_stage *st, uint32_t tag, float *v, size_t n) {
+    if (!st->model->last)
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, tag, 1, n, v));
+    if (!st->model->first)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, tag, 1, n, v));
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                              size_t rows, float *loss) {
+    resbm_model *m;
+    size_t T, done = 0, B;
+    double sum = 0.0;
+    float v[1];
+    uint32_t k = 0;
+    if (!st || !loss || rows == 0 || rows > 0x0fffffffu) return RESBM_EINVAL;
+    m = st->model;
+    T = (size_t)m->cfg.seq;
+    B = (size_t)m->cfg.batch;
+    if ((m->first && !tokens) || (m->last && !targets)) return RESBM_EINVAL;
+    if (m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    RESBM__TRY(resbm_model_release(m, 0));
+    st->step = (uint64_t)m->step;
+    for (; done < rows; done += B, k++) {
+        size_t n = RESBM__MIN(B, rows - done);
+        float l;
+        int rc = resbm__stage_fwd(st, RESBM__TAG_EVAL | k, 0, n, m->first ? tokens + done * T : NULL,
+                                  m->last ? targets + done * T : NULL, &l);
+        resbm_model_release(m, 0);
+        if (rc) return rc;
+        sum += (double)l * (double)n;
+    }
+    v[0] = (float)(sum / (double)rows);
+    RESBM__TRY(resbm__stage_back(st, RESBM__TAG_EVAL, v, 1));
+    *loss = v[0];
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
+                                  size_t n_new, float temperature, uint64_t seed, int32_t *out) {
+    resbm_model *m;
+    resbm_rng rng;
+    size_t T, V, i;
+    if (!st || n_prompt == 0 || (n_new && !out) || !(temperature > 0.0f) ||
+        !(temperature - temperature == 0.0f) || n_new > 0x0fffffffu)
+        return RESBM_EINVAL;
+    m = st->model;
+    T = (size_t)m->cfg.seq;
+    V = (size_t)m->cfg.vocab;
+    if (m->first && (!prompt || !resbm__targets_ok(prompt, n_prompt, V))) return RESBM_EINVAL;
+    RESBM__TRY(resbm_model_release(m, 0));
+    resbm_rng_seed(&rng, seed, 0x5a);
+    st->step = (uint64_t)m->step;
+    for (i = 0; i < n_new; i++) {
+        size_t have = n_prompt + i, len = RESBM__MIN(have, T), j;
+        float l, v[1];
+        int rc;
+        if (m->first) { /* the last `len` tokens of prompt ++ out[0..i), left-aligned */
+            for (j = 0; j < len; j++) {
+                size_t src = have - len + j;
+                st->win[j] = src < n_prompt ? prompt[src] : out[src - n_prompt];
+            }
+            for (; j < T; j++) st->win[j] = 0; /* causal: later positions cannot matter */
+        }
+        rc = resbm__stage_fwd(st, RESBM__TAG_GEN | (uint32_t)i, 0, 1, st->win, st->zeros, &l);
+        if (!rc && m->last) { /* draw from softmax(logits / temperature) at position len - 1 */
+            const float *p = resbm_model_probs(m, 0) + (len - 1) * V;
+            double total = 0.0, u, acc = 0.0, inv = 1.0 / (double)temperature;
+            size_t c = V - 1;
+            for (j = 0; j < V; j++) total += pow((double)p[j], inv);
+            u = (double)(resbm_rng_u32(&rng) >> 8) * (1.0 / 16777216.0) * total;
+            for (j = 0; j < V; j++) {
+                acc += pow((double)p[j], inv);
+                if (u < acc) { c = j; break; }
+            }
+            v[0] = (float)c;
+        }
+        resbm_model_release(m, 0);
+        if (rc) return rc;
+        RESBM__TRY(resbm__stage_back(st, RESBM__TAG_GEN | (uint32_t)i, v, 1));
+        if (!(v[0] >= 0.0f && v[0] < (float)V)) return RESBM_ERANGE; /* from a peer: check it */
+        out[i] = (int32_t)v[0];
+    }
     return RESBM_OK;
 }
 
@@ -3501,6 +3653,437 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
     if (close(fd) && !rc) rc = RESBM_EIO;
     if (!rc && rename(tmp, path)) rc = RESBM_EIO;
     if (rc) remove(tmp);
+    return rc;
+}
+
+/* ---- safetensors reading ---------------------------------------------------------------------- */
+struct resbm_st_file {
+    unsigned char *buf;     /* the file */
+    size_t len, data;       /* length, offset of the data section */
+    resbm_st_entry *e;      /* [n] */
+    size_t n, n_meta;
+    char **meta;            /* [2 n_meta] key, value */
+    char *names;            /* unescaped strings */
+};
+
+typedef struct {
+    const char *p, *end;
+    char *out;      /* string storage (NULL: counting pass) */
+    size_t used;    /* bytes of strings */
+} resbm__json;
+
+static void resbm__json_ws(resbm__json *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+
+static int resbm__json_eat(resbm__json *j, char c) {
+    resbm__json_ws(j);
+    if (j->p >= j->end || *j->p != c) return 0;
+    j->p++;
+    return 1;
+}
+
+static int resbm__hex(int c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* A JSON string; stored NUL-terminated at out + *at when out is set. */
+static int resbm__json_string(resbm__json *j, size_t *at) {
+    *at = j->used;
+    if (!resbm__json_eat(j, '"')) return RESBM_EFORMAT;
+    for (;;) {
+        unsigned c;
+        unsigned char u8[3];
+        size_t k, nb = 1;
+        int esc = 0;
+        if (j->p >= j->end) return RESBM_EFORMAT;
+        c = (unsigned char)*j->p++;
+        if (c == '"') break;
+        if (c < 0x20) return RESBM_EFORMAT;
+        if (c == '\\') {
+            esc = 1;
+            if (j->p >= j->end) return RESBM_EFORMAT;
+            c = (unsigned char)*j->p++;
+            switch (c) {
+            case '"': case '\\': case '/': break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                int h, i;
+                if (j->end - j->p < 4) return RESBM_EFORMAT;
+                for (c = 0, i = 0; i < 4; i++) {
+                    if ((h = resbm__hex(j->p[i])) < 0) return RESBM_EFORMAT;
+                    c = c * 16 + (unsigned)h;
+                }
+                j->p += 4;
+                if (c == 0 || (c >= 0xd800 && c <= 0xdfff)) return RESBM_EFORMAT; /* no NUL, no surrogates */
+                break;
+            }
+            default: return RESBM_EFORMAT;
+            }
+        }
+        if (c < 0x80 || !esc) u8[0] = (unsigned char)c; /* raw bytes (UTF-8 or not) stay as they are */
+        else if (c < 0x800) { u8[0] = (unsigned char)(0xc0 | c >> 6); u8[1] = (unsigned char)(0x80 | (c & 63)); nb = 2; }
+        else { u8[0] = (unsigned char)(0xe0 | c >> 12); u8[1] = (unsigned char)(0x80 | ((c >> 6) & 63));
+               u8[2] = (unsigned char)(0x80 | (c & 63)); nb = 3; }
+        for (k = 0; k < nb; k++) {
+            if (j->out) j->out[j->used] = (char)u8[k];
+            j->used++;
+        }
+    }
+    if (j->out) j->out[j->used] = 0;
+    j->used++;
+    return RESBM_OK;
+}
+
+/* A non-negative integer below 2^53. */
+static int resbm__json_uint(resbm__json *j, uint64_t *v) {
+    int digits = 0;
+    resbm__json_ws(j);
+    *v = 0;
+    if (j->p < j->end && *j->p == '0' && j->end - j->p > 1 && j->p[1] >= '0' && j->p[1] <= '9') return RESBM_EFORMAT;
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        *v = *v * 10 + (uint64_t)(*j->p++ - '0');
+        if (++digits > 15) return RESBM_EFORMAT;
+    }
+    return digits ? RESBM_OK : RESBM_EFORMAT;
+}
+
+/* [u, u, ...] with at most `max` items. */
+static int resbm__json_uints(resbm__json *j, uint64_t *v, int max, int *n) {
+    *n = 0;
+    if (!resbm__json_eat(j, '[')) return RESBM_EFORMAT;
+    if (resbm__json_eat(j, ']')) return RESBM_OK;
+    do {
+        if (*n >= max) return RESBM_EFORMAT;
+        RESBM__TRY(resbm__json_uint(j, &v[(*n)++]));
+    } while (resbm__json_eat(j, ','));
+    return resbm__json_eat(j, ']') ? RESBM_OK : RESBM_EFORMAT;
+}
+
+/* One pass over the header: counts entries and metadata (f->e == NULL) or fills them. */
+static int resbm__st_header(resbm_st_file *f, const char *h, size_t hl, char *strings) {
+    resbm__json j;
+    size_t n = 0, nm = 0, data_len = f->len - f->data;
+    j.p = h; j.end = h + hl; j.out = strings; j.used = 0;
+    if (!resbm__json_eat(&j, '{')) return RESBM_EFORMAT;
+    if (!resbm__json_eat(&j, '}')) {
+        do {
+            size_t key;
+            RESBM__TRY(resbm__json_string(&j, &key));
+            if (!resbm__json_eat(&j, ':') || !resbm__json_eat(&j, '{')) return RESBM_EFORMAT;
+            if (!strcmp(strings + key, "__metadata__")) { /* string -> string */
+                if (nm || resbm__json_eat(&j, '}')) { if (nm) return RESBM_EFORMAT; continue; }
+                do {
+                    size_t k, v;
+                    RESBM__TRY(resbm__json_string(&j, &k));
+                    if (!resbm__json_eat(&j, ':')) return RESBM_EFORMAT;
+                    RESBM__TRY(resbm__json_string(&j, &v));
+                    if (f->meta) { f->meta[2 * nm] = strings + k; f->meta[2 * nm + 1] = strings + v; }
+                    nm++;
+                } while (resbm__json_eat(&j, ','));
+                if (!resbm__json_eat(&j, '}')) return RESBM_EFORMAT;
+            } else { /* a tensor: exactly dtype, shape and data_offsets */
+                resbm_st_entry dummy, *e = f->e ? &f->e[n] : &dummy;
+                int seen = 0, nd = 0, no = 0, k;
+                uint64_t shape[4], offs[2], cnt = 1;
+                size_t dt = 0;
+                do {
+                    size_t fk;
+                    RESBM__TRY(resbm__json_string(&j, &fk));
+                    if (!resbm__json_eat(&j, ':')) return RESBM_EFORMAT;
+                    if (!strcmp(strings + fk, "dtype") && !(seen & 1)) {
+                        RESBM__TRY(resbm__json_string(&j, &dt));
+                        seen |= 1;
+                    } else if (!strcmp(strings + fk, "shape") && !(seen & 2)) {
+                        RESBM__TRY(resbm__json_uints(&j, shape, 4, &nd));
+                        seen |= 2;
+                    } else if (!strcmp(strings + fk, "data_offsets") && !(seen & 4)) {
+                        RESBM__TRY(resbm__json_uints(&j, offs, 2, &no));
+                        seen |= 4;
+                    } else {
+                        return RESBM_EFORMAT;
+                    }
+                } while (resbm__json_eat(&j, ','));
+                if (!resbm__json_eat(&j, '}') || seen != 7 || no != 2) return RESBM_EFORMAT;
+                if (!strcmp(strings + dt, "F32")) e->dtype = RESBM_DT_F32;
+                else if (!strcmp(strings + dt, "I32")) e->dtype = RESBM_DT_I32;
+                else return RESBM_EFORMAT;
+                for (k = 0; k < nd; k++) {
+                    if (shape[k] && cnt > ((uint64_t)1 << 50) / shape[k]) return RESBM_EFORMAT;
+                    cnt *= shape[k];
+                    e->shape[k] = (size_t)shape[k];
+                }
+                if (offs[0] > offs[1] || offs[1] > data_len || offs[1] - offs[0] != 4 * cnt)
+                    return RESBM_EFORMAT;
+                e->name = strings + key;
+                e->ndim = nd;
+                e->data = f->buf + f->data + offs[0];
+                n++;
+            }
+        } while (resbm__json_eat(&j, ','));
+        if (!resbm__json_eat(&j, '}')) return RESBM_EFORMAT;
+    }
+    resbm__json_ws(&j);
+    if (j.p != j.end) return RESBM_EFORMAT; /* only padding spaces after the object */
+    f->n = n;
+    f->n_meta = nm;
+    return RESBM_OK;
+}
+
+static int resbm__cmp_entry(const void *a, const void *b) {
+    const resbm_st_entry *x = (const resbm_st_entry *)a, *y = (const resbm_st_entry *)b;
+    const unsigned char *p = (const unsigned char *)x->data, *q = (const unsigned char *)y->data;
+    return p < q ? -1 : p > q;
+}
+
+RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out) {
+    const unsigned char *b = (const unsigned char *)buf;
+    resbm_st_file *f;
+    resbm_st_entry *sorted;
+    uint64_t hl = 0;
+    size_t i, q, covered = 0, total;
+    int k, rc;
+    if (!buf || !out) return RESBM_EINVAL;
+    if (len < 8) return RESBM_EFORMAT;
+    for (k = 0; k < 8; k++) hl |= (uint64_t)b[k] << (8 * k);
+    if (hl < 2 || hl > len - 8 || hl > ((uint64_t)100 << 20)) return RESBM_EFORMAT;
+    /* the file copy and the unescaped strings (never longer than the header) */
+    if (resbm_size_add(&total, sizeof(resbm_st_file) + 16, len) ||
+        resbm_size_add(&total, total, (size_t)hl + 1))
+        return RESBM_EOVERFLOW;
+    if (!(f = (resbm_st_file *)resbm__alloc(total, NULL))) return RESBM_ENOMEM;
+    memset(f, 0, sizeof(*f));
+    f->buf = (unsigned char *)(f + 1);
+    f->names = (char *)f->buf + len;
+    f->len = len;
+    f->data = 8 + (size_t)hl;
+    memcpy(f->buf, b, len);
+    rc = resbm__st_header(f, (const char *)f->buf + 8, (size_t)hl, f->names); /* count */
+    if (!rc) {
+        size_t ne = f->n + 1, nmeta = 2 * f->n_meta + 1;
+        f->e = (resbm_st_entry *)resbm__alloc(2 * ne * sizeof(resbm_st_entry) + nmeta * sizeof(char *), NULL);
+        if (!f->e) rc = RESBM_ENOMEM;
+        else {
+            memset(f->e, 0, 2 * ne * sizeof(resbm_st_entry));
+            f->meta = (char **)(f->e + 2 * ne);
+            rc = resbm__st_header(f, (const char *)f->buf + 8, (size_t)hl, f->names); /* fill */
+        }
+    }
+    /* data ranges disjoint and covering the data section exactly; names unique */
+    if (!rc) {
+        sorted = f->e + f->n + 1;
+        memcpy(sorted, f->e, f->n * sizeof(resbm_st_entry));
+        qsort(sorted, f->n, sizeof(resbm_st_entry), resbm__cmp_entry);
+        for (i = 0; i < f->n && !rc; i++) {
+            size_t cnt = 1, at = (size_t)((const unsigned char *)sorted[i].data - f->buf) - f->data;
+            for (k = 0; k < sorted[i].ndim; k++) cnt *= sorted[i].shape[k];
+            if (at != covered) rc = RESBM_EFORMAT;
+            covered += 4 * cnt;
+        }
+        if (!rc && covered != len - f->data) rc = RESBM_EFORMAT;
+        for (i = 0; i < f->n && !rc; i++)
+            for (q = i + 1; q < f->n && !rc; q++)
+                if (!strcmp(f->e[i].name, f->e[q].name)) rc = RESBM_EFORMAT;
+    }
+    if (rc) { resbm_safetensors_free(f); return rc; }
+    *out = f;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st_file **out) {
+    FILE *fp;
+    long sz;
+    unsigned char *buf;
+    int rc;
+    if (!path || !out || max_bytes == 0) return RESBM_EINVAL;
+    if (!(fp = fopen(path, "rb"))) return RESBM_EIO;
+    if (fseek(fp, 0, SEEK_END) || (sz = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET)) { fclose(fp); return RESBM_EIO; }
+    if ((unsigned long)sz > max_bytes) { fclose(fp); return RESBM_EFORMAT; }
+    if (!(buf = (unsigned char *)resbm__alloc((size_t)sz + 1, NULL))) { fclose(fp); return RESBM_ENOMEM; }
+    if (fread(buf, 1, (size_t)sz, fp) != (size_t)sz) rc = RESBM_EIO;
+    else rc = resbm_safetensors_parse(buf, (size_t)sz, out);
+    fclose(fp);
+    resbm__dealloc(buf, NULL);
+    return rc;
+}
+
+RESBMDEF void resbm_safetensors_free(resbm_st_file *f) {
+    if (!f) return;
+    resbm__dealloc(f->e, NULL);
+    resbm__dealloc(f, NULL);
+}
+
+RESBMDEF const resbm_st_entry *resbm_safetensors_entries(const resbm_st_file *f, size_t *count) {
+    if (!f) return NULL;
+    if (count) *count = f->n;
+    return f->e;
+}
+
+RESBMDEF const resbm_st_entry *resbm_safetensors_find(const resbm_st_file *f, const char *name) {
+    size_t i;
+    if (!f || !name) return NULL;
+    for (i = 0; i < f->n; i++)
+        if (!strcmp(f->e[i].name, name)) return &f->e[i];
+    return NULL;
+}
+
+RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *key) {
+    size_t i;
+    if (!f || !key) return NULL;
+    for (i = 0; i < f->n_meta; i++)
+        if (!strcmp(f->meta[2 * i], key)) return f->meta[2 * i + 1];
+    return NULL;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+static const char *resbm__opt_name(int kind) {
+    return kind == RESBM_OPT_MUON ? "muon" : kind == RESBM_OPT_SGD ? "sgd" : "adamw";
+}
+
+static void resbm__config_string(const resbm_model *m, char *buf, size_t len) {
+    const resbm_model_config *c = &m->cfg;
+    snprintf(buf, len, "vocab=%d d=%d layers=%d heads=%d ff=%d seq=%d r=%d m=%d identity=%d",
+             c->vocab, c->d, c->layers, c->heads, c->ff, c->seq, (int)m->r, (int)m->m, m->identity);
+}
+
+RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
+                                   const char *const *meta_kv, size_t n_meta) {
+    resbm_st_entry *e;
+    char *names, cfg[256], step[32];
+    const char **kv;
+    size_t i, j, n = 0, cap = 0, k;
+    int rc;
+    if (!path || !models || n_models == 0 || (n_meta && !meta_kv)) return RESBM_EINVAL;
+    for (i = 0; i < n_models; i++) {
+        if (!models[i] || models[i]->step != models[0]->step || models[i]->opt.kind != models[0]->opt.kind)
+            return RESBM_EINVAL;
+        cap += 3 * models[i]->nparams;
+    }
+    e = (resbm_st_entry *)resbm__alloc(cap * sizeof(resbm_st_entry) + cap * RESBM_NAME_MAX * 2 +
+                                       (2 * n_meta + 8) * sizeof(char *), NULL);
+    if (!e) return RESBM_ENOMEM;
+    names = (char *)(e + cap);
+    kv = (const char **)(names + cap * RESBM_NAME_MAX * 2);
+    for (i = 0; i < n_models; i++)
+        for (j = 0; j < models[i]->nparams; j++) {
+            const resbm_param *p = &models[i]->params[j];
+            const float *src[3];
+            const char *suffix[3] = {"", ".m", ".v"};
+            int t;
+            src[0] = p->value.data; src[1] = p->m; src[2] = p->v;
+            for (t = 0; t < 3; t++) {
+                char *nm = names + n * RESBM_NAME_MAX * 2;
+                if (!src[t]) continue;
+                snprintf(nm, RESBM_NAME_MAX * 2, "%s%s%s", t ? "opt." : "", p->name, suffix[t]);
+                e[n].name = nm;
+                e[n].dtype = RESBM_DT_F32;
+                e[n].ndim = p->value.ndim;
+                e[n].shape[0] = p->value.ne[0];
+                e[n].shape[1] = p->value.ne[1];
+                e[n].data = src[t];
+                n++;
+            }
+        }
+    resbm__config_string(models[0], cfg, sizeof(cfg));
+    snprintf(step, sizeof(step), "%ld", models[0]->step);
+    kv[0] = "format"; kv[1] = "resbm-checkpoint-1";
+    kv[2] = "step"; kv[3] = step;
+    kv[4] = "config"; kv[5] = cfg;
+    kv[6] = "opt"; kv[7] = resbm__opt_name(models[0]->opt.kind);
+    for (k = 0; k < 2 * n_meta; k++) kv[8 + k] = meta_kv[k];
+    rc = resbm_safetensors_write(path, e, n, kv, 4 + n_meta);
+    resbm__dealloc(e, NULL);
+    return rc;
+}
+
+static int resbm__why(char *why, size_t len, int rc, const char *fmt, const char *a, const char *b) {
+    if (why && len) snprintf(why, len, fmt, a, b);
+    return rc;
+}
+
+RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models, size_t n_models,
+                                   char *why, size_t why_len) {
+    resbm_st_file *f;
+    const char *v;
+    char cfg[256];
+    size_t i, j, max = 1 << 20;
+    long step;
+    char *endp;
+    int rc = RESBM_OK, pass;
+    if (why && why_len) why[0] = 0;
+    if (!path || !models || n_models == 0) return RESBM_EINVAL;
+    for (i = 0; i < n_models; i++) {
+        if (!models[i]) return RESBM_EINVAL;
+        max += 3 * 4 * models[i]->nfloats + 64 * models[i]->nparams * 3;
+    }
+    max *= 64; /* the file may hold other stages' tensors too */
+    if ((rc = resbm_safetensors_read(path, max, &f)))
+        return resbm__why(why, why_len, rc, "%s: %s", path,
+                          rc == RESBM_EIO ? "cannot be read" : "is not a well-formed safetensors file of a plausible size");
+    v = resbm_safetensors_meta(f, "format");
+    if (!v || strcmp(v, "resbm-checkpoint-1")) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "not a resbm checkpoint (metadata format)"); goto done; }
+    v = resbm_safetensors_meta(f, "step");
+    step = v ? strtol(v, &endp, 10) : -1;
+    if (!v || *endp || step < 0) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "bad step in metadata"); goto done; }
+    v = resbm_safetensors_meta(f, "opt");
+    if (!v || strcmp(v, resbm__opt_name(models[0]->opt.kind))) {
+        rc = resbm__why(why, why_len, RESBM_EFORMAT, "optimizer state is for %s, this run uses %s", v ? v : "(none)",
+                        resbm__opt_name(models[0]->opt.kind));
+        goto done;
+    }
+    for (i = 0; i < n_models; i++) {
+        resbm__config_string(models[i], cfg, sizeof(cfg));
+        v = resbm_safetensors_meta(f, "config");
+        if (!v || strcmp(v, cfg)) {
+            rc = resbm__why(why, why_len, RESBM_EFORMAT, "model shape differs: file has \"%s\", this run \"%s\"", v ? v : "(none)", cfg);
+            goto done;
+        }
+    }
+    /* pass 0 checks every tensor; pass 1 copies (nothing changes unless pass 0 succeeded) */
+    for (pass = 0; pass < 2; pass++)
+        for (i = 0; i < n_models; i++)
+            for (j = 0; j < models[i]->nparams; j++) {
+                resbm_param *p = &models[i]->params[j];
+                float *dst[3];
+                const char *suffix[3] = {"", ".m", ".v"};
+                int t;
+                dst[0] = p->value.data; dst[1] = p->m; dst[2] = p->v;
+                for (t = 0; t < 3; t++) {
+                    char nm[RESBM_NAME_MAX * 2];
+                    const resbm_st_entry *e;
+                    size_t cnt = p->value.ne[0] * p->value.ne[1], q;
+                    const unsigned char *src;
+                    if (!dst[t]) continue;
+                    snprintf(nm, sizeof(nm), "%s%s%s", t ? "opt." : "", p->name, suffix[t]);
+                    e = resbm_safetensors_find(f, nm);
+                    src = e ? (const unsigned char *)e->data : NULL;
+                    if (pass == 0) {
+                        if (!e) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: tensor %s is missing", path, nm); goto done; }
+                        if (e->dtype != RESBM_DT_F32 || e->ndim != p->value.ndim || e->shape[0] != p->value.ne[0] ||
+                            (e->ndim == 2 && e->shape[1] != p->value.ne[1])) {
+                            rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: tensor %s has the wrong dtype or shape", path, nm);
+                            goto done;
+                        }
+                        for (q = 0; q < cnt; q++)
+                            if ((resbm__get32(src + 4 * q) & 0x7f800000u) == 0x7f800000u) {
+                                rc = resbm__why(why, why_len, RESBM_ENONFINITE, "%s: tensor %s holds NaN or Inf", path, nm);
+                                goto done;
+                            }
+                    } else {
+                        for (q = 0; q < cnt; q++) dst[t][q] = resbm__bitsf(resbm__get32(src + 4 * q));
+                    }
+                }
+            }
+    for (i = 0; i < n_models; i++) {
+        models[i]->step = step;
+        for (j = 0; j < (size_t)models[i]->cfg.act_slots; j++) models[i]->slots[j].rows = 0;
+    }
+done:
+    resbm_safetensors_free(f);
     return rc;
 }
 

@@ -1231,6 +1231,198 @@ static void test_safetensors_write(void) {
     remove(path);
 }
 
+/* Builds a safetensors image from a header string and `data_len` bytes of data. */
+static size_t st_image(unsigned char *buf, const char *json, size_t data_len) {
+    size_t hl = strlen(json), i;
+    for (i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    memcpy(buf + 8, json, hl);
+    for (i = 0; i < data_len; i++) buf[8 + hl + i] = (unsigned char)i;
+    return 8 + hl + data_len;
+}
+
+static void test_safetensors_read(void) {
+    const char *path = "/tmp/resbm_test_st_read.safetensors";
+    float a[6] = {1, -2, 3.5f, 0, 1e-3f, -7};
+    int32_t b[2] = {-1, 70000};
+    const char *meta[] = {"d", "16", "note", "quote\" back\\slash"};
+    static const char *bad[] = {
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,9]}}",          /* past the data */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",          /* size vs shape */
+        "{\"a\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]}}",          /* dtype */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",          /* a hole at the end */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]}}",
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}",    /* unknown key */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x",        /* trailing junk */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}",           /* unclosed */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}",         /* negative */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,2],\"data_offsets\":[0,8]}}",  /* rank 5 */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4],\"data_offsets\":[0,8]}}",
+        "{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",  /* NUL in name */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},}",
+        "[]", "{", "{\"__metadata__\":{\"k\":1},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+    };
+    resbm_st_entry e[2];
+    resbm_st_file *f;
+    const resbm_st_entry *g;
+    unsigned char img[512], *file = NULL;
+    size_t n, len, cut, i;
+    FILE *fp;
+    memset(e, 0, sizeof(e));
+    e[0].name = "a"; e[0].dtype = RESBM_DT_F32; e[0].ndim = 2; e[0].shape[0] = 2; e[0].shape[1] = 3; e[0].data = a;
+    e[1].name = "b\xc3\xa9"; e[1].dtype = RESBM_DT_I32; e[1].ndim = 1; e[1].shape[0] = 2; e[1].data = b;
+    CHECK_RC(resbm_safetensors_write(path, e, 2, meta, 2), RESBM_OK);
+    CHECK_RC(resbm_safetensors_read(path, 1 << 20, &f), RESBM_OK);
+    if (th_fail_now) return;
+    g = resbm_safetensors_entries(f, &n);
+    CHECK(n == 2 && g != NULL, "two entries");
+    g = resbm_safetensors_find(f, "a");
+    CHECK(g && g->dtype == RESBM_DT_F32 && g->ndim == 2 && g->shape[0] == 2 && g->shape[1] == 3 &&
+          !memcmp(g->data, a, sizeof(a)), "tensor a");
+    g = resbm_safetensors_find(f, "b\xc3\xa9");
+    CHECK(g && g->dtype == RESBM_DT_I32 && !memcmp(g->data, b, sizeof(b)), "tensor b (UTF-8 name)");
+    CHECK(resbm_safetensors_meta(f, "note") && !strcmp(resbm_safetensors_meta(f, "note"), "quote\" back\\slash"), "meta");
+    CHECK(resbm_safetensors_meta(f, "nope") == NULL && resbm_safetensors_find(f, "c") == NULL, "absent");
+    resbm_safetensors_free(f);
+    CHECK_RC(resbm_safetensors_read(path, 16, &f), RESBM_EFORMAT); /* larger than allowed */
+    CHECK_RC(resbm_safetensors_read("/nonexistent/x", 1 << 20, &f), RESBM_EIO);
+    /* every truncation of the real file is refused */
+    fp = fopen(path, "rb");
+    if (fp) {
+        file = (unsigned char *)malloc(4096);
+        len = fread(file, 1, 4096, fp);
+        fclose(fp);
+        for (cut = 0; cut < len; cut++) {
+            unsigned char *c = (unsigned char *)malloc(cut + 1); /* exact size: ASan sees overreads */
+            memcpy(c, file, cut);
+            f = NULL;
+            CHECK(resbm_safetensors_parse(c, cut, &f) == RESBM_EFORMAT && f == NULL, "truncated at %zu", cut);
+            free(c);
+        }
+        free(file);
+    }
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        len = st_image(img, bad[i], 8);
+        f = NULL;
+        CHECK(resbm_safetensors_parse(img, len, &f) == RESBM_EFORMAT && f == NULL, "accepted bad header %zu: %s", i, bad[i]);
+    }
+    len = st_image(img, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
+    img[0] = 0xff; img[5] = 1; /* header length beyond the file */
+    CHECK_RC(resbm_safetensors_parse(img, len, &f), RESBM_EFORMAT);
+    len = st_image(img, "{\"s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},\"x\\n\\u00e9\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[4,8]}}  ", 8);
+    CHECK_RC(resbm_safetensors_parse(img, len, &f), RESBM_OK);
+    if (!th_fail_now) {
+        CHECK(resbm_safetensors_find(f, "x\n\xc3\xa9") != NULL && resbm_safetensors_find(f, "s")->ndim == 0, "escapes, scalar");
+        resbm_safetensors_free(f);
+    }
+    CHECK_RC(resbm_safetensors_parse(NULL, 8, &f), RESBM_EINVAL);
+    remove(path);
+}
+
+/* Checkpoints: 2N steps == N steps + save + load into a fresh model + N steps, bit for bit. */
+static void test_checkpoint_resume(void) {
+    const char *path = "/tmp/resbm_test_ckpt.safetensors";
+    int kinds[2] = {RESBM_OPT_ADAMW, RESBM_OPT_MUON}, ki, step;
+    for (ki = 0; ki < 2; ki++) {
+        resbm_model_config c = tiny_config();
+        resbm_opt_config oc = resbm_opt_config_default();
+        resbm_model *a, *b;
+        int32_t tok[128], tg[128];
+        size_t np, i;
+        float la, lb;
+        char why[256];
+        oc.kind = kinds[ki]; oc.warmup = 2; oc.total_steps = 8;
+        c.batch = 2;
+        CHECK_RC(resbm_model_init(&c, &oc, &a), RESBM_OK);
+        c.seed = 999; /* b starts elsewhere: the load must bring everything */
+        CHECK_RC(resbm_model_init(&c, &oc, &b), RESBM_OK);
+        if (th_fail_now) return;
+        for (step = 0; step < 6; step++) {
+            tiny_batch(tok, tg, 2 * (size_t)c.seq, c.vocab, 40 + (uint64_t)step);
+            CHECK_RC(resbm_model_train_step(a, tok, tg, 2, 2, &la), RESBM_OK);
+            if (step == 2) {
+                CHECK_RC(resbm_checkpoint_save(path, &a, 1, NULL, 0), RESBM_OK);
+                CHECK_RC(resbm_checkpoint_load(path, &b, 1, why, sizeof(why)), RESBM_OK);
+                CHECK(resbm_model_step_count(b) == 3, "step restored");
+            }
+            if (step > 2) {
+                CHECK_RC(resbm_model_train_step(b, tok, tg, 2, 2, &lb), RESBM_OK);
+                CHECK(la == lb, "%s step %d: loss %.9g vs %.9g", kinds[ki] ? "muon" : "adamw", step, la, lb);
+            }
+        }
+        {
+            const resbm_param *pa = resbm_model_params(a, &np), *pb = resbm_model_params(b, NULL);
+            for (i = 0; i < np; i++) {
+                size_t cnt = pa[i].value.ne[0] * pa[i].value.ne[1];
+                CHECK(!memcmp(pa[i].value.data, pb[i].value.data, cnt * 4) &&
+                      (!pa[i].m || !memcmp(pa[i].m, pb[i].m, cnt * 4)) &&
+                      (!pa[i].v || !memcmp(pa[i].v, pb[i].v, cnt * 4)), "%s differs after resume", pa[i].name);
+            }
+        }
+        resbm_model_free(a);
+        resbm_model_free(b);
+    }
+    remove(path);
+}
+
+/* A checkpoint of another shape, optimizer, a truncated or non-finite one: refused with a reason,
+   the model untouched. */
+static void test_checkpoint_refuses(void) {
+    const char *path = "/tmp/resbm_test_ckpt_bad.safetensors", *path2 = "/tmp/resbm_test_ckpt_bad2.safetensors";
+    resbm_model_config c = tiny_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    resbm_model *a, *b, *other;
+    char why[256];
+    unsigned char *img;
+    size_t len, np, i, hl;
+    float *before;
+    const resbm_param *pb;
+    FILE *fp;
+    CHECK_RC(resbm_model_init(&c, &oc, &a), RESBM_OK);
+    c.seed = 5;
+    CHECK_RC(resbm_model_init(&c, &oc, &b), RESBM_OK);
+    c.d = 32;
+    CHECK_RC(resbm_model_init(&c, &oc, &other), RESBM_OK);
+    if (th_fail_now) return;
+    pb = resbm_model_params(b, &np);
+    before = (float *)malloc(resbm_model_num_floats(b) * 4 + 64);
+    for (i = 0, len = 0; i < np; len += pb[i].value.ne[0] * pb[i].value.ne[1], i++)
+        memcpy(before + len, pb[i].value.data, pb[i].value.ne[0] * pb[i].value.ne[1] * 4);
+    CHECK_RC(resbm_checkpoint_save(path, &other, 1, NULL, 0), RESBM_OK);
+    CHECK_RC(resbm_checkpoint_load(path, &b, 1, why, sizeof(why)), RESBM_EFORMAT);
+    CHECK(strstr(why, "shape") != NULL, "reason: %s", why);
+    CHECK_RC(resbm_checkpoint_save(path, &a, 1, NULL, 0), RESBM_OK);
+    fp = fopen(path, "rb");
+    img = (unsigned char *)malloc(1 << 22);
+    len = fp ? fread(img, 1, 1 << 22, fp) : 0;
+    if (fp) fclose(fp);
+    hl = (size_t)img[0] | (size_t)img[1] << 8 | (size_t)img[2] << 16;
+    fp = fopen(path2, "wb"); /* truncated in the data */
+    if (fp) { fwrite(img, 1, len - 5, fp); fclose(fp); }
+    CHECK_RC(resbm_checkpoint_load(path2, &b, 1, why, sizeof(why)), RESBM_EFORMAT);
+    CHECK(strstr(why, "safetensors") != NULL, "reason: %s", why);
+    fp = fopen(path2, "wb"); /* a NaN in the last tensor's data */
+    if (fp) { img[len - 2] = 0xc0; img[len - 1] = 0x7f; fwrite(img, 1, len, fp); fclose(fp); }
+    CHECK_RC(resbm_checkpoint_load(path2, &b, 1, why, sizeof(why)), RESBM_ENONFINITE);
+    CHECK(strstr(why, "NaN") != NULL, "reason: %s", why);
+    CHECK(hl > 0 && len > hl, "file");
+    oc.kind = RESBM_OPT_SGD;
+    resbm_model_free(other);
+    c = tiny_config();
+    CHECK_RC(resbm_model_init(&c, &oc, &other), RESBM_OK);
+    if (!th_fail_now) {
+        CHECK_RC(resbm_checkpoint_load(path, &other, 1, why, sizeof(why)), RESBM_EFORMAT);
+        CHECK(strstr(why, "optimizer") != NULL, "reason: %s", why);
+    }
+    CHECK_RC(resbm_checkpoint_load("/nonexistent/ck", &b, 1, why, sizeof(why)), RESBM_EIO);
+    for (i = 0, len = 0; i < np; len += pb[i].value.ne[0] * pb[i].value.ne[1], i++)
+        CHECK(!memcmp(before + len, pb[i].value.data, pb[i].value.ne[0] * pb[i].value.ne[1] * 4), "%s changed", pb[i].name);
+    CHECK(resbm_model_step_count(b) == 0, "step changed");
+    free(before); free(img);
+    resbm_model_free(a); resbm_model_free(b); resbm_model_free(other);
+    remove(path); remove(path2);
+}
+
 /* ---- wire codec ------------------------------------------------------------------------------- */
 static resbm_frame_info frame_info(int kind, int dtype, uint32_t rows, uint32_t cols) {
     resbm_frame_info f;
@@ -1812,6 +2004,68 @@ static void test_pipeline_wire_bytes(void) {
     }
 }
 
+/* Evaluation and sampling through the pipeline: every stage gets the same loss and the same
+   tokens; the loss equals the stages' forwards run one after another. */
+typedef struct { resbm_stage *st; int rc; float loss; int32_t out[8]; } evalgen_arg;
+static const int32_t evalgen_prompt[3] = {5, 9, 2};
+static void *evalgen_thread(void *p) {
+    evalgen_arg *a = (evalgen_arg *)p;
+    int32_t tok[3 * 16], tg[3 * 16];
+    tiny_batch(tok, tg, 3 * 16, 64, 77);
+    a->rc = resbm_stage_eval(a->st, tok, tg, 3, &a->loss);
+    if (!a->rc) a->rc = resbm_stage_generate(a->st, evalgen_prompt, 3, 8, 0.8f, 42, a->out);
+    return NULL;
+}
+
+static void test_pipeline_eval_generate(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_inproc *hub;
+    resbm_stage_config c = resbm_stage_config_default();
+    resbm_stage *st[3];
+    evalgen_arg ea[3];
+    pthread_t th[3];
+    int s, rep, S = mc.stages;
+    int32_t first[8];
+    mc.seq = 16; mc.vocab = 64;
+    CHECK_RC(resbm_inproc_init(S, 1 << 20, &hub), RESBM_OK);
+    for (s = 0; s < S; s++) {
+        c.model = mc; c.model.stage = s; c.timeout_ms = 10000;
+        resbm_inproc_transport(hub, s, &c.transport);
+        CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+    }
+    if (th_fail_now) return;
+    for (rep = 0; rep < 2; rep++) {
+        for (s = 0; s < S; s++) { memset(&ea[s], 0, sizeof(ea[s])); ea[s].st = st[s]; pthread_create(&th[s], NULL, evalgen_thread, &ea[s]); }
+        for (s = 0; s < S; s++) { pthread_join(th[s], NULL); CHECK_RC(ea[s].rc, RESBM_OK); }
+        for (s = 1; s < S; s++)
+            CHECK(ea[s].loss == ea[0].loss && !memcmp(ea[s].out, ea[0].out, sizeof(ea[0].out)), "stage %d disagrees", s);
+        for (s = 0; s < 8; s++) CHECK(ea[0].out[s] >= 0 && ea[0].out[s] < 64, "token %d", ea[0].out[s]);
+        if (rep == 0) memcpy(first, ea[0].out, sizeof(first));
+        else CHECK(!memcmp(first, ea[0].out, sizeof(first)), "sampling is not reproducible");
+    }
+    { /* the reference: the same stage models, one after another, in this thread */
+        int32_t tok[3 * 16], tg[3 * 16];
+        float z[16 * 4], z2[16 * 4], l;
+        double sum = 0;
+        int row;
+        tiny_batch(tok, tg, 3 * 16, 64, 77);
+        for (row = 0; row < 3; row++) {
+            resbm_model *m0 = resbm_stage_model(st[0]), *m1 = resbm_stage_model(st[1]), *m2 = resbm_stage_model(st[2]);
+            CHECK_RC(resbm_model_forward(m0, 0, tok + row * 16, NULL, NULL, 1, z, NULL), RESBM_OK);
+            CHECK_RC(resbm_model_forward(m1, 0, NULL, z, NULL, 1, z2, NULL), RESBM_OK);
+            CHECK_RC(resbm_model_forward(m2, 0, NULL, z2, tg + row * 16, 1, NULL, &l), RESBM_OK);
+            resbm_model_release(m0, 0); resbm_model_release(m1, 0); resbm_model_release(m2, 0);
+            sum += l;
+        }
+        CHECK((float)(sum / 3) == ea[0].loss, "eval %.9g vs sequential %.9g", ea[0].loss, (float)(sum / 3));
+    }
+    /* bad arguments are refused before anything is sent */
+    CHECK_RC(resbm_stage_generate(st[0], NULL, 3, 1, 1.0f, 1, first), RESBM_EINVAL);
+    CHECK_RC(resbm_stage_generate(st[0], evalgen_prompt, 3, 1, 0.0f, 1, first), RESBM_EINVAL);
+    for (s = 0; s < S; s++) resbm_stage_free(st[s]);
+    resbm_inproc_free(hub);
+}
+
 typedef struct { resbm_stage *st; int rc; float loss; } lone_arg;
 static void *lone_step(void *p) {
     lone_arg *a = (lone_arg *)p;
@@ -1931,6 +2185,9 @@ int main(int argc, char **argv) {
     RUN(test_step_allocates_nothing);
     RUN(test_failing_allocator);
     RUN(test_safetensors_write);
+    RUN(test_safetensors_read);
+    RUN(test_checkpoint_resume);
+    RUN(test_checkpoint_refuses);
     RUN(test_layer_args);
     RUN(test_crc32c);
     RUN(test_wire_conversions);
@@ -1944,6 +2201,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
     RUN(test_pipeline_failures);
+    RUN(test_pipeline_eval_generate);
 #endif
     return th_finish();
 }
