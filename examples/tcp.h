@@ -1,0 +1,611 @@
+/* tcp.h - a TCP transport for resbm: how a host plugs its own network stack into
+   resbm_transport (design §6). Header-only, static functions, POSIX sockets and poll(), no threads.
+
+       #define _POSIX_C_SOURCE 200809L          // first, under -std=c99
+       #define RESBM_IMPLEMENTATION
+       #include "../resbm.h"
+       #include "tcp.h"
+
+       const char *addrs[] = {"10.0.0.1:9000", "10.0.0.2:9000"};   // one per stage
+       tcp_mesh *mesh;
+       int rc = tcp_mesh_open(&mesh, me, 2, addrs, 30000);          // every stage, within 30 s
+       if (rc) ... resbm_strerror(rc) ...
+       tcp_mesh_transport(mesh, &cfg.transport);                     // peers are ranks = stages
+       ... resbm_stage_init(&cfg, &st), resbm_stage_step(st, ...) ...
+       tcp_mesh_close(mesh);
+
+   HOW IT WORKS
+   - open: rank i listens on addrs[i] (when a lower rank will call), calls every higher rank and
+     sends a hello (magic "RBMT", version, mesh size, its rank). The acceptor checks the hello --
+     a bad one is dropped and it keeps waiting -- and answers with its own, which the caller
+     checks too. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
+   - A message on the wire is an 8-byte little-endian length, then the bytes.
+   - send never waits for the peer's recv, as resbm_transport requires (two neighbours in 1F1B
+     send to each other at the same moment). While a send waits for room in the kernel's socket
+     buffer, whatever any peer sends meanwhile is read into that peer's inbox, so two stages
+     sending big frames to each other cannot deadlock. No SIGPIPE: a dead peer is RESBM_ECLOSED.
+   - recv takes bytes from the inbox first, then from the socket, until one deadline for the
+     whole message. When the deadline passes half-way through a message, or the message is
+     larger than cap, the bytes already taken go back to the front of the inbox: nothing is
+     lost, and the next call starts that message again.
+   - A length above max_message (default 1 GiB) ends the link with RESBM_ETRANSPORT; memory only
+     grows with bytes that really arrived, never with what a length prefix claims.
+   - One thread at a time per mesh (resbm_stage calls from one thread). */
+#ifndef RESBM_TCP_H
+#define RESBM_TCP_H
+
+#ifndef RESBM_H
+#error "include resbm.h before tcp.h"
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* not on this system: SO_NOSIGPIPE is set on every socket instead */
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define TCPDEF static __attribute__((unused))
+#else
+#define TCPDEF static
+#endif
+
+#define TCP_MESH_VERSION 1u
+#define TCP_MESH_HELLO 16  /* "RBMT" | u32 version | u32 mesh size | u32 rank */
+#define TCP_MESH_PENDING 8 /* unfinished handshakes held at once while opening */
+
+typedef struct tcp_peer {
+    int fd;                /* -1 for ourselves */
+    int rerr, werr;        /* 0, or why reading / writing this link ended (sticky) */
+    unsigned char *in;     /* inbox: bytes read off the socket, not delivered yet */
+    size_t in_head, in_tail, in_cap;
+} tcp_peer;
+
+typedef struct tcp_mesh tcp_mesh;
+struct tcp_mesh {
+    int me, n;
+    size_t max_message;  /* longest message accepted, default 1 << 30 */
+    size_t max_inbox;    /* most bytes an inbox takes while draining: 2 * max_message + 16 */
+    int send_timeout_ms; /* < 0 (default): a send waits as long as the peer is alive */
+    tcp_peer *peer;      /* [n] */
+    struct pollfd *pfd;  /* [n] scratch for tcp__wait */
+};
+
+TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs, int deadline_ms);
+TCPDEF void tcp_mesh_close(tcp_mesh *t);
+TCPDEF void tcp_mesh_transport(tcp_mesh *t, resbm_transport *out);
+/* Longest message either way (a longer incoming length ends the link). */
+TCPDEF void tcp_mesh_set_max_message(tcp_mesh *t, size_t bytes);
+/* Bounds a send (< 0: no bound). A send that times out half-way ends the link. */
+TCPDEF void tcp_mesh_set_send_timeout(tcp_mesh *t, int ms);
+
+/* ---- small helpers ------------------------------------------------------------------------------ */
+static double tcp__now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A deadline on the monotonic clock in ms; timeout < 0 gives -1, "never". */
+static double tcp__deadline(int timeout_ms) {
+    return timeout_ms < 0 ? -1.0 : tcp__now_ms() + (double)timeout_ms;
+}
+
+/* The poll() timeout that ends at the deadline: -1 never, 0 once it has passed. */
+static int tcp__left(double deadline) {
+    double left;
+    if (deadline < 0) return -1;
+    left = deadline - tcp__now_ms();
+    if (left <= 0) return 0;
+    return left >= (double)(INT_MAX - 1) ? INT_MAX : (int)left + 1; /* rounded up: never early */
+}
+
+static void tcp__sleep_ms(int ms) {
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* errno of a failed socket call -> RESBM code: the peer is gone, or something else broke. */
+static int tcp__errcode(int e) {
+    return (e == EPIPE || e == ECONNRESET || e == ECONNABORTED || e == ETIMEDOUT) ? RESBM_ECLOSED
+                                                                                  : RESBM_ETRANSPORT;
+}
+
+static void tcp__put32(unsigned char *b, uint32_t v) {
+    int k;
+    for (k = 0; k < 4; k++) b[k] = (unsigned char)(v >> (8 * k));
+}
+
+static uint32_t tcp__get32(const unsigned char *b) {
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+/* Non-blocking and not inherited by exec'd programs. */
+static int tcp__nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+    return fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 ? -1 : 0;
+}
+
+/* Every peer socket: non-blocking, TCP_NODELAY (frames are latency-bound), no SIGPIPE. */
+static int tcp__setup(int fd) {
+    int one = 1;
+#ifdef SO_NOSIGPIPE
+    if (setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one)) < 0) return -1;
+#endif
+    if (tcp__nonblock(fd)) return -1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* "host:port", "[v6addr]:port" or ":port" (any interface to listen, loopback to call). */
+static int tcp__resolve(const char *addr, int passive, struct addrinfo **out) {
+    char host[256];
+    const char *colon, *h = addr, *c;
+    size_t hl;
+    long port = 0;
+    struct addrinfo hints;
+    int rc;
+    if (!addr || !(colon = strrchr(addr, ':')) || !colon[1]) return RESBM_EINVAL;
+    for (c = colon + 1; *c; c++) {
+        if (*c < '0' || *c > '9' || port > 65535) return RESBM_EINVAL;
+        port = port * 10 + (*c - '0');
+    }
+    if (port > 65535) return RESBM_EINVAL;
+    hl = (size_t)(colon - addr);
+    if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') { h = addr + 1; hl -= 2; }
+    if (hl >= sizeof(host)) return RESBM_EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    rc = getaddrinfo(hl ? host : NULL, colon + 1, &hints, out);
+    if (rc == EAI_AGAIN) return RESBM_ETIMEDOUT; /* name service not answering: worth retrying */
+    return rc ? RESBM_EINVAL : RESBM_OK;
+}
+
+/* Reads or writes exactly len bytes before the deadline (the handshake only). */
+static int tcp__io_full(int fd, unsigned char *b, size_t len, double deadline, int writing) {
+    size_t done = 0;
+    while (done < len) {
+        struct pollfd p;
+        ssize_t k = writing ? send(fd, b + done, len - done, MSG_NOSIGNAL)
+                            : recv(fd, b + done, len - done, 0);
+        if (k > 0) { done += (size_t)k; continue; }
+        if (k == 0) return RESBM_ECLOSED;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return tcp__errcode(errno);
+        p.fd = fd;
+        p.events = writing ? POLLOUT : POLLIN;
+        p.revents = 0;
+        k = poll(&p, 1, tcp__left(deadline));
+        if (k == 0) return RESBM_ETIMEDOUT;
+        if (k < 0 && errno != EINTR) return RESBM_ETRANSPORT;
+    }
+    return RESBM_OK;
+}
+
+/* ---- opening the mesh --------------------------------------------------------------------------- */
+static void tcp__hello(unsigned char *b, const tcp_mesh *t) {
+    memcpy(b, "RBMT", 4);
+    tcp__put32(b + 4, TCP_MESH_VERSION);
+    tcp__put32(b + 8, (uint32_t)t->n);
+    tcp__put32(b + 12, (uint32_t)t->me);
+}
+
+/* A hello of this mesh; *rank = the sender's rank (range checked by the caller). */
+static int tcp__hello_ok(const tcp_mesh *t, const unsigned char *b, uint32_t *rank) {
+    *rank = tcp__get32(b + 12);
+    return !memcmp(b, "RBMT", 4) && tcp__get32(b + 4) == TCP_MESH_VERSION &&
+           tcp__get32(b + 8) == (uint32_t)t->n;
+}
+
+static int tcp__listen(const char *addr, int backlog, int *out) {
+    struct addrinfo *ai, *a;
+    int fd = -1, one = 1, rc = tcp__resolve(addr, 1, &ai);
+    if (rc) return rc == RESBM_ETIMEDOUT ? RESBM_ETRANSPORT : rc;
+    for (a = ai; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+        if (fd < 0) continue;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+            bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, backlog) == 0 &&
+            tcp__nonblock(fd) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) return RESBM_ETRANSPORT; /* address in use, or not ours */
+    *out = fd;
+    return RESBM_OK;
+}
+
+/* A TCP connection to itself: what calling a free local port can give (simultaneous open). */
+static int tcp__self_connected(int fd) {
+    struct sockaddr_storage a, b;
+    socklen_t la = sizeof(a), lb = sizeof(b);
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    if (getsockname(fd, (struct sockaddr *)&a, &la) || getpeername(fd, (struct sockaddr *)&b, &lb))
+        return 0;
+    return la == lb && !memcmp(&a, &b, la);
+}
+
+/* Calls addr until it answers or the deadline passes (a peer that is not listening yet refuses:
+   try again a little later). */
+static int tcp__connect(const char *addr, double deadline, int *out) {
+    for (;;) {
+        struct addrinfo *ai, *a;
+        int rc = tcp__resolve(addr, 0, &ai), left;
+        if (rc == RESBM_EINVAL) return rc;
+        for (a = rc ? NULL : ai; a; a = a->ai_next) {
+            int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol), err = 0;
+            socklen_t el = sizeof(err);
+            struct pollfd p;
+            if (fd < 0) continue;
+            if (tcp__setup(fd) == 0 &&
+                (connect(fd, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS ||
+                 errno == EINTR)) {
+                p.fd = fd;
+                p.events = POLLOUT;
+                p.revents = 0;
+                while ((rc = poll(&p, 1, tcp__left(deadline))) < 0 && errno == EINTR) {}
+                if (rc == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0 &&
+                    !tcp__self_connected(fd)) {
+                    freeaddrinfo(ai);
+                    *out = fd;
+                    return RESBM_OK;
+                }
+            }
+            close(fd);
+        }
+        if (!rc || rc == 1) freeaddrinfo(ai); /* rc is the last poll's result after a try */
+        left = tcp__left(deadline);
+        if (left == 0) return RESBM_ETIMEDOUT;
+        tcp__sleep_ms(left < 0 || left > 20 ? 20 : left);
+    }
+}
+
+/* Accepts the lower ranks until each has sent a good hello; answers each with ours. Bad hellos,
+   unknown or duplicate ranks and closed callers are dropped. Unfinished handshakes wait side
+   by side (the oldest is dropped when there are too many), so a silent caller holds no one up. */
+static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
+    struct {
+        int fd;
+        size_t got;
+        unsigned char b[TCP_MESH_HELLO];
+    } hs[TCP_MESH_PENDING];
+    struct pollfd p[TCP_MESH_PENDING + 1];
+    int missing = t->me, i, rc = RESBM_OK, victim = 0;
+    for (i = 0; i < TCP_MESH_PENDING; i++) hs[i].fd = -1;
+    while (missing > 0) {
+        int k;
+        p[0].fd = lfd;
+        p[0].events = POLLIN;
+        p[0].revents = 0;
+        for (i = 0; i < TCP_MESH_PENDING; i++) {
+            p[i + 1].fd = hs[i].fd; /* poll skips -1 */
+            p[i + 1].events = POLLIN;
+            p[i + 1].revents = 0;
+        }
+        k = poll(p, TCP_MESH_PENDING + 1, tcp__left(deadline));
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) { rc = RESBM_ETRANSPORT; break; }
+        if (k == 0) { rc = RESBM_ETIMEDOUT; break; }
+        for (i = 0; i < TCP_MESH_PENDING; i++) { /* hellos arriving */
+            uint32_t rank;
+            ssize_t got;
+            if (hs[i].fd < 0 || !p[i + 1].revents) continue;
+            got = recv(hs[i].fd, hs[i].b + hs[i].got, TCP_MESH_HELLO - hs[i].got, 0);
+            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+            if (got > 0 && (hs[i].got += (size_t)got) < TCP_MESH_HELLO) continue;
+            if (got > 0 && tcp__hello_ok(t, hs[i].b, &rank) && rank < (uint32_t)t->me &&
+                t->peer[rank].fd < 0) {
+                tcp__hello(hs[i].b, t);
+                if (tcp__io_full(hs[i].fd, hs[i].b, TCP_MESH_HELLO, deadline, 1) == RESBM_OK) {
+                    t->peer[rank].fd = hs[i].fd;
+                    hs[i].fd = -1;
+                    missing--;
+                    continue;
+                }
+            }
+            close(hs[i].fd); /* closed, broken, or not one of ours: keep waiting for the rest */
+            hs[i].fd = -1;
+        }
+        if (p[0].revents) { /* new callers */
+            int fd;
+            while ((fd = accept(lfd, NULL, NULL)) >= 0) {
+                if (tcp__setup(fd)) { close(fd); continue; }
+                for (i = 0; i < TCP_MESH_PENDING && hs[i].fd >= 0; i++) {}
+                if (i == TCP_MESH_PENDING) { /* full: drop the longest waiting */
+                    i = victim;
+                    victim = (victim + 1) % TCP_MESH_PENDING;
+                    close(hs[i].fd);
+                }
+                hs[i].fd = fd;
+                hs[i].got = 0;
+            }
+        }
+    }
+    for (i = 0; i < TCP_MESH_PENDING; i++)
+        if (hs[i].fd >= 0) close(hs[i].fd);
+    return rc;
+}
+
+TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs, int deadline_ms) {
+    double deadline = tcp__deadline(deadline_ms);
+    unsigned char b[TCP_MESH_HELLO];
+    tcp_mesh *t;
+    int lfd = -1, j, rc = RESBM_OK;
+    uint32_t rank;
+    if (!out || !addrs || n < 1 || n > 65536 || me < 0 || me >= n || (me > 0 && !addrs[me]))
+        return RESBM_EINVAL;
+    for (j = me + 1; j < n; j++)
+        if (!addrs[j]) return RESBM_EINVAL;
+    t = (tcp_mesh *)calloc(1, sizeof(*t));
+    if (!t) return RESBM_ENOMEM;
+    t->me = me;
+    t->n = n;
+    t->peer = (tcp_peer *)calloc((size_t)n, sizeof(tcp_peer));
+    t->pfd = (struct pollfd *)calloc((size_t)n, sizeof(struct pollfd));
+    if (!t->peer || !t->pfd) { free(t->peer); free(t->pfd); free(t); return RESBM_ENOMEM; }
+    for (j = 0; j < n; j++) t->peer[j].fd = -1;
+    tcp_mesh_set_max_message(t, (size_t)1 << 30);
+    t->send_timeout_ms = -1;
+    /* 1. listen, if a lower rank will call; 2. call every higher rank and say hello (this needs
+       only their listeners, so no rank ever waits for another one in a cycle) */
+    if (me > 0) rc = tcp__listen(addrs[me], n + TCP_MESH_PENDING, &lfd);
+    for (j = me + 1; j < n && !rc; j++) {
+        rc = tcp__connect(addrs[j], deadline, &t->peer[j].fd);
+        tcp__hello(b, t);
+        if (!rc) rc = tcp__io_full(t->peer[j].fd, b, TCP_MESH_HELLO, deadline, 1);
+    }
+    /* 3. accept the lower ranks; 4. the higher ranks' answers */
+    if (!rc && me > 0) rc = tcp__accept_lower(t, lfd, deadline);
+    for (j = me + 1; j < n && !rc; j++) {
+        rc = tcp__io_full(t->peer[j].fd, b, TCP_MESH_HELLO, deadline, 0);
+        if (!rc && (!tcp__hello_ok(t, b, &rank) || rank != (uint32_t)j)) rc = RESBM_ETRANSPORT;
+    }
+    if (lfd >= 0) close(lfd);
+    if (rc) {
+        tcp_mesh_close(t);
+        return rc;
+    }
+    *out = t;
+    return RESBM_OK;
+}
+
+TCPDEF void tcp_mesh_close(tcp_mesh *t) {
+    int j;
+    if (!t) return;
+    for (j = 0; j < t->n; j++) {
+        if (t->peer[j].fd >= 0) close(t->peer[j].fd);
+        free(t->peer[j].in);
+    }
+    free(t->peer);
+    free(t->pfd);
+    free(t);
+}
+
+TCPDEF void tcp_mesh_set_max_message(tcp_mesh *t, size_t bytes) {
+    if (!t) return;
+    t->max_message = bytes;
+    t->max_inbox = bytes > (SIZE_MAX - 16) / 2 ? SIZE_MAX : 2 * bytes + 16;
+}
+
+TCPDEF void tcp_mesh_set_send_timeout(tcp_mesh *t, int ms) {
+    if (t) t->send_timeout_ms = ms;
+}
+
+/* ---- inboxes ------------------------------------------------------------------------------------ */
+/* Room for `need` more bytes at the tail, growing to at most `limit` bytes held; 0 or -1. */
+static int tcp__reserve(tcp_peer *p, size_t need, size_t limit) {
+    size_t have = p->in_tail - p->in_head, cap;
+    unsigned char *nb;
+    if (p->in_cap - p->in_tail >= need) return 0;
+    if (p->in_head) { /* slide to the front first */
+        memmove(p->in, p->in + p->in_head, have);
+        p->in_head = 0;
+        p->in_tail = have;
+        if (p->in_cap - have >= need) return 0;
+    }
+    if (need > limit || have > limit - need) return -1;
+    cap = p->in_cap ? p->in_cap : 65536;
+    while (cap < have + need) cap = cap > limit / 2 ? limit : 2 * cap;
+    if (cap > limit) cap = limit;
+    nb = (unsigned char *)realloc(p->in, cap);
+    if (!nb) return -1;
+    p->in = nb;
+    p->in_cap = cap;
+    return 0;
+}
+
+/* Reads what peer p has sent so far into its inbox (while the inbox is under the limit). */
+static void tcp__drain(tcp_mesh *t, tcp_peer *p) {
+    while (!p->rerr) {
+        size_t have = p->in_tail - p->in_head, room;
+        ssize_t k;
+        if (have >= t->max_inbox) return;
+        room = t->max_inbox - have < 65536 ? t->max_inbox - have : 65536;
+        if (tcp__reserve(p, room, t->max_inbox)) return;
+        k = recv(p->fd, p->in + p->in_tail, p->in_cap - p->in_tail, 0);
+        if (k > 0) { p->in_tail += (size_t)k; continue; }
+        if (k == 0) p->rerr = RESBM_ECLOSED;
+        else if (errno == EINTR) continue;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK) p->rerr = tcp__errcode(errno);
+        return;
+    }
+}
+
+/* Puts bytes back at the front of p's inbox: a message that could not be delivered whole. */
+static int tcp__unread(tcp_peer *p, const unsigned char *src, size_t len) {
+    size_t have = p->in_tail - p->in_head;
+    if (!len) return RESBM_OK;
+    if (len <= p->in_head) {
+        p->in_head -= len;
+        memmove(p->in + p->in_head, src, len);
+        return RESBM_OK;
+    }
+    if (tcp__reserve(p, len, SIZE_MAX)) return RESBM_ENOMEM;
+    memmove(p->in + len, p->in + p->in_head, have); /* reserve slid it to the front */
+    memcpy(p->in, src, len);
+    p->in_head = 0;
+    p->in_tail = have + len;
+    return RESBM_OK;
+}
+
+/* Waits until peer `target`'s socket is ready for `events` (POLLIN or POLLOUT) or the deadline
+   passes (RESBM_ETIMEDOUT). Meanwhile every other peer's incoming bytes -- and the target's own,
+   when waiting to write -- go into inboxes, so whoever is sending to us keeps moving. */
+static int tcp__wait(tcp_mesh *t, int target, short events, double deadline) {
+    for (;;) {
+        int j, k, ready = 0;
+        for (j = 0; j < t->n; j++) {
+            tcp_peer *p = &t->peer[j];
+            int drain = !p->rerr && p->in_tail - p->in_head < t->max_inbox;
+            t->pfd[j].fd = (j == target || drain) ? p->fd : -1;
+            t->pfd[j].events = (short)(j == target ? events | (drain ? POLLIN : 0) : POLLIN);
+            t->pfd[j].revents = 0;
+        }
+        k = poll(t->pfd, (nfds_t)t->n, tcp__left(deadline));
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return RESBM_ETRANSPORT;
+        if (k == 0) return RESBM_ETIMEDOUT;
+        for (j = 0; j < t->n; j++) {
+            short r = t->pfd[j].revents;
+            if (r & POLLNVAL) return RESBM_ETRANSPORT;
+            if (j == target && (r & (events | POLLHUP | POLLERR))) ready = 1;
+            else if (r) tcp__drain(t, &t->peer[j]); /* data, or the end of that link */
+        }
+        if (ready || t->peer[target].rerr) return RESBM_OK; /* the caller's call will tell */
+    }
+}
+
+/* ---- the two callbacks -------------------------------------------------------------------------- */
+/* Up to `want` (>= 1) bytes of peer j's stream into dst, from its inbox, else from its socket. */
+static int tcp__read(tcp_mesh *t, int j, unsigned char *dst, size_t want, double deadline,
+                     size_t *got) {
+    tcp_peer *p = &t->peer[j];
+    for (;;) {
+        size_t have = p->in_tail - p->in_head;
+        ssize_t k;
+        int rc;
+        if (have) {
+            *got = have < want ? have : want;
+            memcpy(dst, p->in + p->in_head, *got);
+            p->in_head += *got;
+            if (p->in_head == p->in_tail) p->in_head = p->in_tail = 0;
+            return RESBM_OK;
+        }
+        if (p->rerr) return p->rerr;
+        k = recv(p->fd, dst, want, 0);
+        if (k > 0) { *got = (size_t)k; return RESBM_OK; }
+        if (k == 0) p->rerr = RESBM_ECLOSED;
+        else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if ((rc = tcp__wait(t, j, POLLIN, deadline))) return rc;
+        } else if (errno != EINTR) p->rerr = tcp__errcode(errno);
+    }
+}
+
+static int tcp__recv(void *user, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    tcp_mesh *t = (tcp_mesh *)user;
+    double deadline = tcp__deadline(timeout_ms);
+    unsigned char hdr[8], *dst = (unsigned char *)buf;
+    size_t got = 0, k;
+    uint64_t n = 0;
+    int i, rc = RESBM_OK;
+    if (!t || !len || (!buf && cap) || peer < 0 || peer >= t->n || peer == t->me)
+        return RESBM_EINVAL;
+    while (got < 8 && !rc) /* the length */
+        if (!(rc = tcp__read(t, peer, hdr + got, 8 - got, deadline, &k))) got += k;
+    if (rc) return tcp__unread(&t->peer[peer], hdr, got) ? RESBM_ENOMEM : rc;
+    for (i = 0; i < 8; i++) n |= (uint64_t)hdr[i] << (8 * i);
+    if (n > t->max_message) /* not our framing, or hostile: nothing after it can be trusted */
+        return t->peer[peer].rerr = RESBM_ETRANSPORT;
+    if (n > cap) /* it stays queued for a call with a bigger buffer */
+        return tcp__unread(&t->peer[peer], hdr, 8) ? RESBM_ENOMEM : RESBM_EINVAL;
+    for (got = 0; got < n && !rc;) /* the bytes, straight into buf */
+        if (!(rc = tcp__read(t, peer, dst + got, (size_t)n - got, deadline, &k))) got += k;
+    if (rc) { /* the deadline passed half-way (or the link ended): keep what came */
+        if (tcp__unread(&t->peer[peer], dst, got) || tcp__unread(&t->peer[peer], hdr, 8))
+            return t->peer[peer].rerr = RESBM_ENOMEM;
+        return rc;
+    }
+    *len = (size_t)n;
+    return RESBM_OK;
+}
+
+static int tcp__send(void *user, int peer, const void *buf, size_t len) {
+    tcp_mesh *t = (tcp_mesh *)user;
+    tcp_peer *p;
+    unsigned char hdr[8];
+    struct iovec iov[2];
+    struct msghdr msg;
+    size_t done = 0, total;
+    double deadline;
+    int i, rc;
+    if (!t || (!buf && len) || peer < 0 || peer >= t->n || peer == t->me || len > t->max_message)
+        return RESBM_EINVAL;
+    p = &t->peer[peer];
+    if (p->werr) return p->werr;
+    if (p->rerr) return p->rerr; /* it hung up on us, or its stream broke */
+    for (i = 0; i < 8; i++) hdr[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    total = len + 8;
+    deadline = tcp__deadline(t->send_timeout_ms);
+    while (done < total) {
+        ssize_t k;
+        memset(&msg, 0, sizeof(msg));
+        if (done < 8) { /* the length and the bytes in one call: one packet when they fit */
+            iov[0].iov_base = hdr + done;
+            iov[0].iov_len = 8 - done;
+            iov[1].iov_base = (void *)buf;
+            iov[1].iov_len = len;
+            msg.msg_iovlen = 2;
+        } else {
+            iov[0].iov_base = (unsigned char *)buf + (done - 8);
+            iov[0].iov_len = total - done;
+            msg.msg_iovlen = 1;
+        }
+        msg.msg_iov = iov;
+        k = sendmsg(p->fd, &msg, MSG_NOSIGNAL);
+        if (k >= 0) { done += (size_t)k; continue; }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return p->werr = tcp__errcode(errno);
+        rc = tcp__wait(t, peer, POLLOUT, deadline); /* the socket buffer is full */
+        if (rc == RESBM_OK && p->rerr) rc = p->rerr;
+        if (rc) {
+            if (done || rc != RESBM_ETIMEDOUT) { /* half a message is on the wire: end the link */
+                shutdown(p->fd, SHUT_RDWR);
+                p->werr = rc == RESBM_ETIMEDOUT ? RESBM_ETRANSPORT : rc;
+            }
+            return rc;
+        }
+    }
+    return RESBM_OK;
+}
+
+TCPDEF void tcp_mesh_transport(tcp_mesh *t, resbm_transport *out) {
+    if (!out) return;
+    out->user = t;
+    out->send = tcp__send;
+    out->recv = tcp__recv;
+}
+
+#endif /* RESBM_TCP_H */

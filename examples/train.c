@@ -1,0 +1,740 @@
+/* train.c - train a byte-level ResBM language model across pipeline stages on real text.
+
+   Threads (default): all S stages in this process, one thread each, over the in-process
+   transport, optionally shaped to a slow link:
+       train --data data/brown.txt --stages 4 --ratio 128 --bandwidth-mbps 80 --steps 500
+   One process per stage over TCP (run one command per stage, same flags otherwise):
+       train --stage 0 --stages 2 --listen 127.0.0.1:9000 --peers 127.0.0.1:9000,127.0.0.1:9001 ...
+   One MPI rank per stage: examples/train_mpi.c, which includes this file.
+
+   Bytes are tokens (vocab 256). --data splits the file 90/10 by position into train and val;
+   step i, row b trains on a random window drawn from PCG32(seed, i), so a run is reproducible
+   and a resumed run sees the same batches. --tokens-bin takes windows in order instead:
+   step i, row b starts at (i*batch + b) * (seq+1) (wrapping), so another implementation can
+   replay them. The last line printed is the machine-readable summary (design §8). */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+#ifndef TRAIN_NO_IMPLEMENTATION
+#define RESBM_IMPLEMENTATION
+#endif
+#include "../resbm.h"
+#ifndef TRAIN_NO_MAIN
+#include "tcp.h" /* the TCP adapter: one process per stage */
+#endif
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- options ------------------------------------------------------------------------------------ */
+typedef struct {
+    const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers;
+    int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
+    int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
+    int stage, timeout_ms, sample_len, quiet;
+    float lr;
+    double bandwidth_mbps, latency_ms;
+    uint64_t seed;
+} options;
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: train [--data FILE.txt | --tokens-bin FILE] [--d 256] [--layers 8] [--heads 4] [--ff F]\n"
+        "             [--seq 128] [--batch 8] [--micro 4] [--stages 4] [--ratio 128 | --r R] [--m M]\n"
+        "             [--no-identity] [--wire f32|bf16|f16|i8] [--wire-bwd f32|bf16|f16|i8]\n"
+        "             [--opt adamw|muon|sgd] [--lr X] [--steps N] [--schedule-steps N] [--seed S]\n"
+        "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--eval-every K]\n"
+        "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
+        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS]\n"
+        "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,...]   (one process per stage)\n");
+}
+
+static int die_usage(const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "train: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    usage(stderr);
+    return 2;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out) {
+    char *e;
+    long v;
+    errno = 0;
+    v = strtol(s, &e, 10);
+    if (errno || e == s || *e || v < lo || v > hi) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+static int parse_double(const char *s, double lo, double hi, double *out) {
+    char *e;
+    double v;
+    errno = 0;
+    v = strtod(s, &e);
+    if (errno || e == s || *e || !(v >= lo && v <= hi)) return 0;
+    *out = v;
+    return 1;
+}
+
+static int parse_wire(const char *s) {
+    return !strcmp(s, "f32") ? RESBM_WIRE_F32 : !strcmp(s, "bf16") ? RESBM_WIRE_BF16
+         : !strcmp(s, "f16") ? RESBM_WIRE_F16 : !strcmp(s, "i8") ? RESBM_WIRE_I8 : -1;
+}
+
+static const char *wire_name(int w) {
+    static const char *n[] = {"f32", "bf16", "f16", "i8"};
+    return n[w];
+}
+
+/* Returns 0, or the exit code (2) after printing why. */
+static int parse_args(int argc, char **argv, options *o) {
+    int i;
+    memset(o, 0, sizeof(*o));
+    o->d = 256; o->layers = 8; o->heads = 4; o->seq = 128; o->batch = 8; o->micro = 4; o->stages = 4;
+    o->ratio = 128; o->r = -1; o->wire_fwd = o->wire_bwd = -1; o->opt = RESBM_OPT_ADAMW; o->steps = 200;
+    o->threads = 1; o->eval_every = 100; o->eval_rows = 32; o->stage = -1; o->timeout_ms = 60000;
+    o->seed = 1337; o->sample_len = 200;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x;
+        int flag_only = 1;
+        if (!strcmp(a, "--no-identity")) o->no_identity = 1;
+        else if (!strcmp(a, "--quiet")) o->quiet = 1;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); exit(0); }
+        else flag_only = 0;
+        if (flag_only) continue;
+        if (!v) return die_usage("%s needs a value", a);
+        i++;
+#define INT_FLAG(name, field, lo, hi) \
+        else if (!strcmp(a, name)) { if (!parse_int(v, lo, hi, &o->field)) return die_usage("%s: '%s' is not an integer in [%d, %d]", a, v, lo, hi); }
+        if (0) {}
+        INT_FLAG("--d", d, 1, 1 << 16)
+        INT_FLAG("--layers", layers, 1, 4096)
+        INT_FLAG("--heads", heads, 1, 4096)
+        INT_FLAG("--ff", ff, 1, 1 << 20)
+        INT_FLAG("--seq", seq, 2, 1 << 20)
+        INT_FLAG("--batch", batch, 1, 1 << 20)
+        INT_FLAG("--micro", micro, 1, 1 << 20)
+        INT_FLAG("--stages", stages, 1, 4096)
+        INT_FLAG("--ratio", ratio, 1, 1 << 16)
+        INT_FLAG("--r", r, 1, 1 << 16)
+        INT_FLAG("--m", m, 1, 1 << 20)
+        INT_FLAG("--steps", steps, 0, 1 << 30)
+        INT_FLAG("--schedule-steps", schedule_steps, 1, 1 << 30)
+        INT_FLAG("--threads", threads, 1, 1024)
+        INT_FLAG("--eval-every", eval_every, 0, 1 << 30)
+        INT_FLAG("--eval-rows", eval_rows, 1, 1 << 20)
+        INT_FLAG("--save-every", save_every, 0, 1 << 30)
+        INT_FLAG("--stage", stage, 0, 4095)
+        INT_FLAG("--timeout-ms", timeout_ms, 1, 1 << 30)
+        INT_FLAG("--sample", sample_len, 0, 1 << 20)
+#undef INT_FLAG
+        else if (!strcmp(a, "--seed")) {
+            char *e;
+            errno = 0;
+            o->seed = strtoull(v, &e, 10);
+            if (errno || e == v || *e || *v == '-') return die_usage("--seed: '%s' is not a non-negative integer", v);
+        }
+        else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
+        else if (!strcmp(a, "--bandwidth-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->bandwidth_mbps)) return die_usage("--bandwidth-mbps: '%s' is not in [0, 1e6]", v); }
+        else if (!strcmp(a, "--latency-ms")) { if (!parse_double(v, 0.0, 1e5, &o->latency_ms)) return die_usage("--latency-ms: '%s' is not in [0, 1e5]", v); }
+        else if (!strcmp(a, "--wire")) { if ((o->wire_fwd = parse_wire(v)) < 0) return die_usage("--wire: '%s' is not f32, bf16, f16 or i8", v); }
+        else if (!strcmp(a, "--wire-bwd")) { if ((o->wire_bwd = parse_wire(v)) < 0) return die_usage("--wire-bwd: '%s' is not f32, bf16, f16 or i8", v); }
+        else if (!strcmp(a, "--opt")) {
+            if (!strcmp(v, "adamw")) o->opt = RESBM_OPT_ADAMW;
+            else if (!strcmp(v, "muon")) o->opt = RESBM_OPT_MUON;
+            else if (!strcmp(v, "sgd")) o->opt = RESBM_OPT_SGD;
+            else return die_usage("--opt: '%s' is not adamw, muon or sgd", v);
+        }
+        else if (!strcmp(a, "--data")) o->data = v;
+        else if (!strcmp(a, "--tokens-bin")) o->tokens_bin = v;
+        else if (!strcmp(a, "--save")) o->save = v;
+        else if (!strcmp(a, "--load")) o->load = v;
+        else if (!strcmp(a, "--save-init")) o->save_init = v;
+        else if (!strcmp(a, "--log")) o->log = v;
+        else if (!strcmp(a, "--plot")) o->plot = v;
+        else if (!strcmp(a, "--listen")) o->listen = v;
+        else if (!strcmp(a, "--peers")) o->peers = v;
+        else return die_usage("unknown flag %s", a);
+    }
+    if (o->wire_fwd < 0) o->wire_fwd = RESBM_WIRE_F32;
+    if (o->wire_bwd < 0) o->wire_bwd = o->wire_fwd;
+    if (!o->data == !o->tokens_bin) return die_usage("give exactly one of --data FILE.txt or --tokens-bin FILE");
+    if (o->batch % o->micro) return die_usage("--batch %d is not a multiple of --micro %d", o->batch, o->micro);
+    if (o->d % o->heads || (o->d / o->heads) % 2) return die_usage("--d %d must split into --heads %d of even width", o->d, o->heads);
+    if (o->stages > o->layers) return die_usage("--stages %d is more than --layers %d", o->stages, o->layers);
+    if (o->r < 0) o->r = o->d / o->ratio > 0 ? o->d / o->ratio : 1;
+    if (o->r > o->d) return die_usage("--r %d is wider than --d %d", o->r, o->d);
+    if (o->stage >= 0 && o->stage >= o->stages) return die_usage("--stage %d is not below --stages %d", o->stage, o->stages);
+    if ((o->stage >= 0) != (o->listen != NULL) || (o->stage >= 0) != (o->peers != NULL))
+        return die_usage("one process per stage needs all of --stage, --listen and --peers");
+    if (!o->schedule_steps) o->schedule_steps = o->steps;
+    return 0;
+}
+
+/* ---- data ------------------------------------------------------------------------------------- */
+typedef struct {
+    unsigned char *bytes;
+    size_t len, train_len, val_off, val_len;
+} dataset;
+
+static int load_data(const options *o, dataset *ds) {
+    const char *path = o->data ? o->data : o->tokens_bin;
+    FILE *f = fopen(path, "rb");
+    long n;
+    size_t need = (size_t)o->seq + 1;
+    memset(ds, 0, sizeof(*ds));
+    if (!f) { fprintf(stderr, "train: cannot open %s: %s\n", path, strerror(errno)); return 0; }
+    if (fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
+        fprintf(stderr, "train: cannot read %s\n", path);
+        fclose(f);
+        return 0;
+    }
+    ds->bytes = (unsigned char *)malloc((size_t)n + 1);
+    if (!ds->bytes || fread(ds->bytes, 1, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "train: cannot read %s\n", path);
+        fclose(f);
+        return 0;
+    }
+    fclose(f);
+    ds->len = (size_t)n;
+    ds->val_off = ds->len - ds->len / 10;
+    ds->val_len = ds->len / 10;
+    ds->train_len = o->tokens_bin ? ds->len : ds->val_off;
+    if (ds->train_len < need || ds->val_len < need) {
+        fprintf(stderr, "train: %s has %zu bytes; a 90/10 split needs at least %zu (10 x (seq + 1)) for seq %d\n",
+                path, ds->len, 10 * need, o->seq);
+        return 0;
+    }
+    return 1;
+}
+
+/* The batch of step `step`: tokens and targets [batch * seq]. */
+static void get_batch(const options *o, const dataset *ds, long step, int32_t *tok, int32_t *tg) {
+    size_t T = (size_t)o->seq, b, t, span = ds->train_len - T;
+    resbm_rng r;
+    resbm_rng_seed(&r, o->seed, 0x1000 + (uint64_t)step);
+    for (b = 0; b < (size_t)o->batch; b++) {
+        size_t off;
+        if (o->tokens_bin) off = (((size_t)step * (size_t)o->batch + b) * (T + 1)) % span;
+        else off = (size_t)(((uint64_t)resbm_rng_u32(&r) << 32 | resbm_rng_u32(&r)) % span);
+        for (t = 0; t < T; t++) {
+            tok[b * T + t] = ds->bytes[off + t];
+            tg[b * T + t] = ds->bytes[off + t + 1];
+        }
+    }
+}
+
+/* The fixed validation set: up to eval_rows windows of the val split, evenly spaced. */
+static size_t get_val(const options *o, const dataset *ds, int32_t *tok, int32_t *tg) {
+    size_t T = (size_t)o->seq, rows = RESBM__MIN((size_t)o->eval_rows, ds->val_len / (T + 1)), b, t;
+    size_t stride = rows ? (ds->val_len - T - 1) / rows : 0;
+    for (b = 0; b < rows; b++)
+        for (t = 0; t < T; t++) {
+            tok[b * T + t] = ds->bytes[ds->val_off + b * stride + t];
+            tg[b * T + t] = ds->bytes[ds->val_off + b * stride + t + 1];
+        }
+    return rows;
+}
+
+/* ---- one stage's loop, shared by every mode ------------------------------------------------------ */
+typedef struct {
+    const options *o;
+    const dataset *ds;
+    resbm_stage *st;
+    int s, rc;
+    long start_step;
+    pthread_barrier_t *barrier; /* threads mode: saves happen with every stage at rest */
+    resbm_model **all;          /* threads mode: every stage's model, for one checkpoint file */
+    /* results (stage 0's are printed) */
+    float last_loss, val_loss;
+    double train_s;
+    uint64_t wire_fwd, wire_bwd; /* training frames only */
+    int32_t sample[4096];
+    size_t sample_n, prompt_n;
+    int32_t prompt[64];
+    /* progress, written by stage 0 */
+    FILE *log;
+    double *plot_tok, *plot_train, *plot_val_tok, *plot_val;
+    size_t plot_n, plot_val_n;
+} stage_ctx;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void human_bytes(double b, char *out, size_t n) {
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    int i = 0;
+    while (b >= 1000.0 && i < 4) { b /= 1000.0; i++; }
+    snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void progress(const stage_ctx *c, long step, float loss, double tps, double elapsed, uint64_t wire) {
+    const options *o = c->o;
+    long total = o->steps, done = step + 1 - c->start_step, left = total - step - 1;
+    double eta = done > 0 ? elapsed / (double)done * (double)left : 0.0;
+    char wb[32];
+    human_bytes((double)wire, wb, sizeof(wb));
+    if (o->quiet) return;
+    if (isatty(STDOUT_FILENO)) {
+        int w = 24, fill = total ? (int)((double)(step + 1) / (double)total * w) : w, i;
+        printf("\r[");
+        for (i = 0; i < w; i++) putchar(i < fill ? '#' : '.');
+        printf("] step %ld/%ld  loss %.4f  %.0f tok/s  stage 0 sent %s  ETA %dm%02ds   ", step + 1, total, loss,
+               tps, wb, (int)eta / 60, (int)eta % 60);
+        fflush(stdout);
+    } else {
+        long every = total >= 20 ? total / 20 : 1;
+        if ((step + 1) % every == 0 || step + 1 == total)
+            printf("step %ld/%ld loss %.4f tok/s %.0f stage0_sent %s eta %.0fs\n", step + 1, total, loss, tps, wb, eta);
+    }
+}
+
+static void ckpt_path(const options *o, const char *path, int s, char *out, size_t n) {
+    size_t L = strlen(path);
+    const char *ext = ".safetensors";
+    size_t E = strlen(ext);
+    if (o->stage < 0) { snprintf(out, n, "%s", path); return; } /* threads: one file */
+    if (L > E && !strcmp(path + L - E, ext)) snprintf(out, n, "%.*s.stage%d%s", (int)(L - E), path, s, ext);
+    else snprintf(out, n, "%s.stage%d", path, s);
+}
+
+/* Writes the checkpoint: threads mode, stage 0 writes every stage's models while the others
+   wait at the barrier; one process per stage, each writes its own file. */
+static int save_ckpt(stage_ctx *c, const char *path) {
+    char p[4096], seed[32], stages[16];
+    const char *meta[4];
+    int rc = RESBM_OK;
+    snprintf(seed, sizeof(seed), "%llu", (unsigned long long)c->o->seed);
+    snprintf(stages, sizeof(stages), "%d", c->o->stages);
+    meta[0] = "seed"; meta[1] = seed; meta[2] = "stages"; meta[3] = stages;
+    ckpt_path(c->o, path, c->s, p, sizeof(p));
+    if (c->barrier) pthread_barrier_wait(c->barrier);
+    if (!c->barrier) {
+        resbm_model *m = resbm_stage_model(c->st);
+        rc = resbm_checkpoint_save(p, &m, 1, meta, 2);
+    } else if (c->s == 0) {
+        rc = resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2);
+    }
+    if (rc) fprintf(stderr, "train: stage %d: cannot write checkpoint %s: %s\n", c->s, p, resbm_strerror(rc));
+    if (c->barrier) pthread_barrier_wait(c->barrier);
+    return rc;
+}
+
+static void *stage_main(void *arg) {
+    stage_ctx *c = (stage_ctx *)arg;
+    const options *o = c->o;
+    size_t T = (size_t)o->seq, N = (size_t)o->batch * T;
+    int32_t *tok = (int32_t *)malloc(N * sizeof(int32_t)), *tg = (int32_t *)malloc(N * sizeof(int32_t));
+    int32_t *vtok = (int32_t *)malloc((size_t)o->eval_rows * T * sizeof(int32_t));
+    int32_t *vtg = (int32_t *)malloc((size_t)o->eval_rows * T * sizeof(int32_t));
+    size_t vrows;
+    long step;
+    double t_train = 0.0, t0;
+    resbm_stage_stats before, after;
+    memset(&before, 0, sizeof(before));
+    memset(&after, 0, sizeof(after));
+    int first = c->s == 0;
+    c->rc = RESBM_OK;
+    if (!tok || !tg || !vtok || !vtg) { c->rc = RESBM_ENOMEM; goto out; }
+    vrows = get_val(o, c->ds, vtok, vtg);
+    for (step = c->start_step; step < o->steps; step++) {
+        float loss;
+        get_batch(o, c->ds, step, tok, tg);
+        resbm_stage_get_stats(c->st, &before);
+        t0 = now_s();
+        c->rc = resbm_stage_step(c->st, tok, tg, (size_t)o->batch, &loss);
+        t_train += now_s() - t0;
+        if (c->rc) {
+            fprintf(stderr, "%strain: stage %d, step %ld: %s\n", first && isatty(STDOUT_FILENO) ? "\n" : "",
+                    c->s, step, resbm_strerror(c->rc));
+            goto out;
+        }
+        resbm_stage_get_stats(c->st, &after);
+        c->wire_fwd += after.bytes_sent[RESBM_KIND_ACT] - before.bytes_sent[RESBM_KIND_ACT];
+        c->wire_bwd += after.bytes_sent[RESBM_KIND_GRAD] - before.bytes_sent[RESBM_KIND_GRAD];
+        c->last_loss = loss;
+        if (first) {
+            double tps = (double)(step + 1 - c->start_step) * (double)N / t_train;
+            if (c->log) fprintf(c->log, "%ld,%.0f,%.6f,,%.1f\n", step + 1, (double)(step + 1) * (double)N, loss, tps);
+            if (c->plot_tok) { c->plot_tok[c->plot_n] = (double)(step + 1) * (double)N; c->plot_train[c->plot_n++] = loss; }
+            progress(c, step, loss, tps, t_train, c->wire_fwd + c->wire_bwd);
+        }
+        if (o->eval_every && (step + 1) % o->eval_every == 0 && step + 1 < o->steps) {
+            float vl;
+            if ((c->rc = resbm_stage_eval(c->st, vtok, vtg, vrows, &vl))) {
+                fprintf(stderr, "train: stage %d, eval: %s\n", c->s, resbm_strerror(c->rc));
+                goto out;
+            }
+            if (first) {
+                double bpb = vl / log(2.0);
+                if (!o->quiet) printf("%sstep %ld val %.4f bits/byte\n", isatty(STDOUT_FILENO) ? "\n" : "", step + 1, bpb);
+                if (c->log) fprintf(c->log, "%ld,%.0f,,%.6f,\n", step + 1, (double)(step + 1) * (double)N, bpb);
+                if (c->plot_val) { c->plot_val_tok[c->plot_val_n] = (double)(step + 1) * (double)N; c->plot_val[c->plot_val_n++] = bpb; }
+            }
+        }
+        if (o->save && o->save_every && (step + 1) % o->save_every == 0 && (c->rc = save_ckpt(c, o->save))) goto out;
+    }
+    if (first && !o->quiet && isatty(STDOUT_FILENO)) printf("\n");
+    c->train_s = t_train;
+    if ((c->rc = resbm_stage_eval(c->st, vtok, vtg, vrows, &c->val_loss))) {
+        fprintf(stderr, "train: stage %d, final eval: %s\n", c->s, resbm_strerror(c->rc));
+        goto out;
+    }
+    if (o->save && (c->rc = save_ckpt(c, o->save))) goto out;
+    if (o->sample_len > 0) {
+        size_t i;
+        c->prompt_n = RESBM__MIN((size_t)32, T - 1);
+        for (i = 0; i < c->prompt_n; i++) c->prompt[i] = c->ds->bytes[c->ds->val_off + i];
+        c->sample_n = RESBM__MIN((size_t)o->sample_len, sizeof(c->sample) / sizeof(c->sample[0]));
+        if ((c->rc = resbm_stage_generate(c->st, c->prompt, c->prompt_n, c->sample_n, 0.8f, o->seed, c->sample))) {
+            fprintf(stderr, "train: stage %d, sampling: %s\n", c->s, resbm_strerror(c->rc));
+            goto out;
+        }
+    }
+out:
+    free(tok); free(tg); free(vtok); free(vtg);
+    return NULL;
+}
+
+/* ---- setup, summary ---------------------------------------------------------------------------- */
+static resbm_stage_config stage_config(const options *o, int s, const resbm_transport *tr) {
+    resbm_stage_config c = resbm_stage_config_default();
+    c.model.d = o->d; c.model.layers = o->layers; c.model.heads = o->heads; c.model.ff = o->ff;
+    c.model.seq = o->seq; c.model.batch = o->batch / o->micro; c.model.stages = o->stages;
+    c.model.stage = s; c.model.r = o->r == o->d ? 0 : o->r; c.model.m = o->m;
+    c.model.no_identity = o->no_identity; c.model.threads = o->threads; c.model.seed = o->seed;
+    c.opt.kind = o->opt;
+    if (o->lr > 0.0f) { if (o->opt == RESBM_OPT_MUON) c.opt.muon_lr = o->lr; else c.opt.lr = o->lr; }
+    c.opt.total_steps = o->schedule_steps;
+    c.opt.warmup = RESBM__MIN(100, o->schedule_steps / 10);
+    c.transport = *tr;
+    c.n_micro = o->micro;
+    c.wire_fwd = o->wire_fwd; c.wire_bwd = o->wire_bwd;
+    c.timeout_ms = o->timeout_ms;
+    return c;
+}
+
+static void write_plot(const char *path, const stage_ctx *c) {
+    FILE *f = fopen(path, "w");
+    double xmax = 1, ymin = 1e30, ymax = -1e30;
+    size_t i;
+    const double W = 720, H = 420, L = 60, R = 20, Tm = 30, B = 50;
+    if (!f) { fprintf(stderr, "train: cannot write %s\n", path); return; }
+    for (i = 0; i < c->plot_n; i++) {
+        double y = c->plot_train[i] / log(2.0);
+        xmax = c->plot_tok[i] > xmax ? c->plot_tok[i] : xmax;
+        ymin = y < ymin ? y : ymin; ymax = y > ymax ? y : ymax;
+    }
+    for (i = 0; i < c->plot_val_n; i++) {
+        ymin = c->plot_val[i] < ymin ? c->plot_val[i] : ymin;
+        ymax = c->plot_val[i] > ymax ? c->plot_val[i] : ymax;
+    }
+    if (!(ymax > ymin)) { ymin -= 1; ymax += 1; }
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(f, "<text x=\"%.0f\" y=\"18\">loss (bits per byte) against training tokens</text>\n", L);
+    fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
+    fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", L, Tm, L, H - B);
+    for (i = 0; i <= 4; i++) {
+        double y = ymin + (ymax - ymin) * (double)i / 4, py = H - B - (H - B - Tm) * (double)i / 4;
+        double x = xmax * (double)i / 4, px = L + (W - L - R) * (double)i / 4;
+        fprintf(f, "<text x=\"4\" y=\"%.1f\">%.2f</text>\n", py + 4, y);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.3g</text>\n", px, H - B + 18, x);
+    }
+#define PX(x) (L + (W - L - R) * (x) / xmax)
+#define PY(y) (H - B - (H - B - Tm) * ((y) - ymin) / (ymax - ymin))
+    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1\" points=\"");
+    for (i = 0; i < c->plot_n; i++) fprintf(f, "%.1f,%.1f ", PX(c->plot_tok[i]), PY(c->plot_train[i] / log(2.0)));
+    fprintf(f, "\"/>\n<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"");
+    for (i = 0; i < c->plot_val_n; i++) fprintf(f, "%.1f,%.1f ", PX(c->plot_val_tok[i]), PY(c->plot_val[i]));
+    fprintf(f, "\"/>\n");
+#undef PX
+#undef PY
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" fill=\"#1f77b4\">train</text><text x=\"%.0f\" y=\"%.0f\" fill=\"#d62728\">val</text>\n",
+            W - 120, Tm + 14, W - 70, Tm + 14);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">tokens</text>\n</svg>\n", (W + L) / 2, H - 12);
+    fclose(f);
+}
+
+/* Prints the sample, the measured compression and the contract summary line. */
+static void summary(const options *o, const stage_ctx *c0, uint64_t fwd, uint64_t bwd) {
+    double N = (double)o->batch * o->seq, frames, base, ratio, tps;
+    long steps = o->steps - c0->start_step;
+    size_t i;
+    /* what the same run sends with r = d and an f32 wire: the same frames, d floats per token */
+    frames = (double)steps * o->micro * (o->stages - 1);
+    base = 2.0 * frames * (RESBM_FRAME_HEADER + 4.0 * (N / o->micro) * o->d);
+    ratio = fwd + bwd ? base / (double)(fwd + bwd) : 0.0;
+    tps = c0->train_s > 0 ? (double)steps * N / c0->train_s : 0.0;
+    if (!o->quiet && c0->sample_n) {
+        printf("sample: \"");
+        for (i = 0; i < c0->prompt_n; i++) putchar(c0->prompt[i] >= 32 && c0->prompt[i] < 127 ? c0->prompt[i] : ' ');
+        printf("\" ->\n");
+        for (i = 0; i < c0->sample_n; i++) {
+            int ch = c0->sample[i];
+            putchar((ch >= 32 && ch < 127) || ch == '\n' ? ch : '.');
+        }
+        printf("\n");
+    }
+    if (!o->quiet)
+        printf("val %.4f bits/byte; wire %llu bytes forward + %llu back (%s/%s, r=%d of d=%d): %.1fx less than f32 at r = d\n",
+               c0->val_loss / log(2.0), (unsigned long long)fwd, (unsigned long long)bwd, wire_name(o->wire_fwd),
+               wire_name(o->wire_bwd), o->r, o->d, ratio);
+    printf("result: steps=%d train_loss=%.6f val_bpb=%.6f tokens_per_s=%.1f wire_bytes_fwd=%llu wire_bytes_bwd=%llu wire_ratio=%.3f\n",
+           o->steps, c0->last_loss, c0->val_loss / log(2.0), tps, (unsigned long long)fwd, (unsigned long long)bwd, ratio);
+    fflush(stdout);
+}
+
+static int open_outputs(const options *o, stage_ctx *c) {
+    if (o->log) {
+        if (!(c->log = fopen(o->log, "w"))) { fprintf(stderr, "train: cannot write %s\n", o->log); return 0; }
+        fprintf(c->log, "step,tokens,train_loss,val_bpb,tokens_per_s\n");
+    }
+    if (o->plot) {
+        size_t n = (size_t)o->steps + 1;
+        c->plot_tok = (double *)calloc(n, sizeof(double)); c->plot_train = (double *)calloc(n, sizeof(double));
+        c->plot_val_tok = (double *)calloc(n, sizeof(double)); c->plot_val = (double *)calloc(n, sizeof(double));
+        if (!c->plot_tok || !c->plot_train || !c->plot_val_tok || !c->plot_val) return 0;
+    }
+    return 1;
+}
+
+static void close_outputs(const options *o, stage_ctx *c) {
+    if (c->log) fclose(c->log);
+    if (o->plot && c->plot_tok) write_plot(o->plot, c);
+    free(c->plot_tok); free(c->plot_train); free(c->plot_val_tok); free(c->plot_val);
+}
+
+static void describe(const options *o, const resbm_stage *st0) {
+    resbm_stage_stats ss;
+    const resbm_model_config *mc = resbm_model_get_config(resbm_stage_model((resbm_stage *)st0));
+    if (o->quiet) return;
+    resbm_stage_get_stats(st0, &ss);
+    printf("model: d=%d layers=%d heads=%d ff=%d seq=%d vocab=256 | %d stages, r=%d (d/r=%.0f), m=%d%s | batch %d in %d micro | %s, wire %s/%s",
+           mc->d, mc->layers, mc->heads, mc->ff, mc->seq, o->stages, o->r, (double)o->d / o->r, mc->m,
+           o->no_identity ? ", no identity path" : "", o->batch, o->micro,
+           o->opt == RESBM_OPT_MUON ? "muon" : o->opt == RESBM_OPT_SGD ? "sgd" : "adamw", wire_name(o->wire_fwd), wire_name(o->wire_bwd));
+    if (o->bandwidth_mbps > 0 || o->latency_ms > 0) printf(" | link %.1f Mbit/s, %.1f ms", o->bandwidth_mbps, o->latency_ms);
+    printf("\n");
+}
+
+/* Loads a checkpoint into this process's stages; prints why on failure. */
+static int load_ckpt(const options *o, resbm_model **models, size_t n, int s) {
+    char p[4096], why[512];
+    int rc;
+    ckpt_path(o, o->load, s, p, sizeof(p));
+    if ((rc = resbm_checkpoint_load(p, models, n, why, sizeof(why)))) {
+        fprintf(stderr, "train: cannot resume from %s: %s (%s)\n", p, why[0] ? why : "", resbm_strerror(rc));
+        return 0;
+    }
+    return 1;
+}
+
+#ifndef TRAIN_NO_MAIN
+/* All stages in this process, one thread each, over the in-process transport (shaped when a
+   bandwidth or latency is given: every stage's endpoint is wrapped, so both ends are shaped). */
+static int run_threads(const options *o, const dataset *ds) {
+    int S = o->stages, s, ok = 1, rc, shaped = o->bandwidth_mbps > 0 || o->latency_ms > 0;
+    resbm_inproc *hub = NULL;
+    stage_ctx *c = (stage_ctx *)calloc((size_t)S, sizeof(stage_ctx));
+    resbm_model **models = (resbm_model **)calloc((size_t)S, sizeof(resbm_model *));
+    resbm_shaper **shapers = (resbm_shaper **)calloc((size_t)S, sizeof(resbm_shaper *));
+    pthread_t *th = (pthread_t *)calloc((size_t)S, sizeof(pthread_t));
+    pthread_barrier_t barrier;
+    size_t frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+    uint64_t fwd = 0, bwd = 0;
+    if (!c || !models || !shapers || !th) { fprintf(stderr, "train: out of memory\n"); return 1; }
+    /* a mailbox holds a few frames: 1F1B never has more than S in flight per direction */
+    if ((rc = resbm_inproc_init(S, (size_t)(S + 2) * (frame_max + 16), &hub))) {
+        fprintf(stderr, "train: in-process transport: %s\n", resbm_strerror(rc));
+        return 1;
+    }
+    pthread_barrier_init(&barrier, NULL, (unsigned)S);
+    for (s = 0; s < S && ok; s++) {
+        resbm_transport tr;
+        resbm_stage_config sc;
+        resbm_inproc_transport(hub, s, &tr);
+        if (shaped) {
+            if ((rc = resbm_shaper_init(&tr, S, o->bandwidth_mbps * 1e6 / 8.0, o->latency_ms, frame_max, &shapers[s]))) {
+                fprintf(stderr, "train: link shaper: %s\n", resbm_strerror(rc));
+                ok = 0;
+                break;
+            }
+            resbm_shaper_transport(shapers[s], &tr);
+        }
+        sc = stage_config(o, s, &tr);
+        if ((rc = resbm_stage_init(&sc, &c[s].st))) {
+            fprintf(stderr, "train: stage %d: %s\n", s, resbm_strerror(rc));
+            ok = 0;
+            break;
+        }
+        models[s] = resbm_stage_model(c[s].st);
+    }
+    if (ok && o->load) ok = load_ckpt(o, models, (size_t)S, 0);
+    if (ok && o->save_init) {
+        if ((rc = resbm_checkpoint_save(o->save_init, models, (size_t)S, NULL, 0))) {
+            fprintf(stderr, "train: cannot write %s: %s\n", o->save_init, resbm_strerror(rc));
+            ok = 0;
+        }
+    }
+    if (ok) {
+        describe(o, c[0].st);
+        ok = open_outputs(o, &c[0]);
+    }
+    if (ok) {
+        for (s = 0; s < S; s++) {
+            c[s].o = o; c[s].ds = ds; c[s].s = s; c[s].barrier = &barrier; c[s].all = models;
+            c[s].start_step = resbm_model_step_count(models[s]);
+            pthread_create(&th[s], NULL, stage_main, &c[s]);
+        }
+        for (s = 0; s < S; s++) pthread_join(th[s], NULL);
+        for (s = 0; s < S; s++) {
+            if (c[s].rc) ok = 0;
+            fwd += c[s].wire_fwd;
+            bwd += c[s].wire_bwd;
+        }
+        close_outputs(o, &c[0]);
+        if (ok) summary(o, &c[0], fwd, bwd);
+    }
+    for (s = 0; s < S; s++) { resbm_stage_free(c[s].st); resbm_shaper_free(shapers[s]); }
+    pthread_barrier_destroy(&barrier);
+    resbm_inproc_free(hub);
+    free(c); free(models); free(shapers); free(th);
+    return ok ? 0 : 1;
+}
+#endif
+
+/* One stage in this process; `tr` reaches the others (TCP, MPI, ...). Stage 0 gathers the
+   other stages' wire counters and prints the summary. */
+static int run_one_stage(const options *o, const dataset *ds, int s, resbm_transport tr) {
+    size_t frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+    resbm_shaper *shaper = NULL;
+    resbm_stage_config sc;
+    stage_ctx c;
+    resbm_model *m;
+    uint64_t fwd, bwd;
+    int rc, ok = 1, p;
+    memset(&c, 0, sizeof(c));
+    if (o->bandwidth_mbps > 0 || o->latency_ms > 0) {
+        if ((rc = resbm_shaper_init(&tr, o->stages, o->bandwidth_mbps * 1e6 / 8.0, o->latency_ms, frame_max, &shaper))) {
+            fprintf(stderr, "train: link shaper: %s\n", resbm_strerror(rc));
+            return 1;
+        }
+        resbm_shaper_transport(shaper, &tr);
+    }
+    sc = stage_config(o, s, &tr);
+    if ((rc = resbm_stage_init(&sc, &c.st))) {
+        fprintf(stderr, "train: stage %d: %s\n", s, resbm_strerror(rc));
+        resbm_shaper_free(shaper);
+        return 1;
+    }
+    m = resbm_stage_model(c.st);
+    if (o->load) ok = load_ckpt(o, &m, 1, s);
+    if (ok && o->save_init) {
+        char path[4096];
+        ckpt_path(o, o->save_init, s, path, sizeof(path));
+        if ((rc = resbm_checkpoint_save(path, &m, 1, NULL, 0))) {
+            fprintf(stderr, "train: cannot write %s: %s\n", path, resbm_strerror(rc));
+            ok = 0;
+        }
+    }
+    if (ok && s == 0) {
+        describe(o, c.st);
+        ok = open_outputs(o, &c);
+    }
+    if (ok) {
+        c.o = o; c.ds = ds; c.s = s; c.start_step = resbm_model_step_count(m);
+        stage_main(&c);
+        ok = c.rc == RESBM_OK;
+    }
+    if (ok) { /* counters to stage 0: 16 bytes, little-endian */
+        unsigned char b[16];
+        size_t len;
+        int k;
+        fwd = c.wire_fwd; bwd = c.wire_bwd;
+        if (s > 0) {
+            for (k = 0; k < 8; k++) { b[k] = (unsigned char)(fwd >> (8 * k)); b[8 + k] = (unsigned char)(bwd >> (8 * k)); }
+            if ((rc = tr.send(tr.user, 0, b, 16))) { fprintf(stderr, "train: stage %d: %s\n", s, resbm_strerror(rc)); ok = 0; }
+        } else {
+            for (p = 1; p < o->stages && ok; p++) {
+                uint64_t f = 0, g = 0;
+                if ((rc = tr.recv(tr.user, p, b, sizeof(b), &len, o->timeout_ms)) || len != 16) {
+                    fprintf(stderr, "train: counters from stage %d: %s\n", p, rc ? resbm_strerror(rc) : "bad length");
+                    ok = 0;
+                    break;
+                }
+                for (k = 0; k < 8; k++) { f |= (uint64_t)b[k] << (8 * k); g |= (uint64_t)b[8 + k] << (8 * k); }
+                fwd += f; bwd += g;
+            }
+        }
+    }
+    if (s == 0) {
+        close_outputs(o, &c);
+        if (ok) summary(o, &c, fwd, bwd);
+    }
+    resbm_stage_free(c.st);
+    resbm_shaper_free(shaper);
+    return ok ? 0 : 1;
+}
+
+#ifndef TRAIN_NO_MAIN
+static int run_tcp(const options *o, const dataset *ds) {
+    char *list = (char *)malloc(strlen(o->peers) + 1), *tok, *save = NULL;
+    const char **addrs = (const char **)calloc((size_t)o->stages, sizeof(char *));
+    tcp_mesh *mesh;
+    resbm_transport tr;
+    int n = 0, rc, code;
+    if (!list || !addrs) return 1;
+    strcpy(list, o->peers);
+    for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n >= o->stages) break;
+        addrs[n++] = tok;
+    }
+    if (n != o->stages || tok) {
+        fprintf(stderr, "train: --peers lists %s addresses for %d stages\n", tok ? "more" : "fewer", o->stages);
+        free(list); free(addrs);
+        return 2;
+    }
+    if (strcmp(addrs[o->stage], o->listen))
+        fprintf(stderr, "train: note: --listen %s differs from --peers entry %d (%s); listening on %s\n",
+                o->listen, o->stage, addrs[o->stage], o->listen);
+    addrs[o->stage] = o->listen;
+    if ((rc = tcp_mesh_open(&mesh, o->stage, o->stages, addrs, o->timeout_ms))) {
+        fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s\n", o->stage, o->timeout_ms, resbm_strerror(rc));
+        free(list); free(addrs);
+        return 1;
+    }
+    mesh->send_timeout_ms = o->timeout_ms;
+    tcp_mesh_transport(mesh, &tr);
+    code = run_one_stage(o, ds, o->stage, tr);
+    tcp_mesh_close(mesh);
+    free(list); free(addrs);
+    return code;
+}
+
+int main(int argc, char **argv) {
+    options o;
+    dataset ds;
+    int code;
+    if ((code = parse_args(argc, argv, &o))) return code;
+    if (!load_data(&o, &ds)) return 1;
+    code = o.stage >= 0 ? run_tcp(&o, &ds) : run_threads(&o, &ds);
+    free(ds.bytes);
+    return code;
+}
+#endif

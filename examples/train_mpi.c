@@ -1,0 +1,91 @@
+/* train_mpi.c - examples/train.c with one MPI rank per stage: rank s runs stage s, and the
+   two transport callbacks are MPI_Bsend and MPI_Recv.
+
+       make mpi
+       mpirun --oversubscribe -np 4 ./build/train_mpi --data data/brown.txt --stages 4 ...
+
+   The flags are train.c's; --stages defaults to the number of ranks, and --stage, --listen and
+   --peers are not used. Rank 0 prints the progress and the summary. */
+#define TRAIN_NO_MAIN
+#include "train.c"
+
+#include <limits.h>
+#include <mpi.h>
+
+typedef struct {
+    MPI_Comm comm;
+    int size;
+} mpi_link;
+
+/* Buffered send: completes once MPI has copied the message, so two ranks sending to each other
+   at the same moment (1F1B does that) cannot deadlock as they would with rendezvous sends. */
+static int mpi_send(void *user, int peer, const void *buf, size_t len) {
+    mpi_link *l = (mpi_link *)user;
+    if (peer < 0 || peer >= l->size || len > (size_t)INT_MAX - 1024) return RESBM_EINVAL;
+    return MPI_Bsend(buf, (int)len, MPI_BYTE, peer, 0, l->comm) == MPI_SUCCESS ? RESBM_OK : RESBM_ECLOSED;
+}
+
+/* Probes until a message from `peer` is there or the deadline passes; its size is known before
+   it is received, so one larger than cap stays queued. */
+static int mpi_recv(void *user, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    mpi_link *l = (mpi_link *)user;
+    double deadline = MPI_Wtime() + timeout_ms / 1000.0;
+    MPI_Status st;
+    int flag = 0, count;
+    struct timespec nap = {0, 200000}; /* 0.2 ms between probes */
+    if (peer < 0 || peer >= l->size || !buf || !len) return RESBM_EINVAL;
+    for (;;) {
+        if (MPI_Iprobe(peer, 0, l->comm, &flag, &st) != MPI_SUCCESS) return RESBM_ECLOSED;
+        if (flag) break;
+        if (timeout_ms >= 0 && MPI_Wtime() >= deadline) return RESBM_ETIMEDOUT;
+        nanosleep(&nap, NULL);
+    }
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    if (count < 0 || (size_t)count > cap) return RESBM_EINVAL;
+    if (MPI_Recv(buf, count, MPI_BYTE, peer, 0, l->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS) return RESBM_ECLOSED;
+    *len = (size_t)count;
+    return RESBM_OK;
+}
+
+int main(int argc, char **argv) {
+    options o;
+    dataset ds;
+    mpi_link link;
+    resbm_transport tr;
+    int rank, size, code, i, have_stages = 0, bsize;
+    size_t frame_max;
+    void *bbuf;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN); /* errors come back as codes */
+    for (i = 1; i < argc; i++) have_stages |= !strcmp(argv[i], "--stages");
+    if ((code = parse_args(argc, argv, &o))) { MPI_Finalize(); return code; }
+    if (!have_stages) o.stages = size;
+    if (o.stages != size || o.stages > o.layers) {
+        if (rank == 0) fprintf(stderr, "train_mpi: %d ranks for %d stages of %d layers: run one rank per stage\n", size, o.stages, o.layers);
+        MPI_Finalize();
+        return 2;
+    }
+    if (rank) o.quiet = 1; /* only rank 0 talks */
+    if (!load_data(&o, &ds)) { MPI_Finalize(); return 1; }
+    /* room for every frame that can be in flight to both neighbours (1F1B: at most S each) */
+    frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o.batch / o.micro) * (size_t)o.seq * (size_t)o.d + 64;
+    bsize = (int)RESBM__MIN((size_t)INT_MAX, (size_t)(2 * o.stages + 4) * (frame_max + 8 + MPI_BSEND_OVERHEAD));
+    bbuf = malloc((size_t)bsize);
+    if (!bbuf) { fprintf(stderr, "train_mpi: out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 1); }
+    MPI_Buffer_attach(bbuf, bsize);
+    link.comm = MPI_COMM_WORLD;
+    link.size = size;
+    tr.user = &link;
+    tr.send = mpi_send;
+    tr.recv = mpi_recv;
+    o.stage = rank;
+    code = run_one_stage(&o, &ds, rank, tr);
+    MPI_Buffer_detach(&bbuf, &bsize);
+    free(bbuf);
+    free(ds.bytes);
+    if (code) MPI_Abort(MPI_COMM_WORLD, code); /* a failed stage takes the job down, no hang */
+    MPI_Finalize();
+    return 0;
+}

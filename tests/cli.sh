@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# CLI tests of examples/train (and train_mpi, minimal) on synthetic text with a tiny model; no
+# network beyond loopback. Usage: tests/cli.sh BUILD_DIR. Ends with "N passed, M failed".
+set -u
+build=${1:-build}
+train="$build/train"
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"; kill $(jobs -p) 2>/dev/null' EXIT
+passed=0
+failed=0
+ok() { echo "OK     $1"; passed=$((passed + 1)); }
+bad() { echo "FAILED $1"; failed=$((failed + 1)); }
+check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
+
+# synthetic text: numbered sentences from a small vocabulary, about 60 kB
+awk 'BEGIN { split("the a stage link sends small tensors over slow wires and learns every step", w, " ");
+             for (i = 0; i < 1500; i++) { s = ""; for (j = 0; j < 7; j++) s = s w[1 + (i * 7 + j * j) % 14] " ";
+             printf "%d: %s.\n", i, s } }' > "$dir/text.txt"
+
+tiny="--data $dir/text.txt --d 32 --layers 4 --heads 2 --seq 16 --batch 4 --micro 2 --ratio 8 --eval-every 5 --eval-rows 4 --sample 20 --seed 7"
+result_re='^result: steps=[0-9]+ train_loss=[0-9.]+ val_bpb=[0-9.]+ tokens_per_s=[0-9.]+ wire_bytes_fwd=[0-9]+ wire_bytes_bwd=[0-9]+ wire_ratio=[0-9.]+$'
+field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" "$1"; }
+
+# ---- threads mode: runs, prints the contract line last, counts the wire right
+"$train" $tiny --stages 2 --steps 10 --log "$dir/log.csv" --plot "$dir/plot.svg" > "$dir/t2.out" 2> "$dir/t2.err"
+check "threads: exit 0" "[ $? = 0 ]"
+check "threads: last line is the result line" "tail -n 1 '$dir/t2.out' | grep -Eq '$result_re'"
+tail -n 1 "$dir/t2.out" > "$dir/t2.res"
+# 10 steps x 2 micro x 1 boundary, f32, r = 4, 2 rows x 16 tokens: 40 + 4*32*4 bytes per frame
+check "threads: wire bytes = frames x (header + payload)" "[ '$(field "$dir/t2.res" wire_bytes_fwd)' = $((20 * (40 + 512))) ]"
+check "threads: wire ratio vs r = d f32" "[ '$(field "$dir/t2.res" wire_ratio)' = $(awk 'BEGIN { printf "%.3f", (40 + 4*32*32) / (40 + 512) }') ]"
+check "threads: loss is finite and falls" "awk -F, 'NR == 2 { a = \$3 } NR > 2 && \$3 != \"\" { b = \$3 } END { exit !(a > b && b > 0) }' '$dir/log.csv'"
+check "threads: val bpb in the log" "grep -Eq '^5,[0-9]+,,[0-9.]+,' '$dir/log.csv'"
+check "threads: SVG plot written" "grep -q '</svg>' '$dir/plot.svg' && grep -q polyline '$dir/plot.svg'"
+check "threads: sample printed" "grep -q '^sample:' '$dir/t2.out'"
+"$train" $tiny --stages 4 --steps 4 --wire bf16 --wire-bwd i8 --quiet > "$dir/t4.out" 2>&1
+check "threads: 4 stages, bf16 forward, i8 back" "[ $? = 0 ] && grep -Eq '$result_re' '$dir/t4.out'"
+"$train" $tiny --stages 2 --steps 3 --bandwidth-mbps 2 --latency-ms 5 --quiet > "$dir/ts.out" 2>&1
+check "threads: shaped link gives the same numbers" "[ $? = 0 ] && [ '$(field "$dir/ts.out" train_loss)' = '$("$train" $tiny --stages 2 --steps 3 --quiet | field /dev/stdin train_loss)' ]"
+
+# ---- one process per stage over TCP on loopback: bit-identical to threads (f32 wire)
+tcp_run() { # S extra-flags...
+  local S=$1; shift
+  local base=$((20000 + ($$ * 7 + RANDOM) % 20000)) peers="" s pids=()
+  for ((s = 0; s < S; s++)); do peers="$peers${peers:+,}127.0.0.1:$((base + s))"; done
+  for ((s = S - 1; s >= 0; s--)); do
+    "$train" $tiny --stages "$S" --stage $s --listen "127.0.0.1:$((base + s))" --peers "$peers" --timeout-ms 20000 "$@" \
+      > "$dir/tcp$S.$s.out" 2> "$dir/tcp$S.$s.err" &
+    pids+=($!)
+  done
+  local rc=0 p
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  return $rc
+}
+for S in 2 3; do
+  "$train" $tiny --stages $S --steps 6 --quiet > "$dir/ref$S.out" 2>&1
+  tcp_run $S --steps 6 --quiet
+  check "tcp: $S processes exit 0" "[ $? = 0 ]"
+  check "tcp: $S processes, result line equals threads mode" \
+    "[ \"\$(grep -E '$result_re' '$dir/tcp$S.0.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/ref$S.out')\" ]"
+done
+# a peer that never comes: a clear error within the deadline, not a hang
+start=$(date +%s)
+"$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$((41000 + $$ % 1000)) --peers 127.0.0.1:$((41000 + $$ % 1000)),127.0.0.1:9 --timeout-ms 1500 --steps 2 > "$dir/lone.out" 2> "$dir/lone.err"
+rc=$?
+check "tcp: missing peer -> exit 1 with a message, within the timeout" "[ $rc = 1 ] && [ \$((\$(date +%s) - start)) -le 10 ] && grep -q 'stage 0' '$dir/lone.err'"
+
+# ---- MPI, when mpirun is there
+if command -v mpirun >/dev/null && [ -x "$build/train_mpi" ]; then
+  mpirun --allow-run-as-root --oversubscribe -np 3 "$build/train_mpi" $tiny --steps 6 --quiet > "$dir/mpi.out" 2> "$dir/mpi.err"
+  check "mpi: 3 ranks exit 0" "[ $? = 0 ]"
+  check "mpi: result line equals threads mode" \
+    "[ \"\$(grep -E '$result_re' '$dir/mpi.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/ref3.out')\" ]"
+else
+  echo "SKIPPED mpi (no mpirun or build/train_mpi)"
+fi
+
+# ---- resume: 8 steps == 4 steps + save + load + 4 steps, bit for bit (AdamW and Muon)
+for opt in adamw muon; do
+  "$train" $tiny --stages 2 --steps 8 --opt $opt --sample 0 --quiet --save "$dir/full.safetensors" > "$dir/full.out" 2>&1
+  "$train" $tiny --stages 2 --steps 4 --schedule-steps 8 --opt $opt --sample 0 --quiet --save "$dir/half.safetensors" > /dev/null 2>&1
+  "$train" $tiny --stages 2 --steps 8 --opt $opt --sample 0 --quiet --load "$dir/half.safetensors" --save "$dir/resumed.safetensors" > "$dir/resumed.out" 2>&1
+  check "resume ($opt): checkpoint files identical" "cmp -s '$dir/full.safetensors' '$dir/resumed.safetensors'"
+  check "resume ($opt): same final loss" "[ '$(field "$dir/full.out" train_loss)' = '$(field "$dir/resumed.out" train_loss)' ]"
+done
+# one process per stage writes one file per stage, and resumes from them
+tcp_run 2 --steps 4 --schedule-steps 8 --sample 0 --quiet --save "$dir/st.safetensors"
+check "tcp: per-stage checkpoints written" "[ -s '$dir/st.stage0.safetensors' ] && [ -s '$dir/st.stage1.safetensors' ]"
+tcp_run 2 --steps 8 --sample 0 --quiet --load "$dir/st.safetensors"
+"$train" $tiny --stages 2 --steps 8 --sample 0 --quiet > "$dir/full2.out" 2>&1
+check "tcp: resumed run equals the uninterrupted one" "[ '$(field "$dir/tcp2.0.out" train_loss)' = '$(field "$dir/full2.out" train_loss)' ]"
+
+# ---- bad input: a clear message and a non-zero exit; a bad checkpoint is left as it was
+expect_fail() { # name code pattern args...
+  local name=$1 code=$2 pat=$3; shift 3
+  "$train" "$@" > "$dir/f.out" 2> "$dir/f.err"
+  local rc=$?
+  if [ $rc = "$code" ] && grep -q -- "$pat" "$dir/f.err"; then ok "$name"; else bad "$name (exit $rc: $(head -c 200 "$dir/f.err"))"; fi
+}
+expect_fail "unknown flag" 2 "unknown flag --bogus" $tiny --bogus 1
+expect_fail "bad number" 2 "--steps" $tiny --steps 1x
+expect_fail "batch not a multiple of micro" 2 "not a multiple" $tiny --batch 5
+expect_fail "no data" 2 "exactly one of" --steps 1
+expect_fail "missing data file" 1 "cannot open" --data "$dir/nope.txt"
+printf 'tiny' > "$dir/short.txt"
+expect_fail "data too short" 1 "needs at least" --data "$dir/short.txt"
+expect_fail "bad wire" 2 "--wire" $tiny --wire f8
+expect_fail "stage without peers" 2 "--listen" $tiny --stage 0
+head -c 1000 "$dir/full.safetensors" > "$dir/trunc.safetensors"
+cp "$dir/trunc.safetensors" "$dir/trunc.copy"
+expect_fail "truncated checkpoint refused" 1 "cannot resume" $tiny --stages 2 --steps 2 --load "$dir/trunc.safetensors"
+check "truncated checkpoint untouched" "cmp -s '$dir/trunc.safetensors' '$dir/trunc.copy'"
+expect_fail "checkpoint of another shape refused" 1 "model shape differs" $tiny --d 64 --stages 2 --steps 2 --load "$dir/full.safetensors"
+expect_fail "checkpoint of another optimizer refused" 1 "optimizer" $tiny --stages 2 --steps 2 --opt sgd --load "$dir/full.safetensors"
+
+# ---- PyTorch reads a checkpoint and reproduces the loss train printed
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  "$train" $tiny --stages 2 --steps 6 --sample 0 --quiet --save "$dir/pt.safetensors" > "$dir/pt.out" 2>&1
+  out=$(/usr/bin/python3 tests/torch_ckpt.py "$dir/pt.safetensors" "$dir/text.txt" 4 "$(field "$dir/pt.out" val_bpb)" 2>&1)
+  echo "$out" | grep -v '^[0-9]* passed'
+  check "torch reads the checkpoint and reproduces val_bpb" "echo \"\$out\" | grep -q '^[0-9]* passed, 0 failed$'"
+else
+  echo "SKIPPED torch checkpoint read (no python3-torch)"
+fi
+
+# ---- examples/minimal: two processes over a socketpair
+if [ -x "$build/minimal" ]; then
+  "$build/minimal" > "$dir/min.out" 2>&1
+  check "minimal: runs and exits 0" "[ $? = 0 ]"
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
