@@ -252,11 +252,11 @@ static int tcp__self_connected(int fd) {
    try again a little later). */
 static int tcp__connect(const char *addr, double deadline, int *out) {
     for (;;) {
-        struct addrinfo *ai, *a;
-        int rc = tcp__resolve(addr, 0, &ai), left;
-        if (rc == RESBM_EINVAL) return rc;
-        for (a = rc ? NULL : ai; a; a = a->ai_next) {
-            int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol), err = 0;
+        struct addrinfo *ai = NULL, *a;
+        int res = tcp__resolve(addr, 0, &ai), left;
+        if (res == RESBM_EINVAL) return res;
+        for (a = res ? NULL : ai; a; a = a->ai_next) {
+            int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol), err = 0, k = 0;
             socklen_t el = sizeof(err);
             struct pollfd p;
             if (fd < 0) continue;
@@ -266,8 +266,8 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
                 p.fd = fd;
                 p.events = POLLOUT;
                 p.revents = 0;
-                while ((rc = poll(&p, 1, tcp__left(deadline))) < 0 && errno == EINTR) {}
-                if (rc == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0 &&
+                while ((k = poll(&p, 1, tcp__left(deadline))) < 0 && errno == EINTR) {}
+                if (k == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0 &&
                     !tcp__self_connected(fd)) {
                     freeaddrinfo(ai);
                     *out = fd;
@@ -276,7 +276,7 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
             }
             close(fd);
         }
-        if (!rc || rc == 1) freeaddrinfo(ai); /* rc is the last poll's result after a try */
+        if (!res) freeaddrinfo(ai);
         left = tcp__left(deadline);
         if (left == 0) return RESBM_ETIMEDOUT;
         tcp__sleep_ms(left < 0 || left > 20 ? 20 : left);
@@ -464,7 +464,7 @@ static int tcp__unread(tcp_peer *p, const unsigned char *src, size_t len) {
         return RESBM_OK;
     }
     if (tcp__reserve(p, len, SIZE_MAX)) return RESBM_ENOMEM;
-    memmove(p->in + len, p->in + p->in_head, have); /* reserve slid it to the front */
+    memmove(p->in + len, p->in + p->in_head, have); /* make room at the front */
     memcpy(p->in, src, len);
     p->in_head = 0;
     p->in_tail = have + len;

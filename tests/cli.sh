@@ -38,6 +38,10 @@ check "threads: 4 stages, bf16 forward, i8 back" "[ $? = 0 ] && grep -Eq '$resul
 "$train" $tiny --stages 2 --steps 3 --bandwidth-mbps 2 --latency-ms 5 --quiet > "$dir/ts.out" 2>&1
 check "threads: shaped link gives the same numbers" "[ $? = 0 ] && [ '$(field "$dir/ts.out" train_loss)' = '$("$train" $tiny --stages 2 --steps 3 --quiet | field /dev/stdin train_loss)' ]"
 
+# --tokens-bin: raw bytes, batches in file order
+"$train" --tokens-bin "$dir/text.txt" --d 32 --layers 2 --heads 2 --seq 16 --batch 4 --micro 2 --stages 2 --steps 3 --sample 0 --eval-every 0 --quiet > "$dir/tb.out" 2>&1
+check "tokens-bin: runs" "grep -Eq '$result_re' '$dir/tb.out'"
+
 # ---- one process per stage over TCP on loopback: bit-identical to threads (f32 wire)
 tcp_run() { # S extra-flags...
   local S=$1; shift
@@ -59,6 +63,23 @@ for S in 2 3; do
   check "tcp: $S processes, result line equals threads mode" \
     "[ \"\$(grep -E '$result_re' '$dir/tcp$S.0.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/ref$S.out')\" ]"
 done
+# frames far larger than the socket buffers, r = d both ways: 1F1B has both neighbours sending at
+# once, which deadlocks a transport whose send waits for the peer's recv
+big="--data $dir/text.txt --d 64 --layers 2 --heads 2 --seq 512 --batch 8 --micro 2 --r 64 --eval-every 0 --eval-rows 2 --sample 0 --seed 3"
+"$train" $big --stages 2 --steps 2 --quiet > "$dir/bigref.out" 2>&1
+tiny_save=$tiny; tiny=$big
+tcp_run 2 --steps 2 --quiet
+check "tcp: 1 MB frames both ways, no deadlock, equal to threads" "[ \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/tcp2.0.out')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/bigref.out')\" ]"
+tiny=$tiny_save
+# a stage killed mid-run: the other reports the lost peer and exits 1, well within its timeout
+base=$((42000 + $$ % 1000))
+"$train" $tiny --stages 2 --stage 1 --listen 127.0.0.1:$((base + 1)) --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --steps 100000 --eval-every 0 --quiet > /dev/null 2>&1 &
+victim=$!
+start=$(date +%s)
+"$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$base --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --steps 100000 --eval-every 0 --timeout-ms 20000 --quiet > "$dir/kill.out" 2> "$dir/kill.err" &
+survivor=$!
+sleep 1.5; kill -9 $victim; wait $victim 2>/dev/null; wait $survivor; rc=$?
+check "tcp: peer killed -> exit 1 with the reason, no hang" "[ $rc = 1 ] && [ \$((\$(date +%s) - start)) -le 15 ] && grep -Eq 'closed|gone' '$dir/kill.err'"
 # a peer that never comes: a clear error within the deadline, not a hang
 start=$(date +%s)
 "$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$((41000 + $$ % 1000)) --peers 127.0.0.1:$((41000 + $$ % 1000)),127.0.0.1:9 --timeout-ms 1500 --steps 2 > "$dir/lone.out" 2> "$dir/lone.err"
@@ -110,6 +131,8 @@ head -c 1000 "$dir/full.safetensors" > "$dir/trunc.safetensors"
 cp "$dir/trunc.safetensors" "$dir/trunc.copy"
 expect_fail "truncated checkpoint refused" 1 "cannot resume" $tiny --stages 2 --steps 2 --load "$dir/trunc.safetensors"
 check "truncated checkpoint untouched" "cmp -s '$dir/trunc.safetensors' '$dir/trunc.copy'"
+{ cat "$dir/full.safetensors"; printf 'trailing'; } > "$dir/over.safetensors"
+expect_fail "oversized checkpoint refused" 1 "cannot resume" $tiny --stages 2 --steps 2 --opt muon --load "$dir/over.safetensors"
 expect_fail "checkpoint of another shape refused" 1 "model shape differs" $tiny --d 64 --stages 2 --steps 2 --load "$dir/full.safetensors"
 expect_fail "checkpoint of another optimizer refused" 1 "optimizer" $tiny --stages 2 --steps 2 --opt sgd --load "$dir/full.safetensors"
 
