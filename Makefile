@@ -27,7 +27,7 @@ ifeq ($(HAVE_MPI),yes)
 EXAMPLES += $(BUILD)/train_mpi
 endif
 
-all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS) $(EXAMPLES)
+all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS) $(EXAMPLES) $(BUILD)/test_tcp
 
 # ---- examples ----
 examples: $(EXAMPLES)
@@ -71,6 +71,9 @@ $(BUILD)/test_resbm_cblas: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(ARCH) -DRESBM_USE_CBLAS -I$(CBLAS_INC) $(WARN) $< -o $@ \
 	  -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas $(LIBS)
 
+$(BUILD)/test_tcp: tests/test_tcp.c examples/tcp.h $(HDR) | $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
+
 $(BUILD)/torch_dump: tests/torch_dump.c $(HDR) | $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
 
@@ -98,6 +101,9 @@ sanitize: | $(BUILD)
 	  -fno-omit-frame-pointer tests/torch_dump.c -o $(BUILD)/torch_dump_san $(LIBS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_resbm_san
 	mkdir -p $(BUILD)/san_dump && ASAN_OPTIONS=detect_leaks=1 $(BUILD)/torch_dump_san $(BUILD)/san_dump > /dev/null
+	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
+	  -fno-omit-frame-pointer tests/test_tcp.c -o $(BUILD)/test_tcp_san $(LIBS)
+	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/test_tcp_san
 
 # libFuzzer on the frame decoder, FUZZ_SECONDS per target (clang), from the seed corpus in
 # tests/fuzz/ (copied, so the repository's corpus does not grow). Any crash fails the target.

@@ -20,10 +20,12 @@
      a bad one is dropped and it keeps waiting -- and answers with its own, which the caller
      checks too. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
    - A message on the wire is an 8-byte little-endian length, then the bytes.
-   - send never waits for the peer's recv, as resbm_transport requires (two neighbours in 1F1B
-     send to each other at the same moment). While a send waits for room in the kernel's socket
-     buffer, whatever any peer sends meanwhile is read into that peer's inbox, so two stages
-     sending big frames to each other cannot deadlock. No SIGPIPE: a dead peer is RESBM_ECLOSED.
+   - send never needs the peer to be in recv (the resbm_transport contract: in 1F1B two
+     neighbours send to each other at the same moment). Whenever a call waits -- a send for room
+     in the kernel's socket buffer, a recv for its message -- whatever the other peers send
+     meanwhile is read into their inboxes, so peers sending big frames to each other cannot
+     deadlock. An inbox keeps its largest size until close. No SIGPIPE: a dead peer is
+     RESBM_ECLOSED.
    - recv takes bytes from the inbox first, then from the socket, until one deadline for the
      whole message. When the deadline passes half-way through a message, or the message is
      larger than cap, the bytes already taken go back to the front of the inbox: nothing is

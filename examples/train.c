@@ -719,7 +719,7 @@ static int run_tcp(const options *o, const dataset *ds) {
         free(list); free(addrs);
         return 1;
     }
-    mesh->send_timeout_ms = o->timeout_ms;
+    tcp_mesh_set_send_timeout(mesh, o->timeout_ms);
     tcp_mesh_transport(mesh, &tr);
     code = run_one_stage(o, ds, o->stage, tr);
     tcp_mesh_close(mesh);

@@ -54,6 +54,9 @@ else
   failed=$((failed + 1))
 fi
 
+echo "== the TCP adapter (examples/tcp.h) on loopback"
+out=$("$build/test_tcp" 2>&1); tally "$out" $? tcp
+
 echo "== examples/train CLI: threads, TCP, MPI, resume, bad input, checkpoint read by PyTorch"
 out=$(bash tests/cli.sh "$build" 2>&1); tally "$out" $? cli
 

@@ -1,0 +1,749 @@
+/* test_tcp.c - the TCP adapter of examples/tcp.h on 127.0.0.1: mesh set-up and handshakes,
+   message order and sizes, timeouts that lose nothing, too-small buffers, closed peers, and a
+   2-stage resbm_stage pipeline over TCP that must match the in-process transport bit for bit.
+
+       gcc -std=c99 -O2 -march=native -Wall -Wextra -Wpedantic -Werror tests/test_tcp.c \
+           -o build/test_tcp -lm -pthread && ./build/test_tcp
+
+   Prints "OK name" or "FAIL name: why" per test, then "N passed, M failed"; exit 0 iff none
+   failed. Ports: 20000-32000 (below Linux's ephemeral range), from the process id, each probed
+   before use. */
+#define _POSIX_C_SOURCE 200809L
+#define RESBM_IMPLEMENTATION
+#include "../resbm.h"
+#include "../examples/tcp.h"
+
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- harness ------------------------------------------------------------------------------------ */
+static int g_passed, g_failed;
+static char g_why[600]; /* the first failure of the running test */
+
+static void failf(const char *fmt, ...) {
+    va_list ap;
+    if (g_why[0]) return;
+    va_start(ap, fmt);
+    vsnprintf(g_why, sizeof(g_why), fmt, ap);
+    va_end(ap);
+}
+
+#define EXPECT(cond, ...) \
+    do { if (!(cond)) failf(__VA_ARGS__); } while (0)
+#define EXPECT_RC(expr, want) \
+    do { \
+        int rc_ = (expr), want_ = (want); \
+        if (rc_ != want_) \
+            failf("line %d: %s gave %d (%s), expected %d (%s)", __LINE__, #expr, rc_, \
+                  resbm_strerror(rc_), want_, resbm_strerror(want_)); \
+    } while (0)
+
+static void run(const char *name, void (*fn)(void)) {
+    g_why[0] = '\0';
+    fn();
+    if (g_why[0]) { printf("FAIL %s: %s\n", name, g_why); g_failed++; }
+    else { printf("OK %s\n", name); g_passed++; }
+    fflush(stdout);
+}
+
+static double now_ms(void) { return tcp__now_ms(); }
+
+static void sleep_ms(int ms) { tcp__sleep_ms(ms); }
+
+static volatile sig_atomic_t g_sigpipe;
+static void on_sigpipe(int sig) { (void)sig; g_sigpipe = 1; }
+
+/* ---- ports and meshes --------------------------------------------------------------------------- */
+static int g_port;
+
+static int port_free(int port) {
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1, ok;
+    if (fd < 0) return 0;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* n fresh consecutive free ports: addrs[k] = "127.0.0.1:port", ports[k] = port. */
+static void take_ports(int n, char addrs[][32], int *ports) {
+    for (;;) {
+        int base = g_port, k, ok = 1;
+        g_port += n;
+        if (g_port + n > 32000) g_port = 20000;
+        for (k = 0; k < n && ok; k++) ok = port_free(base + k);
+        if (!ok) continue;
+        for (k = 0; k < n; k++) {
+            snprintf(addrs[k], 32, "127.0.0.1:%d", base + k);
+            if (ports) ports[k] = base + k;
+        }
+        return;
+    }
+}
+
+typedef struct {
+    int me, n, deadline_ms, rc;
+    const char *const *addrs;
+    tcp_mesh *mesh;
+} open_arg;
+
+static void *open_thread(void *p) {
+    open_arg *a = (open_arg *)p;
+    a->rc = tcp_mesh_open(&a->mesh, a->me, a->n, a->addrs, a->deadline_ms);
+    return NULL;
+}
+
+/* Opens an n-peer mesh on fresh ports, one thread per peer; retried on other ports when a
+   port was taken after all (RESBM_ETRANSPORT from bind). 0 or the first error. */
+static int open_mesh(int n, tcp_mesh **m) {
+    char addrs[8][32];
+    const char *ap[8];
+    open_arg a[8];
+    pthread_t th[8];
+    int attempt, k, rc = RESBM_OK;
+    for (attempt = 0; attempt < 3; attempt++) {
+        int transport_err = 0;
+        take_ports(n, addrs, NULL);
+        for (k = 0; k < n; k++) ap[k] = addrs[k];
+        for (k = 0; k < n; k++) {
+            memset(&a[k], 0, sizeof(a[k]));
+            a[k].me = k; a[k].n = n; a[k].addrs = ap; a[k].deadline_ms = 5000;
+            pthread_create(&th[k], NULL, open_thread, &a[k]);
+        }
+        rc = RESBM_OK;
+        for (k = 0; k < n; k++) {
+            pthread_join(th[k], NULL);
+            if (a[k].rc && !rc) rc = a[k].rc;
+            transport_err |= a[k].rc == RESBM_ETRANSPORT;
+        }
+        if (!rc) {
+            for (k = 0; k < n; k++) m[k] = a[k].mesh;
+            return RESBM_OK;
+        }
+        for (k = 0; k < n; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
+        if (!transport_err) break;
+    }
+    return rc;
+}
+
+/* A message's bytes, the same on both sides. */
+static unsigned char pattern(size_t k, int idx, int from, int to) {
+    return (unsigned char)(k * 31u + (k >> 9) + (unsigned)idx * 7u + (unsigned)from * 3u + (unsigned)to * 5u);
+}
+
+static void fill(unsigned char *b, size_t n, int idx, int from, int to) {
+    size_t k;
+    for (k = 0; k < n; k++) b[k] = pattern(k, idx, from, to);
+}
+
+static int check(const unsigned char *b, size_t n, int idx, int from, int to) {
+    size_t k;
+    for (k = 0; k < n; k++)
+        if (b[k] != pattern(k, idx, from, to)) return 0;
+    return 1;
+}
+
+/* Writes raw bytes on a mesh socket, around the adapter (partial messages, bad lengths). */
+static int raw_write(int fd, const void *b, size_t n) {
+    return send(fd, b, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
+
+static void put64(unsigned char *b, uint64_t v) {
+    int k;
+    for (k = 0; k < 8; k++) b[k] = (unsigned char)(v >> (8 * k));
+}
+
+/* ---- 3 peers: order per peer, sizes 1, 0, 5 MB, 300 --------------------------------------------- */
+#define MESH3_MSGS 4
+static const size_t mesh3_size[MESH3_MSGS] = {1, 0, 5u << 20, 300};
+
+typedef struct {
+    tcp_mesh *mesh;
+    int me, n;
+    char why[200];
+} peer_arg;
+
+static void *mesh3_peer(void *p) {
+    peer_arg *a = (peer_arg *)p;
+    resbm_transport tr;
+    size_t big = 5u << 20, len = 0;
+    unsigned char *sb = (unsigned char *)malloc(big), *rb = (unsigned char *)malloc(big);
+    int idx, j, rc;
+    tcp_mesh_transport(a->mesh, &tr);
+    if (!sb || !rb) { snprintf(a->why, sizeof(a->why), "out of memory"); goto out; }
+    for (idx = 0; idx < MESH3_MSGS; idx++) /* everyone sends everything first: no one reads yet */
+        for (j = 0; j < a->n; j++) {
+            if (j == a->me) continue;
+            fill(sb, mesh3_size[idx], idx, a->me, j);
+            if ((rc = tr.send(tr.user, j, sb, mesh3_size[idx]))) {
+                snprintf(a->why, sizeof(a->why), "%d: send %d to %d: %s", a->me, idx, j, resbm_strerror(rc));
+                goto out;
+            }
+        }
+    for (j = 0; j < a->n; j++) {
+        if (j == a->me) continue;
+        for (idx = 0; idx < MESH3_MSGS; idx++) {
+            if (mesh3_size[idx] > 0 &&
+                (rc = tr.recv(tr.user, j, rb, mesh3_size[idx] - 1, &len, 10000)) != RESBM_EINVAL) {
+                snprintf(a->why, sizeof(a->why), "%d: recv %d from %d into a short buffer: %s", a->me, idx, j, resbm_strerror(rc));
+                goto out;
+            }
+            len = 12345;
+            if ((rc = tr.recv(tr.user, j, rb, big, &len, 10000))) {
+                snprintf(a->why, sizeof(a->why), "%d: recv %d from %d: %s", a->me, idx, j, resbm_strerror(rc));
+                goto out;
+            }
+            if (len != mesh3_size[idx] || !check(rb, len, idx, j, a->me)) {
+                snprintf(a->why, sizeof(a->why), "%d: message %d from %d: %zu bytes, wrong or out of order", a->me, idx, j, len);
+                goto out;
+            }
+        }
+    }
+out:
+    free(sb);
+    free(rb);
+    return NULL;
+}
+
+static void test_mesh3_order_and_sizes(void) {
+    tcp_mesh *m[3];
+    peer_arg a[3];
+    pthread_t th[3];
+    int k;
+    EXPECT_RC(open_mesh(3, m), RESBM_OK);
+    if (g_why[0]) return;
+    for (k = 0; k < 3; k++) {
+        memset(&a[k], 0, sizeof(a[k]));
+        a[k].mesh = m[k]; a[k].me = k; a[k].n = 3;
+        tcp_mesh_set_send_timeout(m[k], 8000); /* a deadlock would be an error, not a hang */
+        pthread_create(&th[k], NULL, mesh3_peer, &a[k]);
+    }
+    for (k = 0; k < 3; k++) {
+        pthread_join(th[k], NULL);
+        EXPECT(!a[k].why[0], "%s", a[k].why);
+    }
+    for (k = 0; k < 3; k++) tcp_mesh_close(m[k]);
+}
+
+/* ---- two peers sending 3 x 8 MB to each other at once, neither reading until it is done --------- */
+static void *big_sender(void *p) {
+    peer_arg *a = (peer_arg *)p;
+    resbm_transport tr;
+    size_t big = 8u << 20, len;
+    unsigned char *b = (unsigned char *)malloc(big);
+    int idx, rc, other = 1 - a->me;
+    tcp_mesh_transport(a->mesh, &tr);
+    if (!b) { snprintf(a->why, sizeof(a->why), "out of memory"); return NULL; }
+    for (idx = 0; idx < 3 && !a->why[0]; idx++) {
+        fill(b, big, idx, a->me, other);
+        if ((rc = tr.send(tr.user, other, b, big)))
+            snprintf(a->why, sizeof(a->why), "%d: send %d: %s", a->me, idx, resbm_strerror(rc));
+    }
+    for (idx = 0; idx < 3 && !a->why[0]; idx++) {
+        if ((rc = tr.recv(tr.user, other, b, big, &len, 10000)))
+            snprintf(a->why, sizeof(a->why), "%d: recv %d: %s", a->me, idx, resbm_strerror(rc));
+        else if (len != big || !check(b, len, idx, other, a->me))
+            snprintf(a->why, sizeof(a->why), "%d: message %d wrong", a->me, idx);
+    }
+    free(b);
+    return NULL;
+}
+
+static void test_simultaneous_big_sends(void) {
+    tcp_mesh *m[2];
+    peer_arg a[2];
+    pthread_t th[2];
+    int k;
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) return;
+    for (k = 0; k < 2; k++) {
+        memset(&a[k], 0, sizeof(a[k]));
+        a[k].mesh = m[k]; a[k].me = k; a[k].n = 2;
+        tcp_mesh_set_send_timeout(m[k], 8000);
+        pthread_create(&th[k], NULL, big_sender, &a[k]);
+    }
+    for (k = 0; k < 2; k++) {
+        pthread_join(th[k], NULL);
+        EXPECT(!a[k].why[0], "%s", a[k].why);
+    }
+    for (k = 0; k < 2; k++) tcp_mesh_close(m[k]);
+}
+
+/* ---- timeouts ----------------------------------------------------------------------------------- */
+typedef struct {
+    resbm_transport tr;
+    int delay_ms, rc;
+} late_arg;
+
+static void *late_sender(void *p) {
+    late_arg *a = (late_arg *)p;
+    sleep_ms(a->delay_ms);
+    a->rc = a->tr.send(a->tr.user, 0, "late message", 12);
+    return NULL;
+}
+
+static void test_recv_timeout_keeps_messages(void) {
+    tcp_mesh *m[2];
+    resbm_transport ta, tb;
+    unsigned char buf[4000], wire[3008];
+    size_t len = 0;
+    double t0, dt;
+    late_arg la;
+    pthread_t th;
+    int fd;
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) return;
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_transport(m[1], &tb);
+    /* nothing there: the timeout is kept, roughly */
+    t0 = now_ms();
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 150), RESBM_ETIMEDOUT);
+    dt = now_ms() - t0;
+    EXPECT(dt >= 140 && dt < 1500, "a 150 ms timeout took %.0f ms", dt);
+    t0 = now_ms();
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 0), RESBM_ETIMEDOUT);
+    dt = now_ms() - t0;
+    EXPECT(dt < 100, "a 0 ms poll took %.0f ms", dt);
+    /* a message that comes after a timed-out recv is received by the next one */
+    la.tr = tb; la.delay_ms = 250; la.rc = -999;
+    pthread_create(&th, NULL, late_sender, &la);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 30), RESBM_ETIMEDOUT);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
+    pthread_join(th, NULL);
+    EXPECT_RC(la.rc, RESBM_OK);
+    EXPECT(len == 12 && !memcmp(buf, "late message", 12), "late message: %zu bytes", len);
+    /* a message cut in three: the deadline passes inside the length, then inside the bytes */
+    fd = m[1]->peer[0].fd;
+    put64(wire, 3000);
+    fill(wire + 8, 3000, 9, 1, 0);
+    EXPECT(raw_write(fd, wire, 3) == 0, "raw write");
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 100), RESBM_ETIMEDOUT);
+    EXPECT(raw_write(fd, wire + 3, 5 + 1000) == 0, "raw write");
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 100), RESBM_ETIMEDOUT);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 0), RESBM_ETIMEDOUT);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 2999, &len, 0), RESBM_EINVAL); /* too small, still there */
+    EXPECT(raw_write(fd, wire + 8 + 1000, 2000) == 0, "raw write");
+    len = 0;
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
+    EXPECT(len == 3000 && check(buf, len, 9, 1, 0), "the cut message came back as %zu bytes", len);
+    /* and the stream is still in step */
+    EXPECT_RC(tb.send(tb.user, 0, "next", 4), RESBM_OK);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
+    EXPECT(len == 4 && !memcmp(buf, "next", 4), "the message after it");
+    tcp_mesh_close(m[0]);
+    tcp_mesh_close(m[1]);
+}
+
+/* ---- a message larger than cap stays queued ----------------------------------------------------- */
+static void test_cap_too_small(void) {
+    tcp_mesh *m[2];
+    resbm_transport ta, tb;
+    unsigned char out[1000], buf[1000];
+    size_t len = 0;
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) return;
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_transport(m[1], &tb);
+    fill(out, 1000, 1, 1, 0);
+    EXPECT_RC(tb.send(tb.user, 0, out, 1000), RESBM_OK);
+    EXPECT_RC(tb.send(tb.user, 0, "tail", 4), RESBM_OK);
+    EXPECT_RC(tb.send(tb.user, 0, NULL, 0), RESBM_OK);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 999, &len, 5000), RESBM_EINVAL);
+    EXPECT_RC(ta.recv(ta.user, 1, NULL, 0, &len, 5000), RESBM_EINVAL);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 4, &len, 5000), RESBM_EINVAL);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 1000, &len, 5000), RESBM_OK);
+    EXPECT(len == 1000 && check(buf, 1000, 1, 1, 0), "the big message: %zu bytes", len);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 4, &len, 5000), RESBM_OK);
+    EXPECT(len == 4 && !memcmp(buf, "tail", 4), "the message after it");
+    len = 99;
+    EXPECT_RC(ta.recv(ta.user, 1, NULL, 0, &len, 5000), RESBM_OK);
+    EXPECT(len == 0, "the empty message: %zu bytes", len);
+    /* bad arguments */
+    EXPECT_RC(ta.recv(ta.user, 0, buf, 4, &len, 0), RESBM_EINVAL);  /* ourselves */
+    EXPECT_RC(ta.recv(ta.user, 2, buf, 4, &len, 0), RESBM_EINVAL);  /* no such peer */
+    EXPECT_RC(ta.send(ta.user, -1, buf, 4), RESBM_EINVAL);
+    EXPECT_RC(ta.send(ta.user, 1, NULL, 4), RESBM_EINVAL);
+    tcp_mesh_close(m[0]);
+    tcp_mesh_close(m[1]);
+}
+
+/* ---- lengths beyond the limit end the link, without allocating them ---------------------------- */
+static void test_length_limit(void) {
+    tcp_mesh *m[2];
+    resbm_transport ta, tb;
+    unsigned char hdr[8], buf[64];
+    static unsigned char big[2000];
+    size_t len;
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) return;
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_transport(m[1], &tb);
+    put64(hdr, (uint64_t)1 << 62); /* a length no one could allocate */
+    EXPECT(raw_write(m[1]->peer[0].fd, hdr, 8) == 0, "raw write");
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_ETRANSPORT);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_ETRANSPORT); /* for good */
+    tcp_mesh_close(m[0]);
+    tcp_mesh_close(m[1]);
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) return;
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_transport(m[1], &tb);
+    tcp_mesh_set_max_message(m[0], 1000);
+    EXPECT_RC(ta.send(ta.user, 1, big, 1001), RESBM_EINVAL);
+    EXPECT_RC(ta.send(ta.user, 1, big, 1000), RESBM_OK);
+    EXPECT_RC(tb.recv(tb.user, 0, big, sizeof(big), &len, 5000), RESBM_OK);
+    EXPECT_RC(tb.send(tb.user, 0, big, 1001), RESBM_OK);
+    EXPECT_RC(ta.recv(ta.user, 1, big, sizeof(big), &len, 5000), RESBM_ETRANSPORT);
+    tcp_mesh_close(m[0]);
+    tcp_mesh_close(m[1]);
+}
+
+/* ---- closed peers ------------------------------------------------------------------------------- */
+static void test_closed_peer(void) {
+    tcp_mesh *m[2];
+    resbm_transport ta, tb;
+    unsigned char buf[1024];
+    size_t len = 0;
+    double t0, dt;
+    int i, rc = RESBM_OK;
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_sigpipe;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, &old); /* a SIGPIPE would be counted here instead of killing us */
+    g_sigpipe = 0;
+    /* receiving: what was sent before the close still arrives, then RESBM_ECLOSED at once */
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) goto out;
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_transport(m[1], &tb);
+    EXPECT_RC(tb.send(tb.user, 0, "bye", 3), RESBM_OK);
+    tcp_mesh_close(m[1]);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
+    EXPECT(len == 3 && !memcmp(buf, "bye", 3), "the last message");
+    t0 = now_ms();
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_ECLOSED);
+    dt = now_ms() - t0;
+    EXPECT(dt < 2000, "RESBM_ECLOSED took %.0f ms", dt);
+    EXPECT_RC(ta.send(ta.user, 1, buf, 10), RESBM_ECLOSED);
+    tcp_mesh_close(m[0]);
+    /* sending only: the socket layer finds out (EPIPE / ECONNRESET), no SIGPIPE */
+    EXPECT_RC(open_mesh(2, m), RESBM_OK);
+    if (g_why[0]) goto out;
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_close(m[1]);
+    memset(buf, 7, sizeof(buf));
+    for (i = 0; i < 400 && rc == RESBM_OK; i++) {
+        rc = ta.send(ta.user, 1, buf, sizeof(buf));
+        if (rc == RESBM_OK) sleep_ms(5);
+    }
+    EXPECT_RC(rc, RESBM_ECLOSED);
+    EXPECT_RC(ta.send(ta.user, 1, buf, sizeof(buf)), RESBM_ECLOSED);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 1000), RESBM_ECLOSED);
+    EXPECT(!g_sigpipe, "SIGPIPE was raised");
+    tcp_mesh_close(m[0]);
+out:
+    sigaction(SIGPIPE, &old, NULL);
+}
+
+/* ---- bad handshakes are dropped; the acceptor keeps waiting for the real peer ------------------ */
+static int raw_connect(int port, int wait_ms) {
+    double end = now_ms() + wait_ms;
+    for (;;) {
+        struct sockaddr_in a;
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) return -1;
+        memset(&a, 0, sizeof(a));
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) return fd;
+        close(fd);
+        if (now_ms() > end) return -1;
+        sleep_ms(10);
+    }
+}
+
+/* 1 when the other end closed fd within wait_ms (EOF or reset), 0 otherwise. */
+static int closed_by_peer(int fd, int wait_ms) {
+    struct pollfd p;
+    char c;
+    ssize_t k;
+    p.fd = fd; p.events = POLLIN; p.revents = 0;
+    if (poll(&p, 1, wait_ms) != 1) return 0;
+    k = recv(fd, &c, 1, 0);
+    return k == 0 || (k < 0 && errno == ECONNRESET);
+}
+
+static void hello(unsigned char *b, const char *magic, uint32_t version, uint32_t n, uint32_t rank) {
+    memcpy(b, magic, 4);
+    tcp__put32(b + 4, version);
+    tcp__put32(b + 8, n);
+    tcp__put32(b + 12, rank);
+}
+
+static void test_bad_handshake_ignored(void) {
+    char addrs[2][32];
+    const char *ap[2];
+    int ports[2], bad[5], silent, partial, k;
+    unsigned char h[16];
+    open_arg acc;
+    pthread_t th;
+    tcp_mesh *m0 = NULL;
+    resbm_transport t0, t1;
+    size_t len = 0;
+    char buf[16];
+    take_ports(2, addrs, ports);
+    ap[0] = addrs[0]; ap[1] = addrs[1];
+    memset(&acc, 0, sizeof(acc));
+    acc.me = 1; acc.n = 2; acc.addrs = ap; acc.deadline_ms = 8000;
+    pthread_create(&th, NULL, open_thread, &acc);
+    for (k = 0; k < 5; k++) bad[k] = raw_connect(ports[1], 3000);
+    silent = raw_connect(ports[1], 3000);
+    partial = raw_connect(ports[1], 3000);
+    EXPECT(bad[4] >= 0 && silent >= 0 && partial >= 0, "cannot reach the acceptor");
+    if (!g_why[0]) {
+        hello(h, "XBMT", 1, 2, 0); EXPECT(raw_write(bad[0], h, 16) == 0, "write");    /* magic */
+        hello(h, "RBMT", 2, 2, 0); EXPECT(raw_write(bad[1], h, 16) == 0, "write");    /* version */
+        hello(h, "RBMT", 1, 3, 0); EXPECT(raw_write(bad[2], h, 16) == 0, "write");    /* mesh size */
+        hello(h, "RBMT", 1, 2, 7); EXPECT(raw_write(bad[3], h, 16) == 0, "write");    /* rank */
+        hello(h, "RBMT", 1, 2, 1); EXPECT(raw_write(bad[4], h, 16) == 0, "write");    /* itself */
+        hello(h, "RBMT", 1, 2, 0); EXPECT(raw_write(partial, h, 8) == 0, "write");    /* half */
+        for (k = 0; k < 5; k++) EXPECT(closed_by_peer(bad[k], 3000), "bad hello %d was not dropped", k);
+        EXPECT(!closed_by_peer(silent, 50), "a silent caller was dropped before its time");
+        /* the real rank 0 still gets in */
+        EXPECT_RC(tcp_mesh_open(&m0, 0, 2, ap, 5000), RESBM_OK);
+    }
+    pthread_join(th, NULL);
+    EXPECT_RC(acc.rc, RESBM_OK);
+    if (!g_why[0]) {
+        tcp_mesh_transport(m0, &t0);
+        tcp_mesh_transport(acc.mesh, &t1);
+        EXPECT_RC(t0.send(t0.user, 1, "ping", 4), RESBM_OK);
+        EXPECT_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 5000), RESBM_OK);
+        EXPECT(len == 4 && !memcmp(buf, "ping", 4), "ping");
+        EXPECT_RC(t1.send(t1.user, 0, "pong", 4), RESBM_OK);
+        EXPECT_RC(t0.recv(t0.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
+        EXPECT(len == 4 && !memcmp(buf, "pong", 4), "pong");
+        /* unfinished handshakes are closed once the mesh is complete */
+        EXPECT(closed_by_peer(silent, 3000) && closed_by_peer(partial, 3000),
+               "unfinished handshakes left open");
+    }
+    for (k = 0; k < 5; k++) if (bad[k] >= 0) close(bad[k]);
+    if (silent >= 0) close(silent);
+    if (partial >= 0) close(partial);
+    if (!acc.rc) tcp_mesh_close(acc.mesh);
+    tcp_mesh_close(m0);
+}
+
+/* ---- opening against no one: an error within the deadline ------------------------------------- */
+static void test_unreachable_peer(void) {
+    char addrs[2][32];
+    const char *ap[2], *blackhole[2], *bad[2];
+    tcp_mesh *m = NULL;
+    double t0, dt;
+    int rc;
+    take_ports(2, addrs, NULL);
+    ap[0] = addrs[0]; ap[1] = addrs[1];
+    t0 = now_ms(); /* rank 0 calls rank 1, which never listens */
+    rc = tcp_mesh_open(&m, 0, 2, ap, 400);
+    dt = now_ms() - t0;
+    EXPECT(rc == RESBM_ETIMEDOUT, "calling no one: %s", resbm_strerror(rc));
+    EXPECT(dt >= 350 && dt < 2000, "a 400 ms deadline took %.0f ms", dt);
+    t0 = now_ms(); /* rank 1 waits for rank 0, which never calls */
+    rc = tcp_mesh_open(&m, 1, 2, ap, 300);
+    dt = now_ms() - t0;
+    EXPECT(rc == RESBM_ETIMEDOUT, "waiting for no one: %s", resbm_strerror(rc));
+    EXPECT(dt >= 250 && dt < 2000, "a 300 ms deadline took %.0f ms", dt);
+    blackhole[0] = addrs[0]; blackhole[1] = "10.255.255.1:9"; /* no answer, or unreachable */
+    t0 = now_ms();
+    rc = tcp_mesh_open(&m, 0, 2, blackhole, 300);
+    dt = now_ms() - t0;
+    EXPECT(rc != RESBM_OK && dt < 2000, "a silent address: %s after %.0f ms", resbm_strerror(rc), dt);
+    if (rc == RESBM_OK) tcp_mesh_close(m);
+    bad[0] = addrs[0]; bad[1] = "127.0.0.1"; /* malformed addresses fail at once */
+    EXPECT_RC(tcp_mesh_open(&m, 0, 2, bad, 5000), RESBM_EINVAL);
+    bad[1] = "127.0.0.1:65536";
+    EXPECT_RC(tcp_mesh_open(&m, 0, 2, bad, 5000), RESBM_EINVAL);
+    bad[1] = "127.0.0.1:80x";
+    EXPECT_RC(tcp_mesh_open(&m, 0, 2, bad, 5000), RESBM_EINVAL);
+    EXPECT_RC(tcp_mesh_open(&m, 2, 2, ap, 5000), RESBM_EINVAL);
+    EXPECT_RC(tcp_mesh_open(NULL, 0, 2, ap, 5000), RESBM_EINVAL);
+    EXPECT_RC(tcp_mesh_open(&m, 0, 1, ap, 0), RESBM_OK); /* alone: nothing to do */
+    if (!g_why[0]) tcp_mesh_close(m);
+}
+
+/* "localhost" resolves (IPv4 or IPv6) and works as well as a numeric address. */
+static void test_localhost_names(void) {
+    char addrs[2][32], names[2][32];
+    const char *ap[2];
+    int ports[2], k;
+    open_arg a[2];
+    pthread_t th[2];
+    resbm_transport t0, t1;
+    char buf[8];
+    size_t len = 0;
+    take_ports(2, addrs, ports);
+    for (k = 0; k < 2; k++) {
+        snprintf(names[k], sizeof(names[k]), "localhost:%d", ports[k]);
+        ap[k] = names[k];
+    }
+    for (k = 0; k < 2; k++) {
+        memset(&a[k], 0, sizeof(a[k]));
+        a[k].me = k; a[k].n = 2; a[k].addrs = ap; a[k].deadline_ms = 5000;
+        pthread_create(&th[k], NULL, open_thread, &a[k]);
+    }
+    for (k = 0; k < 2; k++) {
+        pthread_join(th[k], NULL);
+        EXPECT_RC(a[k].rc, RESBM_OK);
+    }
+    if (!g_why[0]) {
+        tcp_mesh_transport(a[0].mesh, &t0);
+        tcp_mesh_transport(a[1].mesh, &t1);
+        EXPECT_RC(t1.send(t1.user, 0, "hi", 2), RESBM_OK);
+        EXPECT_RC(t0.recv(t0.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
+        EXPECT(len == 2 && !memcmp(buf, "hi", 2), "hi");
+    }
+    for (k = 0; k < 2; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
+}
+
+/* ---- a 2-stage pipeline: TCP == in-process, bit for bit ---------------------------------------- */
+#define PIPE_STEPS 3
+
+typedef struct {
+    resbm_stage_config cfg;
+    const char *const *addrs; /* NULL: the transport is already in cfg */
+    int rc;
+    float loss[PIPE_STEPS];
+    float *params;
+    size_t nparams;
+} stage_arg;
+
+static resbm_stage_config pipe_config(int stage, int wire) {
+    resbm_stage_config c = resbm_stage_config_default();
+    c.model.d = 32; c.model.layers = 2; c.model.heads = 2; c.model.seq = 16; c.model.batch = 2;
+    c.model.stages = 2; c.model.stage = stage; c.model.r = 8; c.model.m = 8; c.model.threads = 1;
+    c.opt.warmup = 1;
+    c.opt.clip = 0.05f; /* binds: the norm exchange matters */
+    c.n_micro = 2;
+    c.wire_fwd = c.wire_bwd = wire;
+    c.timeout_ms = 20000;
+    return c;
+}
+
+static void pipe_batch(int32_t *tok, int32_t *tg, size_t n, int step) {
+    resbm_rng rng;
+    size_t i;
+    resbm_rng_seed(&rng, 77, (uint64_t)step);
+    for (i = 0; i < n; i++) {
+        tok[i] = (int32_t)(resbm_rng_u32(&rng) % 256u);
+        tg[i] = (int32_t)((tok[i] * 7 + 3) % 256); /* something learnable */
+    }
+}
+
+static void *stage_thread(void *p) {
+    stage_arg *a = (stage_arg *)p;
+    tcp_mesh *mesh = NULL;
+    resbm_stage *st = NULL;
+    int32_t tok[4 * 16], tg[4 * 16];
+    size_t rows = (size_t)a->cfg.n_micro * (size_t)a->cfg.model.batch, i, count, off = 0;
+    const resbm_param *ps;
+    int k;
+    if (a->addrs) {
+        if ((a->rc = tcp_mesh_open(&mesh, a->cfg.model.stage, 2, a->addrs, 5000))) return NULL;
+        tcp_mesh_transport(mesh, &a->cfg.transport);
+    }
+    if (!(a->rc = resbm_stage_init(&a->cfg, &st))) {
+        int first = a->cfg.model.stage == 0;
+        for (k = 0; k < PIPE_STEPS && !a->rc; k++) {
+            pipe_batch(tok, tg, rows * 16, k);
+            a->rc = resbm_stage_step(st, first ? tok : NULL, first ? NULL : tg, rows, &a->loss[k]);
+        }
+        ps = resbm_model_params(resbm_stage_model(st), &count);
+        for (i = 0; i < count; i++) a->nparams += ps[i].value.ne[0] * ps[i].value.ne[1];
+        a->params = (float *)malloc(a->nparams * sizeof(float));
+        for (i = 0; i < count && a->params; i++) {
+            size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
+            memcpy(a->params + off, ps[i].value.data, n * sizeof(float));
+            off += n;
+        }
+        resbm_stage_free(st);
+    }
+    tcp_mesh_close(mesh);
+    return NULL;
+}
+
+static int run_pipe(stage_arg *a, int wire, int tcp) {
+    char addrs[2][32];
+    const char *ap[2];
+    resbm_inproc *hub = NULL;
+    pthread_t th[2];
+    int s;
+    if (tcp) {
+        take_ports(2, addrs, NULL);
+        ap[0] = addrs[0]; ap[1] = addrs[1];
+    } else if (resbm_inproc_init(2, 1 << 20, &hub)) {
+        return RESBM_ENOMEM;
+    }
+    for (s = 0; s < 2; s++) {
+        memset(&a[s], 0, sizeof(a[s]));
+        a[s].cfg = pipe_config(s, wire);
+        if (tcp) a[s].addrs = ap;
+        else resbm_inproc_transport(hub, s, &a[s].cfg.transport);
+        pthread_create(&th[s], NULL, stage_thread, &a[s]);
+    }
+    for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+    resbm_inproc_free(hub);
+    return a[0].rc ? a[0].rc : a[1].rc;
+}
+
+static void pipeline_case(int wire) {
+    stage_arg t[2], p[2];
+    int s, k;
+    EXPECT_RC(run_pipe(t, wire, 1), RESBM_OK);
+    EXPECT_RC(run_pipe(p, wire, 0), RESBM_OK);
+    if (!g_why[0]) {
+        for (k = 0; k < PIPE_STEPS; k++) {
+            EXPECT(memcmp(&t[0].loss[k], &t[1].loss[k], sizeof(float)) == 0,
+                   "step %d: stage 0 loss %.9g, stage 1 %.9g", k, t[0].loss[k], t[1].loss[k]);
+            EXPECT(memcmp(&t[0].loss[k], &p[0].loss[k], sizeof(float)) == 0,
+                   "step %d: loss %.9g over TCP, %.9g in-process", k, t[0].loss[k], p[0].loss[k]);
+        }
+        EXPECT(t[0].loss[PIPE_STEPS - 1] < t[0].loss[0], "loss did not fall: %.4f -> %.4f", t[0].loss[0], t[0].loss[PIPE_STEPS - 1]);
+        for (s = 0; s < 2; s++)
+            EXPECT(t[s].params && p[s].params && t[s].nparams == p[s].nparams &&
+                       !memcmp(t[s].params, p[s].params, t[s].nparams * sizeof(float)),
+                   "stage %d: parameters differ between TCP and in-process", s);
+    }
+    for (s = 0; s < 2; s++) { free(t[s].params); free(p[s].params); }
+}
+
+static void test_pipeline_tcp_equals_inproc_f32(void) { pipeline_case(RESBM_WIRE_F32); }
+static void test_pipeline_tcp_equals_inproc_bf16(void) { pipeline_case(RESBM_WIRE_BF16); }
+
+int main(void) {
+    g_port = 20000 + (int)((unsigned)getpid() * 97u % 11000u);
+    run("mesh3_order_and_sizes", test_mesh3_order_and_sizes);
+    run("simultaneous_big_sends", test_simultaneous_big_sends);
+    run("recv_timeout_keeps_messages", test_recv_timeout_keeps_messages);
+    run("cap_too_small", test_cap_too_small);
+    run("length_limit", test_length_limit);
+    run("closed_peer", test_closed_peer);
+    run("bad_handshake_ignored", test_bad_handshake_ignored);
+    run("unreachable_peer", test_unreachable_peer);
+    run("localhost_names", test_localhost_names);
+    run("pipeline_tcp_equals_inproc_f32", test_pipeline_tcp_equals_inproc_f32);
+    run("pipeline_tcp_equals_inproc_bf16", test_pipeline_tcp_equals_inproc_bf16);
+    printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}
