@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Compression vs convergence on the Brown corpus: the same data order, seed and token budget for
+# every row; one examples/train run per row. Prints a markdown table (wire factor measured, final
+# train loss, val bits/byte, gap to the uncompressed row) and writes an SVG of the val curves.
+#
+#   bash bench/compress.sh [--steps 1500] [--only NAME[,NAME...]] [--out bench/compress] [--smoke]
+#
+# Model (the issue's reference point): d=256 L=8 H=4 f=688 S=4 T=128 batch 8, AdamW 2e-3
+# (.9/.95, wd .1, 100 warm-up steps then cosine to 10%), clip 1.0, random windows.
+set -euo pipefail
+steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100
+while [ $# -gt 0 ]; do
+  case $1 in
+    --steps) steps=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --smoke) steps=6; evalrows=4; evalevery=3; shift ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+[ -s "$data" ] || bash scripts/fetch_brown.sh "$data"
+make -s build/train
+mkdir -p "$out"
+base="--data $data --d 256 --layers 8 --heads 4 --ff 688 --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --seed 1337 --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
+# name | flags
+rows="uncompressed|--r 256
+16x|--ratio 16 --m 256
+64x|--ratio 64 --m 256
+128x|--ratio 128 --m 256
+128x-bf16|--ratio 128 --m 256 --wire bf16
+128x-i8|--ratio 128 --m 256 --wire i8
+128x-noid|--ratio 128 --m 256 --no-identity
+uncompressed-muon|--r 256 --opt muon
+128x-muon|--ratio 128 --m 256 --opt muon"
+echo "$rows" | while IFS='|' read -r name flags; do
+  if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then continue; fi
+  start=$(date +%s)
+  ./build/train $base $flags --log "$out/$name.csv" > "$out/$name.out" 2>&1 || { echo "$name failed:"; cat "$out/$name.out"; exit 1; }
+  echo "$name: $(tail -n 1 "$out/$name.out") ($(( $(date +%s) - start )) s)" >&2
+done
+# the table, from whatever rows have results
+/usr/bin/python3 - "$out" <<'PY'
+import csv, glob, os, re, sys
+out = sys.argv[1]
+res = {}
+for f in sorted(glob.glob(os.path.join(out, "*.out"))):
+    name = os.path.basename(f)[:-4]
+    last = open(f).read().strip().splitlines()[-1]
+    if last.startswith("result:"):
+        res[name] = dict(kv.split("=") for kv in last.split()[1:])
+order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon"]
+names = [n for n in order if n in res] + sorted(n for n in res if n not in order)
+ref = res.get("uncompressed")
+print("| row | wire factor | final train loss | val bits/byte | gap to uncompressed |")
+print("|---|--:|--:|--:|--:|")
+for n in names:
+    r = res[n]
+    gap = "%+.1f%%" % (100 * (float(r["val_bpb"]) / float(ref["val_bpb"]) - 1)) if ref else "-"
+    print("| %s | %.1fx | %.4f | %.4f | %s |" % (n, float(r["wire_ratio"]), float(r["train_loss"]), float(r["val_bpb"]), gap))
+# SVG of the val curves
+curves = {}
+for n in names:
+    pts = []
+    with open(os.path.join(out, n + ".csv")) as f:
+        for row in csv.DictReader(f):
+            if row["val_bpb"]:
+                pts.append((float(row["tokens"]), float(row["val_bpb"])))
+    if pts:
+        curves[n] = pts
+if curves:
+    W, H, L, R, T, B = 760, 440, 60, 170, 30, 50
+    xs = [x for p in curves.values() for x, _ in p]; ys = [y for p in curves.values() for _, y in p]
+    x1, y0, y1 = max(xs), min(ys), max(ys)
+    y0, y1 = y0 - 0.02 * (y1 - y0 + 1e-9), y1 + 0.02 * (y1 - y0 + 1e-9)
+    X = lambda x: L + (W - L - R) * x / x1
+    Y = lambda y: H - B - (H - B - T) * (y - y0) / (y1 - y0)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+    s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
+         '<rect width="100%" height="100%" fill="white"/>',
+         '<text x="%d" y="18">val bits per byte against training tokens (Brown corpus, d=256, S=4)</text>' % L,
+         '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, H - B, W - R, H - B),
+         '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, T, L, H - B)]
+    for i in range(5):
+        y = y0 + (y1 - y0) * i / 4
+        s.append('<text x="4" y="%.1f">%.2f</text>' % (Y(y) + 4, y))
+        x = x1 * i / 4
+        s.append('<text x="%.1f" y="%d" text-anchor="middle">%.2gM</text>' % (X(x), H - B + 18, x / 1e6))
+    for k, (n, pts) in enumerate(curves.items()):
+        c = colors[k % len(colors)]
+        s.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (c, " ".join("%.1f,%.1f" % (X(x), Y(y)) for x, y in pts)))
+        s.append('<text x="%d" y="%d" fill="%s">%s</text>' % (W - R + 10, T + 16 * k + 10, c, n))
+    s.append('<text x="%d" y="%d" text-anchor="middle">tokens</text></svg>' % ((W + L) // 2, H - 12))
+    open(os.path.join(out, "val_curves.svg"), "w").write("\n".join(s) + "\n")
+PY
