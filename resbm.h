@@ -506,7 +506,8 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
                               size_t rows, float *loss);
 /* Sampling through the pipeline, on every stage together: continues prompt[n_prompt] (stage 0;
    others may pass NULL) by n_new tokens drawn at `temperature` (> 0) from a PCG32 seeded with
-   `seed`; every stage gets them in out[n_new]. The window is the last T tokens. */
+   `seed`; every stage gets them in out[n_new]. The window is the last T tokens. n_prompt, n_new
+   and the rest must be the same on every stage. */
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out);
 RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out);
@@ -3472,7 +3473,13 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
         sum += (double)l * (double)n;
     }
     v[0] = (float)(sum / (double)rows);
-    RESBM__TRY(resbm__stage_back(st, RESBM__TAG_EVAL, v, 1));
+    { /* the loss comes back after every chunk has gone down the pipeline: wait for all of them */
+        int saved = st->cfg.timeout_ms, rc;
+        if (saved > 0) st->cfg.timeout_ms = (int)RESBM__MIN((double)saved * (double)(k + 1), 2147483647.0);
+        rc = resbm__stage_back(st, RESBM__TAG_EVAL, v, 1);
+        st->cfg.timeout_ms = saved;
+        if (rc) return rc;
+    }
     *loss = v[0];
     return RESBM_OK;
 }
@@ -3505,13 +3512,15 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
         }
         rc = resbm__stage_fwd(st, RESBM__TAG_GEN | (uint32_t)i, 0, 1, st->win, st->zeros, &l);
         if (!rc && m->last) { /* draw from softmax(logits / temperature) at position len - 1 */
+            /* p^(1/t) / sum, in the log domain so a small t does not underflow to all zeros */
             const float *p = resbm_model_probs(m, 0) + (len - 1) * V;
-            double total = 0.0, u, acc = 0.0, inv = 1.0 / (double)temperature;
-            size_t c = V - 1;
-            for (j = 0; j < V; j++) total += pow((double)p[j], inv);
+            double total = 0.0, u, acc = 0.0, inv = 1.0 / (double)temperature, top = -HUGE_VAL;
+            size_t c = 0;
+            for (j = 0; j < V; j++) if (p[j] > 0.0f && log((double)p[j]) * inv > top) { top = log((double)p[j]) * inv; c = j; }
+            for (j = 0; j < V; j++) total += p[j] > 0.0f ? exp(log((double)p[j]) * inv - top) : 0.0;
             u = (double)(resbm_rng_u32(&rng) >> 8) * (1.0 / 16777216.0) * total;
             for (j = 0; j < V; j++) {
-                acc += pow((double)p[j], inv);
+                acc += p[j] > 0.0f ? exp(log((double)p[j]) * inv - top) : 0.0;
                 if (u < acc) { c = j; break; }
             }
             v[0] = (float)c;
@@ -3836,10 +3845,25 @@ static int resbm__st_header(resbm_st_file *f, const char *h, size_t hl, char *st
     return RESBM_OK;
 }
 
+static size_t resbm__entry_count(const resbm_st_entry *e) {
+    size_t c = 1;
+    int k;
+    for (k = 0; k < e->ndim; k++) c *= e->shape[k];
+    return c;
+}
+
+/* By data offset; on a tie the empty tensor first (it occupies no bytes). */
 static int resbm__cmp_entry(const void *a, const void *b) {
     const resbm_st_entry *x = (const resbm_st_entry *)a, *y = (const resbm_st_entry *)b;
     const unsigned char *p = (const unsigned char *)x->data, *q = (const unsigned char *)y->data;
-    return p < q ? -1 : p > q;
+    size_t cx, cy;
+    if (p != q) return p < q ? -1 : 1;
+    cx = resbm__entry_count(x); cy = resbm__entry_count(y);
+    return cx < cy ? -1 : cx > cy;
+}
+
+static int resbm__cmp_name(const void *a, const void *b) {
+    return strcmp(((const resbm_st_entry *)a)->name, ((const resbm_st_entry *)b)->name);
 }
 
 RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out) {
@@ -3847,7 +3871,7 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
     resbm_st_file *f;
     resbm_st_entry *sorted;
     uint64_t hl = 0;
-    size_t i, q, covered = 0, total;
+    size_t i, covered = 0, total;
     int k, rc;
     if (!buf || !out) return RESBM_EINVAL;
     if (len < 8) return RESBM_EFORMAT;
@@ -3881,15 +3905,14 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
         memcpy(sorted, f->e, f->n * sizeof(resbm_st_entry));
         qsort(sorted, f->n, sizeof(resbm_st_entry), resbm__cmp_entry);
         for (i = 0; i < f->n && !rc; i++) {
-            size_t cnt = 1, at = (size_t)((const unsigned char *)sorted[i].data - f->buf) - f->data;
-            for (k = 0; k < sorted[i].ndim; k++) cnt *= sorted[i].shape[k];
+            size_t at = (size_t)((const unsigned char *)sorted[i].data - f->buf) - f->data;
             if (at != covered) rc = RESBM_EFORMAT;
-            covered += 4 * cnt;
+            covered += 4 * resbm__entry_count(&sorted[i]);
         }
         if (!rc && covered != len - f->data) rc = RESBM_EFORMAT;
-        for (i = 0; i < f->n && !rc; i++)
-            for (q = i + 1; q < f->n && !rc; q++)
-                if (!strcmp(f->e[i].name, f->e[q].name)) rc = RESBM_EFORMAT;
+        qsort(sorted, f->n, sizeof(resbm_st_entry), resbm__cmp_name); /* unique names */
+        for (i = 1; i < f->n && !rc; i++)
+            if (!strcmp(sorted[i - 1].name, sorted[i].name)) rc = RESBM_EFORMAT;
     }
     if (rc) { resbm_safetensors_free(f); return rc; }
     *out = f;
@@ -3948,8 +3971,10 @@ static const char *resbm__opt_name(int kind) {
 
 static void resbm__config_string(const resbm_model *m, char *buf, size_t len) {
     const resbm_model_config *c = &m->cfg;
-    snprintf(buf, len, "vocab=%d d=%d layers=%d heads=%d ff=%d seq=%d r=%d m=%d identity=%d",
-             c->vocab, c->d, c->layers, c->heads, c->ff, c->seq, (int)m->r, (int)m->m, m->identity);
+    /* with bottlenecks the stage split decides where they sit; without, any split loads */
+    int n = snprintf(buf, len, "vocab=%d d=%d layers=%d heads=%d ff=%d seq=%d r=%d m=%d identity=%d",
+                     c->vocab, c->d, c->layers, c->heads, c->ff, c->seq, (int)m->r, (int)m->m, m->identity);
+    if (m->r < (size_t)c->d && n > 0 && (size_t)n < len) snprintf(buf + n, len - (size_t)n, " stages=%d", c->stages);
 }
 
 RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
@@ -4029,8 +4054,9 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
     v = resbm_safetensors_meta(f, "format");
     if (!v || strcmp(v, "resbm-checkpoint-1")) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "not a resbm checkpoint (metadata format)"); goto done; }
     v = resbm_safetensors_meta(f, "step");
-    step = v ? strtol(v, &endp, 10) : -1;
-    if (!v || *endp || step < 0) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "bad step in metadata"); goto done; }
+    errno = 0;
+    step = v && *v >= '0' && *v <= '9' ? strtol(v, &endp, 10) : -1;
+    if (step < 0 || errno || *endp) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "bad step in metadata"); goto done; }
     for (i = 0; i < n_models; i++) {
         resbm__config_string(models[i], cfg, sizeof(cfg));
         v = resbm_safetensors_meta(f, "config");

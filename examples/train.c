@@ -98,10 +98,10 @@ static const char *wire_name(int w) {
 }
 
 /* Returns 0, or the exit code (2) after printing why. */
-static int parse_args(int argc, char **argv, options *o) {
+static int parse_args(int argc, char **argv, options *o, int default_stages) {
     int i;
     memset(o, 0, sizeof(*o));
-    o->d = 256; o->layers = 8; o->heads = 4; o->seq = 128; o->batch = 8; o->micro = 4; o->stages = 4;
+    o->d = 256; o->layers = 8; o->heads = 4; o->seq = 128; o->batch = 8; o->micro = 4; o->stages = default_stages;
     o->ratio = 128; o->r = -1; o->wire_fwd = o->wire_bwd = -1; o->opt = RESBM_OPT_ADAMW; o->steps = 200;
     o->threads = 1; o->eval_every = 100; o->eval_rows = 32; o->stage = -1; o->timeout_ms = 60000;
     o->seed = 1337; o->sample_len = 200;
@@ -144,7 +144,7 @@ static int parse_args(int argc, char **argv, options *o) {
             char *e;
             errno = 0;
             o->seed = strtoull(v, &e, 10);
-            if (errno || e == v || *e || *v == '-') return die_usage("--seed: '%s' is not a non-negative integer", v);
+            if (errno || e == v || *e || *v == '-' || !o->seed) return die_usage("--seed: '%s' is not a positive integer", v);
         }
         else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
         else if (!strcmp(a, "--bandwidth-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->bandwidth_mbps)) return die_usage("--bandwidth-mbps: '%s' is not in [0, 1e6]", v); }
@@ -249,13 +249,45 @@ static size_t get_val(const options *o, const dataset *ds, int32_t *tok, int32_t
 }
 
 /* ---- one stage's loop, shared by every mode ------------------------------------------------------ */
+/* Threads mode: a barrier that a failing stage breaks, so the others never wait for it forever. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, waiting, broken;
+    unsigned long generation;
+} gate;
+
+static int gate_wait(gate *g) { /* 0 when all arrived, -1 when a stage failed */
+    int rc;
+    pthread_mutex_lock(&g->mu);
+    if (!g->broken && ++g->waiting == g->n) {
+        g->waiting = 0;
+        g->generation++;
+        pthread_cond_broadcast(&g->cv);
+    } else if (!g->broken) {
+        unsigned long gen = g->generation;
+        while (gen == g->generation && !g->broken) pthread_cond_wait(&g->cv, &g->mu);
+    }
+    rc = g->broken ? -1 : 0;
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+static void gate_break(gate *g) {
+    if (!g) return;
+    pthread_mutex_lock(&g->mu);
+    g->broken = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
 typedef struct {
     const options *o;
     const dataset *ds;
     resbm_stage *st;
     int s, rc;
     long start_step;
-    pthread_barrier_t *barrier; /* threads mode: saves happen with every stage at rest */
+    gate *barrier;              /* threads mode: saves happen with every stage at rest */
     resbm_model **all;          /* threads mode: every stage's model, for one checkpoint file */
     /* results (stage 0's are printed) */
     float last_loss, val_loss;
@@ -323,7 +355,7 @@ static int save_ckpt(stage_ctx *c, const char *path) {
     snprintf(stages, sizeof(stages), "%d", c->o->stages);
     meta[0] = "seed"; meta[1] = seed; meta[2] = "stages"; meta[3] = stages;
     ckpt_path(c->o, path, c->s, p, sizeof(p));
-    if (c->barrier) pthread_barrier_wait(c->barrier);
+    if (c->barrier && gate_wait(c->barrier)) return RESBM_ESTATE; /* another stage failed */
     if (!c->barrier) {
         resbm_model *m = resbm_stage_model(c->st);
         rc = resbm_checkpoint_save(p, &m, 1, meta, 2);
@@ -331,7 +363,8 @@ static int save_ckpt(stage_ctx *c, const char *path) {
         rc = resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2);
     }
     if (rc) fprintf(stderr, "train: stage %d: cannot write checkpoint %s: %s\n", c->s, p, resbm_strerror(rc));
-    if (c->barrier) pthread_barrier_wait(c->barrier);
+    if (rc) gate_break(c->barrier);
+    if (c->barrier && gate_wait(c->barrier)) return rc ? rc : RESBM_ESTATE;
     return rc;
 }
 
@@ -407,6 +440,7 @@ static void *stage_main(void *arg) {
         }
     }
 out:
+    if (c->rc) gate_break(c->barrier); /* release stages waiting to save with this one */
     free(tok); free(tg); free(vtok); free(vtg);
     return NULL;
 }
@@ -474,12 +508,13 @@ static void write_plot(const char *path, const stage_ctx *c) {
 /* Prints the sample, the measured compression and the contract summary line. */
 static void summary(const options *o, const stage_ctx *c0, uint64_t fwd, uint64_t bwd) {
     double N = (double)o->batch * o->seq, frames, base, ratio, tps;
-    long steps = o->steps - c0->start_step;
+    long steps = o->steps > c0->start_step ? o->steps - c0->start_step : 0;
+    double train_loss = steps ? (double)c0->last_loss : NAN; /* nothing trained: say so */
     size_t i;
     /* what the same run sends with r = d and an f32 wire: the same frames, d floats per token */
     frames = (double)steps * o->micro * (o->stages - 1);
     base = 2.0 * frames * (RESBM_FRAME_HEADER + 4.0 * (N / o->micro) * o->d);
-    ratio = fwd + bwd ? base / (double)(fwd + bwd) : 0.0;
+    ratio = fwd + bwd ? base / (double)(fwd + bwd) : NAN; /* one stage, or no step: nothing crossed */
     tps = c0->train_s > 0 ? (double)steps * N / c0->train_s : 0.0;
     if (!o->quiet && c0->sample_n) {
         printf("sample: \"");
@@ -496,7 +531,7 @@ static void summary(const options *o, const stage_ctx *c0, uint64_t fwd, uint64_
                c0->val_loss / log(2.0), (unsigned long long)fwd, (unsigned long long)bwd, wire_name(o->wire_fwd),
                wire_name(o->wire_bwd), o->r, o->d, ratio);
     printf("result: steps=%d train_loss=%.6f val_bpb=%.6f tokens_per_s=%.1f wire_bytes_fwd=%llu wire_bytes_bwd=%llu wire_ratio=%.3f\n",
-           o->steps, c0->last_loss, c0->val_loss / log(2.0), tps, (unsigned long long)fwd, (unsigned long long)bwd, ratio);
+           o->steps, train_loss, c0->val_loss / log(2.0), tps, (unsigned long long)fwd, (unsigned long long)bwd, ratio);
     fflush(stdout);
 }
 
@@ -555,7 +590,7 @@ static int run_threads(const options *o, const dataset *ds) {
     resbm_model **models = (resbm_model **)calloc((size_t)S, sizeof(resbm_model *));
     resbm_shaper **shapers = (resbm_shaper **)calloc((size_t)S, sizeof(resbm_shaper *));
     pthread_t *th = (pthread_t *)calloc((size_t)S, sizeof(pthread_t));
-    pthread_barrier_t barrier;
+    gate barrier;
     size_t frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
     uint64_t fwd = 0, bwd = 0;
     if (!c || !models || !shapers || !th) { fprintf(stderr, "train: out of memory\n"); return 1; }
@@ -564,7 +599,10 @@ static int run_threads(const options *o, const dataset *ds) {
         fprintf(stderr, "train: in-process transport: %s\n", resbm_strerror(rc));
         return 1;
     }
-    pthread_barrier_init(&barrier, NULL, (unsigned)S);
+    memset(&barrier, 0, sizeof(barrier));
+    pthread_mutex_init(&barrier.mu, NULL);
+    pthread_cond_init(&barrier.cv, NULL);
+    barrier.n = S;
     for (s = 0; s < S && ok; s++) {
         resbm_transport tr;
         resbm_stage_config sc;
@@ -597,12 +635,20 @@ static int run_threads(const options *o, const dataset *ds) {
         ok = open_outputs(o, &c[0]);
     }
     if (ok) {
+        int started = 0;
         for (s = 0; s < S; s++) {
             c[s].o = o; c[s].ds = ds; c[s].s = s; c[s].barrier = &barrier; c[s].all = models;
             c[s].start_step = resbm_model_step_count(models[s]);
-            pthread_create(&th[s], NULL, stage_main, &c[s]);
         }
-        for (s = 0; s < S; s++) pthread_join(th[s], NULL);
+        for (s = 0; s < S; s++, started++)
+            if (pthread_create(&th[s], NULL, stage_main, &c[s])) {
+                fprintf(stderr, "train: cannot start the thread of stage %d\n", s);
+                for (s = 0; s < S; s++) resbm_inproc_close(hub, s); /* the started ones fail fast */
+                gate_break(&barrier);
+                ok = 0;
+                break;
+            }
+        for (s = 0; s < started; s++) pthread_join(th[s], NULL);
         for (s = 0; s < S; s++) {
             if (c[s].rc) ok = 0;
             fwd += c[s].wire_fwd;
@@ -612,7 +658,8 @@ static int run_threads(const options *o, const dataset *ds) {
         if (ok) summary(o, &c[0], fwd, bwd);
     }
     for (s = 0; s < S; s++) { resbm_stage_free(c[s].st); resbm_shaper_free(shapers[s]); }
-    pthread_barrier_destroy(&barrier);
+    pthread_cond_destroy(&barrier.cv);
+    pthread_mutex_destroy(&barrier.mu);
     resbm_inproc_free(hub);
     free(c); free(models); free(shapers); free(th);
     return ok ? 0 : 1;
@@ -731,7 +778,7 @@ int main(int argc, char **argv) {
     options o;
     dataset ds;
     int code;
-    if ((code = parse_args(argc, argv, &o))) return code;
+    if ((code = parse_args(argc, argv, &o, 4))) return code;
     if (!load_data(&o, &ds)) return 1;
     code = o.stage >= 0 ? run_tcp(&o, &ds) : run_threads(&o, &ds);
     free(ds.bytes);

@@ -52,26 +52,34 @@ int main(int argc, char **argv) {
     dataset ds;
     mpi_link link;
     resbm_transport tr;
-    int rank, size, code, i, have_stages = 0, bsize;
+    int rank, size, code, bsize;
     size_t frame_max;
     void *bbuf;
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN); /* errors come back as codes */
-    for (i = 1; i < argc; i++) have_stages |= !strcmp(argv[i], "--stages");
-    if ((code = parse_args(argc, argv, &o))) { MPI_Finalize(); return code; }
-    if (!have_stages) o.stages = size;
-    if (o.stages != size || o.stages > o.layers) {
+    if ((code = parse_args(argc, argv, &o, size))) { MPI_Finalize(); return code; } /* --stages: the ranks */
+    if (o.stages != size) {
         if (rank == 0) fprintf(stderr, "train_mpi: %d ranks for %d stages of %d layers: run one rank per stage\n", size, o.stages, o.layers);
         MPI_Finalize();
         return 2;
     }
     if (rank) o.quiet = 1; /* only rank 0 talks */
     if (!load_data(&o, &ds)) { MPI_Finalize(); return 1; }
-    /* room for every frame that can be in flight to both neighbours (1F1B: at most S each) */
+    /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour,
+       evaluation sends all its chunks before the loss comes back */
     frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o.batch / o.micro) * (size_t)o.seq * (size_t)o.d + 64;
-    bsize = (int)RESBM__MIN((size_t)INT_MAX, (size_t)(2 * o.stages + 4) * (frame_max + 8 + MPI_BSEND_OVERHEAD));
+    {
+        size_t chunks = ((size_t)o.eval_rows + (size_t)(o.batch / o.micro) - 1) / (size_t)(o.batch / o.micro);
+        size_t want = ((size_t)(2 * o.stages + 4) + chunks) * (frame_max + 8 + MPI_BSEND_OVERHEAD);
+        if (want > (size_t)INT_MAX) {
+            if (rank == 0) fprintf(stderr, "train_mpi: %zu bytes of MPI send buffer needed, more than MPI allows\n", want);
+            MPI_Finalize();
+            return 2;
+        }
+        bsize = (int)want;
+    }
     bbuf = malloc((size_t)bsize);
     if (!bbuf) { fprintf(stderr, "train_mpi: out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 1); }
     MPI_Buffer_attach(bbuf, bsize);
@@ -82,10 +90,10 @@ int main(int argc, char **argv) {
     tr.recv = mpi_recv;
     o.stage = rank;
     code = run_one_stage(&o, &ds, rank, tr);
+    if (code) MPI_Abort(MPI_COMM_WORLD, code); /* a failed stage takes the job down, no hang */
     MPI_Buffer_detach(&bbuf, &bsize);
     free(bbuf);
     free(ds.bytes);
-    if (code) MPI_Abort(MPI_COMM_WORLD, code); /* a failed stage takes the job down, no hang */
     MPI_Finalize();
     return 0;
 }

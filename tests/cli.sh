@@ -126,6 +126,9 @@ expect_fail "missing data file" 1 "cannot open" --data "$dir/nope.txt"
 printf 'tiny' > "$dir/short.txt"
 expect_fail "data too short" 1 "needs at least" --data "$dir/short.txt"
 expect_fail "bad wire" 2 "--wire" $tiny --wire f8
+expect_fail "seed 0" 2 "--seed" $tiny --seed 0
+"$train" $tiny --stages 2 --steps 0 > "$dir/zero.out" 2>&1
+check "--steps 0: evaluates, says nothing was trained" "[ $? = 0 ] && grep -q 'train_loss=nan' '$dir/zero.out' && grep -q 'wire_ratio=nan' '$dir/zero.out'"
 expect_fail "stage without peers" 2 "--listen" $tiny --stage 0
 head -c 1000 "$dir/full.safetensors" > "$dir/trunc.safetensors"
 cp "$dir/trunc.safetensors" "$dir/trunc.copy"

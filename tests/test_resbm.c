@@ -1309,6 +1309,9 @@ static void test_safetensors_read(void) {
     len = st_image(img, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
     img[0] = 0xff; img[5] = 1; /* header length beyond the file */
     CHECK_RC(resbm_safetensors_parse(img, len, &f), RESBM_EFORMAT);
+    len = st_image(img, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[0,0]}}", 8);
+    CHECK_RC(resbm_safetensors_parse(img, len, &f), RESBM_OK); /* an empty tensor sharing an offset */
+    if (!th_fail_now) resbm_safetensors_free(f);
     len = st_image(img, "{\"s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},\"x\\n\\u00e9\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[4,8]}}  ", 8);
     CHECK_RC(resbm_safetensors_parse(img, len, &f), RESBM_OK);
     if (!th_fail_now) {
@@ -1415,6 +1418,21 @@ static void test_checkpoint_refuses(void) {
         CHECK(strstr(why, "optimizer") != NULL, "reason: %s", why);
     }
     CHECK_RC(resbm_checkpoint_load("/nonexistent/ck", &b, 1, why, sizeof(why)), RESBM_EIO);
+    { /* bottlenecks sit where the stage split puts them: another split is another model */
+        resbm_model_config c2 = tiny_config();
+        resbm_model *s2[2], *s3;
+        oc.kind = RESBM_OPT_ADAMW;
+        c2.layers = 6; c2.stages = 2; c2.r = 4; c2.m = 8;
+        c2.stage = 0; CHECK_RC(resbm_model_init(&c2, &oc, &s2[0]), RESBM_OK);
+        c2.stage = 1; CHECK_RC(resbm_model_init(&c2, &oc, &s2[1]), RESBM_OK);
+        c2.stages = 3; c2.stage = 0; CHECK_RC(resbm_model_init(&c2, &oc, &s3), RESBM_OK);
+        if (!th_fail_now) {
+            CHECK_RC(resbm_checkpoint_save(path, s2, 2, NULL, 0), RESBM_OK);
+            CHECK_RC(resbm_checkpoint_load(path, &s3, 1, why, sizeof(why)), RESBM_EFORMAT);
+            CHECK(strstr(why, "stages=2") != NULL, "reason: %s", why);
+            resbm_model_free(s2[0]); resbm_model_free(s2[1]); resbm_model_free(s3);
+        }
+    }
     for (i = 0, len = 0; i < np; len += pb[i].value.ne[0] * pb[i].value.ne[1], i++)
         CHECK(!memcmp(before + len, pb[i].value.data, pb[i].value.ne[0] * pb[i].value.ne[1] * 4), "%s changed", pb[i].name);
     CHECK(resbm_model_step_count(b) == 0, "step changed");
