@@ -471,8 +471,10 @@ RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
    one forward one backward, then cool-down backwards), sends activations forward and their
    gradients back as frames, sums the squared gradient norm along the pipeline and sends the
    total and the loss back (control frames), clips, and applies the optimizer. A failed step
-   (timeout, closed peer, bad frame) applies no update on the stage that saw it and can be
-   retried. */
+   (timeout, closed peer, bad frame) applies no update on the stage that saw it. It can be
+   retried when every stage failed it with nothing left in flight (a peer that never came, as
+   tested); otherwise stages further down may already have applied it, so restart all stages
+   from a checkpoint. */
 typedef struct resbm_stage_config {
     resbm_model_config model; /* .stages, .stage, .r, .m, ...; .batch = rows per microbatch */
     resbm_opt_config opt;

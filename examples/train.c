@@ -15,9 +15,7 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif
-#ifndef TRAIN_NO_IMPLEMENTATION
 #define RESBM_IMPLEMENTATION
-#endif
 #include "../resbm.h"
 #ifndef TRAIN_NO_MAIN
 #include "tcp.h" /* the TCP adapter: one process per stage */
@@ -52,7 +50,7 @@ static void usage(FILE *f) {
         "             [--opt adamw|muon|sgd] [--lr X] [--steps N] [--schedule-steps N] [--seed S]\n"
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
-        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS]\n"
+        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,...]   (one process per stage)\n");
 }
 
