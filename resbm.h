@@ -336,6 +336,7 @@ typedef struct resbm_opt_config {
     float muon_lr;     /* Muon learning rate, default 0.02 */
     float muon_momentum; /* default 0.95 (Nesterov) */
     int muon_ns_steps; /* Newton-Schulz iterations, default 5 */
+    float bottleneck_lr_scale; /* multiplies every learning rate of `bottleneck.*`, default 1 */
 } resbm_opt_config;
 
 /* Where a parameter lives in the model; decides its optimizer and weight decay. */
@@ -1847,6 +1848,7 @@ RESBMDEF resbm_opt_config resbm_opt_config_default(void) {
     o.kind = RESBM_OPT_ADAMW; o.lr = 2e-3f; o.min_lr_frac = 0.1f; o.warmup = 100;
     o.total_steps = 0; o.beta1 = 0.9f; o.beta2 = 0.95f; o.eps = 1e-8f; o.weight_decay = 0.1f;
     o.clip = 1.0f; o.muon_lr = 0.02f; o.muon_momentum = 0.95f; o.muon_ns_steps = 5;
+    o.bottleneck_lr_scale = 1.0f;
     return o;
 }
 
@@ -1883,13 +1885,15 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
     if (o->muon_lr == 0.0f) o->muon_lr = dop.muon_lr;
     if (o->muon_momentum == 0.0f) o->muon_momentum = dop.muon_momentum;
     if (o->muon_ns_steps == 0) o->muon_ns_steps = dop.muon_ns_steps;
+    if (o->bottleneck_lr_scale == 0.0f) o->bottleneck_lr_scale = dop.bottleneck_lr_scale;
     if (o->kind < RESBM_OPT_ADAMW || o->kind > RESBM_OPT_SGD || !(o->lr > 0.0f) ||
         !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f) || o->warmup < 0 ||
         o->total_steps < 0 || !(o->beta1 >= 0.0f && o->beta1 < 1.0f) ||
         !(o->beta2 >= 0.0f && o->beta2 < 1.0f) || !(o->eps > 0.0f) ||
         !(o->weight_decay >= 0.0f && o->weight_decay < 1e3f) || !(o->clip >= 0.0f) ||
         !(o->muon_lr > 0.0f) || !(o->muon_momentum >= 0.0f && o->muon_momentum < 1.0f) ||
-        o->muon_ns_steps < 1 || o->muon_ns_steps > 100)
+        o->muon_ns_steps < 1 || o->muon_ns_steps > 100 ||
+        !(o->bottleneck_lr_scale > 0.0f && o->bottleneck_lr_scale < 1e4f))
         return RESBM_EINVAL;
     return RESBM_OK;
 }
@@ -2512,17 +2516,18 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
     for (i = 0; i < m->nparams; i++) {
         resbm_param *p = &m->params[i];
         size_t n = p->value.ne[0] * p->value.ne[1];
+        float ps = strncmp(p->name, "bottleneck.", 11) ? 1.0f : m->opt.bottleneck_lr_scale;
         resbm__opt_job j;
         memset(&j, 0, sizeof(j));
         j.p = p;
         j.scale = grad_scale;
         if (m->opt.kind == RESBM_OPT_SGD) {
-            j.lr = m->opt.lr;
+            j.lr = m->opt.lr * ps;
             resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__sgd_range, &j);
         } else if (m->opt.kind == RESBM_OPT_MUON && p->kind == RESBM_PARAM_HIDDEN) {
-            RESBM__TRY(resbm__muon(m, p, grad_scale, m->opt.muon_lr * fac));
+            RESBM__TRY(resbm__muon(m, p, grad_scale, m->opt.muon_lr * fac * ps));
         } else {
-            j.lr = m->opt.lr * fac;
+            j.lr = m->opt.lr * fac * ps;
             j.decay = p->kind == RESBM_PARAM_NORM ? 1.0f : 1.0f - j.lr * m->opt.weight_decay;
             j.b1 = m->opt.beta1; j.b2 = m->opt.beta2; j.eps = m->opt.eps;
             j.step_size = (float)(j.lr / bc1);

@@ -3,18 +3,23 @@
 # every row; one examples/train run per row. Prints a markdown table (wire factor measured, final
 # train loss, val bits/byte, gap to the uncompressed row) and writes an SVG of the val curves.
 #
-#   bash bench/compress.sh [--steps 1500] [--only NAME[,NAME...]] [--out bench/compress] [--smoke]
+#   bash bench/compress.sh [--steps 1500] [--only NAME[,NAME...]] [--out bench/compress]
+#                          [--d 256] [--seed 1337] [--data FILE] [--smoke]
 #
 # Model (the issue's reference point): d=256 L=8 H=4 f=688 S=4 T=128 batch 8, AdamW 2e-3
-# (.9/.95, wd .1, 100 warm-up steps then cosine to 10%), clip 1.0, random windows.
+# (.9/.95, wd .1, 100 warm-up steps then cosine to 10%), clip 1.0, random windows. --d changes
+# the width at a fixed head width of 64 (H = d/64, f = 8d/3 rounded up to 16); --seed changes the
+# initialisation and the data order together.
 set -euo pipefail
-steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100
+steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337
 while [ $# -gt 0 ]; do
   case $1 in
     --steps) steps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
+    --d) d=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
     --smoke) steps=6; evalrows=4; evalevery=3; shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
@@ -22,17 +27,23 @@ done
 [ -s "$data" ] || bash scripts/fetch_brown.sh "$data"
 make -s build/train
 mkdir -p "$out"
-base="--data $data --d 256 --layers 8 --heads 4 --ff 688 --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --seed 1337 --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
+base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
 # name | flags
-rows="uncompressed|--r 256
+rows="uncompressed|--r $d
 16x|--ratio 16 --m 256
 64x|--ratio 64 --m 256
 128x|--ratio 128 --m 256
 128x-bf16|--ratio 128 --m 256 --wire bf16
 128x-i8|--ratio 128 --m 256 --wire i8
 128x-noid|--ratio 128 --m 256 --no-identity
-uncompressed-muon|--r 256 --opt muon
-128x-muon|--ratio 128 --m 256 --opt muon"
+uncompressed-muon|--r $d --opt muon
+128x-muon|--ratio 128 --m 256 --opt muon
+128x-r4-bf16|--r 4 --m 256 --wire bf16
+128x-r7-i8|--r 7 --m 256 --wire i8
+128x-m1024|--ratio 128 --m 1024
+128x-m64|--ratio 128 --m 64
+128x-blr4|--ratio 128 --m 256 --bottleneck-lr-scale 4
+128x-blr0.25|--ratio 128 --m 256 --bottleneck-lr-scale 0.25"
 echo "$rows" | while IFS='|' read -r name flags; do
   if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then continue; fi
   start=$(date +%s)
@@ -40,16 +51,18 @@ echo "$rows" | while IFS='|' read -r name flags; do
   echo "$name: $(tail -n 1 "$out/$name.out") ($(( $(date +%s) - start )) s)" >&2
 done
 # the table, from whatever rows have results
-/usr/bin/python3 - "$out" <<'PY'
+/usr/bin/python3 - "$out" "$d" <<'PY'
 import csv, glob, os, re, sys
-out = sys.argv[1]
+out, d = sys.argv[1], sys.argv[2]
 res = {}
 for f in sorted(glob.glob(os.path.join(out, "*.out"))):
     name = os.path.basename(f)[:-4]
     last = open(f).read().strip().splitlines()[-1]
     if last.startswith("result:"):
         res[name] = dict(kv.split("=") for kv in last.split()[1:])
-order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon"]
+order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon",
+         "128x-r4-bf16", "128x-r7-i8", "128x-m1024", "128x-m64",
+         "128x-blr4", "128x-blr0.25"]
 names = [n for n in order if n in res] + sorted(n for n in res if n not in order)
 ref = res.get("uncompressed")
 print("| row | wire factor | final train loss | val bits/byte | gap to uncompressed |")
@@ -78,7 +91,7 @@ if curves:
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
     s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
          '<rect width="100%" height="100%" fill="white"/>',
-         '<text x="%d" y="18">val bits per byte against training tokens (Brown corpus, d=256, S=4)</text>' % L,
+         '<text x="%d" y="18">val bits per byte against training tokens (Brown corpus, d=%s, S=4)</text>' % (L, d),
          '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, H - B, W - R, H - B),
          '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, T, L, H - B)]
     for i in range(5):

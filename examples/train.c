@@ -37,7 +37,7 @@ typedef struct {
     int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
     int stage, timeout_ms, sample_len, quiet;
-    float lr;
+    float lr, bottleneck_lr;
     double bandwidth_mbps, latency_ms;
     uint64_t seed;
 } options;
@@ -47,7 +47,7 @@ static void usage(FILE *f) {
         "usage: train [--data FILE.txt | --tokens-bin FILE] [--d 256] [--layers 8] [--heads 4] [--ff F]\n"
         "             [--seq 128] [--batch 8] [--micro 4] [--stages 4] [--ratio 128 | --r R] [--m M]\n"
         "             [--no-identity] [--wire f32|bf16|f16|i8] [--wire-bwd f32|bf16|f16|i8]\n"
-        "             [--opt adamw|muon|sgd] [--lr X] [--steps N] [--schedule-steps N] [--seed S]\n"
+        "             [--opt adamw|muon|sgd] [--lr X] [--bottleneck-lr-scale X] [--steps N] [--schedule-steps N] [--seed S]\n"
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
         "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--quiet]\n"
@@ -144,6 +144,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
             o->seed = strtoull(v, &e, 10);
             if (errno || e == v || *e || *v == '-' || !o->seed) return die_usage("--seed: '%s' is not a positive integer", v);
         }
+        else if (!strcmp(a, "--bottleneck-lr-scale")) { if (!parse_double(v, 1e-3, 1e3, &x)) return die_usage("--bottleneck-lr-scale: '%s' is not in [0.001, 1000]", v); o->bottleneck_lr = (float)x; }
         else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
         else if (!strcmp(a, "--bandwidth-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->bandwidth_mbps)) return die_usage("--bandwidth-mbps: '%s' is not in [0, 1e6]", v); }
         else if (!strcmp(a, "--latency-ms")) { if (!parse_double(v, 0.0, 1e5, &o->latency_ms)) return die_usage("--latency-ms: '%s' is not in [0, 1e5]", v); }
@@ -452,6 +453,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.model.no_identity = o->no_identity; c.model.threads = o->threads; c.model.seed = o->seed;
     c.opt.kind = o->opt;
     if (o->lr > 0.0f) { if (o->opt == RESBM_OPT_MUON) c.opt.muon_lr = o->lr; else c.opt.lr = o->lr; }
+    c.opt.bottleneck_lr_scale = o->bottleneck_lr; /* 0 = the default, 1 */
     c.opt.total_steps = o->schedule_steps;
     c.opt.warmup = RESBM__MIN(100, o->schedule_steps / 10);
     c.transport = *tr;

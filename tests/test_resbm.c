@@ -924,6 +924,8 @@ static void test_config_validation(void) {
     CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
     o = resbm_opt_config_default(); o.beta2 = 1.0f;
     CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    o = resbm_opt_config_default(); o.bottleneck_lr_scale = -2.0f;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
     CHECK_RC(resbm_model_init(NULL, NULL, &m), RESBM_EINVAL);
     CHECK_RC(resbm_model_init(&c, NULL, NULL), RESBM_EINVAL);
     CHECK(m == (resbm_model *)&c, "out touched on failure");
@@ -1004,32 +1006,41 @@ static void test_adamw_by_hand(void) {
     resbm_model_free(m);
 }
 
+/* SGD is w -= lr * scale * g; a compressed stage 0 of 2 also owns an encoder, whose parameters
+   (and only those) take bottleneck_lr_scale on top. */
 static void test_sgd_by_hand(void) {
-    resbm_model_config cfg = tiny_config();
-    resbm_opt_config o = resbm_opt_config_default();
-    resbm_model *m;
-    resbm_param *ps;
-    size_t np, i, j;
-    double **w;
-    o.kind = RESBM_OPT_SGD; o.lr = 0.05f;
-    CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
-    if (th_fail_now) return;
-    ps = resbm_model_params_mut(m, &np);
-    w = set_grads(m, 5);
-    CHECK_RC(resbm_model_update(m, 2.0f), RESBM_OK);
-    for (i = 0; i < np; i++) {
-        size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
-        for (j = 0; j < n; j++) {
-            float want = (float)w[i][j] - 0.05f * (ps[i].grad.data[j] * 2.0f);
-            if (ps[i].value.data[j] != want) {
-                CHECK(0, "%s[%zu] %.9g vs %.9g", ps[i].name, j, ps[i].value.data[j], want);
-                break;
+    int pass, seen_bottleneck = 0;
+    for (pass = 0; pass < 2; pass++) {
+        resbm_model_config cfg = tiny_config();
+        resbm_opt_config o = resbm_opt_config_default();
+        resbm_model *m;
+        resbm_param *ps;
+        size_t np, i, j;
+        double **w;
+        o.kind = RESBM_OPT_SGD; o.lr = 0.05f;
+        if (pass) { cfg.stages = 2; cfg.r = 4; cfg.m = 8; o.bottleneck_lr_scale = 3.0f; }
+        CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
+        if (th_fail_now) return;
+        ps = resbm_model_params_mut(m, &np);
+        w = set_grads(m, 5);
+        CHECK_RC(resbm_model_update(m, 2.0f), RESBM_OK);
+        for (i = 0; i < np; i++) {
+            size_t n = ps[i].value.ne[0] * ps[i].value.ne[1];
+            float lr = 0.05f * (strncmp(ps[i].name, "bottleneck.", 11) ? 1.0f : 3.0f);
+            seen_bottleneck += !strncmp(ps[i].name, "bottleneck.", 11);
+            for (j = 0; j < n; j++) {
+                float want = (float)w[i][j] - lr * (ps[i].grad.data[j] * 2.0f);
+                if (ps[i].value.data[j] != want) {
+                    CHECK(0, "%s[%zu] %.9g vs %.9g", ps[i].name, j, ps[i].value.data[j], want);
+                    break;
+                }
             }
+            free(w[i]);
         }
-        free(w[i]);
+        free(w);
+        resbm_model_free(m);
     }
-    free(w);
-    resbm_model_free(m);
+    CHECK(seen_bottleneck == 3, "stage 0 of 2 owns enc_norm, enc_w1, enc_w2 (saw %d)", seen_bottleneck);
 }
 
 /* Newton-Schulz in double: x [k, n] (k <= n) in place. */

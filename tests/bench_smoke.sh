@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The benchmark scripts in their seconds-long smoke modes, on a local text file (no network):
+# they must run end to end and produce their tables and plots. No timing is asserted here.
+set -u
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+check() { # name, condition (a command)
+  local name=$1; shift
+  if "$@"; then echo "OK     $name"; pass=$((pass + 1)); else echo "FAILED $name"; fail=$((fail + 1)); fi
+}
+rows_ok() { # file, expected number of table rows, every row's numbers positive and finite
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import math, re, sys
+rows = [l for l in open(sys.argv[1]) if l.startswith("| ") and not l.startswith("| row")]
+nums = [float(x) for l in rows for x in re.findall(r"(?<![\w.+-])\d+\.?\d*(?![\w.])", l)]
+sys.exit(0 if len(rows) == int(sys.argv[2]) and nums and all(math.isfinite(x) and x >= 0 for x in nums) else 1)
+PY
+}
+
+bash bench/compress.sh --smoke --data resbm.h --only uncompressed,128x,128x-i8 --out "$dir/c" > "$dir/c.md" 2> "$dir/c.err"
+rc=$?
+check "compress.sh runs" test $rc -eq 0
+check "compress.sh prints three rows" rows_ok "$dir/c.md" 3
+check "compress.sh gap of the uncompressed row is +0.0%" grep -q '^| uncompressed | 1.0x .* +0.0% |$' "$dir/c.md"
+check "compress.sh draws the val curves" grep -q '<polyline' "$dir/c/val_curves.svg"
+
+bash bench/pipeline.sh --smoke --data resbm.h --out "$dir/p" > "$dir/p.md" 2> "$dir/p.err"
+rc=$?
+check "pipeline.sh runs" test $rc -eq 0
+check "pipeline.sh prints threads rows and the TCP row" rows_ok "$dir/p.md" 4
+check "pipeline.sh TCP row" grep -q '^| 128x | tcp |' "$dir/p.md"
+check "pipeline.sh draws throughput" grep -q '<polyline' "$dir/p/throughput.svg"
+[ $fail -eq 0 ] || { cat "$dir"/*.err "$dir"/*.md; }
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
