@@ -9,7 +9,7 @@ LIBS     = -lm -pthread
 HDR      = resbm.h
 TESTDEPS = $(HDR) tests/harness.h tests/ref.h
 
-.PHONY: all examples mpi demo test check-compile sanitize fuzz fuzz-seeds bench bench-overhead bench-compress bench-gemm bench-step bench-torch clean
+.PHONY: all examples mpi demo test check-compile sanitize fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-gemm bench-step bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
@@ -121,7 +121,7 @@ fuzz-seeds: | $(BUILD)
 	mkdir -p tests/fuzz/frame && $(BUILD)/fuzz_frame_seeds tests/fuzz/frame
 
 # ---- benchmarks (run alone on the machine; see bench/RESULTS.md) ----
-bench: bench-gemm bench-step bench-torch bench-overhead bench-compress
+bench: bench-gemm bench-step bench-torch bench-overhead bench-pipeline bench-compress
 
 $(BUILD)/bench_gemm: bench/gemm.c $(HDR) | $(BUILD)
 	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
@@ -150,6 +150,12 @@ bench-overhead: $(BUILD)/bench_overhead
 # Compression vs convergence on the Brown corpus, every row (about 9 minutes a row on 2 cores).
 bench-compress: $(BUILD)/train
 	bash bench/compress.sh
+
+# Tokens/s against link bandwidth (4 stages, 20 ms latency; about 10 minutes), then the projection
+# to Llama-style shapes, checked against the bytes bench-compress measured.
+bench-pipeline: $(BUILD)/train
+	bash bench/pipeline.sh
+	/usr/bin/python3 bench/project.py --check bench/compress
 
 bench-torch:
 	bash bench/step_torch.sh

@@ -9,7 +9,8 @@
 # Model (the issue's reference point): d=256 L=8 H=4 f=688 S=4 T=128 batch 8, AdamW 2e-3
 # (.9/.95, wd .1, 100 warm-up steps then cosine to 10%), clip 1.0, random windows. --d changes
 # the width at a fixed head width of 64 (H = d/64, f = 8d/3 rounded up to 16); --seed changes the
-# initialisation and the data order together.
+# initialisation and the data order together. The bottleneck hidden width m is d unless a row
+# says otherwise (m = 256 at d = 256, as in the reference).
 set -euo pipefail
 steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337
 while [ $# -gt 0 ]; do
@@ -30,20 +31,20 @@ mkdir -p "$out"
 base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
 # name | flags
 rows="uncompressed|--r $d
-16x|--ratio 16 --m 256
-64x|--ratio 64 --m 256
-128x|--ratio 128 --m 256
-128x-bf16|--ratio 128 --m 256 --wire bf16
-128x-i8|--ratio 128 --m 256 --wire i8
-128x-noid|--ratio 128 --m 256 --no-identity
+16x|--ratio 16 --m $d
+64x|--ratio 64 --m $d
+128x|--ratio 128 --m $d
+128x-bf16|--ratio 128 --m $d --wire bf16
+128x-i8|--ratio 128 --m $d --wire i8
+128x-noid|--ratio 128 --m $d --no-identity
 uncompressed-muon|--r $d --opt muon
-128x-muon|--ratio 128 --m 256 --opt muon
-128x-r4-bf16|--r 4 --m 256 --wire bf16
-128x-r7-i8|--r 7 --m 256 --wire i8
+128x-muon|--ratio 128 --m $d --opt muon
+128x-r4-bf16|--r 4 --m $d --wire bf16
+128x-r7-i8|--r 7 --m $d --wire i8
 128x-m1024|--ratio 128 --m 1024
 128x-m64|--ratio 128 --m 64
-128x-blr4|--ratio 128 --m 256 --bottleneck-lr-scale 4
-128x-blr0.25|--ratio 128 --m 256 --bottleneck-lr-scale 0.25"
+128x-blr4|--ratio 128 --m $d --bottleneck-lr-scale 4
+128x-blr0.25|--ratio 128 --m $d --bottleneck-lr-scale 0.25"
 echo "$rows" | while IFS='|' read -r name flags; do
   if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then continue; fi
   start=$(date +%s)
