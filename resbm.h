@@ -482,7 +482,11 @@ typedef struct resbm_stage_config {
     resbm_transport transport; /* peers are stage numbers */
     int n_micro;               /* microbatches per step, default 1 */
     int wire_fwd, wire_bwd;    /* RESBM_WIRE_* of activations and of gradients, default f32 */
-    int timeout_ms;            /* per receive, default 60000 */
+    int timeout_ms;            /* per receive, default 60000 (-1 waits forever) */
+    /* Bandwidth of the slowest link in bytes/s, if known (0: unknown). A slow link must not look
+       like a dead peer: each receive then waits timeout_ms plus the time n_micro activation or
+       gradient frames (the most the 1F1B schedule can queue on one link) take at this rate. */
+    double link_bytes_per_sec;
 } resbm_stage_config;
 
 typedef struct resbm_stage_stats {
@@ -3250,7 +3254,8 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     int rc;
     if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv || cfg->n_micro < 0 ||
         cfg->wire_fwd < RESBM_WIRE_F32 || cfg->wire_fwd > RESBM_WIRE_I8 ||
-        cfg->wire_bwd < RESBM_WIRE_F32 || cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1)
+        cfg->wire_bwd < RESBM_WIRE_F32 || cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 ||
+        !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
         return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
     tmp.cfg = *cfg;
@@ -3275,6 +3280,15 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
         return RESBM_EOVERFLOW;
     }
     tmp.frame_cap = RESBM_FRAME_HEADER + RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)64);
+    if (tmp.cfg.link_bytes_per_sec > 0.0 && tmp.cfg.timeout_ms > 0) { /* the timeout rule */
+        size_t bf = 0, bb = 0;
+        double ms;
+        resbm_wire_payload_bytes(tmp.cfg.wire_fwd, tmp.Nmb, tmp.w, &bf);
+        resbm_wire_payload_bytes(tmp.cfg.wire_bwd, tmp.Nmb, tmp.w, &bb);
+        ms = (double)tmp.cfg.timeout_ms + 1000.0 * (double)tmp.n *
+             (double)(RESBM_FRAME_HEADER + RESBM__MAX(bf, bb)) / tmp.cfg.link_bytes_per_sec;
+        tmp.cfg.timeout_ms = (int)RESBM__MIN(ceil(ms), 2147483647.0);
+    }
     memset(&a, 0, sizeof(a));
     resbm_arena_push(&a, 1, sizeof(resbm_stage));
     resbm_arena_push(&a, 2, tmp.frame_cap);

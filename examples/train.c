@@ -38,7 +38,7 @@ typedef struct {
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
     int stage, timeout_ms, sample_len, quiet;
     float lr, bottleneck_lr;
-    double bandwidth_mbps, latency_ms;
+    double bandwidth_mbps, latency_ms, link_mbps;
     uint64_t seed;
 } options;
 
@@ -48,7 +48,7 @@ static void usage(FILE *f) {
         "             [--seq 128] [--batch 8] [--micro 4] [--stages 4] [--ratio 128 | --r R] [--m M]\n"
         "             [--no-identity] [--wire f32|bf16|f16|i8] [--wire-bwd f32|bf16|f16|i8]\n"
         "             [--opt adamw|muon|sgd] [--lr X] [--bottleneck-lr-scale X] [--steps N] [--schedule-steps N] [--seed S]\n"
-        "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--eval-every K]\n"
+        "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
         "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,...]   (one process per stage)\n");
@@ -102,6 +102,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
     o->d = 256; o->layers = 8; o->heads = 4; o->seq = 128; o->batch = 8; o->micro = 4; o->stages = default_stages;
     o->ratio = 128; o->r = -1; o->wire_fwd = o->wire_bwd = -1; o->opt = RESBM_OPT_ADAMW; o->steps = 200;
     o->threads = 1; o->eval_every = 100; o->eval_rows = 32; o->stage = -1; o->timeout_ms = 60000;
+    o->link_mbps = -1.0;
     o->seed = 1337; o->sample_len = 200;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -147,6 +148,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         else if (!strcmp(a, "--bottleneck-lr-scale")) { if (!parse_double(v, 1e-3, 1e3, &x)) return die_usage("--bottleneck-lr-scale: '%s' is not in [0.001, 1000]", v); o->bottleneck_lr = (float)x; }
         else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
         else if (!strcmp(a, "--bandwidth-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->bandwidth_mbps)) return die_usage("--bandwidth-mbps: '%s' is not in [0, 1e6]", v); }
+        else if (!strcmp(a, "--link-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->link_mbps)) return die_usage("--link-mbps: '%s' is not in [0, 1e6]", v); }
         else if (!strcmp(a, "--latency-ms")) { if (!parse_double(v, 0.0, 1e5, &o->latency_ms)) return die_usage("--latency-ms: '%s' is not in [0, 1e5]", v); }
         else if (!strcmp(a, "--wire")) { if ((o->wire_fwd = parse_wire(v)) < 0) return die_usage("--wire: '%s' is not f32, bf16, f16 or i8", v); }
         else if (!strcmp(a, "--wire-bwd")) { if ((o->wire_bwd = parse_wire(v)) < 0) return die_usage("--wire-bwd: '%s' is not f32, bf16, f16 or i8", v); }
@@ -445,6 +447,9 @@ out:
 }
 
 /* ---- setup, summary ---------------------------------------------------------------------------- */
+/* The link bandwidth the timeouts assume: --link-mbps, else the shaped --bandwidth-mbps. */
+static double link_mbps(const options *o) { return o->link_mbps >= 0.0 ? o->link_mbps : o->bandwidth_mbps; }
+
 static resbm_stage_config stage_config(const options *o, int s, const resbm_transport *tr) {
     resbm_stage_config c = resbm_stage_config_default();
     c.model.d = o->d; c.model.layers = o->layers; c.model.heads = o->heads; c.model.ff = o->ff;
@@ -460,6 +465,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.n_micro = o->micro;
     c.wire_fwd = o->wire_fwd; c.wire_bwd = o->wire_bwd;
     c.timeout_ms = o->timeout_ms;
+    c.link_bytes_per_sec = link_mbps(o) * 1e6 / 8.0; /* receives wait longer on a slow link */
     return c;
 }
 
@@ -766,7 +772,11 @@ static int run_tcp(const options *o, const dataset *ds) {
         free(list); free(addrs);
         return 1;
     }
-    tcp_mesh_set_send_timeout(mesh, o->timeout_ms);
+    { /* a send may wait for the link to carry up to --micro frames ahead of it */
+        size_t fmax = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+        double ms = o->timeout_ms + (link_mbps(o) > 0 ? 1000.0 * o->micro * (double)fmax / (link_mbps(o) * 1e6 / 8.0) : 0.0);
+        tcp_mesh_set_send_timeout(mesh, (int)(ms < 2e9 ? ms : 2e9));
+    }
     tcp_mesh_transport(mesh, &tr);
     code = run_one_stage(o, ds, o->stage, tr);
     tcp_mesh_close(mesh);

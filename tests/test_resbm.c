@@ -2154,6 +2154,76 @@ static void test_pipeline_failures(void) {
 }
 #endif
 
+#ifndef RESBM_NO_THREADS
+/* A link whose send blocks for len / bps, as a blocking socket on a slow line does: the receiver
+   sees nothing until the whole frame has crossed. */
+typedef struct { resbm_transport inner; double bps; } slow_link;
+static int slow_send(void *u, int peer, const void *buf, size_t len) {
+    slow_link *l = (slow_link *)u;
+    double t = (double)len / l->bps;
+    struct timespec ts;
+    ts.tv_sec = (time_t)t; ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+    return l->inner.send(l->inner.user, peer, buf, len);
+}
+static int slow_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    slow_link *l = (slow_link *)u;
+    return l->inner.recv(l->inner.user, peer, buf, cap, len, timeout_ms);
+}
+
+/* The timeout rule: a frame that takes longer to cross than timeout_ms is a timeout unless the
+   stage knows the link's bandwidth; then it waits timeout_ms + n_micro frames' transfer time.
+   (552-byte frames at 1000 bytes/s take 552 ms; timeout_ms is 300.) */
+static void test_pipeline_timeout_scales(void) {
+    int pass;
+    for (pass = 0; pass < 2; pass++) {
+        resbm_model_config mc = pipe_config();
+        resbm_inproc *hub;
+        resbm_stage_config c = resbm_stage_config_default();
+        resbm_stage *st[2];
+        slow_link link[2];
+        lone_arg la[2];
+        pthread_t th[2];
+        int s;
+        mc.stages = 2; mc.layers = 2; mc.r = 0; /* r = d: 8 x 16 floats a frame */
+        resbm_inproc_init(2, 1 << 20, &hub);
+        for (s = 0; s < 2; s++) {
+            c.model = mc; c.model.stage = s; c.timeout_ms = 300;
+            c.link_bytes_per_sec = pass ? 1000.0 : 0.0;
+            resbm_inproc_transport(hub, s, &link[s].inner);
+            link[s].bps = 1000.0;
+            c.transport.user = &link[s]; c.transport.send = slow_send; c.transport.recv = slow_recv;
+            CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+        }
+        if (th_fail_now) return;
+        for (s = 0; s < 2; s++) { la[s].st = st[s]; pthread_create(&th[s], NULL, lone_step, &la[s]); }
+        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        if (pass) {
+            CHECK_RC(la[0].rc, RESBM_OK);
+            CHECK_RC(la[1].rc, RESBM_OK);
+        } else {
+            CHECK_RC(la[1].rc, RESBM_ETIMEDOUT); /* the activation took 552 ms > 300 */
+        }
+        for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+        resbm_inproc_free(hub);
+    }
+    { /* a bandwidth that is not a number is refused */
+        resbm_stage_config c = resbm_stage_config_default();
+        resbm_inproc *hub;
+        resbm_stage *st = NULL;
+        resbm_inproc_init(1, 1 << 16, &hub);
+        c.model = tiny_config();
+        resbm_inproc_transport(hub, 0, &c.transport);
+        c.link_bytes_per_sec = -1.0;
+        CHECK_RC(resbm_stage_init(&c, &st), RESBM_EINVAL);
+        c.link_bytes_per_sec = strtod("nan", NULL);
+        CHECK_RC(resbm_stage_init(&c, &st), RESBM_EINVAL);
+        CHECK(st == NULL, "out touched on failure");
+        resbm_inproc_free(hub);
+    }
+}
+#endif
+
 /* ---- argument validation across the layer API -------------------------------------------------- */
 static void test_layer_args(void) {
     float x[64] = {0}, y[64], g[16] = {0}, r[8];
@@ -2230,6 +2300,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
     RUN(test_pipeline_failures);
+    RUN(test_pipeline_timeout_scales);
     RUN(test_pipeline_eval_generate);
 #endif
     return th_finish();
