@@ -41,6 +41,7 @@ uncompressed-muon|--r $d --opt muon
 128x-muon|--ratio 128 --m $d --opt muon
 128x-r4-bf16|--r 4 --m $d --wire bf16
 128x-r7-i8|--r 7 --m $d --wire i8
+128x-r7-i8-muon|--r 7 --m $d --wire i8 --opt muon
 128x-m1024|--ratio 128 --m 1024
 128x-m64|--ratio 128 --m 64
 128x-blr4|--ratio 128 --m $d --bottleneck-lr-scale 4
@@ -62,7 +63,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.out"))):
     if last.startswith("result:"):
         res[name] = dict(kv.split("=") for kv in last.split()[1:])
 order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon",
-         "128x-r4-bf16", "128x-r7-i8", "128x-m1024", "128x-m64",
+         "128x-r4-bf16", "128x-r7-i8", "128x-r7-i8-muon", "128x-m1024", "128x-m64",
          "128x-blr4", "128x-blr0.25"]
 names = [n for n in order if n in res] + sorted(n for n in res if n not in order)
 ref = res.get("uncompressed")

@@ -680,7 +680,7 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
     resbm_stage_config sc;
     stage_ctx c;
     resbm_model *m;
-    uint64_t fwd, bwd;
+    uint64_t fwd = 0, bwd = 0;
     int rc, ok = 1, p;
     memset(&c, 0, sizeof(c));
     if (o->bandwidth_mbps > 0 || o->latency_ms > 0) {
