@@ -1452,6 +1452,106 @@ static void test_checkpoint_refuses(void) {
     remove(path); remove(path2);
 }
 
+/* Writes img[0:len] to path, loads it into m; returns the code. */
+static int load_image(const char *path, const unsigned char *img, size_t len, resbm_model *m,
+                      char *why, size_t why_len) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return 1;
+    if (len) fwrite(img, 1, len, fp);
+    fclose(fp);
+    return resbm_checkpoint_load(path, &m, 1, why, why_len);
+}
+
+/* Patches the first occurrence of `from` after `key` in the JSON header with `to` (same length). */
+static int patch_header(unsigned char *img, size_t hl, const char *key, const char *from, const char *to) {
+    char *h = (char *)img + 8, *k, *f;
+    char save = h[hl];
+    h[hl] = 0; /* the header is followed by data; terminate it while searching */
+    k = strstr(h, key);
+    f = k ? strstr(k, from) : NULL;
+    h[hl] = save;
+    if (!f || f + strlen(from) > h + hl) return 0;
+    memcpy(f, to, strlen(to));
+    return 1;
+}
+
+/* Corrupt checkpoints: cut at every byte of the header and all through the data, a header that
+   lies about dtype, shape, offsets or its own length. Each is an error with a reason; the model
+   and the file on disk are untouched. */
+static void test_checkpoint_corrupt(void) {
+    const char *path = "/tmp/resbm_test_ckpt_c.safetensors", *bad = "/tmp/resbm_test_ckpt_c2.safetensors";
+    resbm_model_config c = tiny_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    resbm_model *a, *b;
+    unsigned char *img, *cp;
+    char why[256];
+    size_t len, hl, cut, i, np, off, n_cuts = 0, n_fail = 0;
+    const resbm_param *pb;
+    float *before;
+    FILE *fp;
+    int rc;
+    CHECK_RC(resbm_model_init(&c, &oc, &a), RESBM_OK);
+    c.seed = 9;
+    CHECK_RC(resbm_model_init(&c, &oc, &b), RESBM_OK);
+    if (th_fail_now) return;
+    CHECK_RC(resbm_checkpoint_save(path, &a, 1, NULL, 0), RESBM_OK);
+    img = (unsigned char *)malloc(1 << 22); cp = (unsigned char *)malloc(1 << 22);
+    fp = fopen(path, "rb");
+    len = fp ? fread(img, 1, 1 << 22, fp) : 0;
+    if (fp) fclose(fp);
+    hl = (size_t)img[0] | (size_t)img[1] << 8 | (size_t)img[2] << 16;
+    CHECK(len > 8 + hl && hl > 100, "file of %zu bytes, header %zu", len, hl);
+    pb = resbm_model_params(b, &np);
+    before = (float *)malloc(resbm_model_num_floats(b) * 4 + 64);
+    for (i = 0, off = 0; i < np; off += pb[i].value.ne[0] * pb[i].value.ne[1], i++)
+        memcpy(before + off, pb[i].value.data, pb[i].value.ne[0] * pb[i].value.ne[1] * 4);
+    /* every cut in the length field and the header, then every 61st byte of the data */
+    for (cut = 0; cut < len; cut += cut < 8 + hl + 8 ? 1 : 61) {
+        why[0] = 0;
+        rc = load_image(bad, img, cut, b, why, sizeof(why));
+        n_cuts++;
+        if (rc == RESBM_OK || !why[0]) { n_fail++; if (n_fail < 4) CHECK(0, "cut at %zu: %s (%s)", cut, resbm_strerror(rc), why); }
+    }
+    CHECK(n_cuts > hl && n_fail == 0, "%zu of %zu cuts loaded or gave no reason", n_fail, n_cuts);
+    /* the header lies */
+    memcpy(cp, img, len);
+    CHECK(patch_header(cp, hl, "\"tok_emb\"", "F32", "F16"), "patch dtype");
+    CHECK_RC(load_image(bad, cp, len, b, why, sizeof(why)), RESBM_EFORMAT);
+    memcpy(cp, img, len);
+    CHECK(patch_header(cp, hl, "\"tok_emb\"", "\"shape\":[2", "\"shape\":[3"), "patch shape");
+    CHECK_RC(load_image(bad, cp, len, b, why, sizeof(why)), RESBM_EFORMAT);
+    memcpy(cp, img, len);
+    CHECK(patch_header(cp, hl, "\"final_norm\"", "\"data_offsets\":[", "\"data_offsets\":["), "find offsets");
+    { /* move final_norm's first offset one byte: sizes no longer match the shape */
+        char *h = (char *)cp + 8, save = h[hl], *k, *d;
+        h[hl] = 0; k = strstr(h, "\"final_norm\""); d = k ? strstr(k, "data_offsets\":[") : NULL; h[hl] = save;
+        if (d) { d += strlen("data_offsets\":["); *d = *d == '9' ? '8' : (char)(*d + 1); }
+        CHECK(d != NULL, "offsets");
+    }
+    rc = load_image(bad, cp, len, b, why, sizeof(why));
+    CHECK(rc == RESBM_EFORMAT, "moved offset: %s (%s)", resbm_strerror(rc), why);
+    memcpy(cp, img, len);
+    cp[0] = 0xff; cp[1] = 0xff; cp[2] = 0xff; cp[3] = 0x7f; /* header length past the file */
+    CHECK_RC(load_image(bad, cp, len, b, why, sizeof(why)), RESBM_EFORMAT);
+    memcpy(cp, img, len);
+    cp[7] = 0x80; /* header length of 2^63 */
+    CHECK_RC(load_image(bad, cp, len, b, why, sizeof(why)), RESBM_EFORMAT);
+    memcpy(cp, img, len);
+    cp[8 + hl / 2] = '\x01'; /* a control byte inside the JSON */
+    CHECK_RC(load_image(bad, cp, len, b, why, sizeof(why)), RESBM_EFORMAT);
+    /* nothing changed: the model, its step, and the good file, which still loads */
+    for (i = 0, off = 0; i < np; off += pb[i].value.ne[0] * pb[i].value.ne[1], i++)
+        CHECK(!memcmp(before + off, pb[i].value.data, pb[i].value.ne[0] * pb[i].value.ne[1] * 4), "%s changed", pb[i].name);
+    CHECK(resbm_model_step_count(b) == 0, "step changed");
+    fp = fopen(path, "rb");
+    CHECK(fp && fread(cp, 1, 1 << 22, fp) == len && !memcmp(cp, img, len), "the good file changed");
+    if (fp) fclose(fp);
+    CHECK_RC(resbm_checkpoint_load(path, &b, 1, why, sizeof(why)), RESBM_OK);
+    free(before); free(img); free(cp);
+    resbm_model_free(a); resbm_model_free(b);
+    remove(path); remove(bad);
+}
+
 /* ---- wire codec ------------------------------------------------------------------------------- */
 static resbm_frame_info frame_info(int kind, int dtype, uint32_t rows, uint32_t cols) {
     resbm_frame_info f;
@@ -2287,6 +2387,7 @@ int main(int argc, char **argv) {
     RUN(test_safetensors_read);
     RUN(test_checkpoint_resume);
     RUN(test_checkpoint_refuses);
+    RUN(test_checkpoint_corrupt);
     RUN(test_layer_args);
     RUN(test_crc32c);
     RUN(test_wire_conversions);
