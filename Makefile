@@ -105,8 +105,9 @@ sanitize: | $(BUILD)
 	  -fno-omit-frame-pointer tests/test_tcp.c -o $(BUILD)/test_tcp_san $(LIBS)
 	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/test_tcp_san
 
-# libFuzzer on the frame decoder, FUZZ_SECONDS per target (clang), from the seed corpus in
-# tests/fuzz/ (copied, so the repository's corpus does not grow). Any crash fails the target.
+# libFuzzer on the frame decoder, then on the safetensors reader and checkpoint loader, FUZZ_SECONDS
+# per target (clang), each from its seed corpus in tests/fuzz/ (copied, so the repository's corpus
+# does not grow). Any crash fails the target.
 FUZZ_SECONDS ?= 60
 fuzz: | $(BUILD)
 	clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
@@ -114,11 +115,20 @@ fuzz: | $(BUILD)
 	rm -rf $(BUILD)/fuzz_corpus_frame && mkdir -p $(BUILD)/fuzz_corpus_frame && cp tests/fuzz/frame/* $(BUILD)/fuzz_corpus_frame/
 	$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
 	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz_corpus_frame
+	clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  tests/fuzz_safetensors.c -o $(BUILD)/fuzz_safetensors $(LIBS)
+	rm -rf $(BUILD)/fuzz_corpus_safetensors && mkdir -p $(BUILD)/fuzz_corpus_safetensors && \
+	  cp tests/fuzz/safetensors/* $(BUILD)/fuzz_corpus_safetensors/
+	$(BUILD)/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1 \
+	  -artifact_prefix=$(BUILD)/fuzz_safetensors- $(BUILD)/fuzz_corpus_safetensors
 
-# Rewrites the seed corpus (valid frames of every kind, dtype and a few shapes, plus one per fault).
+# Rewrites the seed corpora: valid frames of every kind, dtype and a few shapes, plus one per fault;
+# safetensors files and checkpoints from the library's writer, corner cases, plus one per fault.
 fuzz-seeds: | $(BUILD)
 	$(CC) -std=c99 -O1 $(WARN) -DFUZZ_WRITE_SEEDS tests/fuzz_frame.c -o $(BUILD)/fuzz_frame_seeds $(LIBS)
 	mkdir -p tests/fuzz/frame && $(BUILD)/fuzz_frame_seeds tests/fuzz/frame
+	$(CC) -std=c99 -O1 $(WARN) -DFUZZ_WRITE_SEEDS tests/fuzz_safetensors.c -o $(BUILD)/fuzz_safetensors_seeds $(LIBS)
+	mkdir -p tests/fuzz/safetensors && $(BUILD)/fuzz_safetensors_seeds tests/fuzz/safetensors
 
 # ---- benchmarks (run alone on the machine; see bench/RESULTS.md) ----
 bench: bench-gemm bench-step bench-torch bench-overhead bench-pipeline bench-compress

@@ -3349,6 +3349,9 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
     int rc = st->cfg.transport.recv(st->cfg.transport.user, from, st->rbuf, st->frame_cap, &len,
                                     st->cfg.timeout_ms);
     st->stats.wait_s += resbm__now() - t0;
+    /* the one EINVAL a transport gives for valid arguments: a message larger than any frame this
+       stage takes (it stays queued, so the link stays unusable: restart the pair) */
+    if (rc == RESBM_EINVAL) return RESBM_ESIZE;
     if (rc) return rc;
     if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
     st->stats.bytes_recv[kind] += len;

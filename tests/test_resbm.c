@@ -2324,6 +2324,155 @@ static void test_pipeline_timeout_scales(void) {
 }
 #endif
 
+#ifndef RESBM_NO_THREADS
+/* Stage 0 of 2 played by a hostile peer; stage 1 (the last) receives. */
+typedef struct { resbm_transport tr; int n, step; const void *frame; size_t len; int rc; } flood_arg;
+static void *flood(void *p) {
+    flood_arg *a = (flood_arg *)p;
+    int k;
+    for (k = 0; k < a->n && !a->rc; k++) a->rc = a->tr.send(a->tr.user, 1, a->frame, a->len);
+    return NULL;
+}
+
+static float params_sum(resbm_model *m) { /* a fingerprint: any change moves it */
+    size_t np, i, j;
+    const resbm_param *ps = resbm_model_params(m, &np);
+    double t = 0;
+    for (i = 0; i < np; i++)
+        for (j = 0; j < ps[i].value.ne[0] * ps[i].value.ne[1]; j++) t += ps[i].value.data[j] * (double)(j % 7 + 1);
+    return (float)t;
+}
+
+/* A hostile peer: garbage, frames for the wrong stage, step, microbatch, kind, dtype or shape, a
+   flipped bit, a huge declared payload, a message larger than any frame, NaN and Inf, a flood of
+   frames, a truncated frame and a close. Each step fails with the code for what was wrong, the
+   receiving stage's parameters and step do not move, and an honest step still works after. */
+static void test_hostile_peer(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_inproc *hub;
+    resbm_stage_config c = resbm_stage_config_default();
+    resbm_stage *st[2];
+    resbm_transport t0;
+    resbm_frame_info f;
+    float z[8 * 4], loss, fp;
+    unsigned char good[1024], bad[1 << 16];
+    int32_t tok[8], tg[8];
+    size_t len, glen, i;
+    int s, k, rc;
+    lone_arg la[2];
+    pthread_t th[2];
+    struct { const char *what; int field, value, want; } cases[] = {
+        {"to the wrong stage", 1, 0, RESBM_ESTAGE}, {"from the wrong stage", 2, 1, RESBM_ESTAGE},
+        {"for another step", 3, 5, RESBM_ESTEP}, {"for another microbatch", 4, 3, RESBM_EMICRO},
+        {"of another kind", 5, RESBM_KIND_GRAD, RESBM_EKIND}, {"of another dtype", 6, RESBM_WIRE_BF16, RESBM_EDTYPE},
+        {"of another shape", 7, 7, RESBM_ESHAPE}};
+    mc.stages = 2; mc.layers = 2; /* r = 4: an activation frame is 8 rows x 4 */
+    resbm_inproc_init(2, 1 << 18, &hub);
+    for (s = 0; s < 2; s++) {
+        c.model = mc; c.model.stage = s; c.timeout_ms = 300;
+        resbm_inproc_transport(hub, s, &c.transport);
+        CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+    }
+    if (th_fail_now) return;
+    resbm_inproc_transport(hub, 0, &t0);
+    fp = params_sum(resbm_stage_model(st[1]));
+    pipe_batch(tok, tg, &mc, 1, 0);
+    for (i = 0; i < 32; i++) z[i] = 0.25f * (float)i - 3.0f;
+    memset(&f, 0, sizeof(f));
+    f.kind = RESBM_KIND_ACT; f.dtype = RESBM_WIRE_F32; f.from_stage = 0; f.to_stage = 1; f.rows = 8; f.cols = 4;
+#define HOSTILE(buf, n, want, what) do { \
+        CHECK_RC(t0.send(t0.user, 1, (buf), (n)), RESBM_OK); \
+        rc = resbm_stage_step(st[1], NULL, tg, 1, &loss); \
+        CHECK(rc == (want), "%s: %s, want %s", (what), resbm_strerror(rc), resbm_strerror(want)); \
+    } while (0)
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK);
+    for (i = 0; i < 64; i++) bad[i] = (unsigned char)(i * 37 + 11); /* garbage */
+    HOSTILE(bad, 64, RESBM_EMAGIC, "random bytes");
+    HOSTILE(good, 20, RESBM_ETRUNC, "a header cut short");
+    for (k = 0; k < (int)(sizeof(cases) / sizeof(cases[0])); k++) {
+        resbm_frame_info g = f;
+        unsigned char fb[1024];
+        size_t fl;
+        if (cases[k].field == 1) g.to_stage = (unsigned)cases[k].value;
+        if (cases[k].field == 2) g.from_stage = (unsigned)cases[k].value;
+        if (cases[k].field == 3) g.step = (uint64_t)cases[k].value;
+        if (cases[k].field == 4) g.micro = (uint32_t)cases[k].value;
+        if (cases[k].field == 5) g.kind = cases[k].value;
+        if (cases[k].field == 6) g.dtype = cases[k].value;
+        if (cases[k].field == 7) g.rows = (uint32_t)cases[k].value;
+        CHECK_RC(resbm_frame_encode(fb, sizeof(fb), &fl, &g, z), RESBM_OK);
+        HOSTILE(fb, fl, cases[k].want, cases[k].what);
+    }
+    memcpy(bad, good, glen); bad[glen - 3] ^= 0x10; /* one payload bit */
+    HOSTILE(bad, glen, RESBM_ECRC, "a flipped payload bit");
+    memcpy(bad, good, glen); bad[32] = bad[33] = bad[34] = 0xff; bad[35] = 0x7f; /* 2 GB declared */
+    put_crc(bad, glen);
+    HOSTILE(bad, glen, RESBM_ESIZE, "a huge declared payload");
+    z[5] = strtof("nan", NULL);
+    CHECK_RC(resbm_frame_encode(good + 512, 512, &len, &f, z), RESBM_ENONFINITE); /* refused here */
+    z[5] = 1.0f;
+    memcpy(bad, good, glen); bad[40 + 4 * 5 + 3] = 0x7f; bad[40 + 4 * 5 + 2] = 0xc0; put_crc(bad, glen);
+    HOSTILE(bad, glen, RESBM_ENONFINITE, "a NaN payload");
+    memcpy(bad, good, glen); bad[40 + 3] = 0xff; bad[40 + 2] = 0x80; bad[41] = bad[40] = 0; put_crc(bad, glen);
+    HOSTILE(bad, glen, RESBM_ENONFINITE, "an Inf payload");
+    CHECK(params_sum(resbm_stage_model(st[1])) == fp && resbm_model_step_count(resbm_stage_model(st[1])) == 0,
+          "the receiver's parameters or step moved");
+    memset(bad, 0x52, sizeof(bad)); /* larger than any frame this stage takes */
+    HOSTILE(bad, sizeof(bad), RESBM_ESIZE, "an oversized message");
+    HOSTILE(good, glen, RESBM_ESIZE, "a good frame behind it (the link stays blocked)");
+    { /* the oversized message is still queued (a transport keeps what it cannot hand over):
+         drain it and the good frame through stage 1's endpoint */
+        resbm_transport t1;
+        size_t got = 0;
+        memset(&t1, 0, sizeof(t1));
+        CHECK_RC(resbm_inproc_transport(hub, 1, &t1), RESBM_OK);
+        CHECK_RC(t1.recv(t1.user, 0, bad, sizeof(bad), &got, 0), RESBM_OK);
+        CHECK(got == sizeof(bad), "drained %zu", got);
+        CHECK_RC(t1.recv(t1.user, 0, bad, sizeof(bad), &got, 0), RESBM_OK);
+        CHECK_RC(t1.recv(t1.user, 0, bad, sizeof(bad), &got, 0), RESBM_ETIMEDOUT);
+    }
+    /* an honest step still works */
+    for (s = 0; s < 2; s++) { la[s].st = st[s]; pthread_create(&th[s], NULL, lone_step, &la[s]); }
+    for (s = 0; s < 2; s++) { pthread_join(th[s], NULL); CHECK_RC(la[s].rc, RESBM_OK); }
+    fp = params_sum(resbm_stage_model(st[1]));
+    { /* a flood of valid-looking activations: the mailbox bounds it (the sender blocks), the
+         receiver takes the first and fails on the second where it expects a control frame */
+        flood_arg fa;
+        pthread_t ft;
+        f.step = 1;
+        CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK);
+        fa.tr = t0; fa.n = 100000; fa.frame = good; fa.len = glen; fa.rc = 0;
+        pthread_create(&ft, NULL, flood, &fa);
+        rc = resbm_stage_step(st[1], NULL, tg, 1, &loss);
+        CHECK(rc == RESBM_EKIND, "flood: %s", resbm_strerror(rc));
+        resbm_inproc_close(hub, 0); /* releases the flooder */
+        pthread_join(ft, NULL);
+        CHECK(fa.rc == RESBM_ECLOSED, "flooder: %s", resbm_strerror(fa.rc));
+    }
+    CHECK(params_sum(resbm_stage_model(st[1])) == fp && resbm_model_step_count(resbm_stage_model(st[1])) == 1,
+          "the flood moved the receiver");
+    for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+    resbm_inproc_free(hub);
+    /* a truncated frame, then the peer closes */
+    resbm_inproc_init(2, 1 << 18, &hub);
+    c.model = mc; c.model.stage = 1;
+    resbm_inproc_transport(hub, 1, &c.transport);
+    CHECK_RC(resbm_stage_init(&c, &st[1]), RESBM_OK);
+    if (th_fail_now) { resbm_inproc_free(hub); return; }
+    resbm_inproc_transport(hub, 0, &t0);
+    f.step = 0;
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z + 8), RESBM_OK);
+    HOSTILE(good, glen - 7, RESBM_ETRUNC, "a truncated frame");
+    resbm_inproc_close(hub, 0);
+    rc = resbm_stage_step(st[1], NULL, tg, 1, &loss);
+    CHECK(rc == RESBM_ECLOSED, "after the close: %s", resbm_strerror(rc));
+    CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 0, "step moved");
+#undef HOSTILE
+    resbm_stage_free(st[1]);
+    resbm_inproc_free(hub);
+}
+#endif
+
 /* ---- argument validation across the layer API -------------------------------------------------- */
 static void test_layer_args(void) {
     float x[64] = {0}, y[64], g[16] = {0}, r[8];
@@ -2402,6 +2551,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_wire_bytes);
     RUN(test_pipeline_failures);
     RUN(test_pipeline_timeout_scales);
+    RUN(test_hostile_peer);
     RUN(test_pipeline_eval_generate);
 #endif
     return th_finish();
