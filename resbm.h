@@ -526,7 +526,7 @@ enum { RESBM_DT_F32 = 0, RESBM_DT_I32 = 1 };
 typedef struct resbm_st_entry {
     const char *name;
     int dtype;          /* RESBM_DT_* */
-    int ndim;           /* 1..4 */
+    int ndim;           /* 0..4 (0: a scalar) */
     size_t shape[4];
     const void *data;   /* host-endian values; written little-endian */
 } resbm_st_entry;
@@ -538,7 +538,8 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
 /* A parsed safetensors file. Parsing checks everything before returning: the header length, the
    JSON (objects, strings with escapes, integer arrays; nothing else), dtypes F32/I32, ranks 0..4,
    sizes against dtype x shape with overflow checks, offsets inside the data and covering it
-   exactly, unique names. Entry data points into the file copy, little-endian. */
+   exactly, unique names, at most one __metadata__ object with unique keys. Entry data points
+   into the file copy, little-endian. */
 typedef struct resbm_st_file resbm_st_file;
 RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out);
 /* Reads and parses a file of at most max_bytes (RESBM_EFORMAT when larger). */
@@ -3803,6 +3804,7 @@ static int resbm__json_uints(resbm__json *j, uint64_t *v, int max, int *n) {
 static int resbm__st_header(resbm_st_file *f, const char *h, size_t hl, char *strings) {
     resbm__json j;
     size_t n = 0, nm = 0, data_len = f->len - f->data;
+    int seen_meta = 0;
     j.p = h; j.end = h + hl; j.out = strings; j.used = 0;
     if (!resbm__json_eat(&j, '{')) return RESBM_EFORMAT;
     if (!resbm__json_eat(&j, '}')) {
@@ -3811,7 +3813,8 @@ static int resbm__st_header(resbm_st_file *f, const char *h, size_t hl, char *st
             RESBM__TRY(resbm__json_string(&j, &key));
             if (!resbm__json_eat(&j, ':') || !resbm__json_eat(&j, '{')) return RESBM_EFORMAT;
             if (!strcmp(strings + key, "__metadata__")) { /* string -> string */
-                if (nm || resbm__json_eat(&j, '}')) { if (nm) return RESBM_EFORMAT; continue; }
+                if (seen_meta++) return RESBM_EFORMAT; /* one metadata object */
+                if (resbm__json_eat(&j, '}')) continue;
                 do {
                     size_t k, v;
                     RESBM__TRY(resbm__json_string(&j, &k));
@@ -3889,6 +3892,9 @@ static int resbm__cmp_entry(const void *a, const void *b) {
 static int resbm__cmp_name(const void *a, const void *b) {
     return strcmp(((const resbm_st_entry *)a)->name, ((const resbm_st_entry *)b)->name);
 }
+static int resbm__cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out) {
     const unsigned char *b = (const unsigned char *)buf;
@@ -3914,7 +3920,7 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
     memcpy(f->buf, b, len);
     rc = resbm__st_header(f, (const char *)f->buf + 8, (size_t)hl, f->names); /* count */
     if (!rc) {
-        size_t ne = f->n + 1, nmeta = 2 * f->n_meta + 1;
+        size_t ne = f->n + 1, nmeta = 3 * f->n_meta + 1; /* pairs, then keys to sort */
         f->e = (resbm_st_entry *)resbm__alloc(2 * ne * sizeof(resbm_st_entry) + nmeta * sizeof(char *), NULL);
         if (!f->e) rc = RESBM_ENOMEM;
         else {
@@ -3937,6 +3943,13 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
         qsort(sorted, f->n, sizeof(resbm_st_entry), resbm__cmp_name); /* unique names */
         for (i = 1; i < f->n && !rc; i++)
             if (!strcmp(sorted[i - 1].name, sorted[i].name)) rc = RESBM_EFORMAT;
+    }
+    if (!rc && f->n_meta > 1) { /* unique metadata keys (JSON readers disagree on duplicates) */
+        char **keys = f->meta + 2 * f->n_meta;
+        for (i = 0; i < f->n_meta; i++) keys[i] = f->meta[2 * i];
+        qsort(keys, f->n_meta, sizeof(char *), resbm__cmp_str);
+        for (i = 1; i < f->n_meta && !rc; i++)
+            if (!strcmp(keys[i - 1], keys[i])) rc = RESBM_EFORMAT;
     }
     if (rc) { resbm_safetensors_free(f); return rc; }
     *out = f;
@@ -4052,7 +4065,12 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
 }
 
 static int resbm__why(char *why, size_t len, int rc, const char *fmt, const char *a, const char *b) {
-    if (why && len) snprintf(why, len, fmt, a, b);
+    size_t i;
+    if (why && len) {
+        snprintf(why, len, fmt, a, b);
+        for (i = 0; why[i]; i++) /* one line, whatever the file's metadata holds */
+            if ((unsigned char)why[i] < 0x20 || why[i] == 0x7f) why[i] = '?';
+    }
     return rc;
 }
 
