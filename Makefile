@@ -9,7 +9,7 @@ LIBS     = -lm -pthread
 HDR      = resbm.h
 TESTDEPS = $(HDR) tests/harness.h tests/ref.h
 
-.PHONY: all examples mpi demo test check-compile sanitize fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-gemm bench-step bench-torch clean
+.PHONY: all examples mpi demo test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-gemm bench-step bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
@@ -104,6 +104,25 @@ sanitize: | $(BUILD)
 	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
 	  -fno-omit-frame-pointer tests/test_tcp.c -o $(BUILD)/test_tcp_san $(LIBS)
 	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/test_tcp_san
+
+# ThreadSanitizer on the stage runtime, the transports and the pool (the tests that run threads),
+# and on the TCP adapter.
+TSAN_TESTS = pool pipeline inproc shaper hostile gemm_large_threads model_threads
+tsan: | $(BUILD)
+	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_resbm.c -o $(BUILD)/test_resbm_tsan $(LIBS)
+	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_tcp.c -o $(BUILD)/test_tcp_tsan $(LIBS)
+	@set -e; for t in $(TSAN_TESTS); do echo "tsan: $$t"; \
+	  TSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_resbm_tsan --filter $$t > $(BUILD)/tsan.log 2>&1 || \
+	  { cat $(BUILD)/tsan.log; exit 1; }; done
+	TSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_tcp_tsan > $(BUILD)/tsan.log 2>&1 || { cat $(BUILD)/tsan.log; exit 1; }
+
+# valgrind memcheck on one short pipeline training run (AVX2 build: valgrind has no AVX-512):
+# any invalid access or leaked block fails.
+valgrind: | $(BUILD)
+	$(CC) -std=c99 -O1 -g -mavx2 -mfma $(WARN) examples/train.c -o $(BUILD)/train_vg $(LIBS)
+	valgrind --quiet --error-exitcode=9 --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all \
+	  $(BUILD)/train_vg --data resbm.h --d 32 --layers 2 --heads 2 --stages 2 --ratio 8 --m 16 --seq 16 \
+	  --batch 2 --micro 2 --steps 3 --eval-every 2 --eval-rows 2 --sample 8 --quiet
 
 # libFuzzer on the frame decoder, then on the safetensors reader and checkpoint loader, FUZZ_SECONDS
 # per target (clang), each from its seed corpus in tests/fuzz/ (copied, so the repository's corpus

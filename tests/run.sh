@@ -60,6 +60,9 @@ out=$("$build/test_tcp" 2>&1); tally "$out" $? tcp
 echo "== examples/train CLI: threads, TCP, MPI, resume, bad input, checkpoint read by PyTorch"
 out=$(bash tests/cli.sh "$build" 2>&1); tally "$out" $? cli
 
+echo "== sanitizers, valgrind and fuzzing (tests/tools.sh)"
+out=$(bash tests/tools.sh 2>&1); tally "$out" $? tools
+
 echo "== benchmark scripts in their smoke modes (bench/compress.sh, bench/pipeline.sh)"
 out=$(bash tests/bench_smoke.sh 2>&1); tally "$out" $? bench
 

@@ -7,18 +7,18 @@
 
 /* A counting allocator that can fail the n-th call: checks ENOMEM paths and leaks. */
 static long ta_calls, ta_live, ta_fail_at = -1;
-static void *ta_malloc(size_t n, void *user) {
+static void *ta_malloc(size_t n, void *user) { /* atomics: pipeline stages allocate in parallel */
     void *p;
+    long call = __atomic_fetch_add(&ta_calls, 1, __ATOMIC_RELAXED);
     (void)user;
-    if (ta_fail_at >= 0 && ta_calls++ == ta_fail_at) return NULL;
-    if (ta_fail_at < 0) ta_calls++;
+    if (ta_fail_at >= 0 && call == ta_fail_at) return NULL;
     p = malloc(n);
-    if (p) ta_live++;
+    if (p) __atomic_fetch_add(&ta_live, 1, __ATOMIC_RELAXED);
     return p;
 }
 static void ta_free(void *p, void *user) {
     (void)user;
-    if (p) { ta_live--; free(p); }
+    if (p) { __atomic_fetch_sub(&ta_live, 1, __ATOMIC_RELAXED); free(p); }
 }
 #define RESBM_MALLOC(sz, u) ta_malloc(sz, u)
 #define RESBM_FREE(p, u) ta_free(p, u)
@@ -2463,7 +2463,7 @@ static void test_hostile_peer(void) {
     if (th_fail_now) { resbm_inproc_free(hub); return; }
     resbm_inproc_transport(hub, 0, &t0);
     f.step = 0;
-    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z + 8), RESBM_OK);
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK);
     HOSTILE(good, glen - 7, RESBM_ETRUNC, "a truncated frame");
     resbm_inproc_close(hub, 0);
     rc = resbm_stage_step(st[1], NULL, tg, 1, &loss);
