@@ -358,8 +358,13 @@ static int save_ckpt(stage_ctx *c, const char *path) {
     ckpt_path(c->o, path, c->s, p, sizeof(p));
     if (c->barrier && gate_wait(c->barrier)) return RESBM_ESTATE; /* another stage failed */
     if (!c->barrier) {
+        /* one process per stage: a crash can fall between two stages' saves, so keep the previous
+           generation (path.prev); a restart picks the newest step every stage has (agree_ckpt) */
         resbm_model *m = resbm_stage_model(c->st);
-        rc = resbm_checkpoint_save(p, &m, 1, meta, 2);
+        char prev[4112];
+        snprintf(prev, sizeof(prev), "%s.prev", p);
+        if (rename(p, prev) && errno != ENOENT) rc = RESBM_EIO;
+        if (!rc) rc = resbm_checkpoint_save(p, &m, 1, meta, 2);
     } else if (c->s == 0) {
         rc = resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2);
     }
@@ -586,6 +591,66 @@ static int load_ckpt(const options *o, resbm_model **models, size_t n, int s) {
     return 1;
 }
 
+/* The step a checkpoint file holds, or -1 when it is missing or unreadable. */
+static long ckpt_step(const char *path) {
+    resbm_st_file *f;
+    const char *v;
+    long step = -1;
+    if (resbm_safetensors_read(path, (size_t)1 << 40, &f)) return -1;
+    if ((v = resbm_safetensors_meta(f, "step")) != NULL) step = strtol(v, NULL, 10);
+    resbm_safetensors_free(f);
+    return step;
+}
+
+/* One process per stage: every stage offers the steps of its checkpoint and of the generation
+   before it; stage 0 picks the newest step all of them have and tells the others. Loads it. */
+static int agree_ckpt(const options *o, resbm_transport tr, resbm_model *m, int s) {
+    char p[4096], prev[4112], *pick;
+    unsigned char b[16];
+    long have[2], chosen = -1;
+    size_t len;
+    int rc = 0, k, q;
+    ckpt_path(o, o->load, s, p, sizeof(p));
+    snprintf(prev, sizeof(prev), "%s.prev", p);
+    have[0] = ckpt_step(p); have[1] = ckpt_step(prev);
+    if (s > 0) {
+        for (k = 0; k < 16; k++) b[k] = (unsigned char)((uint64_t)(int64_t)have[k / 8] >> (8 * (k % 8)));
+        if (!(rc = tr.send(tr.user, 0, b, 16)) && !(rc = tr.recv(tr.user, 0, b, sizeof(b), &len, o->timeout_ms)) &&
+            !(rc = len == 8 ? 0 : RESBM_ETRANSPORT)) {
+            uint64_t v = 0;
+            for (k = 0; k < 8; k++) v |= (uint64_t)b[k] << (8 * k);
+            chosen = (long)(int64_t)v;
+        }
+    } else {
+        long cand[2] = {have[0], have[1]};
+        for (q = 1; q < o->stages && !rc; q++) { /* keep the candidates every stage has */
+            uint64_t v[2] = {0, 0};
+            if ((rc = tr.recv(tr.user, q, b, sizeof(b), &len, o->timeout_ms)) || (rc = len == 16 ? 0 : RESBM_ETRANSPORT)) break;
+            for (k = 0; k < 16; k++) v[k / 8] |= (uint64_t)b[k] << (8 * (k % 8));
+            for (k = 0; k < 2; k++)
+                if (cand[k] != (long)(int64_t)v[0] && cand[k] != (long)(int64_t)v[1]) cand[k] = -1;
+        }
+        chosen = cand[0] > cand[1] ? cand[0] : cand[1];
+        for (k = 0; k < 8; k++) b[k] = (unsigned char)((uint64_t)(int64_t)chosen >> (8 * k));
+        for (q = 1; q < o->stages && !rc; q++) rc = tr.send(tr.user, q, b, 8);
+    }
+    if (rc) { fprintf(stderr, "train: stage %d: agreeing on a checkpoint: %s\n", s, resbm_strerror(rc)); return 0; }
+    if (chosen < 0) {
+        fprintf(stderr, "train: stage %d: the stages' checkpoints share no step (here: %s at %ld, %s at %ld)\n", s, p, have[0], prev, have[1]);
+        return 0;
+    }
+    pick = have[0] == chosen ? p : prev;
+    if (s == 0 && pick != p) printf("resuming from the previous generation, step %ld (a stage had not saved the newer one)\n", chosen);
+    {
+        char why[512];
+        if ((rc = resbm_checkpoint_load(pick, &m, 1, why, sizeof(why)))) {
+            fprintf(stderr, "train: cannot resume from %s: %s (%s)\n", pick, why[0] ? why : "", resbm_strerror(rc));
+            return 0;
+        }
+    }
+    return 1;
+}
+
 #ifndef TRAIN_NO_MAIN
 /* All stages in this process, one thread each, over the in-process transport (shaped when a
    bandwidth or latency is given: every stage's endpoint is wrapped, so both ends are shaped). */
@@ -697,7 +762,7 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
         return 1;
     }
     m = resbm_stage_model(c.st);
-    if (o->load) ok = load_ckpt(o, &m, 1, s);
+    if (o->load) ok = agree_ckpt(o, tr, m, s);
     if (ok && o->save_init) {
         char path[4096];
         ckpt_path(o, o->save_init, s, path, sizeof(path));

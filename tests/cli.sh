@@ -111,6 +111,37 @@ tcp_run 2 --steps 8 --sample 0 --quiet --load "$dir/st.safetensors"
 "$train" $tiny --stages 2 --steps 8 --sample 0 --quiet > "$dir/full2.out" 2>&1
 check "tcp: resumed run equals the uninterrupted one" "[ '$(field "$dir/tcp2.0.out" train_loss)' = '$(field "$dir/full2.out" train_loss)' ]"
 
+# ---- a crashed stage, checkpoints every 2 steps: kill -9 stage 1 mid-run; stages 0 and 2 report
+# the lost peer and exit 1 within their timeout; restarting all three from the checkpoints gives
+# final parameters bit-identical to an uninterrupted run (each stage keeps the previous generation,
+# and the restart takes the newest step every stage has)
+tcp_run 3 --steps 12 --sample 0 --quiet --save "$dir/unint.safetensors"
+base=$((30000 + ($$ * 13 + RANDOM) % 10000)) peers=""
+for s in 0 1 2; do peers="$peers${peers:+,}127.0.0.1:$((base + s))"; done
+pids=()
+for s in 2 1 0; do
+  "$train" $tiny --stages 3 --stage $s --listen "127.0.0.1:$((base + s))" --peers "$peers" --steps 12 --sample 0 --quiet \
+    --latency-ms 25 --timeout-ms 3000 --save "$dir/crash.safetensors" --save-every 2 > "$dir/crash.$s.out" 2> "$dir/crash.$s.err" &
+  pids+=($!)
+done
+for ((i = 0; i < 600; i++)); do [ -e "$dir/crash.stage0.safetensors.prev" ] && break; sleep 0.05; done
+start=$(date +%s)
+kill -9 "${pids[1]}" 2>/dev/null; wait "${pids[1]}" 2>/dev/null
+wait "${pids[0]}"; rc2=$?; wait "${pids[2]}"; rc0=$?
+check "crash: stage 1 killed after 2 saves, before the end" "[ -e '$dir/crash.stage0.safetensors.prev' ] && ! grep -q '^result' '$dir/crash.0.out'"
+check "crash: stages 0 and 2 exit 1 with the reason, within the timeout" \
+  "[ $rc0 = 1 ] && [ $rc2 = 1 ] && [ \$((\$(date +%s) - start)) -le 15 ] && grep -Eqi 'closed|gone|timed out' '$dir/crash.0.err' && grep -Eqi 'closed|gone|timed out' '$dir/crash.2.err'"
+tcp_run 3 --steps 12 --sample 0 --quiet --load "$dir/crash.safetensors" --save "$dir/restart.safetensors"
+check "crash: the restart runs to the end" "[ $? = 0 ]"
+check "crash: restarted final checkpoints equal the uninterrupted run's, byte for byte" \
+  "cmp -s '$dir/unint.stage0.safetensors' '$dir/restart.stage0.safetensors' && cmp -s '$dir/unint.stage1.safetensors' '$dir/restart.stage1.safetensors' && cmp -s '$dir/unint.stage2.safetensors' '$dir/restart.stage2.safetensors'"
+# checkpoints from different steps with no common generation: refused with the reason
+cp "$dir/unint.stage1.safetensors" "$dir/mixed.stage1.safetensors"
+tcp_run 3 --steps 4 --schedule-steps 12 --sample 0 --quiet --save "$dir/mixed4.safetensors"
+for s in 0 2; do cp "$dir/mixed4.stage$s.safetensors" "$dir/mixed.stage$s.safetensors"; done
+tcp_run 3 --steps 12 --sample 0 --quiet --load "$dir/mixed.safetensors"
+check "crash: checkpoints at different steps are refused, not mixed" "[ $? != 0 ] && grep -q 'share no step' '$dir/tcp3.0.err'"
+
 # ---- bad input: a clear message and a non-zero exit; a bad checkpoint is left as it was
 expect_fail() { # name code pattern args...
   local name=$1 code=$2 pat=$3; shift 3
