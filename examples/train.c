@@ -841,6 +841,7 @@ static int run_tcp(const options *o, const dataset *ds) {
         size_t fmax = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
         double ms = o->timeout_ms + (link_mbps(o) > 0 ? 1000.0 * o->micro * (double)fmax / (link_mbps(o) * 1e6 / 8.0) : 0.0);
         tcp_mesh_set_send_timeout(mesh, (int)(ms < 2e9 ? ms : 2e9));
+        tcp_mesh_set_max_message(mesh, fmax + 64); /* the largest frame, shaper prefix included */
     }
     tcp_mesh_transport(mesh, &tr);
     code = run_one_stage(o, ds, o->stage, tr);
