@@ -1181,6 +1181,13 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
             else break;
         }
         g.tiles_n = tiles_n;
+        /* a GEMM this small (the bottleneck's r-wide ones) costs less than waking a thread:
+           run its tiles here (same tiles, same sums, so the result is the same bits) */
+        if ((double)M * (double)N * (double)K <= 262144.0) {
+            size_t t;
+            for (t = 0; t < tiles_m * tiles_n; t++) resbm__gemm_task(&g, t, 0);
+            return RESBM_OK;
+        }
         return resbm_pool_run(pool, resbm__gemm_task, &g, tiles_m * tiles_n);
     }
 }
