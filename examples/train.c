@@ -579,18 +579,6 @@ static void describe(const options *o, const resbm_stage *st0) {
     printf("\n");
 }
 
-/* Loads a checkpoint into this process's stages; prints why on failure. */
-static int load_ckpt(const options *o, resbm_model **models, size_t n, int s) {
-    char p[4096], why[512];
-    int rc;
-    ckpt_path(o, o->load, s, p, sizeof(p));
-    if ((rc = resbm_checkpoint_load(p, models, n, why, sizeof(why)))) {
-        fprintf(stderr, "train: cannot resume from %s: %s (%s)\n", p, why[0] ? why : "", resbm_strerror(rc));
-        return 0;
-    }
-    return 1;
-}
-
 /* The step a checkpoint file holds, or -1 when it is missing or unreadable. */
 static long ckpt_step(const char *path) {
     resbm_st_file *f;
@@ -652,6 +640,18 @@ static int agree_ckpt(const options *o, resbm_transport tr, resbm_model *m, int 
 }
 
 #ifndef TRAIN_NO_MAIN
+/* Loads a checkpoint into this process's stages; prints why on failure. */
+static int load_ckpt(const options *o, resbm_model **models, size_t n, int s) {
+    char p[4096], why[512];
+    int rc;
+    ckpt_path(o, o->load, s, p, sizeof(p));
+    if ((rc = resbm_checkpoint_load(p, models, n, why, sizeof(why)))) {
+        fprintf(stderr, "train: cannot resume from %s: %s (%s)\n", p, why[0] ? why : "", resbm_strerror(rc));
+        return 0;
+    }
+    return 1;
+}
+
 /* All stages in this process, one thread each, over the in-process transport (shaped when a
    bandwidth or latency is given: every stage's endpoint is wrapped, so both ends are shaped). */
 static int run_threads(const options *o, const dataset *ds) {
