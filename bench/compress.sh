@@ -90,7 +90,8 @@ if curves:
     y0, y1 = y0 - 0.02 * (y1 - y0 + 1e-9), y1 + 0.02 * (y1 - y0 + 1e-9)
     X = lambda x: L + (W - L - R) * x / x1
     Y = lambda y: H - B - (H - B - T) * (y - y0) / (y1 - y0)
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+              "#17becf", "#bcbd22", "#393b79", "#ad494a", "#637939", "#e7ba52", "#000000"]
     s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
          '<rect width="100%" height="100%" fill="white"/>',
          '<text x="%d" y="18">val bits per byte against training tokens (Brown corpus, d=%s, S=4)</text>' % (L, d),
