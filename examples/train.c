@@ -624,7 +624,10 @@ static int agree_ckpt(const options *o, resbm_transport tr, resbm_model *m, int 
     }
     if (rc) { fprintf(stderr, "train: stage %d: agreeing on a checkpoint: %s\n", s, resbm_strerror(rc)); return 0; }
     if (chosen < 0) {
-        fprintf(stderr, "train: stage %d: the stages' checkpoints share no step (here: %s at %ld, %s at %ld)\n", s, p, have[0], prev, have[1]);
+        if (have[0] < 0 && have[1] < 0)
+            fprintf(stderr, "train: stage %d: cannot resume: neither %s nor %s is a readable checkpoint\n", s, p, prev);
+        else
+            fprintf(stderr, "train: stage %d: the stages' checkpoints share no step (here: %s at %ld, %s at %ld; -1 = none)\n", s, p, have[0], prev, have[1]);
         return 0;
     }
     pick = have[0] == chosen ? p : prev;
