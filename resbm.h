@@ -2775,6 +2775,7 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
             resbm__put32(q, resbm__fbits(scale));
             for (i = 0; i < bn; i++) {
                 float v = roundf(x[b0 + i] * inv);
+                if (v != v) v = 0.0f; /* 0 * inf: a denormal absmax makes inv overflow */
                 v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
                 q[4 + i] = (unsigned char)(signed char)(int)v;
             }

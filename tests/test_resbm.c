@@ -1629,6 +1629,13 @@ static void test_wire_roundtrip(void) {
                 if (!(fabsf(y[i] - x[i]) <= tol)) { CHECK(0, "dtype %d [%zu]: %g -> %g", dt, i, x[i], y[i]); break; }
             }
         }
+    { /* an i8 block whose absmax is denormal (127 / absmax overflows; the fuzzer found 0 * inf) */
+        float d[4] = {0.0f, 1e-45f, -1e-45f, 0.0f}, e[4];
+        resbm_frame_info f = frame_info(RESBM_KIND_ACT, RESBM_WIRE_I8, 1, 4);
+        CHECK_RC(resbm_frame_encode(buf, 40 + n * 4, &len, &f, d), RESBM_OK);
+        CHECK_RC(resbm_frame_decode(e, 4, buf, len, &f), RESBM_OK);
+        CHECK(e[0] == 0.0f && e[3] == 0.0f && fabsf(e[1]) <= 1e-44f && fabsf(e[2]) <= 1e-44f, "denormal block");
+    }
     free(x); free(y); free(buf);
 }
 
