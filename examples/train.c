@@ -452,6 +452,11 @@ out:
 }
 
 /* ---- setup, summary ---------------------------------------------------------------------------- */
+/* The largest frame a stage sends: a microbatch of r = d floats in f32, with room to spare. */
+static size_t frame_max_bytes(const options *o) {
+    return RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+}
+
 /* The link bandwidth the timeouts assume: --link-mbps, else the shaped --bandwidth-mbps. */
 static double link_mbps(const options *o) { return o->link_mbps >= 0.0 ? o->link_mbps : o->bandwidth_mbps; }
 
@@ -665,7 +670,7 @@ static int run_threads(const options *o, const dataset *ds) {
     resbm_shaper **shapers = (resbm_shaper **)calloc((size_t)S, sizeof(resbm_shaper *));
     pthread_t *th = (pthread_t *)calloc((size_t)S, sizeof(pthread_t));
     gate barrier;
-    size_t frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+    size_t frame_max = frame_max_bytes(o);
     uint64_t fwd = 0, bwd = 0;
     if (!c || !models || !shapers || !th) { fprintf(stderr, "train: out of memory\n"); return 1; }
     /* a mailbox holds a few frames: 1F1B never has more than S in flight per direction */
@@ -743,7 +748,7 @@ static int run_threads(const options *o, const dataset *ds) {
 /* One stage in this process; `tr` reaches the others (TCP, MPI, ...). Stage 0 gathers the
    other stages' wire counters and prints the summary. */
 static int run_one_stage(const options *o, const dataset *ds, int s, resbm_transport tr) {
-    size_t frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+    size_t frame_max = frame_max_bytes(o);
     resbm_shaper *shaper = NULL;
     resbm_stage_config sc;
     stage_ctx c;
@@ -841,7 +846,7 @@ static int run_tcp(const options *o, const dataset *ds) {
         return 1;
     }
     { /* a send may wait for the link to carry up to --micro frames ahead of it */
-        size_t fmax = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+        size_t fmax = frame_max_bytes(o);
         double ms = o->timeout_ms + (link_mbps(o) > 0 ? 1000.0 * o->micro * (double)fmax / (link_mbps(o) * 1e6 / 8.0) : 0.0);
         tcp_mesh_set_send_timeout(mesh, (int)(ms < 2e9 ? ms : 2e9));
         tcp_mesh_set_max_message(mesh, fmax + 64); /* the largest frame, shaper prefix included */
