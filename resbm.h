@@ -271,7 +271,7 @@ RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs /*[N,V]*/, float 
 RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits /*[N,V]*/, const float *probs,
                                  const int32_t *targets, size_t N, size_t V, float scale);
 
-/* ---- the residual bottleneck between stage s and s+1 (design §4) ---------------------------------
+/* ---- the residual bottleneck between stage s and s+1 (docs/design.md §4) ------------------------
    Sender, end of stage s:   u = rmsnorm(h) * norm;  z = silu(u w1^T) w2^T + h[:, 0:r]
    Receiver, start of s+1:   x = silu(z w1^T) w2^T;  x[:, 0:r] += z
    (identity = 0 drops both "+" terms.) Only z [N,r] and dL/dz [N,r] cross the link. A host with
@@ -398,7 +398,7 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
                                     const int32_t *targets, size_t rows, int n_micro,
                                     float *loss);
 
-/* ---- wire format (design §5): one frame per message, little-endian, written byte by byte ------
+/* ---- wire format (docs/design.md §5): one frame per message, little-endian, written byte by byte 
      magic "RBM1" | u16 version | u8 kind | u8 dtype | u16 from_stage | u16 to_stage | u64 step
      | u32 microbatch | u32 rows | u32 cols | u32 payload_bytes | u32 crc32c | payload
    The CRC (Castagnoli) covers the header without its own field, then the payload. i8 payloads
@@ -432,7 +432,7 @@ RESBMDEF int resbm_frame_peek(const void *buf, size_t len, resbm_frame_info *inf
 RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, size_t len,
                                 const resbm_frame_info *expect);
 
-/* ---- transport (design §6): the host's stack behind two callbacks ------------------------------
+/* ---- transport (docs/design.md §6): the host's stack behind two callbacks -----------------------
    Return 0 or a negative RESBM_E* code. Messages arrive whole and in order per peer. recv waits
    up to timeout_ms (< 0 forever, 0 poll): RESBM_ETIMEDOUT when nothing came, RESBM_ECLOSED when
    the peer is gone; a message larger than cap is RESBM_EINVAL and stays queued. send must not
@@ -465,7 +465,7 @@ RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n_peers, double
 RESBMDEF void resbm_shaper_free(resbm_shaper *s);
 RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
 
-/* ---- stage runtime (design §7) -------------------------------------------------------------------
+/* ---- stage runtime (docs/design.md §7) ----------------------------------------------------------
    One resbm_stage per pipeline stage, each on its own thread, process or machine. Every stage
    calls resbm_stage_step once per step; stage 0 passes the tokens, the last stage the targets
    (others pass NULL). A step runs n_micro microbatches in 1F1B order (warm-up forwards, then

@@ -4,7 +4,7 @@ needs so that it never waits on the link.
     python3 bench/project.py [--tflops 400] [--util 0.4] [--layers 4] [--seq 2048] [--rows 2048]
                              [--check bench/compress]
 
-Bytes per token per boundary, each way, for a frame of `rows` tokens (wire format, design §5:
+Bytes per token per boundary, each way, for a frame of `rows` tokens (wire format, docs/design.md §5:
 a 40-byte header per frame; i8 adds one f32 scale per 64 values):
     f32 4d, bf16 2d, ResBM 128x 4r, 128x + i8 r (1 + 4/64), with r = d/128, each + 40/rows.
 Training FLOPs per token of one stage of n layers (Llama block: attention 4d^2 and a SwiGLU MLP

@@ -3,12 +3,16 @@
 
 One step = forward + backward + global-norm clip (1.0) + AdamW (lr 1e-3, betas (0.9, 0.95),
 weight decay 0.1), float32, on random token batches. The model is the single-stage
-(no bottleneck) byte-level decoder of design section 4.
+(no bottleneck) byte-level decoder of docs/design.md §4.
 
 FLOPs per step, the same count the C benchmark uses:
     flops = tokens * (6 * (L*(4*d*d + 3*d*f) + V*d) + 6*L*T*d)
 (6 flops per matmul weight per token; causal attention 2*T*d per token per layer forward,
 twice that backward).
+
+--check FILE (written by `bench_step --check-out FILE`) first loads resbm.h's initial parameters
+and batch, runs one forward and backward, and fails unless the loss and the gradient norm agree
+with resbm.h's to 1e-4 relative: an anchor whose kernels compute wrong results is caught, not timed.
 
 Last line (machine-readable):
     torch_step: tokens_per_s=X gflops=X median_ms=X best_ms=X threads=N torch=V blas=B
@@ -20,6 +24,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 
 import torch
@@ -111,7 +116,7 @@ class Model(nn.Module):
         self.register_buffer("cos", cos)
         self.register_buffer("sin", sin)
         self.register_buffer("mask", torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1))
-        # init of design section 4: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L))
+        # init of docs/design.md §4: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L))
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith(("wo.weight", "w2.weight")) \
@@ -124,6 +129,39 @@ class Model(nn.Module):
             x = blk(x, self.cos, self.sin, self.mask)
         logits = self.lm_head(self.final_norm(x))
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def torch_name(name):
+    """resbm.h's parameter name -> this module's."""
+    m = re.match(r"blocks\.(\d+)\.(\w+)$", name)
+    if not m:
+        return {"tok_emb": "tok_emb.weight", "final_norm": "final_norm.gain",
+                "lm_head": "lm_head.weight"}[name]
+    i, w = m.groups()
+    part = "attn" if w in ("attn_norm", "wq", "wk", "wv", "wo") else "mlp"
+    return "blocks.%s.%s.%s" % (i, part, w + (".gain" if w.endswith("norm") else ".weight"))
+
+
+def check_against_resbm(model, path):
+    """The same step from the same parameters: loss and gradient norm must agree."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from torch_check import read_safetensors
+    tensors, meta = read_safetensors(path)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if name not in ("tokens", "targets"):
+                params[torch_name(name)].copy_(torch.from_numpy(value))
+    model.zero_grad(set_to_none=True)
+    loss = model(torch.from_numpy(tensors["tokens"]).long(), torch.from_numpy(tensors["targets"]).long())
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())).item()
+    want_loss, want_norm = float(meta["loss"]), float(meta["grad_norm"])
+    el, en = abs(loss.item() - want_loss) / abs(want_loss), abs(norm - want_norm) / want_norm
+    ok = el < 1e-4 and en < 1e-4
+    print("check: loss resbm %.7f torch %.7f (rel %.1e); gradient norm resbm %.7f torch %.7f (rel %.1e): %s"
+          % (want_loss, loss.item(), el, want_norm, norm, en, "OK" if ok else "WRONG RESULTS"))
+    return ok
 
 
 def loaded_blas():
@@ -149,8 +187,10 @@ def loaded_blas():
             config = lib.openblas_get_config().decode().split()
             parallel = {0: "sequential", 1: "pthreads", 2: "openmp"}.get(
                 lib.openblas_get_parallel(), "unknown")
-            openblas = "openblas-%s-%s-%dthreads" % (config[1], parallel,
-                                                     lib.openblas_get_num_threads())
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            openblas = "openblas-%s-%s-%dthreads-kernel=%s" % (
+                config[1], parallel, lib.openblas_get_num_threads(),
+                lib.openblas_get_corename().decode())
             break
         except (OSError, AttributeError, IndexError):
             continue
@@ -173,6 +213,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--check", metavar="FILE", help="bench_step --check-out FILE: verify first")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.d % args.heads or (args.d // args.heads) % 2:
         ap.error("need steps >= 1, warmup >= 0 and an even head width d/heads")
@@ -181,6 +222,8 @@ def main():
     torch.manual_seed(args.seed)
     d, L, H, f, V, T, B = args.d, args.layers, args.heads, args.ff, args.vocab, args.seq, args.batch
     model = Model(V, d, L, H, f, T)
+    if args.check and not check_against_resbm(model, args.check):
+        sys.exit(1)
     # as resbm.h does: weight decay on 2-D weights only, not on norm gains
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -212,7 +255,9 @@ def main():
     median, best = statistics.median(times), min(times)
     tps, gflops = tokens / median, flops / median / 1e9
     blas_short, blas_long = loaded_blas()
-    print("torch %s, %d threads, %s" % (torch.__version__, torch.get_num_threads(), blas_long))
+    print("torch %s, %d threads, %s (OPENBLAS_CORETYPE=%s)" % (
+        torch.__version__, torch.get_num_threads(), blas_long,
+        os.environ.get("OPENBLAS_CORETYPE", "unset")))
     print("d=%d L=%d H=%d ff=%d V=%d T=%d B=%d: %d steps (+%d warmup), median %.1f ms, best %.1f ms, "
           "%.0f tokens/s, %.2f GFLOP/s (%.3f GFLOP/step), last loss %.4f"
           % (d, L, H, f, V, T, B, args.steps, args.warmup, median * 1e3, best * 1e3, tps, gflops,

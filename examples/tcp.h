@@ -1,5 +1,5 @@
 /* tcp.h - a TCP transport for resbm: how a host plugs its own network stack into
-   resbm_transport (design §6). Header-only, static functions, POSIX sockets and poll(), no threads.
+   resbm_transport (docs/design.md §6). Header-only, static functions, POSIX sockets and poll(), no threads.
 
        #define _POSIX_C_SOURCE 200809L          // first, under -std=c99
        #define RESBM_IMPLEMENTATION

@@ -11,7 +11,7 @@
    step i, row b trains on a random window drawn from PCG32(seed, i), so a run is reproducible
    and a resumed run sees the same batches. --tokens-bin takes windows in order instead:
    step i, row b starts at (i*batch + b) * (seq+1) (wrapping), so another implementation can
-   replay them. The last line printed is the machine-readable summary (design §8). */
+   replay them. The last line printed is the machine-readable summary (docs/design.md §8). */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif

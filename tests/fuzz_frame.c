@@ -1,4 +1,4 @@
-/* libFuzzer target for the frame decoder (design §5).
+/* libFuzzer target for the frame decoder (docs/design.md §5).
    Build and run: `make fuzz` (clang -fsanitize=fuzzer,address,undefined).
 
    Each input is tried three ways:

@@ -1,4 +1,4 @@
-/* ref.h - a naive double-precision reference of every layer and of the whole model (design §4).
+/* ref.h - a naive double-precision reference of every layer and of the whole model (docs/design.md §4).
    Written for clarity, not speed: finite differences of these are the ground truth the float
    kernels' backward passes are checked against. */
 #ifndef RESBM_REF_H

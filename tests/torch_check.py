@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 REL_TOL = 1e-4          # pass when rel <= REL_TOL (NaN never passes)
-RMS_EPS = 1e-5          # rmsnorm epsilon (design section 4)
-ROPE_THETA = 10000.0    # RoPE base (design section 4)
+RMS_EPS = 1e-5          # rmsnorm epsilon (docs/design.md §4)
+ROPE_THETA = 10000.0    # RoPE base (docs/design.md §4)
 
 DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
 
@@ -119,7 +119,7 @@ class Config:
         return [base + (1 if s < extra else 0) for s in range(self.stages)]
 
     def param_shapes(self):
-        """Every parameter of the model, in order, with its shape (design section 4)."""
+        """Every parameter of the model, in order, with its shape (docs/design.md §4)."""
         d, f, V, r, m = self.d, self.ff, self.vocab, self.r, self.m
         shapes = {"tok_emb": (V, d)}
         for i in range(self.layers):
@@ -147,7 +147,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------
-# The model (design section 4), one function per layer.
+# The model (docs/design.md §4), one function per layer.
 # Activations are [B, T, d]; every row is one token.
 # --------------------------------------------------------------------------
 
