@@ -398,7 +398,7 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
                                     const int32_t *targets, size_t rows, int n_micro,
                                     float *loss);
 
-/* ---- wire format (docs/design.md §5): one frame per message, little-endian, written byte by byte 
+/* ---- wire format (docs/design.md §5): one frame per message, little-endian, written byte by byte
      magic "RBM1" | u16 version | u8 kind | u8 dtype | u16 from_stage | u16 to_stage | u64 step
      | u32 microbatch | u32 rows | u32 cols | u32 payload_bytes | u32 crc32c | payload
    The CRC (Castagnoli) covers the header without its own field, then the payload. i8 payloads
