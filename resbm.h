@@ -141,7 +141,11 @@ enum {
     /* transport */
     RESBM_ETIMEDOUT = -60, /* no message within the timeout */
     RESBM_ECLOSED = -61,   /* the peer closed or is gone */
-    RESBM_ETRANSPORT = -62 /* the transport failed to send or receive */
+    RESBM_ETRANSPORT = -62, /* the transport failed to send or receive */
+    RESBM_EMSGSIZE = -63,  /* a message larger than the receive buffer (it stays queued) */
+    /* the pipeline */
+    RESBM_EPEER = -70,     /* another stage failed this step (resbm_stage_why says which and why) */
+    RESBM_EJOB = -71       /* the neighbouring stage runs a different job (resbm_stage_why: the field) */
 };
 
 RESBMDEF const char *resbm_strerror(int code);
@@ -192,7 +196,9 @@ RESBMDEF int resbm_pool_threads(const resbm_pool *pool);
    RESBM_ATTENTION_WORK(T) floats are reserved. */
 RESBMDEF int resbm_pool_reserve(resbm_pool *pool, size_t floats_per_thread);
 /* Runs fn(ctx, task, thread) for task in [0, ntasks) and returns when all are done. Tasks are
-   taken in any order by any thread; a task must write only what it owns. */
+   taken in any order by any thread; a task must write only what it owns. A pool takes one
+   calling thread at a time: a call while another thread's call runs returns RESBM_ESTATE (so
+   does every kernel given that pool) instead of racing on its buffers. */
 RESBMDEF int resbm_pool_run(resbm_pool *pool, resbm_task_fn fn, void *ctx, size_t ntasks);
 
 /* ---- GEMM: C[M,N] (+)= op(A) op(B), row-major, contiguous --------------------------------------- */
@@ -390,8 +396,13 @@ RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out);
 /* Learning-rate multiplier of the schedule at `step` (warm-up then cosine to min_lr_frac). */
 RESBMDEF float resbm_lr_factor(const resbm_opt_config *opt, long step);
 /* Applies one optimizer update with gradients multiplied by grad_scale (clipping), at the
-   schedule position of the model's step counter; then increments it. */
+   schedule position of the model's step counter; then increments it. All or nothing: an update
+   that would leave a parameter or optimizer value NaN or Inf is undone (RESBM_ENONFINITE, the
+   model exactly as before). The state before the last update is kept (one copy of parameters
+   and optimizer state), so resbm_model_rollback can undo it once. */
 RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale);
+/* Undoes the last resbm_model_update (RESBM_ESTATE when there is none to undo). */
+RESBMDEF int resbm_model_rollback(resbm_model *m);
 /* zero_grad, n_micro forward/backward pairs over equal microbatches, clip, update.
    tokens/targets [rows*T]; rows % n_micro == 0. *loss = mean over all rows*T tokens. */
 RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
@@ -435,7 +446,7 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
 /* ---- transport (docs/design.md §6): the host's stack behind two callbacks -----------------------
    Return 0 or a negative RESBM_E* code. Messages arrive whole and in order per peer. recv waits
    up to timeout_ms (< 0 forever, 0 poll): RESBM_ETIMEDOUT when nothing came, RESBM_ECLOSED when
-   the peer is gone; a message larger than cap is RESBM_EINVAL and stays queued. send must not
+   the peer is gone; a message larger than cap is RESBM_EMSGSIZE and stays queued. send must not
    wait for the peer's recv (buffer at least S frames per peer): in 1F1B two neighbours send to
    each other at the same moment, and two rendezvous sends would wait for each other forever. */
 typedef struct resbm_transport {
@@ -455,10 +466,14 @@ RESBMDEF int resbm_inproc_transport(resbm_inproc *hub, int me, resbm_transport *
    others' receives from it once its mailbox is empty. */
 RESBMDEF int resbm_inproc_close(resbm_inproc *hub, int peer);
 
-/* Shaping wrapper: a link of `bytes_per_sec` (0 = unlimited) and one-way `latency_ms` per
-   direction, around any transport; it is a transport itself. A message occupies the sender's
-   link for len / bytes_per_sec, then arrives latency_ms later (each message carries its arrival
-   time in an 8-byte prefix, so both ends must be shaped). Messages up to max_message bytes. */
+/* Shaping wrapper: a link of `bytes_per_sec` (0 = unlimited, else 1 to 1e15) and one-way
+   `latency_ms` (0 to 1e6) per direction, around any transport; it is a transport itself. A
+   message occupies the sender's link for len / bytes_per_sec, then arrives latency_ms later.
+   Each message carries its arrival time in an 8-byte prefix (so both ends must be shaped); the
+   receiver holds a message until then, but never longer than its own clock allows (the time it
+   took the message, latency_ms plus its transfer time, from when it came in), so a peer's clock
+   cannot stall it, and never beyond the receive's timeout (the message then stays held).
+   Messages up to max_message bytes. */
 typedef struct resbm_shaper resbm_shaper;
 RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n_peers, double bytes_per_sec,
                                double latency_ms, size_t max_message, resbm_shaper **out);
@@ -530,8 +545,10 @@ typedef struct resbm_st_entry {
     size_t shape[4];
     const void *data;   /* host-endian values; written little-endian */
 } resbm_st_entry;
-/* Writes entries and string metadata (meta_kv: key0, value0, key1, value1, ...) atomically:
-   temp file, fsync, rename. */
+/* Writes entries and string metadata (meta_kv: key0, value0, key1, value1, ...) atomically and
+   durably: a temp file of its own beside the target (created exclusively), fsync, rename, fsync
+   of the directory. Concurrent writers to one path never mix: one whole file wins. On RESBM_EIO,
+   errno says why (ENOSPC, EROFS, EACCES, ...). */
 RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *entries, size_t n,
                                      const char *const *meta_kv, size_t n_meta);
 
@@ -584,6 +601,7 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
 #include <pthread.h>
 #endif
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
@@ -643,6 +661,9 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_ETIMEDOUT: return "timed out waiting for a peer";
     case RESBM_ECLOSED: return "peer closed the connection";
     case RESBM_ETRANSPORT: return "transport failed to send or receive";
+    case RESBM_EMSGSIZE: return "message larger than the receive buffer";
+    case RESBM_EPEER: return "another stage failed this step";
+    case RESBM_EJOB: return "a neighbouring stage runs a different job";
     default: return "unknown error code";
     }
 }
@@ -751,6 +772,8 @@ static void resbm__dealloc(void *p, void *user) {
 
 struct resbm_pool {
     int nthreads;
+    int busy;           /* a caller is inside (atomic): a second one gets RESBM_ESTATE */
+    int stage_attached; /* a resbm_stage uses this pool (atomic): a second one is refused */
     float *pack; /* [nthreads][RESBM__PACK_FLOATS] GEMM packing buffers */
     float *work; /* [nthreads][work_floats] kernel scratch, see resbm_pool_reserve */
     size_t work_floats;
@@ -911,10 +934,18 @@ RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out) {
 
 RESBMDEF int resbm_pool_threads(const resbm_pool *pool) { return pool ? pool->nthreads : 1; }
 
+/* One caller at a time: its workers, packing buffers and scratch are shared by every task. */
+static int resbm__pool_claim(resbm_pool *p) {
+    int idle = 0;
+    return __atomic_compare_exchange_n(&p->busy, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static void resbm__pool_release(resbm_pool *p) { __atomic_store_n(&p->busy, 0, __ATOMIC_RELEASE); }
+
 RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t ntasks) {
     size_t t;
     if (!fn) return RESBM_EINVAL;
     if (ntasks == 0) return RESBM_OK;
+    if (p && !resbm__pool_claim(p)) return RESBM_ESTATE;
 #ifndef RESBM_NO_THREADS
     if (p && p->nthreads > 1 && ntasks > 1) {
         int spin;
@@ -929,18 +960,21 @@ RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t n
         pthread_mutex_unlock(&p->mu);
         resbm__pool_work(p, 0);
         for (spin = 0; spin < RESBM__SPIN; spin++) {
-            if (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) == 0) return RESBM_OK;
+            if (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) == 0) break;
             resbm__pause();
         }
-        pthread_mutex_lock(&p->mu);
-        while (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) != 0)
-            pthread_cond_wait(&p->cv_done, &p->mu);
-        pthread_mutex_unlock(&p->mu);
+        if (spin == RESBM__SPIN) {
+            pthread_mutex_lock(&p->mu);
+            while (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) != 0)
+                pthread_cond_wait(&p->cv_done, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        resbm__pool_release(p);
         return RESBM_OK;
     }
 #endif
-    (void)p;
     for (t = 0; t < ntasks; t++) fn(ctx, t, 0);
+    if (p) resbm__pool_release(p);
     return RESBM_OK;
 }
 
@@ -955,13 +989,13 @@ static void resbm__range_task(void *ctx, size_t task, int thread) {
     j->fn(j->ctx, b, e);
 }
 
-static void resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__range_fn fn,
-                                void *ctx) {
+static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__range_fn fn,
+                               void *ctx) {
     resbm__range_job j;
-    if (n == 0) return;
+    if (n == 0) return RESBM_OK;
     if (chunk == 0) chunk = 1;
     j.fn = fn; j.ctx = ctx; j.n = n; j.chunk = chunk;
-    resbm_pool_run(pool, resbm__range_task, &j, (n + chunk - 1) / chunk);
+    return resbm_pool_run(pool, resbm__range_task, &j, (n + chunk - 1) / chunk);
 }
 
 /* ---- GEMM ------------------------------------------------------------------------------------- */
@@ -1214,7 +1248,9 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
            run its tiles here (same tiles, same sums, so the result is the same bits) */
         if ((double)M * (double)N * (double)K <= 262144.0) {
             size_t t;
+            if (!resbm__pool_claim(pool)) return RESBM_ESTATE; /* it packs into thread 0's buffer */
             for (t = 0; t < tiles_m * tiles_n; t++) resbm__gemm_task(&g, t, 0);
+            resbm__pool_release(pool);
             return RESBM_OK;
         }
         return resbm_pool_run(pool, resbm__gemm_task, &g, tiles_m * tiles_n);
@@ -1327,8 +1363,7 @@ RESBMDEF int resbm_rmsnorm_forward(resbm_pool *pool, float *out, float *rstd, co
     if (!out || !rstd || !x || !g || N == 0 || d == 0) return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.out = out; j.rstd = rstd; j.x = x; j.g = g; j.d = d; j.N = N;
-    resbm__parallel_for(pool, N, 32, resbm__rmsnorm_fwd_rows, &j);
-    return RESBM_OK;
+    return resbm__parallel_for(pool, N, 32, resbm__rmsnorm_fwd_rows, &j);
 }
 
 /* dx_i += r g_i dy_i - x_i r^3 / d * sum_j g_j dy_j x_j */
@@ -1367,8 +1402,8 @@ RESBMDEF int resbm_rmsnorm_backward(resbm_pool *pool, float *dx, float *dg, cons
     if (!dx || !dg || !dout || !x || !g || !rstd || N == 0 || d == 0) return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.dx = dx; j.dg = dg; j.dout = dout; j.x = x; j.g = g; j.rstd_in = rstd; j.d = d; j.N = N;
-    resbm__parallel_for(pool, d, 64, resbm__rmsnorm_bwd_cols, &j);
-    resbm__parallel_for(pool, N, 32, resbm__rmsnorm_bwd_rows, &j);
+    RESBM__TRY(resbm__parallel_for(pool, d, 64, resbm__rmsnorm_bwd_cols, &j));
+    RESBM__TRY(resbm__parallel_for(pool, N, 32, resbm__rmsnorm_bwd_rows, &j));
     return RESBM_OK;
 }
 
@@ -1432,8 +1467,7 @@ static int resbm__rope(resbm_pool *pool, float *x, const float *c, const float *
     if (!x || !c || !s || N == 0 || T == 0 || d == 0 || H == 0 || d % H || (d / H) % 2 || N % T)
         return RESBM_EINVAL;
     j.x = x; j.c = c; j.s = s; j.T = T; j.d = d; j.H = H; j.sign = sign;
-    resbm__parallel_for(pool, N, 32, resbm__rope_rows, &j);
-    return RESBM_OK;
+    return resbm__parallel_for(pool, N, 32, resbm__rope_rows, &j);
 }
 
 RESBMDEF int resbm_rope_forward(resbm_pool *pool, float *x, const float *cos_t, const float *sin_t,
@@ -1640,8 +1674,7 @@ RESBMDEF int resbm_swiglu_forward(resbm_pool *pool, float *out, const float *h1,
     if (!out || !h1 || !h3 || n == 0) return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.out = out; j.h1 = h1; j.h3 = h3;
-    resbm__parallel_for(pool, n, 4096, resbm__swiglu_fwd_range, &j);
-    return RESBM_OK;
+    return resbm__parallel_for(pool, n, 4096, resbm__swiglu_fwd_range, &j);
 }
 
 RESBMDEF int resbm_swiglu_backward(resbm_pool *pool, float *dh1, float *dh3, const float *dout,
@@ -1650,8 +1683,7 @@ RESBMDEF int resbm_swiglu_backward(resbm_pool *pool, float *dh1, float *dh3, con
     if (!dh1 || !dh3 || !dout || !h1 || !h3 || n == 0) return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.dh1 = dh1; j.dh3 = dh3; j.dout = dout; j.h1 = h1; j.h3 = h3;
-    resbm__parallel_for(pool, n, 4096, resbm__swiglu_bwd_range, &j);
-    return RESBM_OK;
+    return resbm__parallel_for(pool, n, 4096, resbm__swiglu_bwd_range, &j);
 }
 
 /* ---- softmax cross-entropy -------------------------------------------------------------------- */
@@ -1702,8 +1734,7 @@ RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs, float *losses, c
     if (!resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
     memset(&j, 0, sizeof(j));
     j.probs = probs; j.losses = losses; j.logits = logits; j.targets = targets; j.V = V;
-    resbm__parallel_for(pool, N, 16, resbm__xent_fwd_rows, &j);
-    return RESBM_OK;
+    return resbm__parallel_for(pool, N, 16, resbm__xent_fwd_rows, &j);
 }
 
 RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits, const float *probs,
@@ -1714,8 +1745,7 @@ RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits, const float *
     memset(&j, 0, sizeof(j));
     j.dlogits = dlogits; j.p = probs; j.targets = targets; j.V = V;
     j.scale = scale;
-    resbm__parallel_for(pool, N, 16, resbm__xent_bwd_rows, &j);
-    return RESBM_OK;
+    return resbm__parallel_for(pool, N, 16, resbm__xent_bwd_rows, &j);
 }
 
 /* ---- residual bottleneck ---------------------------------------------------------------------- */
@@ -1737,16 +1767,16 @@ static void resbm__silu_bwd_range(void *ctx, size_t b, size_t e) {
     }
 }
 
-static void resbm__silu_all(resbm_pool *pool, float *out, const float *in, size_t n) {
+static int resbm__silu_all(resbm_pool *pool, float *out, const float *in, size_t n) {
     resbm__silu_job j;
     j.out = out; j.in = in; j.a = NULL;
-    resbm__parallel_for(pool, n, 4096, resbm__silu_fwd_range, &j);
+    return resbm__parallel_for(pool, n, 4096, resbm__silu_fwd_range, &j);
 }
 
-static void resbm__silu_grad(resbm_pool *pool, float *out, const float *in, const float *a, size_t n) {
+static int resbm__silu_grad(resbm_pool *pool, float *out, const float *in, const float *a, size_t n) {
     resbm__silu_job j;
     j.out = out; j.in = in; j.a = a;
-    resbm__parallel_for(pool, n, 4096, resbm__silu_bwd_range, &j);
+    return resbm__parallel_for(pool, n, 4096, resbm__silu_bwd_range, &j);
 }
 
 /* y[:, 0:r] += x for x [N,r], y rows of width d */
@@ -1772,7 +1802,7 @@ RESBMDEF int resbm_encoder_forward(resbm_pool *pool, float *z, float *rstd, floa
         return RESBM_EINVAL;
     RESBM__TRY(resbm_rmsnorm_forward(pool, u, rstd, h, norm, N, d));
     RESBM__TRY(resbm_linear_forward(pool, a, u, w1, N, d, m));
-    resbm__silu_all(pool, s, a, N * m);
+    RESBM__TRY(resbm__silu_all(pool, s, a, N * m));
     if (identity)
         for (n = 0; n < N; n++) memcpy(z + n * r, h + n * d, r * sizeof(float));
     return resbm_gemm(pool, RESBM_GEMM_NT, identity, z, s, w2, N, r, m);
@@ -1787,9 +1817,9 @@ RESBMDEF int resbm_encoder_backward(resbm_pool *pool, float *dh, float *dnorm, f
     if (!dh || !dnorm || !dw1 || !dw2 || !s || !ds || !du || !dz || !h || !norm || !w1 || !w2 ||
         !rstd || !u || !a || resbm__bneck_check(pool, N, d, r, m, identity))
         return RESBM_EINVAL;
-    resbm__silu_all(pool, s, a, N * m); /* recomputed rather than kept */
+    RESBM__TRY(resbm__silu_all(pool, s, a, N * m)); /* recomputed rather than kept */
     RESBM__TRY(resbm_linear_backward(pool, ds, dw2, dz, s, w2, N, m, r, 0));
-    resbm__silu_grad(pool, ds, ds, a, N * m);
+    RESBM__TRY(resbm__silu_grad(pool, ds, ds, a, N * m));
     RESBM__TRY(resbm_linear_backward(pool, du, dw1, ds, u, w1, N, d, m, 0));
     RESBM__TRY(resbm_rmsnorm_backward(pool, dh, dnorm, du, h, norm, rstd, N, d));
     if (identity) resbm__add_narrow(dh, d, dz, r, N);
@@ -1802,7 +1832,7 @@ RESBMDEF int resbm_decoder_forward(resbm_pool *pool, float *x, float *a, float *
     if (!x || !a || !s || !z || !w1 || !w2 || resbm__bneck_check(pool, N, d, r, m, identity))
         return RESBM_EINVAL;
     RESBM__TRY(resbm_linear_forward(pool, a, z, w1, N, r, m));
-    resbm__silu_all(pool, s, a, N * m);
+    RESBM__TRY(resbm__silu_all(pool, s, a, N * m));
     RESBM__TRY(resbm_linear_forward(pool, x, s, w2, N, m, d));
     if (identity) resbm__add_narrow(x, d, z, r, N);
     return RESBM_OK;
@@ -1816,9 +1846,9 @@ RESBMDEF int resbm_decoder_backward(resbm_pool *pool, float *dz, float *dw1, flo
     if (!dz || !dw1 || !dw2 || !s || !ds || !dx || !z || !w1 || !w2 || !a ||
         resbm__bneck_check(pool, N, d, r, m, identity))
         return RESBM_EINVAL;
-    resbm__silu_all(pool, s, a, N * m);
+    RESBM__TRY(resbm__silu_all(pool, s, a, N * m));
     RESBM__TRY(resbm_linear_backward(pool, ds, dw2, dx, s, w2, N, m, d, 0));
-    resbm__silu_grad(pool, ds, ds, a, N * m);
+    RESBM__TRY(resbm__silu_grad(pool, ds, ds, a, N * m));
     RESBM__TRY(resbm_linear_backward(pool, dz, dw1, ds, z, w1, N, r, m, 0));
     if (identity)
         for (n = 0; n < N; n++) resbm__axpy(dz + n * r, 1.0f, dx + n * d, r);
@@ -1861,6 +1891,10 @@ struct resbm_model {
     resbm_param *tok_emb, *final_norm, *lm_head;
     resbm_param *dec_w1, *dec_w2, *enc_norm, *enc_w1, *enc_w2;
     float *pmem, *gmem;               /* [nfloats] values, gradients (contiguous) */
+    float *omem;                      /* [nopt] optimizer state of every parameter (contiguous) */
+    size_t nopt;
+    float *backup;                    /* [nfloats + nopt] parameters and state before the last update */
+    int has_backup;
     float *rope_cos, *rope_sin;       /* [T, hd/2] */
     resbm__acts *slots;               /* [act_slots] */
     float *dres, *dtmp, *dq, *dk, *dv; /* [N,d] backward scratch */
@@ -1874,6 +1908,9 @@ struct resbm_model {
 };
 
 #define RESBM__CHUNK 16384 /* elements per optimizer / norm task */
+#define RESBM__MAX_DIM (1 << 24)   /* any width, length or row count of a model */
+#define RESBM__MAX_LAYERS (1 << 16)
+#define RESBM__MAX_STEP 1000000000000000L /* 1e15 updates: the schedule's doubles stay exact */
 
 RESBMDEF resbm_model_config resbm_model_config_default(void) {
     resbm_model_config c;
@@ -1901,7 +1938,13 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
     if (!c->d) c->d = dc.d;
     if (!c->layers) c->layers = dc.layers;
     if (!c->heads) c->heads = dc.heads;
-    if (!c->ff && c->d > 0) c->ff = ((8 * c->d / 3 + 15) / 16) * 16;
+    /* cheap bounds first: every size and every loop below scales with these */
+    if (c->vocab < 1 || c->vocab > RESBM__MAX_DIM || c->d < 2 || c->d > RESBM__MAX_DIM ||
+        c->layers < 1 || c->layers > RESBM__MAX_LAYERS || c->heads < 1 || c->ff < 0 ||
+        c->ff > RESBM__MAX_DIM || c->seq < 0 || c->seq > RESBM__MAX_DIM || c->batch < 0 ||
+        c->batch > RESBM__MAX_DIM || c->r < 0 || c->m < 0 || c->m > RESBM__MAX_DIM)
+        return RESBM_EINVAL;
+    if (!c->ff) c->ff = ((8 * c->d / 3 + 15) / 16) * 16;
     if (!c->seq) c->seq = dc.seq;
     if (!c->batch) c->batch = dc.batch;
     if (!c->stages) c->stages = dc.stages;
@@ -1919,6 +1962,7 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
     if (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM)
         return RESBM_EINVAL;
     if (!(c->init_std > 0.0f) || !(c->init_std < 1e3f)) return RESBM_EINVAL;
+    /* NaN, Inf and absurd magnitudes are refused here, so no update can start from them */
     if (o->lr == 0.0f) o->lr = dop.lr;
     if (o->beta1 == 0.0f) o->beta1 = dop.beta1;
     if (o->beta2 == 0.0f) o->beta2 = dop.beta2;
@@ -1927,12 +1971,12 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
     if (o->muon_momentum == 0.0f) o->muon_momentum = dop.muon_momentum;
     if (o->muon_ns_steps == 0) o->muon_ns_steps = dop.muon_ns_steps;
     if (o->bottleneck_lr_scale == 0.0f) o->bottleneck_lr_scale = dop.bottleneck_lr_scale;
-    if (o->kind < RESBM_OPT_ADAMW || o->kind > RESBM_OPT_SGD || !(o->lr > 0.0f) ||
+    if (o->kind < RESBM_OPT_ADAMW || o->kind > RESBM_OPT_SGD || !(o->lr > 0.0f && o->lr <= 1e3f) ||
         !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f) || o->warmup < 0 ||
         o->total_steps < 0 || !(o->beta1 >= 0.0f && o->beta1 < 1.0f) ||
-        !(o->beta2 >= 0.0f && o->beta2 < 1.0f) || !(o->eps > 0.0f) ||
-        !(o->weight_decay >= 0.0f && o->weight_decay < 1e3f) || !(o->clip >= 0.0f) ||
-        !(o->muon_lr > 0.0f) || !(o->muon_momentum >= 0.0f && o->muon_momentum < 1.0f) ||
+        !(o->beta2 >= 0.0f && o->beta2 < 1.0f) || !(o->eps > 0.0f && o->eps <= 1.0f) ||
+        !(o->weight_decay >= 0.0f && o->weight_decay < 1e3f) || !(o->clip >= 0.0f && o->clip <= 1e12f) ||
+        !(o->muon_lr > 0.0f && o->muon_lr <= 1e3f) || !(o->muon_momentum >= 0.0f && o->muon_momentum < 1.0f) ||
         o->muon_ns_steps < 1 || o->muon_ns_steps > 100 ||
         !(o->bottleneck_lr_scale > 0.0f && o->bottleneck_lr_scale < 1e4f))
         return RESBM_EINVAL;
@@ -2043,6 +2087,9 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     m->pmem = (float *)resbm_arena_push(a, off, sizeof(float));
     m->gmem = (float *)resbm_arena_push(a, off, sizeof(float));
     omem = (float *)resbm_arena_push(a, nopt, sizeof(float));
+    m->omem = omem;
+    m->nopt = nopt;
+    m->backup = (float *)resbm_arena_push(a, off + nopt, sizeof(float));
     m->partials = (double *)resbm_arena_push(a, m->nchunks, sizeof(double));
     m->ns_x = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
     m->ns_y = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
@@ -2323,10 +2370,14 @@ static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, si
                                   p->attn_norm->value.data, s->rstd1 + l * N, N, d);
 }
 
+/* By bit pattern, so a host's -ffast-math cannot fold the test away. */
 static int resbm__all_finite(const float *x, size_t n) {
     size_t i;
-    for (i = 0; i < n; i++)
-        if (!(x[i] - x[i] == 0.0f)) return 0; /* NaN - NaN and Inf - Inf are NaN */
+    uint32_t u;
+    for (i = 0; i < n; i++) {
+        memcpy(&u, x + i, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u) return 0;
+    }
     return 1;
 }
 
@@ -2389,7 +2440,7 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
     int l;
     if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
     if ((!m->last && !dh_out) || (!m->first && !dx_in)) return RESBM_EINVAL;
-    if (m->last && !(loss_weight - loss_weight == 0.0f)) return RESBM_EINVAL;
+    if (m->last && !resbm__finite(loss_weight)) return RESBM_EINVAL;
     s = &m->slots[slot];
     if (!s->rows) return RESBM_ESTATE; /* no forward to go back through */
     N = s->rows * (size_t)m->cfg.seq;
@@ -2463,7 +2514,7 @@ RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out) {
     size_t c;
     double s = 0.0;
     if (!m || !out) return RESBM_EINVAL;
-    resbm__parallel_for(m->pool, m->nchunks, 1, resbm__sqnorm_range, m);
+    RESBM__TRY(resbm__parallel_for(m->pool, m->nchunks, 1, resbm__sqnorm_range, m));
     for (c = 0; c < m->nchunks; c++) s += m->partials[c];
     *out = s;
     return RESBM_OK;
@@ -2546,11 +2597,46 @@ static int resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr) {
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
+typedef struct { float *dst; const float *src; int *bad; } resbm__copy_job;
+
+static void resbm__copy_range(void *ctx, size_t b, size_t e) {
+    const resbm__copy_job *j = (const resbm__copy_job *)ctx;
+    memcpy(j->dst + b, j->src + b, (e - b) * sizeof(float));
+}
+
+static void resbm__finite_range(void *ctx, size_t b, size_t e) {
+    const resbm__copy_job *j = (const resbm__copy_job *)ctx;
+    if (!resbm__all_finite(j->src + b, e - b)) __atomic_store_n(j->bad, 1, __ATOMIC_RELAXED);
+}
+
+/* Parameters, then optimizer state, into the backup or back from it. */
+static int resbm__model_copy(resbm_model *m, int to_backup) {
+    resbm__copy_job j;
+    j.bad = NULL;
+    j.dst = to_backup ? m->backup : m->pmem;
+    j.src = to_backup ? m->pmem : m->backup;
+    RESBM__TRY(resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__copy_range, &j));
+    j.dst = to_backup ? m->backup + m->nfloats : m->omem;
+    j.src = to_backup ? m->omem : m->backup + m->nfloats;
+    return resbm__parallel_for(m->pool, m->nopt, 4 * RESBM__CHUNK, resbm__copy_range, &j);
+}
+
+static int resbm__model_finite(resbm_model *m, int *ok) {
+    resbm__copy_job j;
+    int bad = 0;
+    j.dst = NULL; j.bad = &bad;
+    j.src = m->pmem;
+    RESBM__TRY(resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__finite_range, &j));
+    j.src = m->omem;
+    RESBM__TRY(resbm__parallel_for(m->pool, m->nopt, 4 * RESBM__CHUNK, resbm__finite_range, &j));
+    *ok = !bad;
+    return RESBM_OK;
+}
+
+static int resbm__model_apply(resbm_model *m, float grad_scale) {
     float fac;
     double bc1, bc2;
     size_t i;
-    if (!m || !(grad_scale - grad_scale == 0.0f)) return RESBM_EINVAL;
     fac = resbm_lr_factor(&m->opt, m->step);
     bc1 = 1.0 - pow((double)m->opt.beta1, (double)(m->step + 1));
     bc2 = 1.0 - pow((double)m->opt.beta2, (double)(m->step + 1));
@@ -2564,7 +2650,7 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
         j.scale = grad_scale;
         if (m->opt.kind == RESBM_OPT_SGD) {
             j.lr = m->opt.lr * ps;
-            resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__sgd_range, &j);
+            RESBM__TRY(resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__sgd_range, &j));
         } else if (m->opt.kind == RESBM_OPT_MUON && p->kind == RESBM_PARAM_HIDDEN) {
             RESBM__TRY(resbm__muon(m, p, grad_scale, m->opt.muon_lr * fac * ps));
         } else {
@@ -2573,10 +2659,39 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
             j.b1 = m->opt.beta1; j.b2 = m->opt.beta2; j.eps = m->opt.eps;
             j.step_size = (float)(j.lr / bc1);
             j.bc2_sqrt = (float)sqrt(bc2);
-            resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__adamw_range, &j);
+            RESBM__TRY(resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__adamw_range, &j));
         }
     }
+    return RESBM_OK;
+}
+
+/* All or nothing: parameters and optimizer state are copied first; if the update fails or leaves
+   any value NaN or Inf, the copy goes back. The copy is kept, so a pipeline can undo the step
+   when another stage could not apply it (resbm_model_rollback). */
+RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
+    int rc, ok = 0;
+    if (!m || !resbm__finite(grad_scale) || !(grad_scale >= 0.0f)) return RESBM_EINVAL;
+    if (m->step >= RESBM__MAX_STEP) return RESBM_ESTATE;
+    m->has_backup = 0;
+    RESBM__TRY(resbm__model_copy(m, 1));
+    rc = resbm__model_apply(m, grad_scale);
+    if (!rc) rc = resbm__model_finite(m, &ok);
+    if (!rc && !ok) rc = RESBM_ENONFINITE;
+    if (rc) {
+        int rc2 = resbm__model_copy(m, 0);
+        return rc2 ? rc2 : rc;
+    }
+    m->has_backup = 1;
     m->step++;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_model_rollback(resbm_model *m) {
+    if (!m) return RESBM_EINVAL;
+    if (!m->has_backup) return RESBM_ESTATE;
+    RESBM__TRY(resbm__model_copy(m, 0));
+    m->has_backup = 0;
+    m->step--;
     return RESBM_OK;
 }
 
@@ -2739,9 +2854,11 @@ RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_
     case RESBM_WIRE_F32: if (resbm_size_mul(&b, n, 4)) return RESBM_EOVERFLOW; break;
     case RESBM_WIRE_BF16:
     case RESBM_WIRE_F16: if (resbm_size_mul(&b, n, 2)) return RESBM_EOVERFLOW; break;
-    case RESBM_WIRE_I8:
-        if (resbm_size_add(&b, n, 4 * ((n + RESBM_I8_BLOCK - 1) / RESBM_I8_BLOCK))) return RESBM_EOVERFLOW;
+    case RESBM_WIRE_I8: { /* n values and one 4-byte scale per block of 64 (the last may be short) */
+        size_t blocks = n / RESBM_I8_BLOCK + (n % RESBM_I8_BLOCK != 0), sb;
+        if (resbm_size_mul(&sb, blocks, 4) || resbm_size_add(&b, n, sb)) return RESBM_EOVERFLOW;
         break;
+    }
     default: return RESBM_EINVAL;
     }
     *out = b;
@@ -2896,7 +3013,10 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
         size_t b0;
         const unsigned char *r = q;
         for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
-            if (!resbm__finite(resbm__bitsf(resbm__get32(r)))) return RESBM_ENONFINITE;
+            /* a scale is absmax / 127: finite, not negative, and 127 x scale must stay finite */
+            float scale = resbm__bitsf(resbm__get32(r));
+            if (!resbm__finite(scale) || !(fabsf(scale) <= FLT_MAX / 127.0f)) return RESBM_ENONFINITE;
+            if (scale < 0.0f) return RESBM_ERANGE;
             r += 4 + RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
         }
         for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
@@ -2920,7 +3040,8 @@ static double resbm__now(void) {
 static void resbm__sleep_until(double t) {
     double d = t - resbm__now();
     struct timespec ts;
-    if (d <= 0) return;
+    if (!(d > 0)) return; /* NaN too */
+    if (d > 1e6) d = 1e6;
     ts.tv_sec = (time_t)d;
     ts.tv_nsec = (long)((d - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) && errno == EINTR) {}
@@ -3033,7 +3154,8 @@ static int resbm__inproc_send(void *user, int peer, const void *buf, size_t len)
     int k;
     if (!ep || (!buf && len)) return RESBM_EINVAL;
     h = ep->hub;
-    if (peer < 0 || peer >= h->n || peer == ep->me || len > h->cap - 8) return RESBM_EINVAL;
+    if (peer < 0 || peer >= h->n || peer == ep->me) return RESBM_EINVAL;
+    if (len > h->cap - 8) return RESBM_EMSGSIZE;
     b = &h->box[(size_t)ep->me * (size_t)h->n + (size_t)peer];
     RESBM__LOCK(b);
     for (;;) {
@@ -3105,7 +3227,7 @@ static int resbm__inproc_recv(void *user, int peer, void *buf, size_t cap, size_
     for (k = 0; k < 8; k++) n |= (uint64_t)hdr[k] << (8 * k);
     if (n > cap) { /* stays queued */
         RESBM__UNLOCK(b);
-        return RESBM_EINVAL;
+        return RESBM_EMSGSIZE;
     }
     resbm__ring_get(b, hdr, 8, 1);
     resbm__ring_get(b, (unsigned char *)buf, (size_t)n, 1);
@@ -3146,7 +3268,8 @@ RESBMDEF int resbm_inproc_close(resbm_inproc *h, int peer) {
     return RESBM_OK;
 }
 
-/* Shaper: each message gets an 8-byte prefix, its arrival time on CLOCK_MONOTONIC. */
+/* Shaper: each message gets an 8-byte prefix, its arrival time on the sender's CLOCK_MONOTONIC.
+   The receiver trusts it only within what its own clock allows. */
 struct resbm_shaper {
     resbm_transport inner;
     int n;
@@ -3155,7 +3278,8 @@ struct resbm_shaper {
     double *busy_until;        /* [n] when the link to each peer is free again */
     unsigned char *sbuf;       /* [max_msg + 8] */
     unsigned char *rbuf;       /* [n][max_msg + 8] */
-    size_t *pending;           /* [n] bytes of a message held back for a too-small cap */
+    size_t *held;              /* [n] bytes of a message taken from the inner transport, not handed over */
+    double *due;               /* [n] when that message may be handed over */
 };
 
 static int resbm__shaper_send(void *user, int peer, const void *buf, size_t len) {
@@ -3163,7 +3287,8 @@ static int resbm__shaper_send(void *user, int peer, const void *buf, size_t len)
     double now, start, arrive;
     uint64_t bits;
     int k;
-    if (!s || (!buf && len) || peer < 0 || peer >= s->n || len > s->max_msg) return RESBM_EINVAL;
+    if (!s || (!buf && len) || peer < 0 || peer >= s->n) return RESBM_EINVAL;
+    if (len > s->max_msg) return RESBM_EMSGSIZE;
     now = resbm__now();
     start = RESBM__MAX(now, s->busy_until[peer]);
     s->busy_until[peer] = start + (s->bps > 0 ? (double)(len + 8) / s->bps : 0.0);
@@ -3178,24 +3303,38 @@ static int resbm__shaper_send(void *user, int peer, const void *buf, size_t len)
 static int resbm__shaper_recv(void *user, int peer, void *buf, size_t cap, size_t *len,
                               int timeout_ms) {
     resbm_shaper *s = (resbm_shaper *)user;
+    double t0 = resbm__now(), deadline = t0 + (timeout_ms > 0 ? timeout_ms / 1000.0 : 0.0), now;
     unsigned char *rb;
-    size_t got = 0;
-    uint64_t bits = 0;
-    double arrive;
-    int k, rc;
+    size_t got;
+    int rc;
     if (!s || !buf || !len || peer < 0 || peer >= s->n) return RESBM_EINVAL;
     rb = s->rbuf + (size_t)peer * (s->max_msg + 8);
-    if (s->pending[peer]) {
-        got = s->pending[peer];
-    } else {
+    if (!s->held[peer]) {
+        uint64_t bits = 0;
+        double stamp, latest;
+        int k;
+        got = 0;
         if ((rc = s->inner.recv(s->inner.user, peer, rb, s->max_msg + 8, &got, timeout_ms))) return rc;
-        if (got < 8) return RESBM_ETRANSPORT; /* not from a shaper */
+        if (got < 8 || got > s->max_msg + 8) return RESBM_ETRANSPORT; /* not from a shaper */
         for (k = 0; k < 8; k++) bits |= (uint64_t)rb[k] << (8 * k);
-        memcpy(&arrive, &bits, 8);
-        resbm__sleep_until(arrive);
+        memcpy(&stamp, &bits, 8);
+        /* at the latest: latency and transfer time from now (a stamp that is NaN, or from a clock
+           far ahead, is not believed) */
+        latest = resbm__now() + s->latency + (s->bps > 0 ? (double)got / s->bps : 0.0);
+        s->due[peer] = stamp <= latest ? stamp : latest;
+        s->held[peer] = got;
     }
-    if (got - 8 > cap) { s->pending[peer] = got; return RESBM_EINVAL; }
-    s->pending[peer] = 0;
+    got = s->held[peer];
+    now = resbm__now();
+    if (s->due[peer] > now) {
+        if (timeout_ms >= 0 && s->due[peer] > deadline) { /* not due within this call: keep it */
+            resbm__sleep_until(deadline);
+            return RESBM_ETIMEDOUT;
+        }
+        resbm__sleep_until(s->due[peer]);
+    }
+    if (got - 8 > cap) return RESBM_EMSGSIZE; /* held for a larger buffer */
+    s->held[peer] = 0;
     memcpy(buf, rb + 8, got - 8);
     *len = got - 8;
     return RESBM_OK;
@@ -3207,7 +3346,8 @@ RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n, double bytes
     resbm_shaper *s;
     size_t slot;
     if (!inner || !inner->send || !inner->recv || !out || n < 1 || n > 4096 ||
-        !(bytes_per_sec >= 0) || !(latency_ms >= 0) || max_message == 0)
+        !(bytes_per_sec == 0.0 || (bytes_per_sec >= 1.0 && bytes_per_sec <= 1e15)) ||
+        !(latency_ms >= 0.0 && latency_ms <= 1e6) || max_message == 0)
         return RESBM_EINVAL;
     if (resbm_size_add(&slot, max_message, 8)) return RESBM_EOVERFLOW;
     memset(&a, 0, sizeof(a));
@@ -3216,6 +3356,7 @@ RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n, double bytes
     resbm_arena_push(&a, slot, 1);
     resbm_arena_push(&a, (size_t)n, slot);
     resbm_arena_push(&a, (size_t)n, sizeof(size_t));
+    resbm_arena_push(&a, (size_t)n, sizeof(double));
     if (a.overflow) return RESBM_EOVERFLOW;
     a.base = (unsigned char *)resbm__alloc(a.used, NULL);
     if (!a.base) return RESBM_ENOMEM;
@@ -3231,7 +3372,8 @@ RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n, double bytes
     s->busy_until = (double *)resbm_arena_push(&a, (size_t)n, sizeof(double));
     s->sbuf = (unsigned char *)resbm_arena_push(&a, slot, 1);
     s->rbuf = (unsigned char *)resbm_arena_push(&a, (size_t)n, slot);
-    s->pending = (size_t *)resbm_arena_push(&a, (size_t)n, sizeof(size_t));
+    s->held = (size_t *)resbm_arena_push(&a, (size_t)n, sizeof(size_t));
+    s->due = (double *)resbm_arena_push(&a, (size_t)n, sizeof(double));
     *out = s;
     return RESBM_OK;
 }
@@ -3361,6 +3503,15 @@ RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out
     return RESBM_OK;
 }
 
+/* What a transport may return: anything outside its documented set is RESBM_ETRANSPORT. */
+static int resbm__transport_rc(int rc) {
+    switch (rc) {
+    case RESBM_OK: case RESBM_EINVAL: case RESBM_ETIMEDOUT: case RESBM_ECLOSED:
+    case RESBM_ETRANSPORT: case RESBM_EMSGSIZE: return rc;
+    default: return RESBM_ETRANSPORT;
+    }
+}
+
 static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint32_t micro,
                              size_t rows, size_t cols, const float *x) {
     resbm_frame_info f;
@@ -3373,7 +3524,7 @@ static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint3
     t0 = resbm__now();
     rc = st->cfg.transport.send(st->cfg.transport.user, to, st->sbuf, len);
     st->stats.wait_s += resbm__now() - t0;
-    if (rc) return rc;
+    if (rc) return resbm__transport_rc(rc);
     st->stats.bytes_sent[kind] += len;
     st->stats.frames_sent[kind]++;
     return RESBM_OK;
@@ -3387,10 +3538,7 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
     int rc = st->cfg.transport.recv(st->cfg.transport.user, from, st->rbuf, st->frame_cap, &len,
                                     st->cfg.timeout_ms);
     st->stats.wait_s += resbm__now() - t0;
-    /* the one EINVAL a transport gives for valid arguments: a message larger than any frame this
-       stage takes (it stays queued, so the link stays unusable: restart the pair) */
-    if (rc == RESBM_EINVAL) return RESBM_ESIZE;
-    if (rc) return rc;
+    if (rc) return resbm__transport_rc(rc);
     if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
     st->stats.bytes_recv[kind] += len;
     st->stats.frames_recv[kind]++;
@@ -3552,12 +3700,13 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
     resbm_rng rng;
     size_t T, V, i;
     if (!st || n_prompt == 0 || (n_new && !out) || !(temperature > 0.0f) ||
-        !(temperature - temperature == 0.0f) || n_new > 0x0fffffffu)
+        !resbm__finite(temperature) || n_new > 0x0fffffffu)
         return RESBM_EINVAL;
     m = st->model;
     T = (size_t)m->cfg.seq;
     V = (size_t)m->cfg.vocab;
-    if (m->first && (!prompt || !resbm__targets_ok(prompt, n_prompt, V))) return RESBM_EINVAL;
+    if (m->first && !prompt) return RESBM_EINVAL;
+    if (m->first && !resbm__targets_ok(prompt, n_prompt, V)) return RESBM_ERANGE;
     RESBM__TRY(resbm_model_release(m, 0));
     resbm_rng_seed(&rng, seed, 0x5a);
     st->step = (uint64_t)m->step;
@@ -3665,9 +3814,9 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
     size_t i, off = 0, plen;
     char tmp[4096], num[64];
     unsigned char len8[8];
-    int fd, rc = RESBM_OK, k;
+    int fd, rc = RESBM_OK, k, err = 0;
     if (!path || (!entries && n) || (!meta_kv && n_meta)) return RESBM_EINVAL;
-    if (strlen(path) + 8 >= sizeof(tmp)) return RESBM_EINVAL;
+    if (strlen(path) + 8 >= sizeof(tmp) || !path[0]) return RESBM_EINVAL;
     for (i = 0; i < n; i++) {
         size_t cnt = 1;
         if (!entries[i].name || !entries[i].data || entries[i].ndim < 1 || entries[i].ndim > 4 ||
@@ -3711,10 +3860,16 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
     if (hb.err) { RESBM_FREE(hb.buf, NULL); return hb.err; }
     plen = hb.len;
     for (k = 0; k < 8; k++) len8[k] = (unsigned char)(((unsigned long long)plen >> (8 * k)) & 0xff);
-    sprintf(tmp, "%s.tmp", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* A temp file of its own in the target's directory: mkstemp creates it exclusively (it never
+       opens a name that exists, a planted symlink included), so concurrent writers never share
+       one and the last rename wins with a whole file. fsync the file, rename it over the target,
+       fsync the directory so the rename survives a crash too. On failure errno keeps the reason
+       (no space, read-only, ...). */
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
+    fd = mkstemp(tmp);
     if (fd < 0) { RESBM_FREE(hb.buf, NULL); return RESBM_EIO; }
-    rc = resbm__write_all(fd, len8, 8);
+    rc = fchmod(fd, 0644) ? RESBM_EIO : RESBM_OK;
+    if (!rc) rc = resbm__write_all(fd, len8, 8);
     if (!rc) rc = resbm__write_all(fd, hb.buf, plen);
     for (i = 0; i < n && !rc; i++) {
         size_t cnt = 1;
@@ -3723,9 +3878,22 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
     }
     RESBM_FREE(hb.buf, NULL);
     if (!rc && fsync(fd)) rc = RESBM_EIO;
-    if (close(fd) && !rc) rc = RESBM_EIO;
-    if (!rc && rename(tmp, path)) rc = RESBM_EIO;
-    if (rc) remove(tmp);
+    err = errno;
+    if (close(fd) && !rc) { rc = RESBM_EIO; err = errno; }
+    if (!rc && rename(tmp, path)) { rc = RESBM_EIO; err = errno; }
+    if (rc) { remove(tmp); errno = err; return rc; }
+    { /* the directory entry */
+        const char *slash = strrchr(path, '/');
+        int dfd;
+        if (slash) snprintf(tmp, sizeof(tmp), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+        else snprintf(tmp, sizeof(tmp), ".");
+        dfd = open(tmp, O_RDONLY | O_DIRECTORY);
+        if (dfd >= 0) {
+            if (fsync(dfd) && errno != EINVAL) { rc = RESBM_EIO; err = errno; } /* EINVAL: no dir fsync here */
+            close(dfd);
+            errno = err;
+        }
+    }
     return rc;
 }
 
@@ -4064,6 +4232,11 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
             return RESBM_EINVAL;
         cap += 3 * models[i]->nparams;
     }
+    for (i = 0; i < n_models; i++) { /* a file the loader would refuse is never written */
+        int ok = 0;
+        RESBM__TRY(resbm__model_finite(models[i], &ok));
+        if (!ok) return RESBM_ENONFINITE;
+    }
     e = (resbm_st_entry *)resbm__alloc(cap * sizeof(resbm_st_entry) + cap * RESBM_NAME_MAX * 2 +
                                        (2 * n_meta + 8) * sizeof(char *), NULL);
     if (!e) return RESBM_ENOMEM;
@@ -4135,7 +4308,7 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
     v = resbm_safetensors_meta(f, "step");
     errno = 0;
     step = v && *v >= '0' && *v <= '9' ? strtol(v, &endp, 10) : -1;
-    if (step < 0 || errno || *endp) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "bad step in metadata"); goto done; }
+    if (step < 0 || errno || *endp || step > RESBM__MAX_STEP) { rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: %s", path, "bad step in metadata"); goto done; }
     for (i = 0; i < n_models; i++) {
         resbm__config_string(models[i], cfg, sizeof(cfg));
         v = resbm_safetensors_meta(f, "config");
@@ -4175,11 +4348,17 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
                             rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: tensor %s has the wrong dtype or shape", path, nm);
                             goto done;
                         }
-                        for (q = 0; q < cnt; q++)
-                            if ((resbm__get32(src + 4 * q) & 0x7f800000u) == 0x7f800000u) {
+                        for (q = 0; q < cnt; q++) {
+                            uint32_t u = resbm__get32(src + 4 * q);
+                            if ((u & 0x7f800000u) == 0x7f800000u) {
                                 rc = resbm__why(why, why_len, RESBM_ENONFINITE, "%s: tensor %s holds NaN or Inf", path, nm);
                                 goto done;
                             }
+                            if (t == 2 && (u & 0x80000000u) && (u & 0x7fffffffu)) { /* AdamW's v >= 0 */
+                                rc = resbm__why(why, why_len, RESBM_EFORMAT, "%s: tensor %s holds a negative second moment", path, nm);
+                                goto done;
+                            }
+                        }
                     } else {
                         for (q = 0; q < cnt; q++) dst[t][q] = resbm__bitsf(resbm__get32(src + 4 * q));
                     }
@@ -4187,6 +4366,7 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
             }
     for (i = 0; i < n_models; i++) {
         models[i]->step = step;
+        models[i]->has_backup = 0; /* the state before the last update is not this file's */
         for (j = 0; j < (size_t)models[i]->cfg.act_slots; j++) models[i]->slots[j].rows = 0;
     }
 done:

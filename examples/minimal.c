@@ -58,7 +58,7 @@ static int link_recv(void *user, int peer, void *buf, size_t cap, size_t *len, i
     if (got < 0) return errno == ECONNRESET ? RESBM_ECLOSED : RESBM_ETRANSPORT;
     if (got < 8) return RESBM_ECLOSED; /* the other process is gone */
     for (k = 0; k < 8; k++) n |= (uint64_t)hdr[k] << (8 * k);
-    if (n > cap) return RESBM_EINVAL;
+    if (n > cap) return RESBM_EMSGSIZE;
     if ((k = link_io(fd, hdr, 8, 0)) || (k = link_io(fd, buf, (size_t)n, 0))) return k;
     *len = (size_t)n;
     return RESBM_OK;

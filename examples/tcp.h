@@ -542,7 +542,7 @@ static int tcp__recv(void *user, int peer, void *buf, size_t cap, size_t *len, i
     if (n > t->max_message) /* not our framing, or hostile: nothing after it can be trusted */
         return t->peer[peer].rerr = RESBM_ETRANSPORT;
     if (n > cap) /* it stays queued for a call with a bigger buffer */
-        return tcp__unread(&t->peer[peer], hdr, 8) ? RESBM_ENOMEM : RESBM_EINVAL;
+        return tcp__unread(&t->peer[peer], hdr, 8) ? RESBM_ENOMEM : RESBM_EMSGSIZE;
     for (got = 0; got < n && !rc;) /* the bytes, straight into buf */
         if (!(rc = tcp__read(t, peer, dst + got, (size_t)n - got, deadline, &k))) got += k;
     if (rc) { /* the deadline passed half-way (or the link ended): keep what came */
@@ -563,8 +563,8 @@ static int tcp__send(void *user, int peer, const void *buf, size_t len) {
     size_t done = 0, total;
     double deadline;
     int i, rc;
-    if (!t || (!buf && len) || peer < 0 || peer >= t->n || peer == t->me || len > t->max_message)
-        return RESBM_EINVAL;
+    if (!t || (!buf && len) || peer < 0 || peer >= t->n || peer == t->me) return RESBM_EINVAL;
+    if (len > t->max_message) return RESBM_EMSGSIZE;
     p = &t->peer[peer];
     if (p->werr) return p->werr;
     if (p->rerr) return p->rerr; /* it hung up on us, or its stream broke */

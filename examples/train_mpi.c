@@ -41,7 +41,8 @@ static int mpi_recv(void *user, int peer, void *buf, size_t cap, size_t *len, in
         nanosleep(&nap, NULL);
     }
     MPI_Get_count(&st, MPI_BYTE, &count);
-    if (count < 0 || (size_t)count > cap) return RESBM_EINVAL;
+    if (count < 0) return RESBM_ETRANSPORT;
+    if ((size_t)count > cap) return RESBM_EMSGSIZE;
     if (MPI_Recv(buf, count, MPI_BYTE, peer, 0, l->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS) return RESBM_ECLOSED;
     *len = (size_t)count;
     return RESBM_OK;

@@ -194,7 +194,7 @@ static void *mesh3_peer(void *p) {
         if (j == a->me) continue;
         for (idx = 0; idx < MESH3_MSGS; idx++) {
             if (mesh3_size[idx] > 0 &&
-                (rc = tr.recv(tr.user, j, rb, mesh3_size[idx] - 1, &len, 10000)) != RESBM_EINVAL) {
+                (rc = tr.recv(tr.user, j, rb, mesh3_size[idx] - 1, &len, 10000)) != RESBM_EMSGSIZE) {
                 snprintf(a->why, sizeof(a->why), "%d: recv %d from %d into a short buffer: %s", a->me, idx, j, resbm_strerror(rc));
                 goto out;
             }
@@ -331,7 +331,7 @@ static void test_recv_timeout_keeps_messages(void) {
     EXPECT(raw_write(fd, wire + 3, 5 + 1000) == 0, "raw write");
     EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 100), RESBM_ETIMEDOUT);
     EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 0), RESBM_ETIMEDOUT);
-    EXPECT_RC(ta.recv(ta.user, 1, buf, 2999, &len, 0), RESBM_EINVAL); /* too small, still there */
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 2999, &len, 0), RESBM_EMSGSIZE); /* too small, still there */
     EXPECT(raw_write(fd, wire + 8 + 1000, 2000) == 0, "raw write");
     len = 0;
     EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_OK);
@@ -358,9 +358,9 @@ static void test_cap_too_small(void) {
     EXPECT_RC(tb.send(tb.user, 0, out, 1000), RESBM_OK);
     EXPECT_RC(tb.send(tb.user, 0, "tail", 4), RESBM_OK);
     EXPECT_RC(tb.send(tb.user, 0, NULL, 0), RESBM_OK);
-    EXPECT_RC(ta.recv(ta.user, 1, buf, 999, &len, 5000), RESBM_EINVAL);
-    EXPECT_RC(ta.recv(ta.user, 1, NULL, 0, &len, 5000), RESBM_EINVAL);
-    EXPECT_RC(ta.recv(ta.user, 1, buf, 4, &len, 5000), RESBM_EINVAL);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 999, &len, 5000), RESBM_EMSGSIZE);
+    EXPECT_RC(ta.recv(ta.user, 1, NULL, 0, &len, 5000), RESBM_EMSGSIZE);
+    EXPECT_RC(ta.recv(ta.user, 1, buf, 4, &len, 5000), RESBM_EMSGSIZE);
     EXPECT_RC(ta.recv(ta.user, 1, buf, 1000, &len, 5000), RESBM_OK);
     EXPECT(len == 1000 && check(buf, 1000, 1, 1, 0), "the big message: %zu bytes", len);
     EXPECT_RC(ta.recv(ta.user, 1, buf, 4, &len, 5000), RESBM_OK);
@@ -399,7 +399,7 @@ static void test_length_limit(void) {
     tcp_mesh_transport(m[0], &ta);
     tcp_mesh_transport(m[1], &tb);
     tcp_mesh_set_max_message(m[0], 1000);
-    EXPECT_RC(ta.send(ta.user, 1, big, 1001), RESBM_EINVAL);
+    EXPECT_RC(ta.send(ta.user, 1, big, 1001), RESBM_EMSGSIZE);
     EXPECT_RC(ta.send(ta.user, 1, big, 1000), RESBM_OK);
     EXPECT_RC(tb.recv(tb.user, 0, big, sizeof(big), &len, 5000), RESBM_OK);
     EXPECT_RC(tb.send(tb.user, 0, big, 1001), RESBM_OK);
