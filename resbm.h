@@ -533,6 +533,9 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out);
 RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out);
+/* One line on why the last call failed ("" after a success): the stage where it happened, the
+   step, what went wrong; for RESBM_EJOB the first field the stages disagree on. */
+RESBMDEF const char *resbm_stage_why(const resbm_stage *st);
 /* The clip multiplier for a summed squared gradient norm (shared with resbm_model_train_step). */
 RESBMDEF float resbm_clip_scale(const resbm_opt_config *opt, float total_sqnorm);
 
@@ -3389,6 +3392,40 @@ RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out) {
 }
 
 /* ---- stage runtime ---------------------------------------------------------------------------- */
+/* The microbatch field of a frame: bits 0-19 the index, 20-23 what the frame is for, 24-31 the
+   attempt of the step it belongs to. A step that failed is retried with the next attempt, so a
+   frame that a failed attempt left in flight is recognised and dropped instead of consumed. */
+enum { RESBM__FOR_TRAIN = 0, RESBM__FOR_EVAL = 1, RESBM__FOR_GEN = 2, RESBM__FOR_JOB = 3,
+       RESBM__FOR_ABORT = 4 };
+#define RESBM__MICRO(att, purpose, index)                                                         \
+    ((uint32_t)(att) << 24 | (uint32_t)(purpose) << 20 | ((uint32_t)(index) & 0xfffffu))
+#define RESBM__MAX_INDEX 0xfffffu
+#define RESBM__MAX_ATTEMPT 255
+
+/* The job two neighbouring stages must agree on before either applies an update: everything
+   whose difference would train another model than the one asked for. Each value goes on the
+   wire as a u32 split into two exact 16-bit halves; floats by their bits. */
+enum { RESBM__JOB_STAGES, RESBM__JOB_VOCAB, RESBM__JOB_D, RESBM__JOB_LAYERS, RESBM__JOB_HEADS,
+       RESBM__JOB_FF, RESBM__JOB_SEQ, RESBM__JOB_BATCH, RESBM__JOB_NMICRO, RESBM__JOB_R,
+       RESBM__JOB_M, RESBM__JOB_IDENTITY, RESBM__JOB_WIRE_FWD, RESBM__JOB_WIRE_BWD,
+       RESBM__JOB_OPT, RESBM__JOB_LR, RESBM__JOB_MIN_LR, RESBM__JOB_WARMUP, RESBM__JOB_TOTAL,
+       RESBM__JOB_BETA1, RESBM__JOB_BETA2, RESBM__JOB_EPS, RESBM__JOB_WD, RESBM__JOB_CLIP,
+       RESBM__JOB_MUON_LR, RESBM__JOB_MUON_MOM, RESBM__JOB_MUON_NS, RESBM__JOB_BLR,
+       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_STEP_HI,
+       RESBM__JOB_STEP_LO, RESBM__JOB_N };
+static const char *const resbm__job_names[RESBM__JOB_N] = {
+    "stages", "vocab", "d", "layers", "heads", "ff", "seq", "batch (rows per microbatch)",
+    "n_micro", "r", "m", "no_identity", "wire_fwd", "wire_bwd", "optimizer", "lr", "min_lr_frac",
+    "warmup", "total_steps", "beta1", "beta2", "eps", "weight_decay", "clip", "muon_lr",
+    "muon_momentum", "muon_ns_steps", "bottleneck_lr_scale", "seed (high 32 bits)", "seed",
+    "init_std", "step (high 32 bits)", "step"};
+/* which of them are floats (printed as such in a mismatch) */
+#define RESBM__JOB_IS_FLOAT(i)                                                                     \
+    ((i) == RESBM__JOB_LR || (i) == RESBM__JOB_MIN_LR || ((i) >= RESBM__JOB_BETA1 &&             \
+     (i) <= RESBM__JOB_MUON_MOM) || (i) == RESBM__JOB_BLR || (i) == RESBM__JOB_INIT_STD)
+/* a hello: [0 hello | 1 answer, attempt, then two halves of each field] */
+#define RESBM__JOB_FLOATS (2 + 2 * RESBM__JOB_N)
+
 struct resbm_stage {
     resbm_stage_config cfg;
     resbm_model *model;
@@ -3399,6 +3436,13 @@ struct resbm_stage {
     float *zin, *zout, *dzin, *dxout; /* [Nmb, w] */
     int32_t *win, *zeros;         /* [T] sampling window, dummy targets */
     uint64_t step;                /* = the model's update count: frames of a step carry it */
+    int attempt;                  /* of this step: 0, and one more after each failure */
+    int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
+    long synced_step;             /* the model's step when the last call ended */
+    int pool_attached;            /* this stage holds cfg.model.pool's stage slot */
+    uint32_t job[RESBM__JOB_N];
+    int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
+    char why[192];                /* the last failure, one line */
     resbm_stage_stats stats;
 };
 
@@ -3422,8 +3466,36 @@ RESBMDEF resbm_stage_config resbm_stage_config_default(void) {
 
 RESBMDEF void resbm_stage_free(resbm_stage *st) {
     if (!st) return;
+    if (st->pool_attached) __atomic_store_n(&st->cfg.model.pool->stage_attached, 0, __ATOMIC_RELEASE);
     resbm_model_free(st->model);
     resbm__dealloc(st, st->cfg.model.alloc_user);
+}
+
+static void resbm__stage_job(resbm_stage *st) {
+    const resbm_model_config *c = &st->model->cfg;
+    const resbm_opt_config *o = &st->model->opt;
+    uint32_t *j = st->job;
+    j[RESBM__JOB_STAGES] = (uint32_t)c->stages; j[RESBM__JOB_VOCAB] = (uint32_t)c->vocab;
+    j[RESBM__JOB_D] = (uint32_t)c->d; j[RESBM__JOB_LAYERS] = (uint32_t)c->layers;
+    j[RESBM__JOB_HEADS] = (uint32_t)c->heads; j[RESBM__JOB_FF] = (uint32_t)c->ff;
+    j[RESBM__JOB_SEQ] = (uint32_t)c->seq; j[RESBM__JOB_BATCH] = (uint32_t)c->batch;
+    j[RESBM__JOB_NMICRO] = (uint32_t)st->n; j[RESBM__JOB_R] = (uint32_t)c->r;
+    j[RESBM__JOB_M] = (uint32_t)c->m; j[RESBM__JOB_IDENTITY] = (uint32_t)c->no_identity;
+    j[RESBM__JOB_WIRE_FWD] = (uint32_t)st->cfg.wire_fwd;
+    j[RESBM__JOB_WIRE_BWD] = (uint32_t)st->cfg.wire_bwd;
+    j[RESBM__JOB_OPT] = (uint32_t)o->kind; j[RESBM__JOB_LR] = resbm__fbits(o->lr);
+    j[RESBM__JOB_MIN_LR] = resbm__fbits(o->min_lr_frac);
+    j[RESBM__JOB_WARMUP] = (uint32_t)o->warmup; j[RESBM__JOB_TOTAL] = (uint32_t)o->total_steps;
+    j[RESBM__JOB_BETA1] = resbm__fbits(o->beta1); j[RESBM__JOB_BETA2] = resbm__fbits(o->beta2);
+    j[RESBM__JOB_EPS] = resbm__fbits(o->eps); j[RESBM__JOB_WD] = resbm__fbits(o->weight_decay);
+    j[RESBM__JOB_CLIP] = resbm__fbits(o->clip); j[RESBM__JOB_MUON_LR] = resbm__fbits(o->muon_lr);
+    j[RESBM__JOB_MUON_MOM] = resbm__fbits(o->muon_momentum);
+    j[RESBM__JOB_MUON_NS] = (uint32_t)o->muon_ns_steps;
+    j[RESBM__JOB_BLR] = resbm__fbits(o->bottleneck_lr_scale);
+    j[RESBM__JOB_SEED_HI] = (uint32_t)(c->seed >> 32); j[RESBM__JOB_SEED_LO] = (uint32_t)c->seed;
+    j[RESBM__JOB_INIT_STD] = resbm__fbits(c->init_std);
+    j[RESBM__JOB_STEP_HI] = (uint32_t)((uint64_t)st->model->step >> 32);
+    j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
 
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) {
@@ -3433,8 +3505,9 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     size_t pb, pb2, zf;
     int rc;
     if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv || cfg->n_micro < 0 ||
-        cfg->wire_fwd < RESBM_WIRE_F32 || cfg->wire_fwd > RESBM_WIRE_I8 ||
-        cfg->wire_bwd < RESBM_WIRE_F32 || cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 ||
+        cfg->n_micro > (int)RESBM__MAX_INDEX || cfg->wire_fwd < RESBM_WIRE_F32 ||
+        cfg->wire_fwd > RESBM_WIRE_I8 || cfg->wire_bwd < RESBM_WIRE_F32 ||
+        cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 ||
         !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
         return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
@@ -3448,7 +3521,18 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     tmp.slots = RESBM__MIN(tmp.S - tmp.s, tmp.n); /* 1F1B keeps at most S - s forwards */
     if (tmp.slots < 1) return RESBM_EINVAL;
     mc.act_slots = tmp.slots;
-    if ((rc = resbm_model_init(&mc, &tmp.cfg.opt, &tmp.model))) return rc;
+    /* a pool's buffers serve one caller at a time: two stages on threads would collide */
+    if (mc.pool) {
+        int free_slot = 0;
+        if (!__atomic_compare_exchange_n(&mc.pool->stage_attached, &free_slot, 1, 0,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            return RESBM_ESTATE;
+        tmp.pool_attached = 1;
+    }
+    if ((rc = resbm_model_init(&mc, &tmp.cfg.opt, &tmp.model))) {
+        if (tmp.pool_attached) __atomic_store_n(&mc.pool->stage_attached, 0, __ATOMIC_RELEASE);
+        return rc;
+    }
     tmp.cfg.model = tmp.model->cfg;
     tmp.Nmb = (size_t)tmp.model->cfg.batch * (size_t)tmp.model->cfg.seq;
     tmp.w = tmp.model->r;
@@ -3456,10 +3540,10 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
         resbm_wire_payload_bytes(RESBM_WIRE_F32, tmp.Nmb, tmp.w, &pb) ||
         resbm_wire_payload_bytes(RESBM_WIRE_I8, tmp.Nmb, tmp.w, &pb2) ||
         resbm_size_mul(&zf, tmp.Nmb, tmp.w)) {
-        resbm_model_free(tmp.model);
-        return RESBM_EOVERFLOW;
+        rc = RESBM_EOVERFLOW;
+        goto fail;
     }
-    tmp.frame_cap = RESBM_FRAME_HEADER + RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)64);
+    tmp.frame_cap = RESBM_FRAME_HEADER + RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)4 * RESBM__JOB_FLOATS);
     if (tmp.cfg.link_bytes_per_sec > 0.0 && tmp.cfg.timeout_ms > 0) { /* the timeout rule */
         size_t bf = 0, bb = 0;
         double ms;
@@ -3474,9 +3558,9 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     resbm_arena_push(&a, 2, tmp.frame_cap);
     resbm_arena_push(&a, 4 * zf, sizeof(float));
     resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
-    if (a.overflow) { resbm_model_free(tmp.model); return RESBM_EOVERFLOW; }
+    if (a.overflow) { rc = RESBM_EOVERFLOW; goto fail; }
     a.base = (unsigned char *)resbm__alloc(a.used, mc.alloc_user);
-    if (!a.base) { resbm_model_free(tmp.model); return RESBM_ENOMEM; }
+    if (!a.base) { rc = RESBM_ENOMEM; goto fail; }
     memset(a.base, 0, a.used);
     a.cap = a.used;
     a.used = 0;
@@ -3491,8 +3575,15 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     st->win = (int32_t *)resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
     st->zeros = st->win + tmp.model->cfg.seq;
     st->stats.memory_bytes = a.cap + resbm_model_bytes(st->model);
+    st->agreed[0] = st->s == 0;          /* no previous stage */
+    st->agreed[1] = st->s == st->S - 1;  /* no next stage */
+    st->synced_step = st->model->step;
     *out = st;
     return RESBM_OK;
+fail:
+    if (tmp.pool_attached) __atomic_store_n(&mc.pool->stage_attached, 0, __ATOMIC_RELEASE);
+    resbm_model_free(tmp.model);
+    return rc;
 }
 
 RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st) { return st ? st->model : NULL; }
@@ -3502,6 +3593,8 @@ RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out
     *out = st->stats;
     return RESBM_OK;
 }
+
+RESBMDEF const char *resbm_stage_why(const resbm_stage *st) { return st ? st->why : ""; }
 
 /* What a transport may return: anything outside its documented set is RESBM_ETRANSPORT. */
 static int resbm__transport_rc(int rc) {
@@ -3530,37 +3623,203 @@ static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint3
     return RESBM_OK;
 }
 
-static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uint32_t micro,
-                             size_t rows, size_t cols, float *x) {
-    resbm_frame_info f;
-    size_t len = 0;
-    double t0 = resbm__now();
-    int rc = st->cfg.transport.recv(st->cfg.transport.user, from, st->rbuf, st->frame_cap, &len,
-                                    st->cfg.timeout_ms);
-    st->stats.wait_s += resbm__now() - t0;
-    if (rc) return resbm__transport_rc(rc);
-    if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
-    st->stats.bytes_recv[kind] += len;
-    st->stats.frames_recv[kind]++;
-    f.kind = kind; f.dtype = dtype; f.from_stage = (unsigned)from; f.to_stage = (unsigned)st->s;
-    f.step = st->step; f.micro = micro; f.rows = (uint32_t)rows; f.cols = (uint32_t)cols;
-    return resbm_frame_decode(x, rows * cols, st->rbuf, len, &f);
+static int resbm__stage_hello(resbm_stage *st, int to, int answer) {
+    float v[RESBM__JOB_FLOATS];
+    int i;
+    resbm__stage_job(st);
+    v[0] = (float)answer;
+    v[1] = (float)st->attempt;
+    for (i = 0; i < RESBM__JOB_N; i++) {
+        v[2 + 2 * i] = (float)(st->job[i] >> 16);
+        v[3 + 2 * i] = (float)(st->job[i] & 0xffffu);
+    }
+    return resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, to,
+                             RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, v);
 }
 
-/* Micro tags: a step's microbatches are 0..n-1; evaluation and sampling frames are tagged apart
-   so a stage that is out of step with its peers gets RESBM_EMICRO, not a wrong tensor. */
-#define RESBM__TAG_EVAL 0x40000000u
-#define RESBM__TAG_GEN 0x20000000u
+/* A neighbour's hello (or its answer to ours): the same job, field by field, or RESBM_EJOB
+   naming the first field that differs. A neighbour we had agreed with that says hello again has
+   restarted (or reloaded): it waits for our answer. */
+static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_info *f, size_t len) {
+    float v[RESBM__JOB_FLOATS];
+    resbm_frame_info e = *f;
+    int i, side = from > st->s, rc;
+    e.kind = RESBM_KIND_CONTROL; e.dtype = RESBM_WIRE_F32; e.rows = 1; e.cols = RESBM__JOB_FLOATS;
+    if ((rc = resbm_frame_decode(v, RESBM__JOB_FLOATS, st->rbuf, len, &e))) return rc;
+    resbm__stage_job(st);
+    for (i = 0; i < RESBM__JOB_FLOATS; i++)
+        if (!(v[i] >= 0.0f && v[i] <= 65535.0f && v[i] == (float)(int)v[i])) {
+            snprintf(st->why, sizeof(st->why), "stage %d sent a malformed job description", from);
+            return RESBM_EJOB;
+        }
+    for (i = 0; i < RESBM__JOB_N; i++) {
+        uint32_t theirs = (uint32_t)v[2 + 2 * i] << 16 | (uint32_t)v[3 + 2 * i];
+        if (theirs != st->job[i]) {
+            if (RESBM__JOB_IS_FLOAT(i))
+                snprintf(st->why, sizeof(st->why), "stages %d and %d run different jobs: %s is %g here, %g at stage %d",
+                         st->s, from, resbm__job_names[i], (double)resbm__bitsf(st->job[i]),
+                         (double)resbm__bitsf(theirs), from);
+            else
+                snprintf(st->why, sizeof(st->why), "stages %d and %d run different jobs: %s is %lu here, %lu at stage %d",
+                         st->s, from, resbm__job_names[i], (unsigned long)st->job[i], (unsigned long)theirs, from);
+            return RESBM_EJOB;
+        }
+    }
+    if ((int)v[1] > st->attempt) st->attempt = (int)v[1]; /* a restarted peer starts at 0 */
+    if (st->agreed[side] && v[0] == 0.0f) RESBM__TRY(resbm__stage_hello(st, from, 1));
+    st->agreed[side] = 1;
+    return RESBM_OK;
+}
+
+/* A neighbour failed: [code, stage where it happened]. For this step's attempt (or a later
+   one) this call fails too; for the step this stage already applied, that update is undone
+   (another stage could not apply it). Anything older is left over and dropped. */
+static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_info *f, size_t len,
+                                 int *stale) {
+    float v[2];
+    resbm_frame_info e = *f;
+    int rc, att = (int)(f->micro >> 24);
+    *stale = 0;
+    e.kind = RESBM_KIND_CONTROL; e.dtype = RESBM_WIRE_F32; e.rows = 1; e.cols = 2;
+    if ((rc = resbm_frame_decode(v, 2, st->rbuf, len, &e))) return rc;
+    if (!(v[0] <= -1.0f && v[0] >= -127.0f && v[0] == (float)(int)v[0] && v[1] >= 0.0f &&
+          v[1] < (float)st->S && v[1] == (float)(int)v[1]))
+        return RESBM_ERANGE;
+    if (f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step) {
+        RESBM__TRY(resbm_model_rollback(st->model));
+        st->step = (uint64_t)st->model->step;
+        st->attempt = att;
+        snprintf(st->why, sizeof(st->why), "stage %d could not finish step %lu (%s), so this stage undid it",
+                 (int)v[1], (unsigned long)f->step, resbm_strerror((int)v[0]));
+    } else if (f->step == st->step && att >= st->attempt) {
+        st->attempt = att;
+        snprintf(st->why, sizeof(st->why), "stage %d failed step %lu: %s", (int)v[1],
+                 (unsigned long)f->step, resbm_strerror((int)v[0]));
+    } else {
+        *stale = 1;
+        return RESBM_OK;
+    }
+    st->stats.frames_recv[RESBM_KIND_CONTROL]++;
+    st->abort_code = (int)v[0];
+    st->abort_origin = (int)v[1];
+    st->abort_from = from;
+    return RESBM_EPEER;
+}
+
+/* Receives the frame described by the arguments from `from`, all within one timeout: frames a
+   failed attempt left behind are dropped, a neighbour's hello is answered, and a neighbour's
+   abort fails the call with RESBM_EPEER. Everything else must be exactly the frame expected. */
+static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uint32_t micro,
+                             size_t rows, size_t cols, float *x) {
+    double deadline = resbm__now() + (st->cfg.timeout_ms > 0 ? st->cfg.timeout_ms / 1000.0 : 0.0);
+    unsigned want_for = (micro >> 20) & 15u;
+    float scratch[RESBM__JOB_FLOATS]; /* where a frame lands that was expected to be a hello */
+    for (;;) {
+        resbm_frame_info f, e;
+        size_t len = 0;
+        double t0 = resbm__now();
+        int rc, wait_ms = st->cfg.timeout_ms;
+        if (wait_ms > 0) {
+            double left = deadline - t0;
+            wait_ms = left > 0.0 ? (int)RESBM__MIN(ceil(left * 1000.0), 2147483647.0) : 0;
+        }
+        rc = st->cfg.transport.recv(st->cfg.transport.user, from, st->rbuf, st->frame_cap, &len, wait_ms);
+        st->stats.wait_s += resbm__now() - t0;
+        if (rc) return resbm__transport_rc(rc);
+        if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
+        if (!resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from &&
+            f.to_stage == (unsigned)st->s && f.kind == RESBM_KIND_CONTROL) {
+            unsigned purpose = (f.micro >> 20) & 15u;
+            if (purpose == RESBM__FOR_JOB) {
+                RESBM__TRY(resbm__stage_hello_in(st, from, &f, len));
+                if (want_for == RESBM__FOR_JOB) return RESBM_OK;
+                continue;
+            }
+            if (purpose == RESBM__FOR_ABORT) {
+                int stale;
+                rc = resbm__stage_abort_in(st, from, &f, len, &stale);
+                if (!stale) return rc;
+                continue;
+            }
+        }
+        if (!resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from &&
+            (f.step < st->step || (f.step == st->step && (int)(f.micro >> 24) < st->attempt) ||
+             (st->attempt > 0 && f.step == st->step + 1)))
+            continue; /* left over from a failed attempt (or from a step a neighbour undid) */
+        st->stats.bytes_recv[kind] += len;
+        st->stats.frames_recv[kind]++;
+        e.kind = kind; e.dtype = dtype; e.from_stage = (unsigned)from; e.to_stage = (unsigned)st->s;
+        e.step = st->step; e.micro = micro; e.rows = (uint32_t)rows; e.cols = (uint32_t)cols;
+        return resbm_frame_decode(x ? x : scratch, x ? rows * cols : RESBM__JOB_FLOATS, st->rbuf, len, &e);
+    }
+}
+
+/* Before a call's first frame: refuse what cannot be retried, and agree on the job with both
+   neighbours (once, and again after this stage's model was loaded from a checkpoint). */
+static int resbm__stage_begin(resbm_stage *st) {
+    int side;
+    st->why[0] = 0;
+    if (st->model->step != st->synced_step) { /* loaded in between: prove the job again */
+        st->agreed[0] = st->s == 0;
+        st->agreed[1] = st->s == st->S - 1;
+        st->hello_sent = 0;
+        st->attempt = 0;
+        st->synced_step = st->model->step;
+    }
+    st->step = (uint64_t)st->model->step;
+    if (st->attempt >= RESBM__MAX_ATTEMPT) {
+        snprintf(st->why, sizeof(st->why), "step %lu failed %d times: restart from a checkpoint",
+                 (unsigned long)st->step, st->attempt);
+        return RESBM_ESTATE;
+    }
+    if (st->agreed[0] && st->agreed[1]) return RESBM_OK;
+    if (!st->hello_sent) {
+        for (side = 0; side < 2; side++)
+            if (!st->agreed[side]) RESBM__TRY(resbm__stage_hello(st, st->s + (side ? 1 : -1), 0));
+        st->hello_sent = 1;
+    }
+    for (side = 0; side < 2; side++)
+        if (!st->agreed[side])
+            RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
+                                         RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, NULL));
+    return RESBM_OK;
+}
+
+/* Every call ends here. After a failure, once the job is agreed, the neighbours hear of it at
+   once (an abort frame with the code and the stage where it happened, passed along the
+   pipeline away from where it came), and the next try is a new attempt, so nothing left of this
+   one is mistaken for it. Before the job is agreed nothing has flowed, so nothing is sent. */
+static int resbm__stage_end(resbm_stage *st, int rc) {
+    int side, code = rc, origin = st->s, skip = -1;
+    st->synced_step = st->model->step;
+    if (!rc) return RESBM_OK;
+    if (rc == RESBM_EPEER) { code = st->abort_code; origin = st->abort_origin; skip = st->abort_from; }
+    if (!st->why[0])
+        snprintf(st->why, sizeof(st->why), "stage %d, step %lu: %s", st->s, (unsigned long)st->step,
+                 resbm_strerror(rc));
+    if (rc == RESBM_EJOB || !(st->agreed[0] && st->agreed[1])) return rc;
+    for (side = 0; side < 2; side++) {
+        int peer = st->s + (side ? 1 : -1);
+        float v[2];
+        if (peer < 0 || peer >= st->S || peer == skip) continue;
+        v[0] = (float)code;
+        v[1] = (float)origin;
+        (void)resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, peer,
+                                RESBM__MICRO(st->attempt, RESBM__FOR_ABORT, 0), 1, 2, v);
+    }
+    st->attempt++;
+    return rc;
+}
 
 /* One forward of `rows` sequences into `slot`: receive z, compute, send z on (or the loss). */
-static int resbm__stage_fwd(resbm_stage *st, uint32_t tag, int slot, size_t rows,
+static int resbm__stage_fwd(resbm_stage *st, uint32_t micro, int slot, size_t rows,
                             const int32_t *tokens, const int32_t *targets, float *loss) {
     resbm_model *m = st->model;
     size_t N = rows * (size_t)m->cfg.seq;
     double t0;
     *loss = 0.0f;
     if (!m->first)
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s - 1, tag, N, st->w,
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s - 1, micro, N, st->w,
                                      st->zin));
     t0 = resbm__now();
     RESBM__TRY(resbm_model_forward(m, slot, m->first ? tokens : NULL, m->first ? NULL : st->zin,
@@ -3568,36 +3827,95 @@ static int resbm__stage_fwd(resbm_stage *st, uint32_t tag, int slot, size_t rows
                                    m->last ? loss : NULL));
     st->stats.compute_s += resbm__now() - t0;
     if (!m->last)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s + 1, tag, N, st->w,
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s + 1, micro, N, st->w,
                                      st->zout));
     return RESBM_OK;
 }
 
 static int resbm__stage_bwd(resbm_stage *st, int k) {
     resbm_model *m = st->model;
+    uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, k);
     double t0;
     if (!m->last)
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s + 1, (uint32_t)k,
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s + 1, micro,
                                      st->Nmb, st->w, st->dzin));
     t0 = resbm__now();
     RESBM__TRY(resbm_model_backward(m, k % st->slots, m->last ? NULL : st->dzin,
                                     m->first ? NULL : st->dxout, 1.0f / (float)st->n));
     st->stats.compute_s += resbm__now() - t0;
     if (!m->first)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s - 1, (uint32_t)k,
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s - 1, micro,
                                      st->Nmb, st->w, st->dxout));
     return RESBM_OK;
 }
 
-/* Control frames: micro 0 carries the partial squared norm forward along the pipeline, micro 1
-   carries the total and the loss back. */
+/* The step across stages is all or nothing. The squared gradient norms are summed forward along
+   the pipeline (control frame, index 0); the last stage, which then knows every stage finished
+   its backward, checks the total and the loss, applies its update and sends [total, loss] back
+   (index 1), each stage applying its own update before passing it on. A stage that cannot apply
+   it (its update would be non-finite, or the frame does not arrive whole) fails, and its abort
+   makes every stage that had already applied the step undo it (resbm_model_rollback), so after
+   any single fault either every stage has the update or none has. */
+static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                                 float *loss) {
+    resbm_model *m = st->model;
+    double sq, loss_sum = 0.0, t0;
+    float part[1], back[2], scale;
+    int warm, i, fi = 0, bi = 0, sl, rc;
+    for (sl = 0; sl < m->cfg.act_slots; sl++) m->slots[sl].rows = 0; /* a failed step left some */
+    RESBM__TRY(resbm_model_zero_grad(m));
+    warm = RESBM__MIN(st->S - st->s - 1, st->n);
+    for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
+        size_t off = (size_t)fi * st->Nmb;
+        float l;
+        RESBM__TRY(resbm__stage_fwd(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, fi), fi % st->slots,
+                                    (size_t)m->cfg.batch, m->first ? tokens + off : NULL,
+                                    m->last ? targets + off : NULL, &l));
+        loss_sum += l;
+        fi++;
+        if (i >= warm) RESBM__TRY(resbm__stage_bwd(st, bi++));
+    }
+    for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
+    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    part[0] = (float)sq;
+    if (!m->first) {
+        float prev[1];
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, 1, prev));
+        part[0] = prev[0] + (float)sq;
+    }
+    if (!m->last) {
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, 1, part));
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
+    } else {
+        back[0] = part[0];
+        back[1] = (float)(loss_sum / st->n);
+        if (!resbm__finite(back[0]) || !resbm__finite(back[1])) return RESBM_ENONFINITE;
+    }
+    scale = resbm_clip_scale(&st->cfg.opt, back[0]);
+    t0 = resbm__now();
+    RESBM__TRY(resbm_model_update(m, scale)); /* undone by itself if it fails */
+    st->stats.compute_s += resbm__now() - t0;
+    if (!m->first &&
+        (rc = resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+                                RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back))) {
+        resbm_model_rollback(m); /* the stages before this one will not hear of it */
+        return rc;
+    }
+    st->step = (uint64_t)m->step;
+    st->attempt = 0;
+    st->stats.steps++;
+    if (loss) *loss = back[1];
+    return RESBM_OK;
+}
+
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss) {
     resbm_model *m;
-    double sq, loss_sum = 0.0, t0;
-    float part[1], back[2], scale;
-    int warm, i, fi = 0, bi = 0, sl;
     size_t T;
+    int rc;
     if (!st) return RESBM_EINVAL;
     m = st->model;
     T = (size_t)m->cfg.seq;
@@ -3606,112 +3924,77 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
         return RESBM_EINVAL;
     if (m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
     if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
-    for (sl = 0; sl < m->cfg.act_slots; sl++) m->slots[sl].rows = 0; /* a failed step left some */
-    RESBM__TRY(resbm_model_zero_grad(m));
-    st->step = (uint64_t)m->step;
-    warm = RESBM__MIN(st->S - st->s - 1, st->n);
-    for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
-        size_t off = (size_t)fi * st->Nmb;
-        float l;
-        RESBM__TRY(resbm__stage_fwd(st, (uint32_t)fi, fi % st->slots, (size_t)m->cfg.batch,
-                                    m->first ? tokens + off : NULL, m->last ? targets + off : NULL, &l));
-        loss_sum += l;
-        fi++;
-        if (i >= warm) RESBM__TRY(resbm__stage_bwd(st, bi++));
-    }
-    for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
-    /* the global gradient norm: partial sums forward, the total and the loss back */
-    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
-    part[0] = (float)sq;
-    if (!m->first) {
-        float prev[1];
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, 0, 1, 1, prev));
-        part[0] = prev[0] + (float)sq;
-    }
-    if (!m->last) {
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, 0, 1, 1, part));
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, 1, 1, 2, back));
-    } else {
-        back[0] = part[0];
-        back[1] = (float)(loss_sum / st->n);
-        if (!resbm__finite(back[0]) || !resbm__finite(back[1])) return RESBM_ENONFINITE;
-    }
-    if (!m->first)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, 1, 1, 2, back));
-    scale = resbm_clip_scale(&st->cfg.opt, back[0]);
-    t0 = resbm__now();
-    RESBM__TRY(resbm_model_update(m, scale));
-    st->stats.compute_s += resbm__now() - t0;
-    st->stats.steps++;
-    if (loss) *loss = back[1];
-    return RESBM_OK;
+    rc = resbm__stage_begin(st);
+    if (!rc) rc = resbm__stage_step_run(st, tokens, targets, loss);
+    return resbm__stage_end(st, rc);
 }
 
 /* Sends a small control vector to stage s - 1 after receiving it from s + 1 (the last stage
    originates it): how the loss and sampled tokens travel back to stage 0. */
-static int resbm__stage_back(resbm_stage *st, uint32_t tag, float *v, size_t n) {
+static int resbm__stage_back(resbm_stage *st, uint32_t micro, float *v, size_t n) {
     if (!st->model->last)
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, tag, 1, n, v));
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, micro, 1, n, v));
     if (!st->model->first)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, tag, 1, n, v));
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, micro, 1, n, v));
+    return RESBM_OK;
+}
+
+static int resbm__stage_eval_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                                 size_t rows, float *loss) {
+    resbm_model *m = st->model;
+    size_t T = (size_t)m->cfg.seq, B = (size_t)m->cfg.batch, done = 0;
+    double sum = 0.0;
+    float v[1];
+    uint32_t k = 0;
+    int saved, rc;
+    RESBM__TRY(resbm_model_release(m, 0));
+    for (; done < rows; done += B, k++) {
+        size_t n = RESBM__MIN(B, rows - done);
+        float l;
+        rc = resbm__stage_fwd(st, RESBM__MICRO(st->attempt, RESBM__FOR_EVAL, k), 0, n,
+                              m->first ? tokens + done * T : NULL, m->last ? targets + done * T : NULL, &l);
+        resbm_model_release(m, 0);
+        if (rc) return rc;
+        sum += (double)l * (double)n;
+    }
+    v[0] = (float)(sum / (double)rows);
+    /* the loss comes back after every chunk has gone down the pipeline: wait for all of them */
+    saved = st->cfg.timeout_ms;
+    if (saved > 0) st->cfg.timeout_ms = (int)RESBM__MIN((double)saved * (double)(k + 1), 2147483647.0);
+    rc = resbm__stage_back(st, RESBM__MICRO(st->attempt, RESBM__FOR_EVAL, 0), v, 1);
+    st->cfg.timeout_ms = saved;
+    if (rc) return rc;
+    *loss = v[0];
     return RESBM_OK;
 }
 
 RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss) {
     resbm_model *m;
-    size_t T, done = 0, B;
-    double sum = 0.0;
-    float v[1];
-    uint32_t k = 0;
-    if (!st || !loss || rows == 0 || rows > 0x0fffffffu) return RESBM_EINVAL;
+    size_t T;
+    int rc;
+    if (!st || !loss || rows == 0) return RESBM_EINVAL;
     m = st->model;
     T = (size_t)m->cfg.seq;
-    B = (size_t)m->cfg.batch;
+    if (rows / (size_t)m->cfg.batch > RESBM__MAX_INDEX) return RESBM_EINVAL;
     if ((m->first && !tokens) || (m->last && !targets)) return RESBM_EINVAL;
     if (m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
     if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
-    RESBM__TRY(resbm_model_release(m, 0));
-    st->step = (uint64_t)m->step;
-    for (; done < rows; done += B, k++) {
-        size_t n = RESBM__MIN(B, rows - done);
-        float l;
-        int rc = resbm__stage_fwd(st, RESBM__TAG_EVAL | k, 0, n, m->first ? tokens + done * T : NULL,
-                                  m->last ? targets + done * T : NULL, &l);
-        resbm_model_release(m, 0);
-        if (rc) return rc;
-        sum += (double)l * (double)n;
-    }
-    v[0] = (float)(sum / (double)rows);
-    { /* the loss comes back after every chunk has gone down the pipeline: wait for all of them */
-        int saved = st->cfg.timeout_ms, rc;
-        if (saved > 0) st->cfg.timeout_ms = (int)RESBM__MIN((double)saved * (double)(k + 1), 2147483647.0);
-        rc = resbm__stage_back(st, RESBM__TAG_EVAL, v, 1);
-        st->cfg.timeout_ms = saved;
-        if (rc) return rc;
-    }
-    *loss = v[0];
-    return RESBM_OK;
+    rc = resbm__stage_begin(st);
+    if (!rc) rc = resbm__stage_eval_run(st, tokens, targets, rows, loss);
+    return resbm__stage_end(st, rc);
 }
 
-RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
-                                  size_t n_new, float temperature, uint64_t seed, int32_t *out) {
-    resbm_model *m;
+static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
+                                     size_t n_new, float temperature, uint64_t seed, int32_t *out) {
+    resbm_model *m = st->model;
+    size_t T = (size_t)m->cfg.seq, V = (size_t)m->cfg.vocab, i;
     resbm_rng rng;
-    size_t T, V, i;
-    if (!st || n_prompt == 0 || (n_new && !out) || !(temperature > 0.0f) ||
-        !resbm__finite(temperature) || n_new > 0x0fffffffu)
-        return RESBM_EINVAL;
-    m = st->model;
-    T = (size_t)m->cfg.seq;
-    V = (size_t)m->cfg.vocab;
-    if (m->first && !prompt) return RESBM_EINVAL;
-    if (m->first && !resbm__targets_ok(prompt, n_prompt, V)) return RESBM_ERANGE;
     RESBM__TRY(resbm_model_release(m, 0));
     resbm_rng_seed(&rng, seed, 0x5a);
-    st->step = (uint64_t)m->step;
     for (i = 0; i < n_new; i++) {
         size_t have = n_prompt + i, len = RESBM__MIN(have, T), j;
+        uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_GEN, i);
         float l, v[1];
         int rc;
         if (m->first) { /* the last `len` tokens of prompt ++ out[0..i), left-aligned */
@@ -3721,7 +4004,7 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
             }
             for (; j < T; j++) st->win[j] = 0; /* causal: later positions cannot matter */
         }
-        rc = resbm__stage_fwd(st, RESBM__TAG_GEN | (uint32_t)i, 0, 1, st->win, st->zeros, &l);
+        rc = resbm__stage_fwd(st, micro, 0, 1, st->win, st->zeros, &l);
         if (!rc && m->last) { /* draw from softmax(logits / temperature) at position len - 1 */
             /* p^(1/t) / sum, in the log domain so a small t does not underflow to all zeros */
             const float *p = resbm_model_probs(m, 0) + (len - 1) * V;
@@ -3738,11 +4021,26 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
         }
         resbm_model_release(m, 0);
         if (rc) return rc;
-        RESBM__TRY(resbm__stage_back(st, RESBM__TAG_GEN | (uint32_t)i, v, 1));
+        RESBM__TRY(resbm__stage_back(st, micro, v, 1));
         if (!(v[0] >= 0.0f && v[0] < (float)V)) return RESBM_ERANGE; /* from a peer: check it */
         out[i] = (int32_t)v[0];
     }
     return RESBM_OK;
+}
+
+RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
+                                  size_t n_new, float temperature, uint64_t seed, int32_t *out) {
+    resbm_model *m;
+    int rc;
+    if (!st || n_prompt == 0 || (n_new && !out) || !(temperature > 0.0f) ||
+        !resbm__finite(temperature) || n_new > (size_t)RESBM__MAX_INDEX + 1)
+        return RESBM_EINVAL;
+    m = st->model;
+    if (m->first && !prompt) return RESBM_EINVAL;
+    if (m->first && !resbm__targets_ok(prompt, n_prompt, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    rc = resbm__stage_begin(st);
+    if (!rc) rc = resbm__stage_generate_run(st, prompt, n_prompt, n_new, temperature, seed, out);
+    return resbm__stage_end(st, rc);
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------ */

@@ -2127,7 +2127,8 @@ static void test_pipeline_wire_bytes(void) {
             resbm_wire_payload_bytes(RESBM_WIRE_I8, Nmb, r, &pb);
             CHECK(st.bytes_sent[RESBM_KIND_GRAD] == (s > 0 ? (uint64_t)(2 * n) * (40 + pb) : 0),
                   "stage %d grad bytes %llu", s, (unsigned long long)st.bytes_sent[RESBM_KIND_GRAD]);
-            CHECK(st.frames_sent[RESBM_KIND_CONTROL] == (uint64_t)(2 * ((s > 0) + (s < S - 1))), "control frames");
+            /* per neighbour: one hello (the job agreement), then per step the norm or the commit */
+            CHECK(st.frames_sent[RESBM_KIND_CONTROL] == (uint64_t)(3 * ((s > 0) + (s < S - 1))), "control frames");
             CHECK(st.bytes_recv[RESBM_KIND_ACT] == (s > 0 ? prev_sent : 0), "stage %d received act bytes", s);
             prev_sent = st.bytes_sent[RESBM_KIND_ACT];
             CHECK(resbm_model_get_config(resbm_stage_model(a[s].st))->act_slots == (S - s < n ? S - s : n), "slots");
@@ -2368,8 +2369,10 @@ static void *flood(void *p) {
 
 /* A hostile peer: garbage, frames for the wrong stage, step, microbatch, kind, dtype or shape, a
    flipped bit, a huge declared payload, a message larger than any frame, NaN and Inf, a flood of
-   frames, a truncated frame and a close. Each step fails with the code for what was wrong, the
-   receiving stage's parameters and step do not move, and an honest step still works after. */
+   frames, a truncated frame and a close. The peer speaks the protocol up to the fault it injects
+   (it says hello as stage 0 and tags each frame with the receiver's attempt, which counts its
+   failures). Each step fails with the code for what was wrong, the receiving stage's parameters
+   and step do not move, and an honest step still works after. */
 static void test_hostile_peer(void) {
     resbm_model_config mc = pipe_config();
     resbm_inproc *hub;
@@ -2377,14 +2380,12 @@ static void test_hostile_peer(void) {
     resbm_stage *st[2];
     resbm_transport t0;
     resbm_frame_info f;
-    float z[8 * 4], loss, *fp;
+    float z[8 * 4], loss, *fp, part[1] = {0.5f};
     const char *changed;
     unsigned char good[1024], bad[1 << 16];
     int32_t tok[8], tg[8];
     size_t len, glen, i;
-    int s, k, rc;
-    lone_arg la[2];
-    pthread_t th[2];
+    int s, k, rc, attempt = 0;
     struct { const char *what; int field, value, want; } cases[] = {
         {"to the wrong stage", 1, 0, RESBM_ESTAGE}, {"from the wrong stage", 2, 1, RESBM_ESTAGE},
         {"for another step", 3, 5, RESBM_ESTEP}, {"for another microbatch", 4, 3, RESBM_EMICRO},
@@ -2399,10 +2400,13 @@ static void test_hostile_peer(void) {
     for (i = 0; i < 32; i++) z[i] = 0.25f * (float)i - 3.0f;
     memset(&f, 0, sizeof(f));
     f.kind = RESBM_KIND_ACT; f.dtype = RESBM_WIRE_F32; f.from_stage = 0; f.to_stage = 1; f.rows = 8; f.cols = 4;
+    CHECK_RC(resbm__stage_hello(st[0], 1, 0), RESBM_OK); /* stage 0's hello, as the peer's */
 #define HOSTILE(buf, n, want, what) do { \
         CHECK_RC(t0.send(t0.user, 1, (buf), (n)), RESBM_OK); \
         rc = resbm_stage_step(st[1], NULL, tg, 1, &loss); \
         CHECK(rc == (want), "%s: %s, want %s", (what), resbm_strerror(rc), resbm_strerror(want)); \
+        CHECK(resbm_stage_why(st[1])[0] != 0, "%s: no reason given", (what)); \
+        attempt++; \
     } while (0)
     CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK);
     for (i = 0; i < 64; i++) bad[i] = (unsigned char)(i * 37 + 11); /* garbage */
@@ -2412,33 +2416,37 @@ static void test_hostile_peer(void) {
         resbm_frame_info g = f;
         unsigned char fb[1024];
         size_t fl;
+        g.micro = (uint32_t)attempt << 24;
         if (cases[k].field == 1) g.to_stage = (unsigned)cases[k].value;
         if (cases[k].field == 2) g.from_stage = (unsigned)cases[k].value;
         if (cases[k].field == 3) g.step = (uint64_t)cases[k].value;
-        if (cases[k].field == 4) g.micro = (uint32_t)cases[k].value;
+        if (cases[k].field == 4) g.micro |= (uint32_t)cases[k].value;
         if (cases[k].field == 5) g.kind = cases[k].value;
         if (cases[k].field == 6) g.dtype = cases[k].value;
         if (cases[k].field == 7) g.rows = (uint32_t)cases[k].value;
         CHECK_RC(resbm_frame_encode(fb, sizeof(fb), &fl, &g, z), RESBM_OK);
         HOSTILE(fb, fl, cases[k].want, cases[k].what);
     }
-    memcpy(bad, good, glen); bad[glen - 3] ^= 0x10; /* one payload bit */
+#define GOOD_FRAME() do { f.micro = (uint32_t)attempt << 24; \
+        CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK); memcpy(bad, good, glen); } while (0)
+    GOOD_FRAME(); bad[glen - 3] ^= 0x10; /* one payload bit */
     HOSTILE(bad, glen, RESBM_ECRC, "a flipped payload bit");
-    memcpy(bad, good, glen); bad[32] = bad[33] = bad[34] = 0xff; bad[35] = 0x7f; /* 2 GB declared */
+    GOOD_FRAME(); bad[32] = bad[33] = bad[34] = 0xff; bad[35] = 0x7f; /* 2 GB declared */
     put_crc(bad, glen);
     HOSTILE(bad, glen, RESBM_ESIZE, "a huge declared payload");
     z[5] = strtof("nan", NULL);
     CHECK_RC(resbm_frame_encode(good + 512, 512, &len, &f, z), RESBM_ENONFINITE); /* refused here */
     z[5] = 1.0f;
-    memcpy(bad, good, glen); bad[40 + 4 * 5 + 3] = 0x7f; bad[40 + 4 * 5 + 2] = 0xc0; put_crc(bad, glen);
+    GOOD_FRAME(); bad[40 + 4 * 5 + 3] = 0x7f; bad[40 + 4 * 5 + 2] = 0xc0; put_crc(bad, glen);
     HOSTILE(bad, glen, RESBM_ENONFINITE, "a NaN payload");
-    memcpy(bad, good, glen); bad[40 + 3] = 0xff; bad[40 + 2] = 0x80; bad[41] = bad[40] = 0; put_crc(bad, glen);
+    GOOD_FRAME(); bad[40 + 3] = 0xff; bad[40 + 2] = 0x80; bad[41] = bad[40] = 0; put_crc(bad, glen);
     HOSTILE(bad, glen, RESBM_ENONFINITE, "an Inf payload");
     changed = params_changed(resbm_stage_model(st[1]), fp);
     CHECK(changed == NULL && resbm_model_step_count(resbm_stage_model(st[1])) == 0,
           "the receiver's parameters (%s) or step moved", changed ? changed : "-");
     memset(bad, 0x52, sizeof(bad)); /* larger than any frame this stage takes */
     HOSTILE(bad, sizeof(bad), RESBM_EMSGSIZE, "an oversized message");
+    GOOD_FRAME();
     HOSTILE(good, glen, RESBM_EMSGSIZE, "a good frame behind it (the link stays blocked)");
     { /* the oversized message is still queued (a transport keeps what it cannot hand over):
          drain it and the good frame through stage 1's endpoint */
@@ -2451,9 +2459,33 @@ static void test_hostile_peer(void) {
         CHECK_RC(t1.recv(t1.user, 0, bad, sizeof(bad), &got, 0), RESBM_OK);
         CHECK_RC(t1.recv(t1.user, 0, bad, sizeof(bad), &got, 0), RESBM_ETIMEDOUT);
     }
-    /* an honest step still works */
-    for (s = 0; s < 2; s++) { la[s].st = st[s]; pthread_create(&th[s], NULL, lone_step, &la[s]); }
-    for (s = 0; s < 2; s++) { pthread_join(th[s], NULL); CHECK_RC(la[s].rc, RESBM_OK); }
+    { /* every failure above was reported to stage 0 at once: one abort frame each, in order,
+         carrying the code and the attempt (and the hello came first) */
+        resbm_frame_info ab;
+        float v[2];
+        size_t got = 0;
+        CHECK_RC(t0.recv(t0.user, 1, bad, sizeof(bad), &got, 0), RESBM_OK); /* stage 1's hello */
+        for (k = 0; k < attempt; k++) {
+            CHECK_RC(t0.recv(t0.user, 1, bad, sizeof(bad), &got, 0), RESBM_OK);
+            CHECK_RC(resbm_frame_peek(bad, got, &ab), RESBM_OK);
+            CHECK(ab.kind == RESBM_KIND_CONTROL && ab.micro == ((uint32_t)k << 24 | 4u << 20),
+                  "abort %d: kind %d micro %#x", k, ab.kind, (unsigned)ab.micro);
+            CHECK_RC(resbm_frame_decode(v, 2, bad, got, &ab), RESBM_OK);
+            CHECK(v[0] < 0 && v[1] == 1.0f, "abort %d carries code %g from stage %g", k, v[0], v[1]);
+        }
+        CHECK_RC(t0.recv(t0.user, 1, bad, sizeof(bad), &got, 0), RESBM_ETIMEDOUT);
+    }
+    /* an honest step still works: the peer sends a good activation, takes the gradient back and
+       sends its part of the gradient norm */
+    GOOD_FRAME();
+    CHECK_RC(t0.send(t0.user, 1, good, glen), RESBM_OK);
+    f.kind = RESBM_KIND_CONTROL; f.rows = 1; f.cols = 1;
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, part), RESBM_OK);
+    CHECK_RC(t0.send(t0.user, 1, good, glen), RESBM_OK);
+    f.kind = RESBM_KIND_ACT; f.rows = 8; f.cols = 4;
+    rc = resbm_stage_step(st[1], NULL, tg, 1, &loss);
+    CHECK(rc == RESBM_OK, "honest step after the attacks: %s (%s)", resbm_strerror(rc), resbm_stage_why(st[1]));
+    CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 1, "the honest step was applied");
     free(fp);
     fp = params_snapshot(resbm_stage_model(st[1]));
     { /* a flood of valid-looking activations: the mailbox bounds it (the sender blocks), the
@@ -2461,6 +2493,7 @@ static void test_hostile_peer(void) {
         flood_arg fa;
         pthread_t ft;
         f.step = 1;
+        f.micro = 0;
         CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK);
         fa.tr = t0; fa.n = 100000; fa.frame = good; fa.len = glen; fa.rc = 0;
         pthread_create(&ft, NULL, flood, &fa);
@@ -2476,23 +2509,25 @@ static void test_hostile_peer(void) {
     free(fp);
     for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
     resbm_inproc_free(hub);
-    /* a truncated frame, then the peer closes */
-    resbm_inproc_init(2, 1 << 18, &hub);
-    c.model = mc; c.model.stage = 1; c.timeout_ms = 300;
-    resbm_inproc_transport(hub, 1, &c.transport);
-    CHECK_RC(resbm_stage_init(&c, &st[1]), RESBM_OK);
-    if (th_fail_now) { resbm_inproc_free(hub); return; }
+    /* a truncated frame (after the hello), then the peer closes */
+    CHECK_RC(two_stages(&hub, st, 1 << 18, 300), RESBM_OK);
+    if (th_fail_now) return;
     resbm_inproc_transport(hub, 0, &t0);
+    CHECK_RC(resbm__stage_hello(st[0], 1, 0), RESBM_OK);
     f.step = 0;
+    f.micro = 0;
     CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, z), RESBM_OK);
+    attempt = 0;
     HOSTILE(good, glen - 7, RESBM_ETRUNC, "a truncated frame");
     resbm_inproc_close(hub, 0);
     rc = resbm_stage_step(st[1], NULL, tg, 1, &loss);
     CHECK(rc == RESBM_ECLOSED, "after the close: %s", resbm_strerror(rc));
     CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 0, "step moved");
 #undef HOSTILE
-    resbm_stage_free(st[1]);
+#undef GOOD_FRAME
+    for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
     resbm_inproc_free(hub);
+    (void)c;
 }
 #endif
 
