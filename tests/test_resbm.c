@@ -2531,6 +2531,139 @@ static void test_hostile_peer(void) {
 }
 #endif
 
+#ifndef RESBM_NO_THREADS
+/* ---- a fault mid-run, a retry in place, and the same parameters as without it ------------------- */
+enum { FAULT_GARBAGE, FAULT_TRUNC, FAULT_FLIP, FAULT_STEP, FAULT_MICRO, FAULT_KIND, FAULT_DTYPE,
+       FAULT_SHAPE, FAULT_HUGE, FAULT_NAN, FAULT_DROP, FAULT_N };
+static const char *const fault_names[FAULT_N] = {"garbage", "truncated", "flipped bit", "wrong step",
+    "wrong microbatch", "wrong kind", "wrong dtype", "wrong shape", "huge declared payload", "NaN",
+    "lost"};
+
+/* A link that spoils one frame: the nth frame of `kind` this endpoint sends to `to`. */
+typedef struct {
+    resbm_transport inner;
+    int to, kind, nth, fault, seen, fired;
+    unsigned char buf[1 << 16];
+} fault_link;
+
+static int fault_send(void *u, int peer, const void *buf, size_t len) {
+    fault_link *l = (fault_link *)u;
+    unsigned char *b = l->buf;
+    if (peer != l->to || l->fired || len < 40 || len > sizeof(l->buf) || ((const unsigned char *)buf)[6] != l->kind ||
+        l->seen++ != l->nth)
+        return l->inner.send(l->inner.user, peer, buf, len);
+    l->fired = 1;
+    memcpy(b, buf, len);
+    switch (l->fault) {
+    case FAULT_GARBAGE: { size_t i; for (i = 0; i < len; i++) b[i] = (unsigned char)(i * 131 + 7); break; }
+    case FAULT_TRUNC: len -= 3; break;
+    case FAULT_FLIP: b[len - 1] ^= 0x04; break;
+    case FAULT_STEP: b[12] ^= 0x40; put_crc(b, len); break;
+    case FAULT_MICRO: b[20] ^= 0x01; put_crc(b, len); break;
+    case FAULT_KIND: b[6] = (unsigned char)(b[6] == RESBM_KIND_ACT ? RESBM_KIND_GRAD : RESBM_KIND_ACT); put_crc(b, len); break;
+    case FAULT_DTYPE: b[7] = RESBM_WIRE_BF16; put_crc(b, len); break;
+    case FAULT_SHAPE: b[24] ^= 0x02; put_crc(b, len); break;
+    case FAULT_HUGE: b[32] = b[33] = b[34] = 0xff; b[35] = 0x7f; put_crc(b, len); break;
+    case FAULT_NAN: b[43] = 0x7f; b[42] = 0xc0; put_crc(b, len); break;
+    default: return RESBM_OK; /* FAULT_DROP: said to be sent, never arrives */
+    }
+    return l->inner.send(l->inner.user, peer, b, len);
+}
+static int fault_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    fault_link *l = (fault_link *)u;
+    return l->inner.recv(l->inner.user, peer, buf, cap, len, timeout_ms);
+}
+
+enum { RETRY_S = 3, RETRY_STEPS = 4 };
+typedef struct { resbm_stage *st; int steps, failures, rc; } retry_arg;
+
+/* Each stage's host loop: step with the batch of its own step count; after a failure, again. */
+static void *retry_thread(void *p) {
+    retry_arg *a = (retry_arg *)p;
+    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
+    int32_t tok[256], tg[256];
+    int tries = 0;
+    float loss;
+    a->rc = RESBM_OK;
+    while (resbm_model_step_count(resbm_stage_model(a->st)) < a->steps && tries++ < 12) {
+        pipe_batch(tok, tg, c, 2 * c->batch, (int)resbm_model_step_count(resbm_stage_model(a->st)));
+        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)(2 * c->batch), &loss);
+        if (a->rc) a->failures++;
+    }
+    return NULL;
+}
+
+/* Runs RETRY_S stages over in-process links, stage `from`'s link to `to` spoiling its nth frame
+   of `kind` (fault < 0: none); returns the stages, each having reached RETRY_STEPS. */
+static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int fault, int *failures) {
+    resbm_model_config mc = pipe_config();
+    resbm_inproc *hub;
+    static fault_link link[RETRY_S];
+    retry_arg a[RETRY_S];
+    pthread_t th[RETRY_S];
+    int s, bad = 0;
+    mc.stages = RETRY_S;
+    if (resbm_inproc_init(RETRY_S, 1 << 20, &hub)) return 1;
+    for (s = 0; s < RETRY_S; s++) {
+        resbm_stage_config c = resbm_stage_config_default();
+        c.model = mc; c.model.stage = s; c.n_micro = 2; c.timeout_ms = fault == FAULT_DROP ? 1500 : 4000;
+        c.opt.clip = 0.05f; /* the clip binds: the norm matters */
+        memset(&link[s], 0, offsetof(fault_link, buf));
+        resbm_inproc_transport(hub, s, &link[s].inner);
+        link[s].to = s == from ? to : -1;
+        link[s].kind = kind; link[s].nth = nth; link[s].fault = fault;
+        c.transport.user = &link[s]; c.transport.send = fault_send; c.transport.recv = fault_recv;
+        if (resbm_stage_init(&c, &st[s])) return 1;
+        a[s].st = st[s]; a[s].steps = RETRY_STEPS; a[s].failures = 0;
+    }
+    for (s = 0; s < RETRY_S; s++) pthread_create(&th[s], NULL, retry_thread, &a[s]);
+    for (s = 0; s < RETRY_S; s++) {
+        pthread_join(th[s], NULL);
+        if (a[s].rc) bad = 1;
+        failures[s] = a[s].failures;
+    }
+    if (fault >= 0 && !link[from].fired) bad = 2;
+    resbm_inproc_free(hub);
+    return bad;
+}
+
+/* Every fault type, once, into an activation, a gradient, a norm and a commit frame mid-run:
+   the stages fail that step together (none keeps an update another lacks), retry it in place and
+   end with parameters bit-identical to a run without the fault. */
+static void test_fault_retry_in_place(void) {
+    resbm_stage *ref[RETRY_S], *st[RETRY_S];
+    struct { const char *what; int from, to, kind, nth; } where[] = {
+        {"activation 1->2, step 1", 1, 2, RESBM_KIND_ACT, 3},
+        {"gradient 2->1, step 2", 2, 1, RESBM_KIND_GRAD, 4},
+        {"norm 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2},   /* control frame 0 is the hello */
+        {"commit 2->1, step 2", 2, 1, RESBM_KIND_CONTROL, 3}, /* the step's last frame */
+        {"commit 1->0, step 1", 1, 0, RESBM_KIND_CONTROL, 2}};
+    int fails[RETRY_S], w, fault, s;
+    size_t np, i;
+    CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails) == 0, "the run without a fault");
+    if (th_fail_now) return;
+    for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
+        for (fault = 0; fault < FAULT_N; fault++) {
+            int rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, fault, fails);
+            CHECK(rc == 0, "%s, %s: %s", where[w].what, fault_names[fault], rc == 2 ? "the fault never fired" : "a stage did not finish");
+            CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed the step (%d %d %d)",
+                  where[w].what, fault_names[fault], fails[0], fails[1], fails[2]);
+            for (s = 0; s < RETRY_S && !rc; s++) {
+                const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
+                const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
+                CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS, "steps");
+                for (i = 0; i < np; i++)
+                    CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                          "%s, %s: stage %d %s differs from the run without the fault", where[w].what,
+                          fault_names[fault], s, pp[i].name);
+            }
+            for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
+            if (th_fail_now) w = 99, fault = FAULT_N; /* the first failure says enough */
+        }
+    for (s = 0; s < RETRY_S; s++) resbm_stage_free(ref[s]);
+}
+#endif
+
 /* ---- argument validation across the layer API -------------------------------------------------- */
 static void test_layer_args(void) {
     float x[64] = {0}, y[64], g[16] = {0}, r[8];
@@ -2610,6 +2743,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_failures);
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
+    RUN(test_fault_retry_in_place);
     RUN(test_pipeline_eval_generate);
 #endif
     return th_finish();
