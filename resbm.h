@@ -3922,8 +3922,12 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
     if (rows != (size_t)st->n * (size_t)m->cfg.batch || (m->first && !tokens) ||
         (m->last && !targets))
         return RESBM_EINVAL;
-    if (m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
-    if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    if ((m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) ||
+        (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))) {
+        st->step = (uint64_t)m->step; /* the neighbours are waiting for this step: tell them */
+        st->why[0] = 0;
+        return resbm__stage_end(st, RESBM_ERANGE);
+    }
     rc = resbm__stage_begin(st);
     if (!rc) rc = resbm__stage_step_run(st, tokens, targets, loss);
     return resbm__stage_end(st, rc);

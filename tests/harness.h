@@ -58,6 +58,10 @@ static void th_run(const char *name, void (*fn)(void), const char *filter) {
 
 static int th_finish(void) {
     int i;
+    if (th_passed + th_failed == 0) { /* a --filter that matches nothing is a mistake, not a pass */
+        printf("no test matches the filter\n0 passed, 1 failed\n");
+        return 1;
+    }
     if (th_failed) {
         printf("failed tests:");
         for (i = 0; i < th_failed && i < 512; i++) printf(" %s", th_failed_names[i]);

@@ -25,6 +25,7 @@ static void ta_free(void *p, void *user) {
 #define RESBM_IMPLEMENTATION
 #include "../resbm.h" /* second include: the implementation */
 
+#include <sys/wait.h>
 #include "harness.h"
 #include "ref.h"
 
@@ -99,15 +100,32 @@ static int near_all(const char *name, const float *a, const double *b, size_t n,
 /* ---- basics ----------------------------------------------------------------------------------- */
 static void test_strerror(void) {
     int codes[] = {RESBM_OK, RESBM_EINVAL, RESBM_ESTATE, RESBM_ERANGE, RESBM_ENONFINITE,
-                   RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT};
-    size_t i, j, n = sizeof(codes) / sizeof(codes[0]);
+                   RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT,
+                   RESBM_ETRUNC, RESBM_EMAGIC, RESBM_EVERSION, RESBM_EKIND, RESBM_EDTYPE, RESBM_ESTAGE,
+                   RESBM_ESTEP, RESBM_EMICRO, RESBM_ESHAPE, RESBM_ESIZE, RESBM_ECRC, RESBM_ETIMEDOUT,
+                   RESBM_ECLOSED, RESBM_ETRANSPORT, RESBM_EMSGSIZE, RESBM_EPEER, RESBM_EJOB};
+    size_t i, j, n = sizeof(codes) / sizeof(codes[0]), named = 0;
     const char *unknown = resbm_strerror(-9999);
+    int k;
     for (i = 0; i < n; i++) {
         CHECK(resbm_strerror(codes[i]) && strlen(resbm_strerror(codes[i])) > 5, "code %d", codes[i]);
         CHECK(strcmp(resbm_strerror(codes[i]), unknown) != 0, "code %d has no text", codes[i]);
         for (j = 0; j < i; j++)
             CHECK(strcmp(resbm_strerror(codes[i]), resbm_strerror(codes[j])) != 0, "%d %d", codes[i], codes[j]);
     }
+    for (k = -200; k <= 200; k++) named += strcmp(resbm_strerror(k), unknown) != 0;
+    CHECK(named == n, "%zu codes have a text, %zu are listed here", named, n);
+}
+
+/* Every file a test writes lives in this process's own directory (made in main), so two runs
+   side by side never share a path. */
+static char tmp_dir[64];
+static const char *tmp_path(const char *name) {
+    static char bufs[8][128];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof(bufs[0]), "%s/%s", tmp_dir, name);
+    return b;
 }
 
 static void test_sizes(void) {
@@ -1217,18 +1235,18 @@ static void test_failing_allocator(void) {
         memset(&e, 0, sizeof(e));
         e.name = "v"; e.dtype = RESBM_DT_F32; e.ndim = 1; e.shape[0] = 3; e.data = v;
         ta_calls = 0; ta_live = 0; ta_fail_at = n;
-        rc = resbm_safetensors_write("/tmp/resbm_test_alloc.safetensors", &e, 1, NULL, 0);
+        rc = resbm_safetensors_write(tmp_path("resbm_test_alloc.safetensors"), &e, 1, NULL, 0);
         CHECK(rc == RESBM_OK || rc == RESBM_ENOMEM, "rc %d", rc);
         CHECK(ta_live == 0, "safetensors leaked %ld", ta_live);
         if (rc == RESBM_OK) break;
     }
     ta_fail_at = -1;
-    remove("/tmp/resbm_test_alloc.safetensors");
+    remove(tmp_path("resbm_test_alloc.safetensors"));
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------ */
 static void test_safetensors_write(void) {
-    const char *path = "/tmp/resbm_test_st.safetensors";
+    const char *path = tmp_path("resbm_test_st.safetensors");
     float a[6] = {1, -2, 3.5f, 0, 1e-3f, -7};
     int32_t b[2] = {-1, 70000};
     const char *meta[] = {"d", "16", "note", "quote\" back\\slash"};
@@ -1271,7 +1289,7 @@ static size_t st_image(unsigned char *buf, const char *json, size_t data_len) {
 }
 
 static void test_safetensors_read(void) {
-    const char *path = "/tmp/resbm_test_st_read.safetensors";
+    const char *path = tmp_path("resbm_test_st_read.safetensors");
     float a[6] = {1, -2, 3.5f, 0, 1e-3f, -7};
     int32_t b[2] = {-1, 70000};
     const char *meta[] = {"d", "16", "note", "quote\" back\\slash"};
@@ -1356,7 +1374,7 @@ static void test_safetensors_read(void) {
 
 /* Checkpoints: 2N steps == N steps + save + load into a fresh model + N steps, bit for bit. */
 static void test_checkpoint_resume(void) {
-    const char *path = "/tmp/resbm_test_ckpt.safetensors";
+    const char *path = tmp_path("resbm_test_ckpt.safetensors");
     int kinds[2] = {RESBM_OPT_ADAMW, RESBM_OPT_MUON}, ki, step;
     for (ki = 0; ki < 2; ki++) {
         resbm_model_config c = tiny_config();
@@ -1403,7 +1421,7 @@ static void test_checkpoint_resume(void) {
 /* A checkpoint of another shape, optimizer, a truncated or non-finite one: refused with a reason,
    the model untouched. */
 static void test_checkpoint_refuses(void) {
-    const char *path = "/tmp/resbm_test_ckpt_bad.safetensors", *path2 = "/tmp/resbm_test_ckpt_bad2.safetensors";
+    const char *path = tmp_path("resbm_test_ckpt_bad.safetensors"), *path2 = tmp_path("resbm_test_ckpt_bad2.safetensors");
     resbm_model_config c = tiny_config();
     resbm_opt_config oc = resbm_opt_config_default();
     resbm_model *a, *b, *other;
@@ -1497,7 +1515,7 @@ static int patch_header(unsigned char *img, size_t hl, const char *key, const ch
    lies about dtype, shape, offsets or its own length. Each is an error with a reason; the model
    and the file on disk are untouched. */
 static void test_checkpoint_corrupt(void) {
-    const char *path = "/tmp/resbm_test_ckpt_c.safetensors", *bad = "/tmp/resbm_test_ckpt_c2.safetensors";
+    const char *path = tmp_path("resbm_test_ckpt_c.safetensors"), *bad = tmp_path("resbm_test_ckpt_c2.safetensors");
     resbm_model_config c = tiny_config();
     resbm_opt_config oc = resbm_opt_config_default();
     resbm_model *a, *b;
@@ -2531,6 +2549,463 @@ static void test_hostile_peer(void) {
 }
 #endif
 
+/* ---- regression tests for the fail-safe issue's bug list --------------------------------------- */
+/* (2) Inf or absurd hyperparameters are refused at init; optimizer state outside its domain is
+   refused at load or, when finite but absurd, makes the update fail with the model untouched. */
+static void test_poisoned_updates(void) {
+    resbm_model_config c = tiny_config();
+    resbm_opt_config o;
+    resbm_model *m = NULL;
+    resbm_param *ps;
+    float inf = strtof("inf", NULL), *snap, loss;
+    const char *path = tmp_path("resbm_test_poison.safetensors");
+    char why[256];
+    int32_t tok[64], tg[64];
+    size_t np, i;
+    int k;
+    for (k = 0; k < 7; k++) {
+        o = resbm_opt_config_default();
+        if (k == 0) o.lr = inf;
+        if (k == 1) o.lr = 3e38f;
+        if (k == 2) o.eps = inf;
+        if (k == 3) o.clip = inf;
+        if (k == 4) o.muon_lr = inf;
+        if (k == 5) o.weight_decay = strtof("nan", NULL);
+        if (k == 6) o.min_lr_frac = inf;
+        CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    }
+    o = resbm_opt_config_default();
+    c.batch = 2;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_OK);
+    if (th_fail_now) return;
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK);
+    ps = resbm_model_params_mut(m, &np);
+    ps[1].v[0] = -1.0f; /* a negative second moment: sqrt of it is NaN */
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK); /* finite, so it saves */
+    ps[1].v[0] = 0.0f;
+    snap = params_snapshot(m);
+    CHECK_RC(resbm_checkpoint_load(path, &m, 1, why, sizeof(why)), RESBM_EFORMAT);
+    CHECK(strstr(why, "negative") != NULL, "reason: %s", why);
+    CHECK(params_changed(m, snap) == NULL, "a refused load changed the model");
+    /* m = 3e38 with v = 0: finite, loads, but the update would be Inf: refused, nothing moves */
+    for (i = 0; i < ps[0].value.ne[0] * ps[0].value.ne[1]; i++) { ps[0].m[i] = 3e38f; ps[0].v[i] = 0.0f; }
+    free(snap);
+    snap = params_snapshot(m);
+    tiny_batch(tok, tg, 2 * (size_t)c.seq, c.vocab, 5);
+    CHECK_RC(resbm_model_train_step(m, tok, tg, 2, 1, &loss), RESBM_ENONFINITE);
+    CHECK(params_changed(m, snap) == NULL && resbm_model_step_count(m) == 0, "the poisoned update was applied");
+    CHECK(ps[0].m[0] == 3e38f && ps[0].v[0] == 0.0f, "optimizer state moved");
+    CHECK_RC(resbm_model_rollback(m), RESBM_ESTATE); /* nothing applied, nothing to undo */
+    memset(ps[0].m, 0, ps[0].value.ne[0] * ps[0].value.ne[1] * sizeof(float));
+    CHECK_RC(resbm_model_train_step(m, tok, tg, 2, 1, &loss), RESBM_OK);
+    CHECK(params_changed(m, snap) != NULL && resbm_model_step_count(m) == 1, "a good update is applied");
+    CHECK_RC(resbm_model_rollback(m), RESBM_OK);
+    CHECK(params_changed(m, snap) == NULL && resbm_model_step_count(m) == 0, "rollback restores it");
+    /* (3) a non-finite model is not saved: the file keeps its last good content */
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK);
+    ps[2].value.data[0] = strtof("nan", NULL);
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_ENONFINITE);
+    CHECK_RC(resbm_checkpoint_load(path, &m, 1, why, sizeof(why)), RESBM_OK);
+    CHECK(resbm__finite(ps[2].value.data[0]), "the good file was replaced");
+    free(snap);
+    resbm_model_free(m);
+    remove(path);
+}
+
+/* (4) an i8 block whose 127 x scale overflows, or whose scale is negative, is refused. (11) the
+   payload size of a hostile shape cannot wrap. */
+static void test_wire_i8_scale_and_sizes(void) {
+    resbm_frame_info f;
+    unsigned char buf[512];
+    float x[70], out[70];
+    size_t len, i, b;
+    float big = FLT_MAX, neg = -0.5f;
+    uint32_t u;
+    memset(&f, 0, sizeof(f));
+    f.kind = RESBM_KIND_ACT; f.dtype = RESBM_WIRE_I8; f.rows = 7; f.cols = 10;
+    for (i = 0; i < 70; i++) x[i] = (float)i - 30.0f;
+    CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, x), RESBM_OK);
+    CHECK_RC(resbm_frame_decode(out, 70, buf, len, &f), RESBM_OK);
+    x[0] = out[0];
+    memcpy(&u, &big, 4);
+    for (b = 0; b < 4; b++) buf[40 + 68 + b] = (unsigned char)(u >> (8 * b)); /* the second block */
+    put_crc(buf, len);
+    CHECK_RC(resbm_frame_decode(out, 70, buf, len, &f), RESBM_ENONFINITE);
+    memcpy(&u, &neg, 4);
+    for (b = 0; b < 4; b++) buf[40 + b] = (unsigned char)(u >> (8 * b));
+    for (b = 0; b < 4; b++) buf[40 + 68 + b] = buf[40 + b];
+    put_crc(buf, len);
+    CHECK_RC(resbm_frame_decode(out, 70, buf, len, &f), RESBM_ERANGE);
+    CHECK(out[0] == x[0], "out written by a refused decode");
+    CHECK_RC(resbm_wire_payload_bytes(RESBM_WIRE_I8, (size_t)-1 - 10, 1, &len), RESBM_EOVERFLOW);
+    CHECK_RC(resbm_wire_payload_bytes(RESBM_WIRE_I8, (size_t)-1 / 2, 2, &len), RESBM_EOVERFLOW);
+    CHECK_RC(resbm_wire_payload_bytes(RESBM_WIRE_I8, 65, 1, &len), RESBM_OK);
+    CHECK(len == 65 + 8, "65 values: two scales (%zu)", len);
+}
+
+/* (9) (14) widths past their bounds are refused before any work that scales with them; (10) a
+   checkpoint's step counter is bounded. */
+static void test_config_bounds(void) {
+    resbm_model_config c = tiny_config();
+    resbm_model *m = NULL;
+    const char *path = tmp_path("resbm_test_bounds.safetensors");
+    char why[256];
+    int k;
+    for (k = 0; k < 5; k++) {
+        c = tiny_config();
+        if (k == 0) { c.d = 1 << 28; c.ff = 0; c.heads = 1 << 10; }
+        if (k == 1) c.layers = 2147483647;
+        if (k == 2) c.vocab = 2147483647;
+        if (k == 3) c.seq = 2147483647;
+        if (k == 4) c.m = -5;
+        CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EINVAL);
+    }
+    c = tiny_config();
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_OK);
+    if (th_fail_now) return;
+    {
+        resbm_st_file *f;
+        resbm_st_entry e[64];
+        const resbm_st_entry *src;
+        const char *kv[8];
+        size_t n = 0, i;
+        char *copy[64];
+        CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK);
+        CHECK_RC(resbm_safetensors_read(path, 1 << 24, &f), RESBM_OK);
+        if (th_fail_now) { resbm_model_free(m); return; }
+        src = resbm_safetensors_entries(f, &n);
+        for (i = 0; i < n && i < 64; i++) { /* the same file, but data host-endian again */
+            size_t cnt = 1, q;
+            int d;
+            e[i] = src[i];
+            for (d = 0; d < src[i].ndim; d++) cnt *= src[i].shape[d];
+            copy[i] = (char *)malloc(cnt * 4 + 1);
+            for (q = 0; q < cnt; q++) {
+                const unsigned char *b = (const unsigned char *)src[i].data + 4 * q;
+                uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+                memcpy(copy[i] + 4 * q, &u, 4);
+            }
+            e[i].data = copy[i];
+        }
+        kv[0] = "format"; kv[1] = "resbm-checkpoint-1";
+        kv[2] = "step"; kv[3] = "9223372036854775807";
+        kv[4] = "config"; kv[5] = resbm_safetensors_meta(f, "config");
+        kv[6] = "opt"; kv[7] = resbm_safetensors_meta(f, "opt");
+        {
+            char p2[128];
+            snprintf(p2, sizeof(p2), "%s", tmp_path("resbm_test_bounds2.safetensors"));
+            CHECK_RC(resbm_safetensors_write(p2, e, n, kv, 4), RESBM_OK);
+            CHECK_RC(resbm_checkpoint_load(p2, &m, 1, why, sizeof(why)), RESBM_EFORMAT);
+            CHECK(strstr(why, "step") != NULL, "reason: %s", why);
+            /* a consistent file whose tensor is smaller than the model's: refused by shape */
+            for (i = 0; i < n; i++)
+                if (!strcmp(e[i].name, "blocks.0.wq")) e[i].shape[0] -= 1;
+            kv[3] = "0";
+            CHECK_RC(resbm_safetensors_write(p2, e, n, kv, 4), RESBM_OK);
+            CHECK_RC(resbm_checkpoint_load(p2, &m, 1, why, sizeof(why)), RESBM_EFORMAT);
+            CHECK(strstr(why, "blocks.0.wq") != NULL, "reason: %s", why);
+            remove(p2);
+        }
+        for (i = 0; i < n && i < 64; i++) free(copy[i]);
+        resbm_safetensors_free(f);
+    }
+    CHECK(resbm_model_step_count(m) == 0, "a refused load moved the step");
+    resbm_model_free(m);
+    remove(path);
+}
+
+/* (5) concurrent writers to one path never produce a mixed file, and a symlink planted where a
+   temp file used to be is not followed. Two processes save different models 40 times each. */
+static void test_checkpoint_writers(void) {
+    resbm_model_config c = tiny_config();
+    resbm_model *a, *b, *r;
+    float *sa, *sb;
+    char path[128], target[128], link_at[140], why[256];
+    pid_t pid;
+    int round, status = 0, mixed = 0, loaded = 0;
+    FILE *t;
+    snprintf(path, sizeof(path), "%s", tmp_path("resbm_test_race.safetensors"));
+    snprintf(target, sizeof(target), "%s", tmp_path("resbm_test_victim"));
+    snprintf(link_at, sizeof(link_at), "%s.tmp", path);
+    CHECK_RC(resbm_model_init(&c, NULL, &a), RESBM_OK);
+    c.seed = 4242;
+    CHECK_RC(resbm_model_init(&c, NULL, &b), RESBM_OK);
+    CHECK_RC(resbm_model_init(&c, NULL, &r), RESBM_OK);
+    if (th_fail_now) return;
+    sa = params_snapshot(a);
+    sb = params_snapshot(b);
+    t = fopen(target, "w"); fputs("keep me", t); fclose(t);
+    CHECK(symlink(target, link_at) == 0, "symlink");
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        for (round = 0; round < 40; round++) resbm_checkpoint_save(path, &b, 1, NULL, 0);
+        _exit(0);
+    }
+    for (round = 0; round < 40; round++) {
+        CHECK_RC(resbm_checkpoint_save(path, &a, 1, NULL, 0), RESBM_OK);
+        if (!resbm_checkpoint_load(path, &r, 1, why, sizeof(why))) {
+            loaded++;
+            if (params_changed(r, sa) && params_changed(r, sb)) mixed++;
+        }
+    }
+    waitpid(pid, &status, 0);
+    CHECK(loaded > 0 && mixed == 0, "%d of %d loaded files mix both models", mixed, loaded);
+    t = fopen(target, "r");
+    CHECK(t && fgets(why, sizeof(why), t) && !strcmp(why, "keep me"), "the symlink's target was written");
+    if (t) fclose(t);
+    remove(link_at); remove(target); remove(path);
+    free(sa); free(sb);
+    resbm_model_free(a); resbm_model_free(b); resbm_model_free(r);
+}
+
+
+#ifndef RESBM_NO_THREADS
+/* (6) a pool entered by two threads at once: every call either runs alone (and is exact) or is
+   refused with RESBM_ESTATE; a pool serves one stage only. */
+typedef struct { resbm_pool *pool; const float *A, *B, *want; float C[96 * 80]; int ok, refused, wrong; } pool_race_arg;
+static void *pool_race(void *p) {
+    pool_race_arg *r = (pool_race_arg *)p;
+    int k;
+    for (k = 0; k < 300; k++) {
+        int rc = resbm_gemm(r->pool, RESBM_GEMM_NT, 0, r->C, r->A, r->B, 96, 80, 64);
+        if (rc == RESBM_ESTATE) r->refused++;
+        else if (rc == RESBM_OK && !memcmp(r->C, r->want, sizeof(r->C))) r->ok++;
+        else r->wrong++;
+    }
+    return NULL;
+}
+static void test_pool_one_caller(void) {
+    resbm_pool *pool;
+    static float A[96 * 64], B[80 * 64], want[96 * 80];
+    static pool_race_arg r[2];
+    pthread_t th[2];
+    resbm_inproc *hub;
+    resbm_stage_config c = resbm_stage_config_default();
+    resbm_stage *st0, *st1;
+    size_t i;
+    int t;
+    for (i = 0; i < 96 * 64; i++) A[i] = (float)(i % 13) - 6.0f;
+    for (i = 0; i < 80 * 64; i++) B[i] = (float)(i % 7) - 3.0f;
+    CHECK_RC(resbm_pool_init(2, &pool), RESBM_OK);
+    if (th_fail_now) return;
+    CHECK_RC(resbm_gemm(pool, RESBM_GEMM_NT, 0, want, A, B, 96, 80, 64), RESBM_OK);
+    for (t = 0; t < 2; t++) {
+        memset(&r[t], 0, sizeof(r[t]));
+        r[t].pool = pool; r[t].A = A; r[t].B = B; r[t].want = want;
+        pthread_create(&th[t], NULL, pool_race, &r[t]);
+    }
+    for (t = 0; t < 2; t++) pthread_join(th[t], NULL);
+    CHECK(r[0].wrong + r[1].wrong == 0, "%d wrong results", r[0].wrong + r[1].wrong);
+    CHECK(r[0].ok + r[0].refused == 300 && r[1].ok + r[1].refused == 300, "calls lost");
+    /* two stages on one pool: the second is refused at init */
+    resbm_inproc_init(2, 1 << 16, &hub);
+    c.model = tiny_config(); c.model.stages = 2; c.model.pool = pool;
+    resbm_inproc_transport(hub, 0, &c.transport);
+    CHECK_RC(resbm_stage_init(&c, &st0), RESBM_OK);
+    c.model.stage = 1;
+    resbm_inproc_transport(hub, 1, &c.transport);
+    CHECK_RC(resbm_stage_init(&c, &st1), RESBM_ESTATE);
+    resbm_stage_free(st0);
+    CHECK_RC(resbm_stage_init(&c, &st1), RESBM_OK); /* free again once the first is gone */
+    resbm_stage_free(st1);
+    resbm_inproc_free(hub);
+    resbm_pool_free(pool);
+}
+
+/* (7) (8) (12) the shaper: an inner transport reporting more bytes than it was given room for is
+   a transport error; absurd rates are refused; an arrival stamp far in the future (another
+   clock) never holds a receive past its timeout, nor a message past latency + transfer time. */
+typedef struct { resbm_transport inner; size_t lie; } lying_link;
+static int lying_send(void *u, int peer, const void *buf, size_t len) {
+    lying_link *l = (lying_link *)u;
+    return l->inner.send(l->inner.user, peer, buf, len);
+}
+static int lying_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    lying_link *l = (lying_link *)u;
+    int rc = l->inner.recv(l->inner.user, peer, buf, cap, len, timeout_ms);
+    if (!rc && l->lie) *len = l->lie;
+    return rc;
+}
+static void test_shaper_distrust(void) {
+    resbm_inproc *hub;
+    resbm_transport t0, t1, s1;
+    resbm_shaper *sh = NULL;
+    memset(&t0, 0, sizeof(t0)); memset(&t1, 0, sizeof(t1)); memset(&s1, 0, sizeof(s1));
+    lying_link ll;
+    unsigned char msg[64];
+    double later = 0, t;
+    size_t len;
+    int k;
+    resbm_inproc_init(2, 1 << 16, &hub);
+    resbm_inproc_transport(hub, 0, &t0);
+    resbm_inproc_transport(hub, 1, &t1);
+    CHECK_RC(resbm_shaper_init(&t1, 2, 1e-300, 0, 100, &sh), RESBM_EINVAL);
+    CHECK_RC(resbm_shaper_init(&t1, 2, strtod("inf", NULL), 0, 100, &sh), RESBM_EINVAL);
+    CHECK_RC(resbm_shaper_init(&t1, 2, 0, strtod("inf", NULL), 100, &sh), RESBM_EINVAL);
+    CHECK_RC(resbm_shaper_init(&t1, 2, 0, strtod("nan", NULL), 100, &sh), RESBM_EINVAL);
+    CHECK_RC(resbm_shaper_init(&t1, 2, 0, 1e7, 100, &sh), RESBM_EINVAL);
+    CHECK(sh == NULL, "out touched");
+    /* a stamp one hour ahead, from a peer whose clock is not ours; latency 50 ms */
+    CHECK_RC(resbm_shaper_init(&t1, 2, 0, 50, 100, &sh), RESBM_OK);
+    if (th_fail_now) { resbm_inproc_free(hub); return; }
+    resbm_shaper_transport(sh, &s1);
+    later = resbm__now() + 3600.0;
+    memcpy(msg, &later, 8);
+    memcpy(msg + 8, "hello", 5);
+    CHECK_RC(t0.send(t0.user, 1, msg, 13), RESBM_OK);
+    t = resbm__now();
+    CHECK_RC(s1.recv(s1.user, 0, msg, sizeof(msg), &len, 10), RESBM_ETIMEDOUT); /* held, not slept on */
+    CHECK(resbm__now() - t < 2.0, "a 10 ms receive took %.1f s", resbm__now() - t);
+    CHECK_RC(s1.recv(s1.user, 0, msg, sizeof(msg), &len, 5000), RESBM_OK); /* then our own clock */
+    CHECK(len == 5 && !memcmp(msg, "hello", 5) && resbm__now() - t < 3.0, "delivered after %.2f s", resbm__now() - t);
+    for (k = 0; k < 2; k++) { /* a NaN stamp, and a truncated prefix */
+        double nan = strtod("nan", NULL);
+        memcpy(msg, &nan, 8);
+        CHECK_RC(t0.send(t0.user, 1, msg, k ? 5 : 9), RESBM_OK);
+        CHECK_RC(s1.recv(s1.user, 0, msg, sizeof(msg), &len, 5000), k ? RESBM_ETRANSPORT : RESBM_OK);
+    }
+    resbm_shaper_free(sh);
+    /* an inner transport that reports more bytes than the buffer it was given */
+    ll.inner = t1; ll.lie = 1 << 20;
+    t1.user = &ll; t1.send = lying_send; t1.recv = lying_recv;
+    CHECK_RC(resbm_shaper_init(&t1, 2, 0, 0, 100, &sh), RESBM_OK);
+    resbm_shaper_transport(sh, &s1);
+    memset(msg, 0, 16);
+    CHECK_RC(t0.send(t0.user, 1, msg, 16), RESBM_OK);
+    CHECK_RC(s1.recv(s1.user, 0, msg, sizeof(msg), &len, 1000), RESBM_ETRANSPORT);
+    resbm_shaper_free(sh);
+    resbm_inproc_free(hub);
+}
+
+/* (15) a transport's codes outside its documented set come out as RESBM_ETRANSPORT; its genuine
+   EINVAL stays EINVAL. (17) generate's out-of-range prompt token is ERANGE. */
+typedef struct { int rc; } rude_link;
+static int rude_send(void *u, int peer, const void *buf, size_t len) {
+    (void)peer; (void)buf; (void)len;
+    return ((rude_link *)u)->rc;
+}
+static int rude_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    (void)peer; (void)buf; (void)cap; (void)len; (void)timeout_ms;
+    return ((rude_link *)u)->rc;
+}
+static void test_transport_codes(void) {
+    resbm_stage_config c = resbm_stage_config_default();
+    resbm_stage *st;
+    rude_link rl;
+    int32_t tg[64], tok[64], out[2];
+    float loss;
+    int k, codes[4] = {5, -2147483647 - 1, RESBM_EINVAL, RESBM_ECLOSED}, want[4] = {RESBM_ETRANSPORT, RESBM_ETRANSPORT, RESBM_EINVAL, RESBM_ECLOSED};
+    c.model = tiny_config(); c.model.stages = 2; c.model.stage = 1; c.timeout_ms = 100;
+    c.transport.user = &rl; c.transport.send = rude_send; c.transport.recv = rude_recv;
+    tiny_batch(tok, tg, 64, c.model.vocab, 1);
+    for (k = 0; k < 4; k++) {
+        rl.rc = codes[k];
+        CHECK_RC(resbm_stage_init(&c, &st), RESBM_OK);
+        if (th_fail_now) return;
+        CHECK_RC(resbm_stage_step(st, NULL, tg, (size_t)c.model.batch, &loss), want[k]);
+        resbm_stage_free(st);
+    }
+    c.model.stages = 1; c.model.stage = 0;
+    CHECK_RC(resbm_stage_init(&c, &st), RESBM_OK);
+    if (th_fail_now) return;
+    tok[3] = 999;
+    CHECK_RC(resbm_stage_generate(st, tok, 4, 2, 1.0f, 1, out), RESBM_ERANGE);
+    tok[3] = -1;
+    CHECK_RC(resbm_stage_generate(st, tok, 4, 2, 1.0f, 1, out), RESBM_ERANGE);
+    resbm_stage_free(st);
+}
+
+/* (1) stages that disagree on the job refuse with RESBM_EJOB, naming the field, before any
+   update; (13) a stage that fails tells its neighbours at once: they return RESBM_EPEER long
+   before their timeout. */
+typedef struct { resbm_stage *st; int rc; int bad_targets; size_t rows; double seconds; } job_arg;
+static void *job_thread(void *p) {
+    job_arg *a = (job_arg *)p;
+    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
+    int32_t tok[512], tg[512];
+    size_t rows = a->rows;
+    double t0 = resbm__now();
+    float loss;
+    tiny_batch(tok, tg, rows * (size_t)c->seq, c->vocab, 9);
+    if (a->bad_targets) tg[0] = 100000;
+    a->rc = resbm_stage_step(a->st, tok, tg, rows, &loss);
+    a->seconds = resbm__now() - t0;
+    return NULL;
+}
+static void test_job_agreement(void) {
+    const char *fields[] = {"seq", "d", "layers", "vocab", "no_identity", "stages", "optimizer", "clip", "r", "lr", "n_micro"};
+    int k, s;
+    for (k = 0; k < (int)(sizeof(fields) / sizeof(fields[0])); k++) {
+        resbm_inproc *hub;
+        resbm_stage *st[3];
+        job_arg a[2];
+        pthread_t th[2];
+        resbm_inproc_init(3, 1 << 20, &hub);
+        for (s = 0; s < 2; s++) {
+            resbm_stage_config c = resbm_stage_config_default();
+            c.model = pipe_config(); c.model.stages = 2; c.model.layers = 2; c.model.stage = s;
+            c.model.batch = 2; c.n_micro = 2; c.timeout_ms = 20000;
+            if (s == 1) { /* the second stage believes something else */
+                if (k == 0) { c.model.seq = 16; c.model.batch = 1; } /* 16x1 for 8x2: the same tokens */
+                if (k == 1) c.model.d = 32;
+                if (k == 2) c.model.layers = 3;
+                if (k == 3) c.model.vocab = 24;
+                if (k == 4) c.model.no_identity = 1;
+                if (k == 5) { c.model.stages = 3; c.model.layers = 5; }
+                if (k == 6) c.opt.kind = RESBM_OPT_SGD;
+                if (k == 7) c.opt.clip = 0.0f;
+                if (k == 8) c.model.r = 2;
+                if (k == 9) c.opt.lr = 1e-3f;
+                if (k == 10) c.n_micro = 1;
+            }
+            a[s].rows = (size_t)c.model.batch * (size_t)c.n_micro;
+            resbm_inproc_transport(hub, s, &c.transport);
+            CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+        }
+        if (th_fail_now) { resbm_inproc_free(hub); return; }
+        for (s = 0; s < 2; s++) { a[s].st = st[s]; a[s].bad_targets = 0; pthread_create(&th[s], NULL, job_thread, &a[s]); }
+        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        for (s = 0; s < 2; s++) {
+            CHECK(a[s].rc == RESBM_EJOB, "%s: stage %d returned %s", fields[k], s, resbm_strerror(a[s].rc));
+            CHECK(strstr(resbm_stage_why(st[s]), fields[k]) != NULL, "%s: stage %d says \"%s\"", fields[k], s,
+                  resbm_stage_why(st[s]));
+            CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == 0, "an update before agreement");
+            resbm_stage_free(st[s]);
+        }
+        resbm_inproc_free(hub);
+    }
+    { /* (13) three stages, the last one fails its step on bad targets */
+        resbm_inproc *hub;
+        resbm_stage *st[3];
+        job_arg a[3];
+        pthread_t th[3];
+        resbm_inproc_init(3, 1 << 20, &hub);
+        for (s = 0; s < 3; s++) {
+            resbm_stage_config c = resbm_stage_config_default();
+            c.model = pipe_config(); c.model.stage = s; c.n_micro = 2; c.timeout_ms = 30000;
+            a[s].rows = (size_t)c.model.batch * 2;
+            resbm_inproc_transport(hub, s, &c.transport);
+            CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+        }
+        if (th_fail_now) { resbm_inproc_free(hub); return; }
+        for (k = 0; k < 2; k++) {
+            for (s = 0; s < 3; s++) { a[s].st = st[s]; a[s].bad_targets = k == 1 && s == 2; pthread_create(&th[s], NULL, job_thread, &a[s]); }
+            for (s = 0; s < 3; s++) pthread_join(th[s], NULL);
+        }
+        CHECK(a[2].rc == RESBM_ERANGE, "the failing stage: %s", resbm_strerror(a[2].rc));
+        for (s = 0; s < 2; s++) {
+            CHECK(a[s].rc == RESBM_EPEER, "stage %d: %s", s, resbm_strerror(a[s].rc));
+            CHECK(a[s].seconds < 10.0, "stage %d waited %.1f s of its 30 s timeout", s, a[s].seconds);
+            CHECK(strstr(resbm_stage_why(st[s]), "stage 2") != NULL, "stage %d: \"%s\"", s, resbm_stage_why(st[s]));
+            CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == 1, "stage %d applied the failed step", s);
+        }
+        for (s = 0; s < 3; s++) resbm_stage_free(st[s]);
+        resbm_inproc_free(hub);
+    }
+}
+#endif
+
 #ifndef RESBM_NO_THREADS
 /* ---- a fault mid-run, a retry in place, and the same parameters as without it ------------------- */
 enum { FAULT_GARBAGE, FAULT_TRUNC, FAULT_FLIP, FAULT_STEP, FAULT_MICRO, FAULT_KIND, FAULT_DTYPE,
@@ -2688,9 +3163,11 @@ static void test_layer_args(void) {
 }
 
 int main(int argc, char **argv) {
-    int i;
+    int i, rc;
     for (i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--filter")) filter = argv[i + 1];
+    strcpy(tmp_dir, "/tmp/resbm_test.XXXXXX");
+    if (!mkdtemp(tmp_dir)) { printf("cannot make a temp directory\n"); return 1; }
     RUN(test_strerror);
     RUN(test_sizes);
     RUN(test_rng);
@@ -2729,6 +3206,10 @@ int main(int argc, char **argv) {
     RUN(test_checkpoint_refuses);
     RUN(test_checkpoint_corrupt);
     RUN(test_layer_args);
+    RUN(test_poisoned_updates);
+    RUN(test_wire_i8_scale_and_sizes);
+    RUN(test_config_bounds);
+    RUN(test_checkpoint_writers);
     RUN(test_crc32c);
     RUN(test_wire_conversions);
     RUN(test_wire_roundtrip);
@@ -2744,7 +3225,13 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
     RUN(test_fault_retry_in_place);
+    RUN(test_pool_one_caller);
+    RUN(test_shaper_distrust);
+    RUN(test_transport_codes);
+    RUN(test_job_agreement);
     RUN(test_pipeline_eval_generate);
 #endif
-    return th_finish();
+    rc = th_finish();
+    rmdir(tmp_dir); /* empty unless a failed test left a file behind */
+    return rc;
 }
