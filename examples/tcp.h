@@ -16,9 +16,13 @@
 
    HOW IT WORKS
    - open: rank i listens on addrs[i] (when a lower rank will call), calls every higher rank and
-     sends a hello (magic "RBMT", version, mesh size, its rank). The acceptor checks the hello --
-     a bad one is dropped and it keeps waiting -- and answers with its own, which the caller
-     checks too. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
+     sends a hello (magic "RBMT", version, mesh size, its rank, the job digest, a fresh nonce).
+     The acceptor checks it -- a bad one is dropped and it keeps waiting -- and answers with its
+     own hello and HMAC-SHA256(secret, both hellos); the caller checks the answer and the tag
+     and proves the secret the same way; only then does the acceptor take the link. A stranger
+     on the network (no secret), or a peer of another job (another digest), is refused. The
+     secret never crosses the wire, but nothing is encrypted: across the internet, run the mesh
+     inside a VPN or a TLS tunnel. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
    - A message on the wire is an 8-byte little-endian length, then the bytes.
    - send never needs the peer to be in recv (the resbm_transport contract: in 1F1B two
      neighbours send to each other at the same moment). Whenever a call waits -- a send for room
@@ -66,8 +70,10 @@
 #define TCPDEF static
 #endif
 
-#define TCP_MESH_VERSION 1u
-#define TCP_MESH_HELLO 16  /* "RBMT" | u32 version | u32 mesh size | u32 rank */
+#define TCP_MESH_VERSION 2u
+#define TCP_MESH_HELLO 40  /* "RBMT" | u32 version | u32 mesh size | u32 rank | u64 job | nonce[16] */
+#define TCP_MESH_ANSWER (TCP_MESH_HELLO + 32) /* the acceptor's hello, then its tag */
+#define TCP_MESH_PROOF 32  /* the caller's tag */
 #define TCP_MESH_PENDING 8 /* unfinished handshakes held at once while opening */
 
 typedef struct tcp_peer {
@@ -77,6 +83,14 @@ typedef struct tcp_peer {
     size_t in_head, in_tail, in_cap;
 } tcp_peer;
 
+/* Who may join: peers that know `secret` (secret_len bytes; 0 = no secret) and run the job whose
+   digest is `job` (any 64-bit summary of the settings every stage must share). */
+typedef struct tcp_mesh_auth {
+    const void *secret;
+    size_t secret_len;
+    uint64_t job;
+} tcp_mesh_auth;
+
 typedef struct tcp_mesh tcp_mesh;
 struct tcp_mesh {
     int me, n;
@@ -85,9 +99,13 @@ struct tcp_mesh {
     int send_timeout_ms; /* < 0 (default): a send waits as long as the peer is alive */
     tcp_peer *peer;      /* [n] */
     struct pollfd *pfd;  /* [n] scratch for tcp__wait */
+    tcp_mesh_auth auth;  /* while opening */
 };
 
 TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs, int deadline_ms);
+/* tcp_mesh_open with a run secret and a job digest (auth NULL: none). */
+TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *addrs,
+                              int deadline_ms, const tcp_mesh_auth *auth);
 TCPDEF void tcp_mesh_close(tcp_mesh *t);
 TCPDEF void tcp_mesh_transport(tcp_mesh *t, resbm_transport *out);
 /* Longest message either way (a longer incoming length ends the link). */
@@ -183,6 +201,112 @@ static int tcp__resolve(const char *addr, int passive, struct addrinfo **out) {
     return rc ? RESBM_EINVAL : RESBM_OK;
 }
 
+/* ---- SHA-256 and HMAC-SHA256 (FIPS 180-4, RFC 2104): how a peer proves it knows the run's
+   secret without sending it ------------------------------------------------------------------- */
+typedef struct { uint32_t h[8]; unsigned char buf[64]; uint64_t bytes; size_t used; } tcp__sha256;
+
+static uint32_t tcp__ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+static void tcp__sha_block(uint32_t h[8], const unsigned char *p) {
+    static const uint32_t k[64] = {
+        0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
+        0xab1c5ed5u, 0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu,
+        0x9bdc06a7u, 0xc19bf174u, 0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu,
+        0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau, 0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
+        0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u, 0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu,
+        0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u, 0xa2bfe8a1u, 0xa81a664bu,
+        0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u, 0x19a4c116u,
+        0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+        0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u,
+        0xc67178f2u};
+    uint32_t w[64], a, b, c, d, e, f, g, hh, t1, t2;
+    int i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (i = 16; i < 64; i++)
+        w[i] = w[i - 16] + (tcp__ror(w[i - 15], 7) ^ tcp__ror(w[i - 15], 18) ^ (w[i - 15] >> 3)) + w[i - 7] +
+               (tcp__ror(w[i - 2], 17) ^ tcp__ror(w[i - 2], 19) ^ (w[i - 2] >> 10));
+    a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4]; f = h[5]; g = h[6]; hh = h[7];
+    for (i = 0; i < 64; i++) {
+        t1 = hh + (tcp__ror(e, 6) ^ tcp__ror(e, 11) ^ tcp__ror(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+        t2 = (tcp__ror(a, 2) ^ tcp__ror(a, 13) ^ tcp__ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+}
+
+static void tcp__sha_init(tcp__sha256 *s) {
+    static const uint32_t h0[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                                   0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+    memcpy(s->h, h0, sizeof(h0));
+    s->bytes = 0;
+    s->used = 0;
+}
+
+static void tcp__sha_add(tcp__sha256 *s, const void *data, size_t n) {
+    const unsigned char *p = (const unsigned char *)data;
+    s->bytes += n;
+    while (n > 0) {
+        size_t take = 64 - s->used < n ? 64 - s->used : n;
+        memcpy(s->buf + s->used, p, take);
+        s->used += take; p += take; n -= take;
+        if (s->used == 64) { tcp__sha_block(s->h, s->buf); s->used = 0; }
+    }
+}
+
+static void tcp__sha_done(tcp__sha256 *s, unsigned char out[32]) {
+    unsigned char pad[72];
+    uint64_t bits = s->bytes * 8;
+    size_t n = (s->used < 56 ? 56 : 120) - s->used;
+    int i;
+    memset(pad, 0, sizeof(pad));
+    pad[0] = 0x80;
+    for (i = 0; i < 8; i++) pad[n + i] = (unsigned char)(bits >> (56 - 8 * i));
+    tcp__sha_add(s, pad, n + 8);
+    for (i = 0; i < 32; i++) out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* HMAC-SHA256(key, a || b) */
+static void tcp__hmac(const unsigned char *key, size_t klen, const void *a, size_t alen,
+                      const void *b, size_t blen, unsigned char out[32]) {
+    unsigned char k[64], pad[64], inner[32];
+    tcp__sha256 s;
+    int i;
+    memset(k, 0, sizeof(k));
+    if (klen > 64) { tcp__sha_init(&s); tcp__sha_add(&s, key, klen); tcp__sha_done(&s, k); }
+    else if (klen) memcpy(k, key, klen);
+    for (i = 0; i < 64; i++) pad[i] = (unsigned char)(k[i] ^ 0x36);
+    tcp__sha_init(&s); tcp__sha_add(&s, pad, 64); tcp__sha_add(&s, a, alen); tcp__sha_add(&s, b, blen);
+    tcp__sha_done(&s, inner);
+    for (i = 0; i < 64; i++) pad[i] = (unsigned char)(k[i] ^ 0x5c);
+    tcp__sha_init(&s); tcp__sha_add(&s, pad, 64); tcp__sha_add(&s, inner, 32); tcp__sha_done(&s, out);
+}
+
+/* Equal without telling how far they agree (the time does not depend on the contents). */
+static int tcp__same(const unsigned char *a, const unsigned char *b, size_t n) {
+    unsigned char diff = 0;
+    size_t i;
+    for (i = 0; i < n; i++) diff |= (unsigned char)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+/* 16 unpredictable bytes: the kernel's, else the clock's and the process's, hashed. */
+static void tcp__nonce(unsigned char out[16]) {
+    int fd = open("/dev/urandom", O_RDONLY);
+    ssize_t got = fd >= 0 ? read(fd, out, 16) : -1;
+    if (fd >= 0) close(fd);
+    if (got != 16) {
+        tcp__sha256 s;
+        unsigned char h[32];
+        struct timespec ts;
+        pid_t pid = getpid();
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        tcp__sha_init(&s); tcp__sha_add(&s, &ts, sizeof(ts)); tcp__sha_add(&s, &pid, sizeof(pid));
+        tcp__sha_done(&s, h);
+        memcpy(out, h, 16);
+    }
+}
+
 /* Reads or writes exactly len bytes before the deadline (the handshake only). */
 static int tcp__io_full(int fd, unsigned char *b, size_t len, double deadline, int writing) {
     size_t done = 0;
@@ -210,13 +334,28 @@ static void tcp__hello(unsigned char *b, const tcp_mesh *t) {
     tcp__put32(b + 4, TCP_MESH_VERSION);
     tcp__put32(b + 8, (uint32_t)t->n);
     tcp__put32(b + 12, (uint32_t)t->me);
+    tcp__put32(b + 16, (uint32_t)t->auth.job);
+    tcp__put32(b + 20, (uint32_t)(t->auth.job >> 32));
+    tcp__nonce(b + 24);
 }
 
-/* A hello of this mesh; *rank = the sender's rank (range checked by the caller). */
+/* A hello of this mesh and job; *rank = the sender's rank (range checked by the caller). */
 static int tcp__hello_ok(const tcp_mesh *t, const unsigned char *b, uint32_t *rank) {
+    uint64_t job = (uint64_t)tcp__get32(b + 16) | (uint64_t)tcp__get32(b + 20) << 32;
     *rank = tcp__get32(b + 12);
     return !memcmp(b, "RBMT", 4) && tcp__get32(b + 4) == TCP_MESH_VERSION &&
-           tcp__get32(b + 8) == (uint32_t)t->n;
+           tcp__get32(b + 8) == (uint32_t)t->n && job == t->auth.job;
+}
+
+/* The tag of one side: "A" the acceptor's over the caller's hello and its own, "C" the caller's
+   over the caller's hello and the whole answer. */
+static void tcp__tag(const tcp_mesh *t, char side, const unsigned char *hello,
+                     const unsigned char *answer, size_t answer_len, unsigned char out[32]) {
+    unsigned char m[1 + TCP_MESH_HELLO];
+    m[0] = (unsigned char)side;
+    memcpy(m + 1, hello, TCP_MESH_HELLO);
+    tcp__hmac((const unsigned char *)t->auth.secret, t->auth.secret_len, m, sizeof(m), answer,
+              answer_len, out);
 }
 
 static int tcp__listen(const char *addr, int backlog, int *out) {
@@ -285,14 +424,15 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
     }
 }
 
-/* Accepts the lower ranks until each has sent a good hello; answers each with ours. Bad hellos,
-   unknown or duplicate ranks and closed callers are dropped. Unfinished handshakes wait side
-   by side (the oldest is dropped when there are too many), so a silent caller holds no one up. */
+/* Accepts the lower ranks until each has sent a good hello and proved the secret; answers each
+   hello with ours and our tag. Bad hellos or proofs, unknown or duplicate ranks and closed
+   callers are dropped. Unfinished handshakes wait side by side (the oldest is dropped when there
+   are too many), so a silent caller holds no one up. */
 static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
     struct {
-        int fd;
-        size_t got;
-        unsigned char b[TCP_MESH_HELLO];
+        int fd, rank;
+        size_t got, want; /* bytes read of the message being read, and its size */
+        unsigned char hello[TCP_MESH_HELLO], answer[TCP_MESH_ANSWER], proof[TCP_MESH_PROOF];
     } hs[TCP_MESH_PENDING];
     struct pollfd p[TCP_MESH_PENDING + 1];
     int missing = t->me, i, rc = RESBM_OK, victim = 0;
@@ -311,18 +451,28 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
         if (k < 0 && errno == EINTR) continue;
         if (k < 0) { rc = RESBM_ETRANSPORT; break; }
         if (k == 0) { rc = RESBM_ETIMEDOUT; break; }
-        for (i = 0; i < TCP_MESH_PENDING; i++) { /* hellos arriving */
+        for (i = 0; i < TCP_MESH_PENDING; i++) { /* hellos and proofs arriving */
+            unsigned char *dst = hs[i].want == TCP_MESH_HELLO ? hs[i].hello : hs[i].proof, tag[32];
             uint32_t rank;
             ssize_t got;
             if (hs[i].fd < 0 || !p[i + 1].revents) continue;
-            got = recv(hs[i].fd, hs[i].b + hs[i].got, TCP_MESH_HELLO - hs[i].got, 0);
+            got = recv(hs[i].fd, dst + hs[i].got, hs[i].want - hs[i].got, 0);
             if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-            if (got > 0 && (hs[i].got += (size_t)got) < TCP_MESH_HELLO) continue;
-            if (got > 0 && tcp__hello_ok(t, hs[i].b, &rank) && rank < (uint32_t)t->me &&
-                t->peer[rank].fd < 0) {
-                tcp__hello(hs[i].b, t);
-                if (tcp__io_full(hs[i].fd, hs[i].b, TCP_MESH_HELLO, deadline, 1) == RESBM_OK) {
-                    t->peer[rank].fd = hs[i].fd;
+            if (got > 0 && (hs[i].got += (size_t)got) < hs[i].want) continue;
+            if (got > 0 && hs[i].want == TCP_MESH_HELLO && tcp__hello_ok(t, hs[i].hello, &rank) &&
+                rank < (uint32_t)t->me && t->peer[rank].fd < 0) {
+                tcp__hello(hs[i].answer, t);
+                tcp__tag(t, 'A', hs[i].hello, hs[i].answer, TCP_MESH_HELLO, hs[i].answer + TCP_MESH_HELLO);
+                if (tcp__io_full(hs[i].fd, hs[i].answer, TCP_MESH_ANSWER, deadline, 1) == RESBM_OK) {
+                    hs[i].rank = (int)rank;
+                    hs[i].want = TCP_MESH_PROOF;
+                    hs[i].got = 0;
+                    continue;
+                }
+            } else if (got > 0 && hs[i].want == TCP_MESH_PROOF) {
+                tcp__tag(t, 'C', hs[i].hello, hs[i].answer, TCP_MESH_ANSWER, tag);
+                if (tcp__same(tag, hs[i].proof, sizeof(tag)) && t->peer[hs[i].rank].fd < 0) {
+                    t->peer[hs[i].rank].fd = hs[i].fd;
                     hs[i].fd = -1;
                     missing--;
                     continue;
@@ -343,6 +493,7 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
                 }
                 hs[i].fd = fd;
                 hs[i].got = 0;
+                hs[i].want = TCP_MESH_HELLO;
             }
         }
     }
@@ -352,12 +503,18 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
 }
 
 TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs, int deadline_ms) {
+    return tcp_mesh_open_auth(out, me, n, addrs, deadline_ms, NULL);
+}
+
+TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *addrs,
+                              int deadline_ms, const tcp_mesh_auth *auth) {
     double deadline = tcp__deadline(deadline_ms);
-    unsigned char b[TCP_MESH_HELLO];
+    unsigned char b[TCP_MESH_ANSWER], tag[32], *hellos;
     tcp_mesh *t;
     int lfd = -1, j, rc = RESBM_OK;
     uint32_t rank;
-    if (!out || !addrs || n < 1 || n > 65536 || me < 0 || me >= n || (me > 0 && !addrs[me]))
+    if (!out || !addrs || n < 1 || n > 65536 || me < 0 || me >= n || (me > 0 && !addrs[me]) ||
+        (auth && auth->secret_len && !auth->secret))
         return RESBM_EINVAL;
     for (j = me + 1; j < n; j++)
         if (!addrs[j]) return RESBM_EINVAL;
@@ -365,9 +522,11 @@ TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs
     if (!t) return RESBM_ENOMEM;
     t->me = me;
     t->n = n;
+    if (auth) t->auth = *auth;
     t->peer = (tcp_peer *)calloc((size_t)n, sizeof(tcp_peer));
     t->pfd = (struct pollfd *)calloc((size_t)n, sizeof(struct pollfd));
-    if (!t->peer || !t->pfd) { free(t->peer); free(t->pfd); free(t); return RESBM_ENOMEM; }
+    hellos = (unsigned char *)calloc((size_t)n, TCP_MESH_HELLO); /* ours, to each higher rank */
+    if (!t->peer || !t->pfd || !hellos) { free(t->peer); free(t->pfd); free(t); free(hellos); return RESBM_ENOMEM; }
     for (j = 0; j < n; j++) t->peer[j].fd = -1;
     tcp_mesh_set_max_message(t, (size_t)1 << 30);
     t->send_timeout_ms = -1;
@@ -376,16 +535,27 @@ TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs
     if (me > 0) rc = tcp__listen(addrs[me], n + TCP_MESH_PENDING, &lfd);
     for (j = me + 1; j < n && !rc; j++) {
         rc = tcp__connect(addrs[j], deadline, &t->peer[j].fd);
-        tcp__hello(b, t);
-        if (!rc) rc = tcp__io_full(t->peer[j].fd, b, TCP_MESH_HELLO, deadline, 1);
+        tcp__hello(hellos + (size_t)j * TCP_MESH_HELLO, t);
+        if (!rc) rc = tcp__io_full(t->peer[j].fd, hellos + (size_t)j * TCP_MESH_HELLO, TCP_MESH_HELLO, deadline, 1);
     }
-    /* 3. accept the lower ranks; 4. the higher ranks' answers */
+    /* 3. accept the lower ranks; 4. the higher ranks' answers: their hello and tag, then our proof */
     if (!rc && me > 0) rc = tcp__accept_lower(t, lfd, deadline);
     for (j = me + 1; j < n && !rc; j++) {
-        rc = tcp__io_full(t->peer[j].fd, b, TCP_MESH_HELLO, deadline, 0);
+        const unsigned char *mine = hellos + (size_t)j * TCP_MESH_HELLO;
+        rc = tcp__io_full(t->peer[j].fd, b, TCP_MESH_ANSWER, deadline, 0);
         if (!rc && (!tcp__hello_ok(t, b, &rank) || rank != (uint32_t)j)) rc = RESBM_ETRANSPORT;
+        if (!rc) {
+            tcp__tag(t, 'A', mine, b, TCP_MESH_HELLO, tag);
+            if (!tcp__same(tag, b + TCP_MESH_HELLO, sizeof(tag))) rc = RESBM_ETRANSPORT; /* no secret */
+        }
+        if (!rc) {
+            tcp__tag(t, 'C', mine, b, TCP_MESH_ANSWER, tag);
+            rc = tcp__io_full(t->peer[j].fd, tag, sizeof(tag), deadline, 1);
+        }
     }
     if (lfd >= 0) close(lfd);
+    free(hellos);
+    t->auth.secret = NULL; /* the caller's memory: not kept */
     if (rc) {
         tcp_mesh_close(t);
         return rc;

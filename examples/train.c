@@ -22,18 +22,20 @@
 #endif
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 /* ---- options ------------------------------------------------------------------------------------ */
 typedef struct {
-    const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers;
+    const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers, *secret_file;
     int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
     int stage, timeout_ms, sample_len, quiet;
@@ -51,7 +53,7 @@ static void usage(FILE *f) {
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
         "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--quiet]\n"
-        "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,...]   (one process per stage)\n");
+        "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
 
 static int die_usage(const char *fmt, ...) {
@@ -167,6 +169,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         else if (!strcmp(a, "--plot")) o->plot = v;
         else if (!strcmp(a, "--listen")) o->listen = v;
         else if (!strcmp(a, "--peers")) o->peers = v;
+        else if (!strcmp(a, "--secret-file")) o->secret_file = v;
         else return die_usage("unknown flag %s", a);
     }
     if (o->wire_fwd < 0) o->wire_fwd = RESBM_WIRE_F32;
@@ -180,6 +183,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
     if (o->stage >= 0 && o->stage >= o->stages) return die_usage("--stage %d is not below --stages %d", o->stage, o->stages);
     if ((o->stage >= 0) != (o->listen != NULL) || (o->stage >= 0) != (o->peers != NULL))
         return die_usage("one process per stage needs all of --stage, --listen and --peers");
+    if (o->secret_file && o->stage < 0) return die_usage("--secret-file is for one process per stage (--stage)");
     if (!o->schedule_steps) o->schedule_steps = o->steps;
     return 0;
 }
@@ -190,13 +194,31 @@ typedef struct {
     size_t len, train_len, val_off, val_len;
 } dataset;
 
+/* Opens a regular file for reading, never blocking: a FIFO without a writer would wait forever
+   in fopen, a device would never end. NULL with errno set otherwise. */
+static FILE *open_regular(const char *path) {
+    struct stat sb;
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f;
+    if (fd < 0) return NULL;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) { close(fd); errno = EINVAL; return NULL; }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0 || !(f = fdopen(fd, "rb"))) {
+        close(fd);
+        return NULL;
+    }
+    return f;
+}
+
 static int load_data(const options *o, dataset *ds) {
     const char *path = o->data ? o->data : o->tokens_bin;
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_regular(path);
     long n;
     size_t need = (size_t)o->seq + 1;
     memset(ds, 0, sizeof(*ds));
-    if (!f) { fprintf(stderr, "train: cannot open %s: %s\n", path, strerror(errno)); return 0; }
+    if (!f) {
+        fprintf(stderr, "train: cannot open %s: %s\n", path, errno == EINVAL ? "not a regular file" : strerror(errno));
+        return 0;
+    }
     if (fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
         fprintf(stderr, "train: cannot read %s\n", path);
         fclose(f);
@@ -357,18 +379,19 @@ static int save_ckpt(stage_ctx *c, const char *path) {
     meta[0] = "seed"; meta[1] = seed; meta[2] = "stages"; meta[3] = stages;
     ckpt_path(c->o, path, c->s, p, sizeof(p));
     if (c->barrier && gate_wait(c->barrier)) return RESBM_ESTATE; /* another stage failed */
-    if (!c->barrier) {
-        /* one process per stage: a crash can fall between two stages' saves, so keep the previous
-           generation (path.prev); a restart picks the newest step every stage has (agree_ckpt) */
+    if (!c->barrier || c->s == 0) {
+        /* the previous generation stays as path.prev: with one process per stage a crash can fall
+           between two stages' saves (a restart picks the newest step every stage has, agree_ckpt);
+           in either mode a file that turns out unreadable has its predecessor beside it */
         resbm_model *m = resbm_stage_model(c->st);
         char prev[4112];
         snprintf(prev, sizeof(prev), "%s.prev", p);
         if (rename(p, prev) && errno != ENOENT) rc = RESBM_EIO;
-        if (!rc) rc = resbm_checkpoint_save(p, &m, 1, meta, 2);
-    } else if (c->s == 0) {
-        rc = resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2);
+        if (!rc) rc = c->barrier ? resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2)
+                                 : resbm_checkpoint_save(p, &m, 1, meta, 2);
     }
-    if (rc) fprintf(stderr, "train: stage %d: cannot write checkpoint %s: %s\n", c->s, p, resbm_strerror(rc));
+    if (rc) fprintf(stderr, "train: stage %d: cannot write checkpoint %s: %s (%s)\n", c->s, p, resbm_strerror(rc),
+                    rc == RESBM_EIO ? strerror(errno) : rc == RESBM_ENONFINITE ? "the model holds NaN or Inf; the last good file is kept" : "-");
     if (rc) gate_break(c->barrier);
     if (c->barrier && gate_wait(c->barrier)) return rc ? rc : RESBM_ESTATE;
     return rc;
@@ -654,8 +677,11 @@ static int load_ckpt(const options *o, resbm_model **models, size_t n, int s) {
     int rc;
     ckpt_path(o, o->load, s, p, sizeof(p));
     if ((rc = resbm_checkpoint_load(p, models, n, why, sizeof(why)))) {
+        char prev[4112], why2[512];
+        snprintf(prev, sizeof(prev), "%s.prev", p);
         fprintf(stderr, "train: cannot resume from %s: %s (%s)\n", p, why[0] ? why : "", resbm_strerror(rc));
-        return 0;
+        if (resbm_checkpoint_load(prev, models, n, why2, sizeof(why2))) return 0;
+        printf("resuming from the previous generation %s instead\n", prev);
     }
     return 1;
 }
@@ -823,8 +849,11 @@ static int run_tcp(const options *o, const dataset *ds) {
     char *list = (char *)malloc(strlen(o->peers) + 1), *tok, *save = NULL;
     const char **addrs = (const char **)calloc((size_t)o->stages, sizeof(char *));
     tcp_mesh *mesh;
+    tcp_mesh_auth auth;
+    unsigned char secret[4097];
     resbm_transport tr;
     int n = 0, rc, code;
+    memset(&auth, 0, sizeof(auth));
     if (!list || !addrs) return 1;
     strcpy(list, o->peers);
     for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -840,7 +869,32 @@ static int run_tcp(const options *o, const dataset *ds) {
         fprintf(stderr, "train: note: --listen %s differs from --peers entry %d (%s); listening on %s\n",
                 o->listen, o->stage, addrs[o->stage], o->listen);
     addrs[o->stage] = o->listen;
-    if ((rc = tcp_mesh_open(&mesh, o->stage, o->stages, addrs, o->timeout_ms))) {
+    { /* the run's secret (--secret-file) and a digest of the job: strangers and other jobs are refused */
+        char job[512];
+        const unsigned char *c;
+        uint64_t h = 14695981039346656037ULL;
+        snprintf(job, sizeof(job), "d=%d layers=%d heads=%d ff=%d seq=%d batch=%d micro=%d stages=%d r=%d m=%d id=%d "
+                 "wire=%d/%d opt=%d lr=%.9g blr=%.9g steps=%d sched=%d seed=%llu data=%s",
+                 o->d, o->layers, o->heads, o->ff, o->seq, o->batch, o->micro, o->stages, o->r, o->m, !o->no_identity,
+                 o->wire_fwd, o->wire_bwd, o->opt, (double)o->lr, (double)o->bottleneck_lr, o->steps, o->schedule_steps,
+                 (unsigned long long)o->seed, o->data ? "text" : "bin");
+        for (c = (const unsigned char *)job; *c; c++) { h ^= *c; h *= 1099511628211ULL; }
+        auth.job = h;
+    }
+    if (o->secret_file) {
+        FILE *f = open_regular(o->secret_file);
+        auth.secret_len = f ? fread(secret, 1, sizeof(secret), f) : 0;
+        if (!f || ferror(f) || auth.secret_len == 0 || !feof(f)) {
+            fprintf(stderr, "train: --secret-file %s: %s\n", o->secret_file,
+                    !f ? "cannot be read as a regular file" : auth.secret_len ? "longer than 4096 bytes" : "empty");
+            if (f) fclose(f);
+            free(list); free(addrs);
+            return 2;
+        }
+        fclose(f);
+        auth.secret = secret;
+    }
+    if ((rc = tcp_mesh_open_auth(&mesh, o->stage, o->stages, addrs, o->timeout_ms, &auth))) {
         fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s\n", o->stage, o->timeout_ms, resbm_strerror(rc));
         free(list); free(addrs);
         return 1;
@@ -854,6 +908,7 @@ static int run_tcp(const options *o, const dataset *ds) {
     tcp_mesh_transport(mesh, &tr);
     code = run_one_stage(o, ds, o->stage, tr);
     tcp_mesh_close(mesh);
+    memset(secret, 0, sizeof(secret));
     free(list); free(addrs);
     return code;
 }

@@ -142,6 +142,39 @@ for s in 0 2; do cp "$dir/mixed4.stage$s.safetensors" "$dir/mixed.stage$s.safete
 tcp_run 3 --steps 12 --sample 0 --quiet --load "$dir/mixed.safetensors"
 check "crash: checkpoints at different steps are refused, not mixed" "[ $? != 0 ] && grep -q 'share no step' '$dir/tcp3.0.err'"
 
+# ---- the run's secret (--secret-file): peers that know it train; a peer with another one is
+# refused by the handshake, and both processes exit 1 within their timeout
+printf 'correct horse battery staple' > "$dir/secret"
+printf 'another secret' > "$dir/secret2"
+tcp_run 2 --steps 2 --sample 0 --quiet --secret-file "$dir/secret"
+check "tcp: peers with the run's secret train" "[ $? = 0 ] && grep -Eq '$result_re' '$dir/tcp2.0.out'"
+sbase=$((20000 + ($$ * 11 + RANDOM) % 20000)); speers="127.0.0.1:$sbase,127.0.0.1:$((sbase + 1))"
+start=$(date +%s)
+"$train" $tiny --stages 2 --stage 1 --listen "127.0.0.1:$((sbase + 1))" --peers "$speers" --timeout-ms 3000 --steps 2 \
+  --secret-file "$dir/secret" > /dev/null 2> "$dir/sec1.err" &
+spid=$!
+"$train" $tiny --stages 2 --stage 0 --listen "127.0.0.1:$sbase" --peers "$speers" --timeout-ms 3000 --steps 2 \
+  --secret-file "$dir/secret2" > /dev/null 2> "$dir/sec0.err"
+r0=$?
+wait $spid
+r1=$?
+check "tcp: a peer with another secret is refused (both exit 1 within the timeout)" \
+  "[ $r0 = 1 ] && [ $r1 = 1 ] && [ \$((\$(date +%s) - start)) -le 15 ]"
+: > "$dir/empty.secret"
+expect_fail_early() { "$train" "$@" > /dev/null 2> "$dir/fe.err"; echo $?; }
+check "tcp: an empty secret file is refused" "[ \$(expect_fail_early $tiny --stages 2 --stage 0 --listen 127.0.0.1:1 --peers 127.0.0.1:1,127.0.0.1:2 --secret-file '$dir/empty.secret') = 2 ] && grep -q empty '$dir/fe.err'"
+
+# ---- threads mode keeps the previous checkpoint generation, as each process does
+"$train" $tiny --stages 2 --steps 4 --save-every 2 --sample 0 --quiet --save "$dir/gen.safetensors" > /dev/null 2>&1
+check "threads: the previous checkpoint generation is kept" "[ -s '$dir/gen.safetensors' ] && [ -s '$dir/gen.safetensors.prev' ]"
+cp "$dir/gen.safetensors" "$dir/gen.good"; head -c 500 "$dir/gen.good" > "$dir/gen.safetensors"
+"$train" $tiny --stages 2 --steps 6 --sample 0 --quiet --load "$dir/gen.safetensors" > "$dir/gen.out" 2> "$dir/gen.err"
+check "threads: an unreadable checkpoint falls back to its previous generation" "[ $? = 0 ] && grep -q 'previous generation' '$dir/gen.out'"
+
+# ---- the timeout rule through the CLI: a slow shaped link with --link-mbps is not a dead peer
+"$train" $tiny --stages 2 --steps 2 --sample 0 --bandwidth-mbps 0.05 --link-mbps 0.05 --timeout-ms 100 --quiet > "$dir/lm.out" 2>&1
+check "threads: --link-mbps 0.05 with a 100 ms timeout trains" "[ $? = 0 ] && grep -Eq '$result_re' '$dir/lm.out'"
+
 # ---- bad input: a clear message and a non-zero exit; a bad checkpoint is left as it was
 expect_fail() { # name code pattern args...
   local name=$1 code=$2 pat=$3; shift 3
@@ -156,6 +189,8 @@ expect_fail "no data" 2 "exactly one of" --steps 1
 expect_fail "missing data file" 1 "cannot open" --data "$dir/nope.txt"
 printf 'tiny' > "$dir/short.txt"
 expect_fail "data too short" 1 "needs at least" --data "$dir/short.txt"
+mkfifo "$dir/fifo"
+expect_fail "a FIFO as data (no writer): refused, not a hang" 1 "not a regular file" --data "$dir/fifo"
 expect_fail "bad wire" 2 "--wire" $tiny --wire f8
 expect_fail "seed 0" 2 "--seed" $tiny --seed 0
 "$train" $tiny --stages 2 --steps 0 > "$dir/zero.out" 2>&1

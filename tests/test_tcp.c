@@ -158,6 +158,21 @@ static int raw_write(int fd, const void *b, size_t n) {
     return send(fd, b, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
 }
 
+/* Reads exactly n raw bytes within wait_ms; 0 or -1. */
+static int raw_read(int fd, void *b, size_t n, int wait_ms) {
+    size_t got = 0;
+    while (got < n) {
+        struct pollfd p;
+        ssize_t k;
+        p.fd = fd; p.events = POLLIN; p.revents = 0;
+        if (poll(&p, 1, wait_ms) != 1) return -1;
+        k = recv(fd, (char *)b + got, n - got, 0);
+        if (k <= 0) return -1;
+        got += (size_t)k;
+    }
+    return 0;
+}
+
 static void put64(unsigned char *b, uint64_t v) {
     int k;
     for (k = 0; k < 8; k++) b[k] = (unsigned char)(v >> (8 * k));
@@ -486,17 +501,69 @@ static int closed_by_peer(int fd, int wait_ms) {
 }
 
 static void hello(unsigned char *b, const char *magic, uint32_t version, uint32_t n, uint32_t rank) {
+    memset(b, 0, TCP_MESH_HELLO);
     memcpy(b, magic, 4);
     tcp__put32(b + 4, version);
     tcp__put32(b + 8, n);
     tcp__put32(b + 12, rank);
 }
 
+/* SHA-256 and HMAC-SHA256 against their published test vectors (FIPS 180-2 "abc", RFC 4231
+   case 2); then peers with the run's secret and job join, a peer with another secret or another
+   job is refused. */
+typedef struct { int me, rc; const char *const *addrs; tcp_mesh_auth auth; tcp_mesh *mesh; } auth_arg;
+static void *auth_thread(void *p) {
+    auth_arg *a = (auth_arg *)p;
+    a->rc = tcp_mesh_open_auth(&a->mesh, a->me, 2, a->addrs, 3000, &a->auth);
+    return NULL;
+}
+static void test_secret_and_job(void) {
+    static const unsigned char abc[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+        0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff,
+        0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const unsigned char jefe[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24,
+        0x26, 0x08, 0x95, 0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58,
+        0xb9, 0x64, 0xec, 0x38, 0x43};
+    unsigned char out[32];
+    tcp__sha256 sh;
+    char addrs[2][32];
+    const char *ap[2];
+    int round;
+    tcp__sha_init(&sh); tcp__sha_add(&sh, "abc", 3); tcp__sha_done(&sh, out);
+    EXPECT(!memcmp(out, abc, 32), "SHA-256(abc)");
+    tcp__hmac((const unsigned char *)"Jefe", 4, "what do ya want ", 16, "for nothing?", 12, out);
+    EXPECT(!memcmp(out, jefe, 32), "HMAC-SHA256, RFC 4231 case 2");
+    for (round = 0; round < 3; round++) { /* same secret and job; another secret; another job */
+        auth_arg a[2];
+        pthread_t th[2];
+        int k;
+        take_ports(2, addrs, NULL);
+        ap[0] = addrs[0]; ap[1] = addrs[1];
+        for (k = 0; k < 2; k++) {
+            memset(&a[k], 0, sizeof(a[k]));
+            a[k].me = k; a[k].addrs = ap;
+            a[k].auth.secret = k == 1 && round == 1 ? "not the secret" : "the run's secret";
+            a[k].auth.secret_len = strlen((const char *)a[k].auth.secret);
+            a[k].auth.job = k == 1 && round == 2 ? 77 : 76;
+            pthread_create(&th[k], NULL, auth_thread, &a[k]);
+        }
+        for (k = 0; k < 2; k++) pthread_join(th[k], NULL);
+        if (round == 0) {
+            EXPECT(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK, "the run's peers: %s / %s",
+                   resbm_strerror(a[0].rc), resbm_strerror(a[1].rc));
+        } else {
+            EXPECT(a[0].rc != RESBM_OK && a[1].rc != RESBM_OK, "%s let in: %s / %s",
+                   round == 1 ? "another secret" : "another job", resbm_strerror(a[0].rc), resbm_strerror(a[1].rc));
+        }
+        for (k = 0; k < 2; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
+    }
+}
+
 static void test_bad_handshake_ignored(void) {
     char addrs[2][32];
     const char *ap[2];
-    int ports[2], bad[5], silent, partial, k;
-    unsigned char h[16];
+    int ports[2], bad[7], silent, partial, k;
+    unsigned char h[TCP_MESH_ANSWER];
     open_arg acc;
     pthread_t th;
     tcp_mesh *m0 = NULL;
@@ -508,18 +575,23 @@ static void test_bad_handshake_ignored(void) {
     memset(&acc, 0, sizeof(acc));
     acc.me = 1; acc.n = 2; acc.addrs = ap; acc.deadline_ms = 8000;
     pthread_create(&th, NULL, open_thread, &acc);
-    for (k = 0; k < 5; k++) bad[k] = raw_connect(ports[1], 3000);
+    for (k = 0; k < 7; k++) bad[k] = raw_connect(ports[1], 3000);
     silent = raw_connect(ports[1], 3000);
     partial = raw_connect(ports[1], 3000);
     EXPECT(bad[4] >= 0 && silent >= 0 && partial >= 0, "cannot reach the acceptor");
     if (!g_why[0]) {
-        hello(h, "XBMT", 1, 2, 0); EXPECT(raw_write(bad[0], h, 16) == 0, "write");    /* magic */
-        hello(h, "RBMT", 2, 2, 0); EXPECT(raw_write(bad[1], h, 16) == 0, "write");    /* version */
-        hello(h, "RBMT", 1, 3, 0); EXPECT(raw_write(bad[2], h, 16) == 0, "write");    /* mesh size */
-        hello(h, "RBMT", 1, 2, 7); EXPECT(raw_write(bad[3], h, 16) == 0, "write");    /* rank */
-        hello(h, "RBMT", 1, 2, 1); EXPECT(raw_write(bad[4], h, 16) == 0, "write");    /* itself */
-        hello(h, "RBMT", 1, 2, 0); EXPECT(raw_write(partial, h, 8) == 0, "write");    /* half */
-        for (k = 0; k < 5; k++) EXPECT(closed_by_peer(bad[k], 3000), "bad hello %d was not dropped", k);
+        hello(h, "XBMT", 2, 2, 0); EXPECT(raw_write(bad[0], h, TCP_MESH_HELLO) == 0, "write"); /* magic */
+        hello(h, "RBMT", 1, 2, 0); EXPECT(raw_write(bad[1], h, TCP_MESH_HELLO) == 0, "write"); /* version */
+        hello(h, "RBMT", 2, 3, 0); EXPECT(raw_write(bad[2], h, TCP_MESH_HELLO) == 0, "write"); /* mesh size */
+        hello(h, "RBMT", 2, 2, 7); EXPECT(raw_write(bad[3], h, TCP_MESH_HELLO) == 0, "write"); /* rank */
+        hello(h, "RBMT", 2, 2, 1); EXPECT(raw_write(bad[4], h, TCP_MESH_HELLO) == 0, "write"); /* itself */
+        hello(h, "RBMT", 2, 2, 0); h[16] = 9;                                                   /* another job */
+        EXPECT(raw_write(bad[5], h, TCP_MESH_HELLO) == 0, "write");
+        hello(h, "RBMT", 2, 2, 0); EXPECT(raw_write(bad[6], h, TCP_MESH_HELLO) == 0, "write"); /* a stranger: */
+        EXPECT(raw_read(bad[6], h, TCP_MESH_ANSWER, 3000) == 0, "the answer");                   /* answered, */
+        memset(h, 0x5a, TCP_MESH_PROOF); EXPECT(raw_write(bad[6], h, TCP_MESH_PROOF) == 0, "write"); /* no proof */
+        hello(h, "RBMT", 2, 2, 0); EXPECT(raw_write(partial, h, 8) == 0, "write");              /* half */
+        for (k = 0; k < 7; k++) EXPECT(closed_by_peer(bad[k], 3000), "bad hello %d was not dropped", k);
         EXPECT(!closed_by_peer(silent, 50), "a silent caller was dropped before its time");
         /* the real rank 0 still gets in */
         EXPECT_RC(tcp_mesh_open(&m0, 0, 2, ap, 5000), RESBM_OK);
@@ -539,7 +611,7 @@ static void test_bad_handshake_ignored(void) {
         EXPECT(closed_by_peer(silent, 3000) && closed_by_peer(partial, 3000),
                "unfinished handshakes left open");
     }
-    for (k = 0; k < 5; k++) if (bad[k] >= 0) close(bad[k]);
+    for (k = 0; k < 7; k++) if (bad[k] >= 0) close(bad[k]);
     if (silent >= 0) close(silent);
     if (partial >= 0) close(partial);
     if (!acc.rc) tcp_mesh_close(acc.mesh);
@@ -740,6 +812,7 @@ int main(void) {
     run("length_limit", test_length_limit);
     run("closed_peer", test_closed_peer);
     run("bad_handshake_ignored", test_bad_handshake_ignored);
+    run("secret_and_job", test_secret_and_job);
     run("unreachable_peer", test_unreachable_peer);
     run("localhost_names", test_localhost_names);
     run("pipeline_tcp_equals_inproc_f32", test_pipeline_tcp_equals_inproc_f32);
