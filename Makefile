@@ -132,21 +132,28 @@ valgrind: | $(BUILD)
 	  $(BUILD)/train_vg --data resbm.h --d 32 --layers 2 --heads 2 --stages 2 --ratio 8 --m 16 --seq 16 \
 	  --batch 2 --micro 2 --steps 3 --eval-every 2 --eval-rows 2 --sample 8 --quiet
 
-# libFuzzer on the frame decoder, then on the safetensors reader and checkpoint loader, FUZZ_SECONDS
+# libFuzzer on the frame decoder, the safetensors reader and checkpoint loader, and a stage's
+# receive path (hello, abort, stale and training frames from a neighbour), FUZZ_SECONDS
 # per target (clang), each from its seed corpus in tests/fuzz/ (copied, so the repository's corpus
 # does not grow). Any crash fails the target.
 FUZZ_SECONDS ?= 60
+# A fixed seed in make test (CI), so a run is repeatable; `make fuzz FUZZ_SEED=0` explores anew.
+FUZZ_SEED ?= 1
 FUZZ = clang -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 fuzz: | $(BUILD)
 	$(FUZZ) tests/fuzz_frame.c -o $(BUILD)/fuzz_frame $(LIBS)
 	$(FUZZ) tests/fuzz_safetensors.c -o $(BUILD)/fuzz_safetensors $(LIBS)
+	$(FUZZ) tests/fuzz_stage.c -o $(BUILD)/fuzz_stage $(LIBS)
 	rm -rf $(BUILD)/fuzz_corpus_frame && mkdir -p $(BUILD)/fuzz_corpus_frame && cp tests/fuzz/frame/* $(BUILD)/fuzz_corpus_frame/
 	$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
-	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz_corpus_frame
+	  -seed=$(FUZZ_SEED) -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz_corpus_frame
 	rm -rf $(BUILD)/fuzz_corpus_safetensors && mkdir -p $(BUILD)/fuzz_corpus_safetensors && \
 	  cp tests/fuzz/safetensors/* $(BUILD)/fuzz_corpus_safetensors/
 	$(BUILD)/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1 \
-	  -artifact_prefix=$(BUILD)/fuzz_safetensors- $(BUILD)/fuzz_corpus_safetensors
+	  -seed=$(FUZZ_SEED) -artifact_prefix=$(BUILD)/fuzz_safetensors- $(BUILD)/fuzz_corpus_safetensors
+	rm -rf $(BUILD)/fuzz_corpus_stage && mkdir -p $(BUILD)/fuzz_corpus_stage && cp tests/fuzz/stage/* $(BUILD)/fuzz_corpus_stage/
+	$(BUILD)/fuzz_stage -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	  -seed=$(FUZZ_SEED) -artifact_prefix=$(BUILD)/fuzz_stage- $(BUILD)/fuzz_corpus_stage
 
 # Rewrites the seed corpora: valid frames of every kind, dtype and a few shapes, plus one per fault;
 # safetensors files and checkpoints from the library's writer, corner cases, plus one per fault.
@@ -155,6 +162,8 @@ fuzz-seeds: | $(BUILD)
 	mkdir -p tests/fuzz/frame && $(BUILD)/fuzz_frame_seeds tests/fuzz/frame
 	$(CC) -std=c99 -O1 $(WARN) -DFUZZ_WRITE_SEEDS tests/fuzz_safetensors.c -o $(BUILD)/fuzz_safetensors_seeds $(LIBS)
 	mkdir -p tests/fuzz/safetensors && $(BUILD)/fuzz_safetensors_seeds tests/fuzz/safetensors
+	$(CC) -std=c99 -O1 $(WARN) -DFUZZ_WRITE_SEEDS tests/fuzz_stage.c -o $(BUILD)/fuzz_stage_seeds $(LIBS)
+	mkdir -p tests/fuzz/stage && $(BUILD)/fuzz_stage_seeds tests/fuzz/stage
 
 # ---- benchmarks (run alone on the machine; see bench/RESULTS.md) ----
 # Anchors (OpenBLAS, PyTorch) run at their best: bench scripts unset OPENBLAS_CORETYPE and
