@@ -25,6 +25,9 @@ static void ta_free(void *p, void *user) {
 #define RESBM_IMPLEMENTATION
 #include "../resbm.h" /* second include: the implementation */
 
+#include <dirent.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include "harness.h"
 #include "ref.h"
@@ -2549,6 +2552,216 @@ static void test_hostile_peer(void) {
 }
 #endif
 
+/* ---- tests that the mutation runs showed missing ------------------------------------------------ */
+/* bottleneck_lr_scale reaches AdamW's and Muon's updates of the bottleneck (and nothing else). */
+static void test_bottleneck_lr_scale_all_optimizers(void) {
+    int kinds[2] = {RESBM_OPT_ADAMW, RESBM_OPT_MUON}, ki;
+    for (ki = 0; ki < 2; ki++) {
+        resbm_model_config cfg = tiny_config();
+        resbm_opt_config o = resbm_opt_config_default();
+        resbm_model *m[2];
+        size_t np, i;
+        int k, differ = 0, same_elsewhere = 1;
+        cfg.stages = 2; cfg.r = 4; cfg.m = 8;
+        o.kind = kinds[ki]; o.warmup = 0;
+        for (k = 0; k < 2; k++) {
+            double **w;
+            size_t j;
+            o.bottleneck_lr_scale = k ? 2.0f : 1.0f;
+            CHECK_RC(resbm_model_init(&cfg, &o, &m[k]), RESBM_OK);
+            if (th_fail_now) return;
+            w = set_grads(m[k], 11);
+            resbm_model_params(m[k], &np);
+            for (j = 0; j < np; j++) free(w[j]);
+            free(w);
+            CHECK_RC(resbm_model_update(m[k], 1.0f), RESBM_OK);
+        }
+        {
+            const resbm_param *a = resbm_model_params(m[0], &np), *b = resbm_model_params(m[1], NULL);
+            for (i = 0; i < np; i++) {
+                int eq = !memcmp(a[i].value.data, b[i].value.data, a[i].value.ne[0] * a[i].value.ne[1] * 4);
+                if (!strncmp(a[i].name, "bottleneck.", 11)) differ += !eq;
+                else same_elsewhere &= eq;
+            }
+        }
+        CHECK(differ == 3, "%s: %d of 3 bottleneck tensors moved by the scale", ki ? "muon" : "adamw", differ);
+        CHECK(same_elsewhere, "%s: the scale moved a non-bottleneck tensor", ki ? "muon" : "adamw");
+        resbm_model_free(m[0]);
+        resbm_model_free(m[1]);
+    }
+}
+
+/* Gradients of a 2-stage model with bottlenecks over two microbatches, against central finite
+   differences of the mean loss: catches any buffer that carries one microbatch into the next. */
+typedef struct { resbm_model *m0, *m1; const int32_t *tok, *tg; size_t T; } stages_fd;
+static double stages_loss(stages_fd *c) {
+    float z[64 * 4], l;
+    double sum = 0;
+    int k;
+    for (k = 0; k < 2; k++) {
+        resbm_model_forward(c->m0, 0, c->tok + k * 2 * c->T, NULL, NULL, 2, z, NULL);
+        resbm_model_forward(c->m1, 0, NULL, z, c->tg + k * 2 * c->T, 2, NULL, &l);
+        resbm_model_release(c->m0, 0); resbm_model_release(c->m1, 0);
+        sum += l;
+    }
+    return sum / 2;
+}
+static void test_grad_stages_microbatches(void) {
+    resbm_model_config c = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    stages_fd f;
+    int32_t tok[4 * 8], tg[4 * 8];
+    float z[64 * 4], g[64 * 4], l;
+    const char *names[] = {"bottleneck.0.enc_norm", "bottleneck.0.enc_w1", "bottleneck.0.enc_w2",
+                           "blocks.0.wq", "bottleneck.0.dec_w1", "bottleneck.0.dec_w2", "blocks.1.w2"};
+    int k, t;
+    c.stages = 2; c.r = 4; c.m = 8; c.batch = 2;
+    CHECK_RC(resbm_model_init(&c, &o, &f.m0), RESBM_OK);
+    c.stage = 1;
+    CHECK_RC(resbm_model_init(&c, &o, &f.m1), RESBM_OK);
+    if (th_fail_now) return;
+    { /* give the zero-initialised output projections values, so every path carries signal */
+        size_t np, i, j;
+        resbm_param *p;
+        resbm_rng r;
+        resbm_rng_seed(&r, 3, 3);
+        for (k = 0; k < 2; k++) {
+            p = resbm_model_params_mut(k ? f.m1 : f.m0, &np);
+            for (i = 0; i < np; i++)
+                if (strstr(p[i].name, "w2") && strstr(p[i].name, "bottleneck"))
+                    for (j = 0; j < p[i].value.ne[0] * p[i].value.ne[1]; j++) p[i].value.data[j] = 0.2f * resbm_rng_normal(&r);
+        }
+    }
+    tiny_batch(tok, tg, 4 * 8, c.vocab, 21);
+    f.tok = tok; f.tg = tg; f.T = 8;
+    resbm_model_zero_grad(f.m0);
+    resbm_model_zero_grad(f.m1);
+    for (k = 0; k < 2; k++) { /* two microbatches of 2 rows, accumulated */
+        CHECK_RC(resbm_model_forward(f.m0, 0, tok + k * 16, NULL, NULL, 2, z, NULL), RESBM_OK);
+        CHECK_RC(resbm_model_forward(f.m1, 0, NULL, z, tg + k * 16, 2, NULL, &l), RESBM_OK);
+        CHECK_RC(resbm_model_backward(f.m1, 0, NULL, g, 0.5f), RESBM_OK);
+        CHECK_RC(resbm_model_backward(f.m0, 0, g, NULL, 0.5f), RESBM_OK);
+    }
+    for (t = 0; t < (int)(sizeof(names) / sizeof(names[0])); t++) {
+        size_t np, i;
+        resbm_param *p = NULL;
+        for (k = 0; k < 2 && !p; k++) {
+            resbm_param *ps = resbm_model_params_mut(k ? f.m1 : f.m0, &np);
+            for (i = 0; i < np; i++) if (!strcmp(ps[i].name, names[t])) p = &ps[i];
+        }
+        CHECK(p != NULL, "no %s", names[t]);
+        if (!p) continue;
+        for (i = 0; i < 3; i++) {
+            size_t j = (i * 7 + 1) % (p->value.ne[0] * p->value.ne[1]);
+            float keep = p->value.data[j], h = 1e-2f;
+            double up, down, fd;
+            p->value.data[j] = keep + h; up = stages_loss(&f);
+            p->value.data[j] = keep - h; down = stages_loss(&f);
+            p->value.data[j] = keep;
+            fd = (up - down) / (2.0 * h);
+            CHECK(fabs(fd - p->grad.data[j]) <= 2e-3 + 0.03 * fabs(fd), "%s[%zu]: backward %.6g, finite difference %.6g",
+                  names[t], j, p->grad.data[j], fd);
+        }
+    }
+    resbm_model_free(f.m0);
+    resbm_model_free(f.m1);
+}
+
+/* The sampler against the rule it documents: softmax(logits / temperature) at the last position
+   of the window, drawn with PCG32(seed, 0x5a); and the eval loss is the mean over rows, chunks of
+   unequal size weighted by their rows. One stage, so no threads. */
+static void test_generate_and_eval_oracles(void) {
+    resbm_model_config mc = tiny_config();
+    resbm_stage_config c = resbm_stage_config_default();
+    resbm_inproc *hub;
+    resbm_stage *st;
+    resbm_model *ref;
+    int32_t prompt[5] = {3, 1, 4, 1, 5}, out[6], want[6], win[8], tok[3 * 8], tg[3 * 8];
+    float temps[2] = {0.7f, 1e-3f}, loss, l;
+    double sum = 0;
+    int ti, row;
+    size_t i, j;
+    mc.batch = 2;
+    CHECK_RC(resbm_inproc_init(1, 1 << 16, &hub), RESBM_OK);
+    c.model = mc;
+    resbm_inproc_transport(hub, 0, &c.transport);
+    CHECK_RC(resbm_stage_init(&c, &st), RESBM_OK);
+    mc.act_slots = 1;
+    CHECK_RC(resbm_model_init(&mc, NULL, &ref), RESBM_OK); /* the same seed: the same weights */
+    if (th_fail_now) return;
+    for (ti = 0; ti < 2; ti++) {
+        resbm_rng rng;
+        CHECK_RC(resbm_stage_generate(st, prompt, 5, 6, temps[ti], 99, out), RESBM_OK);
+        resbm_rng_seed(&rng, 99, 0x5a);
+        for (i = 0; i < 6; i++) {
+            size_t have = 5 + i, len = have < 8 ? have : 8;
+            const float *p;
+            double w[64], total = 0, u, acc = 0, top = -1e300;
+            for (j = 0; j < 8; j++) {
+                size_t src = have - len + j;
+                win[j] = j < len ? (src < 5 ? prompt[src] : want[src - 5]) : 0;
+            }
+            CHECK_RC(resbm_model_forward(ref, 0, win, NULL, win, 1, NULL, &l), RESBM_OK);
+            p = resbm_model_probs(ref, 0) + (len - 1) * (size_t)mc.vocab;
+            for (j = 0; j < (size_t)mc.vocab; j++) { w[j] = log((double)p[j]) / temps[ti]; if (w[j] > top) top = w[j]; }
+            for (j = 0; j < (size_t)mc.vocab; j++) total += (w[j] = exp(w[j] - top));
+            u = (double)(resbm_rng_u32(&rng) >> 8) / 16777216.0 * total;
+            want[i] = 0;
+            for (j = 0; j < (size_t)mc.vocab; j++) { acc += w[j]; if (u < acc) { want[i] = (int32_t)j; break; } }
+            resbm_model_release(ref, 0);
+        }
+        CHECK(!memcmp(out, want, sizeof(out)), "temperature %g: sampled %d %d %d %d %d %d, the rule gives %d %d %d %d %d %d",
+              temps[ti], out[0], out[1], out[2], out[3], out[4], out[5], want[0], want[1], want[2], want[3], want[4], want[5]);
+    }
+    tiny_batch(tok, tg, 3 * 8, mc.vocab, 31);
+    CHECK_RC(resbm_stage_eval(st, tok, tg, 3, &loss), RESBM_OK); /* chunks of 2 rows and 1 */
+    for (row = 0; row < 3; row++) {
+        CHECK_RC(resbm_model_forward(ref, 0, tok + row * 8, NULL, tg + row * 8, 1, NULL, &l), RESBM_OK);
+        resbm_model_release(ref, 0);
+        sum += l;
+    }
+    CHECK_NEAR(loss, sum / 3, 1e-6);
+    resbm_model_free(ref);
+    resbm_stage_free(st);
+    resbm_inproc_free(hub);
+}
+
+/* A save that fails half-way (the file size limit, as a full disk would) leaves the previous
+   file whole and no temp file behind: the writer never writes the target in place. */
+static void test_checkpoint_write_fails_cleanly(void) {
+    resbm_model_config c = tiny_config();
+    resbm_model *m;
+    char path[128], why[256];
+    pid_t pid;
+    int status = -1, files = 0;
+    DIR *d;
+    struct dirent *e;
+    snprintf(path, sizeof(path), "%s", tmp_path("resbm_test_full.safetensors"));
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_OK);
+    if (th_fail_now) return;
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        struct rlimit r;
+        r.rlim_cur = r.rlim_max = 4096; /* far less than the file */
+        signal(SIGXFSZ, SIG_IGN);
+        setrlimit(RLIMIT_FSIZE, &r);
+        m->pmem[0] = 42.0f;
+        _exit(resbm_checkpoint_save(path, &m, 1, NULL, 0) == RESBM_EIO && errno == EFBIG ? 0 : 1);
+    }
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the save under the size limit: not RESBM_EIO with errno EFBIG");
+    CHECK_RC(resbm_checkpoint_load(path, &m, 1, why, sizeof(why)), RESBM_OK);
+    CHECK(m->pmem[0] != 42.0f, "the failed save reached the file");
+    d = opendir(tmp_dir);
+    while (d && (e = readdir(d)) != NULL) files += !strncmp(e->d_name, "resbm_test_full", 15);
+    if (d) closedir(d);
+    CHECK(files == 1, "%d files: a temp file was left behind", files);
+    remove(path);
+    resbm_model_free(m);
+}
+
 /* ---- regression tests for the fail-safe issue's bug list --------------------------------------- */
 /* (2) Inf or absurd hyperparameters are refused at init; optimizer state outside its domain is
    refused at load or, when finite but absurd, makes the update fail with the model untouched. */
@@ -3210,6 +3423,10 @@ int main(int argc, char **argv) {
     RUN(test_wire_i8_scale_and_sizes);
     RUN(test_config_bounds);
     RUN(test_checkpoint_writers);
+    RUN(test_bottleneck_lr_scale_all_optimizers);
+    RUN(test_grad_stages_microbatches);
+    RUN(test_generate_and_eval_oracles);
+    RUN(test_checkpoint_write_fails_cleanly);
     RUN(test_crc32c);
     RUN(test_wire_conversions);
     RUN(test_wire_roundtrip);
