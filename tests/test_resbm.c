@@ -2278,7 +2278,7 @@ static void test_pipeline_failures(void) {
     float *before;
     const char *changed;
     int s;
-    CHECK_RC(two_stages(&hub, st, 1 << 20, 100), RESBM_OK);
+    CHECK_RC(two_stages(&hub, st, 1 << 20, 1500), RESBM_OK); /* a real step runs within it */
     if (th_fail_now) return;
     before = params_snapshot(resbm_stage_model(st[1]));
     la[1].st = st[1];
@@ -2327,7 +2327,7 @@ static int slow_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int 
 
 /* The timeout rule: a frame that takes longer to cross than timeout_ms is a timeout unless the
    stage knows the link's bandwidth; then it waits timeout_ms + n_micro frames' transfer time.
-   (552-byte frames at 1000 bytes/s take 552 ms; timeout_ms is 300.) */
+   (552-byte frames at 250 bytes/s take 2.2 s; timeout_ms is 1000: a second of slack either way.) */
 static void test_pipeline_timeout_scales(void) {
     int pass;
     for (pass = 0; pass < 2; pass++) {
@@ -2342,10 +2342,10 @@ static void test_pipeline_timeout_scales(void) {
         mc.stages = 2; mc.layers = 2; mc.r = 0; /* r = d: 8 x 16 floats a frame */
         resbm_inproc_init(2, 1 << 20, &hub);
         for (s = 0; s < 2; s++) {
-            c.model = mc; c.model.stage = s; c.timeout_ms = 300;
-            c.link_bytes_per_sec = pass ? 1000.0 : 0.0;
+            c.model = mc; c.model.stage = s; c.timeout_ms = 1000;
+            c.link_bytes_per_sec = pass ? 250.0 : 0.0;
             resbm_inproc_transport(hub, s, &link[s].inner);
-            link[s].bps = 1000.0;
+            link[s].bps = 250.0;
             c.transport.user = &link[s]; c.transport.send = slow_send; c.transport.recv = slow_recv;
             CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
         }
@@ -2356,7 +2356,7 @@ static void test_pipeline_timeout_scales(void) {
             CHECK_RC(la[0].rc, RESBM_OK);
             CHECK_RC(la[1].rc, RESBM_OK);
         } else {
-            CHECK_RC(la[1].rc, RESBM_ETIMEDOUT); /* the activation took 552 ms > 300 */
+            CHECK_RC(la[1].rc, RESBM_ETIMEDOUT); /* the activation took 2.2 s > 1 s */
         }
         for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
         resbm_inproc_free(hub);

@@ -328,7 +328,7 @@ static void test_recv_timeout_keeps_messages(void) {
     t0 = now_ms();
     EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 0), RESBM_ETIMEDOUT);
     dt = now_ms() - t0;
-    EXPECT(dt < 100, "a 0 ms poll took %.0f ms", dt);
+    EXPECT(dt < 1000, "a 0 ms poll took %.0f ms", dt); /* generous: a loaded machine may not run us */
     /* a message that comes after a timed-out recv is received by the next one */
     la.tr = tb; la.delay_ms = 250; la.rc = -999;
     pthread_create(&th, NULL, late_sender, &la);
