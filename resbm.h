@@ -1,4 +1,4 @@
-/* resbm.h - v0.2 - residual bottleneck pipeline training for transformers - MIT license (end of file)
+/* resbm.h - v0.3 - residual bottleneck pipeline training for transformers - MIT license (end of file)
 
    A single-header C library for training a transformer split into pipeline stages that talk over
    slow links. Between two stages sits a residual bottleneck (ResBM, arXiv 2604.11947): the sender
@@ -66,6 +66,15 @@
        explains it) and leaves its outputs untouched when it fails on validation.
        The library never prints, never exits and never aborts. No global mutable state.
 
+   THREADS
+       resbm_model and resbm_stage: one calling thread at a time each (different objects on
+       different threads freely: S stages on S threads is the usual set-up). resbm_pool: one
+       caller at a time -- a call while another thread's runs returns RESBM_ESTATE rather than
+       race on the pool's buffers; a pool may back several models used from one thread, and at
+       most one resbm_stage (a second resbm_stage_init on it is RESBM_ESTATE). resbm_inproc: each
+       endpoint from its own thread. resbm_shaper: the thread of the stage it serves. The frame
+       codec, CRC, GEMM and layer kernels keep no state: any thread, given their own buffers.
+
    DETERMINISM
        One seed reproduces a run bit for bit on one machine and build. Parameter i is initialised
        from a PCG32 stream seeded by (seed, FNV-1a of its name), so a parameter gets the same
@@ -73,6 +82,9 @@
        and a fixed summation order, so results are bit-identical whatever the thread count.
 
    CHANGES
+       0.3  fail-safe pipeline: job agreement (RESBM_EJOB), abort frames (RESBM_EPEER), attempts in
+            the microbatch field, all-or-nothing steps (resbm_model_rollback), resbm_stage_why,
+            RESBM_EMSGSIZE; atomic, durable checkpoint writes; bounded shaper; pool one caller.
        0.2  residual bottleneck (encoder/decoder with identity path), wire codec (f32, bf16, f16,
             i8; CRC32C), transports (in-process, shaping wrapper), stage runtime with 1F1B.
        0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
@@ -92,7 +104,7 @@
 #include <stdint.h>
 
 #define RESBM_VERSION_MAJOR 0
-#define RESBM_VERSION_MINOR 2
+#define RESBM_VERSION_MINOR 3
 
 #ifndef RESBMDEF
 #ifdef RESBM_STATIC
@@ -414,6 +426,9 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
      | u32 microbatch | u32 rows | u32 cols | u32 payload_bytes | u32 crc32c | payload
    The CRC (Castagnoli) covers the header without its own field, then the payload. i8 payloads
    are blocks of 64 values (the last may be shorter): an f32 scale (absmax/127), then the int8s. */
+/* The u32 microbatch field: bits 0-19 the index, 20-23 what the frame is for (0 training, 1 eval,
+   2 sampling, 3 job agreement, 4 abort), 24-31 the step's attempt (0 the first time). A first
+   attempt's training frames carry just the index. */
 #define RESBM_WIRE_VERSION 1
 #define RESBM_FRAME_HEADER 40
 enum { RESBM_KIND_ACT = 1, RESBM_KIND_GRAD = 2, RESBM_KIND_CONTROL = 3 };
@@ -486,11 +501,21 @@ RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
    (others pass NULL). A step runs n_micro microbatches in 1F1B order (warm-up forwards, then
    one forward one backward, then cool-down backwards), sends activations forward and their
    gradients back as frames, sums the squared gradient norm along the pipeline and sends the
-   total and the loss back (control frames), clips, and applies the optimizer. A failed step
-   (timeout, closed peer, bad frame) applies no update on the stage that saw it. It can be
-   retried when every stage failed it with nothing left in flight (a peer that never came, as
-   tested); otherwise stages further down may already have applied it, so restart all stages
-   from a checkpoint. */
+   total and the loss back (control frames), clips, and applies the optimizer.
+   Before its first frame, and again after its model was loaded from a checkpoint, a stage
+   agrees with each neighbour on the job (shape, split, r, m, identity, micro rows and count,
+   wire dtypes, optimizer and every setting, clip, schedule, seed, step): a difference is
+   RESBM_EJOB on both, and resbm_stage_why names the field.
+   Failure: a failed call sends each neighbour an abort (the code and the stage where it
+   happened, passed along), so every stage returns at once (RESBM_EPEER for the others) instead
+   of waiting out its timeout. Across stages a step is all or nothing: after any single fault
+   either every stage has applied it or none has (a stage that applied it undoes it when it hears
+   the abort, at its next call). Retry in place: each host calls resbm_stage_step again with the
+   batch of its own resbm_model_step_count; the retry is a new attempt (the frame's microbatch
+   field carries it), so nothing left in flight by the failed one is mistaken for its frames.
+   After the last step, one more pipeline call (an eval) confirms it on every stage. A message
+   larger than any frame stays queued in its transport (RESBM_EMSGSIZE): that link needs a
+   restart. */
 typedef struct resbm_stage_config {
     resbm_model_config model; /* .stages, .stage, .r, .m, ...; .batch = rows per microbatch */
     resbm_opt_config opt;
