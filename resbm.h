@@ -1,4 +1,4 @@
-/* resbm.h - v0.3 - residual bottleneck pipeline training for transformers - MIT license (end of file)
+/* resbm.h - v0.2 - residual bottleneck pipeline training for transformers - MIT license (end of file)
 
    A single-header C library for training a transformer split into pipeline stages that talk over
    slow links. Between two stages sits a residual bottleneck (ResBM, arXiv 2604.11947): the sender
@@ -66,15 +66,6 @@
        explains it) and leaves its outputs untouched when it fails on validation.
        The library never prints, never exits and never aborts. No global mutable state.
 
-   THREADS
-       resbm_model and resbm_stage: one calling thread at a time each (different objects on
-       different threads freely: S stages on S threads is the usual set-up). resbm_pool: one
-       caller at a time -- a call while another thread's runs returns RESBM_ESTATE rather than
-       race on the pool's buffers; a pool may back several models used from one thread, and at
-       most one resbm_stage (a second resbm_stage_init on it is RESBM_ESTATE). resbm_inproc: each
-       endpoint from its own thread. resbm_shaper: the thread of the stage it serves. The frame
-       codec, CRC, GEMM and layer kernels keep no state: any thread, given their own buffers.
-
    DETERMINISM
        One seed reproduces a run bit for bit on one machine and build. Parameter i is initialised
        from a PCG32 stream seeded by (seed, FNV-1a of its name), so a parameter gets the same
@@ -82,9 +73,6 @@
        and a fixed summation order, so results are bit-identical whatever the thread count.
 
    CHANGES
-       0.3  fail-safe pipeline: job agreement (RESBM_EJOB), abort frames (RESBM_EPEER), attempts in
-            the microbatch field, all-or-nothing steps (resbm_model_rollback), resbm_stage_why,
-            RESBM_EMSGSIZE; atomic, durable checkpoint writes; bounded shaper; pool one caller.
        0.2  residual bottleneck (encoder/decoder with identity path), wire codec (f32, bf16, f16,
             i8; CRC32C), transports (in-process, shaping wrapper), stage runtime with 1F1B.
        0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
@@ -104,7 +92,7 @@
 #include <stdint.h>
 
 #define RESBM_VERSION_MAJOR 0
-#define RESBM_VERSION_MINOR 3
+#define RESBM_VERSION_MINOR 2
 
 #ifndef RESBMDEF
 #ifdef RESBM_STATIC
@@ -426,9 +414,6 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
      | u32 microbatch | u32 rows | u32 cols | u32 payload_bytes | u32 crc32c | payload
    The CRC (Castagnoli) covers the header without its own field, then the payload. i8 payloads
    are blocks of 64 values (the last may be shorter): an f32 scale (absmax/127), then the int8s. */
-/* The u32 microbatch field: bits 0-19 the index, 20-23 what the frame is for (0 training, 1 eval,
-   2 sampling, 3 job agreement, 4 abort), 24-31 the step's attempt (0 the first time). A first
-   attempt's training frames carry just the index. */
 #define RESBM_WIRE_VERSION 1
 #define RESBM_FRAME_HEADER 40
 enum { RESBM_KIND_ACT = 1, RESBM_KIND_GRAD = 2, RESBM_KIND_CONTROL = 3 };
@@ -501,21 +486,11 @@ RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
    (others pass NULL). A step runs n_micro microbatches in 1F1B order (warm-up forwards, then
    one forward one backward, then cool-down backwards), sends activations forward and their
    gradients back as frames, sums the squared gradient norm along the pipeline and sends the
-   total and the loss back (control frames), clips, and applies the optimizer.
-   Before its first frame, and again after its model was loaded from a checkpoint, a stage
-   agrees with each neighbour on the job (shape, split, r, m, identity, micro rows and count,
-   wire dtypes, optimizer and every setting, clip, schedule, seed, step): a difference is
-   RESBM_EJOB on both, and resbm_stage_why names the field.
-   Failure: a failed call sends each neighbour an abort (the code and the stage where it
-   happened, passed along), so every stage returns at once (RESBM_EPEER for the others) instead
-   of waiting out its timeout. Across stages a step is all or nothing: after any single fault
-   either every stage has applied it or none has (a stage that applied it undoes it when it hears
-   the abort, at its next call). Retry in place: each host calls resbm_stage_step again with the
-   batch of its own resbm_model_step_count; the retry is a new attempt (the frame's microbatch
-   field carries it), so nothing left in flight by the failed one is mistaken for its frames.
-   After the last step, one more pipeline call (an eval) confirms it on every stage. A message
-   larger than any frame stays queued in its transport (RESBM_EMSGSIZE): that link needs a
-   restart. */
+   total and the loss back (control frames), clips, and applies the optimizer. A failed step
+   (timeout, closed peer, bad frame) applies no update on the stage that saw it. It can be
+   retried when every stage failed it with nothing left in flight (a peer that never came, as
+   tested); otherwise stages further down may already have applied it, so restart all stages
+   from a checkpoint. */
 typedef struct resbm_stage_config {
     resbm_model_config model; /* .stages, .stage, .r, .m, ...; .batch = rows per microbatch */
     resbm_opt_config opt;
@@ -540,6 +515,9 @@ typedef struct resbm_stage_stats {
 typedef struct resbm_stage resbm_stage;
 
 RESBMDEF resbm_stage_config resbm_stage_config_default(void);
+/* The largest message a stage of this config sends or accepts, in bytes (frame header
+   included): what a host sizes its transport's buffers and message limit by, before init. */
+RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes);
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out);
 RESBMDEF void resbm_stage_free(resbm_stage *st);
 RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
@@ -865,6 +843,13 @@ static void *resbm__worker(void *arg) {
 }
 #endif
 
+/* One caller at a time: its workers, packing buffers and scratch are shared by every task. */
+static int resbm__pool_claim(resbm_pool *p) {
+    int idle = 0;
+    return __atomic_compare_exchange_n(&p->busy, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static void resbm__pool_release(resbm_pool *p) { __atomic_store_n(&p->busy, 0, __ATOMIC_RELEASE); }
+
 RESBMDEF void resbm_pool_free(resbm_pool *p) {
     if (!p) return;
 #ifndef RESBM_NO_THREADS
@@ -889,15 +874,17 @@ RESBMDEF int resbm_pool_reserve(resbm_pool *p, size_t floats_per_thread) {
     float *w;
     if (!p || floats_per_thread == 0) return RESBM_EINVAL;
     if (floats_per_thread <= p->work_floats) return RESBM_OK;
+    if (!resbm__pool_claim(p)) return RESBM_ESTATE; /* its tasks may be using the old buffer */
     floats_per_thread = (floats_per_thread + 15) & ~(size_t)15; /* each thread's slice aligned */
     if (resbm_size_mul(&n, floats_per_thread, (size_t)p->nthreads) ||
         resbm_size_mul(&n, n, sizeof(float)))
         return RESBM_EOVERFLOW;
     w = (float *)resbm__alloc(n, NULL);
-    if (!w) return RESBM_ENOMEM;
+    if (!w) { resbm__pool_release(p); return RESBM_ENOMEM; }
     resbm__dealloc(p->work, NULL);
     p->work = w;
     p->work_floats = floats_per_thread;
+    resbm__pool_release(p);
     return RESBM_OK;
 }
 
@@ -962,12 +949,6 @@ RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out) {
 
 RESBMDEF int resbm_pool_threads(const resbm_pool *pool) { return pool ? pool->nthreads : 1; }
 
-/* One caller at a time: its workers, packing buffers and scratch are shared by every task. */
-static int resbm__pool_claim(resbm_pool *p) {
-    int idle = 0;
-    return __atomic_compare_exchange_n(&p->busy, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-}
-static void resbm__pool_release(resbm_pool *p) { __atomic_store_n(&p->busy, 0, __ATOMIC_RELEASE); }
 
 RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t ntasks) {
     size_t t;
@@ -1923,6 +1904,7 @@ struct resbm_model {
     size_t nopt;
     float *backup;                    /* [nfloats + nopt] parameters and state before the last update */
     int has_backup;
+    unsigned loads;                   /* checkpoints loaded into it: a stage then agrees anew */
     float *rope_cos, *rope_sin;       /* [T, hd/2] */
     resbm__acts *slots;               /* [act_slots] */
     float *dres, *dtmp, *dq, *dk, *dv; /* [N,d] backward scratch */
@@ -2637,16 +2619,18 @@ static void resbm__finite_range(void *ctx, size_t b, size_t e) {
     if (!resbm__all_finite(j->src + b, e - b)) __atomic_store_n(j->bad, 1, __ATOMIC_RELAXED);
 }
 
-/* Parameters, then optimizer state, into the backup or back from it. */
+/* Parameters, then optimizer state, into the backup (on the pool) or back from it (on this
+   thread alone: the restore must not fail because the pool is busy). */
 static int resbm__model_copy(resbm_model *m, int to_backup) {
     resbm__copy_job j;
+    resbm_pool *pool = to_backup ? m->pool : NULL;
     j.bad = NULL;
     j.dst = to_backup ? m->backup : m->pmem;
     j.src = to_backup ? m->pmem : m->backup;
-    RESBM__TRY(resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__copy_range, &j));
+    RESBM__TRY(resbm__parallel_for(pool, m->nfloats, 4 * RESBM__CHUNK, resbm__copy_range, &j));
     j.dst = to_backup ? m->backup + m->nfloats : m->omem;
     j.src = to_backup ? m->omem : m->backup + m->nfloats;
-    return resbm__parallel_for(m->pool, m->nopt, 4 * RESBM__CHUNK, resbm__copy_range, &j);
+    return resbm__parallel_for(pool, m->nopt, 4 * RESBM__CHUNK, resbm__copy_range, &j);
 }
 
 static int resbm__model_finite(resbm_model *m, int *ok) {
@@ -3463,7 +3447,7 @@ struct resbm_stage {
     uint64_t step;                /* = the model's update count: frames of a step carry it */
     int attempt;                  /* of this step: 0, and one more after each failure */
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
-    long synced_step;             /* the model's step when the last call ended */
+    unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
     int pool_attached;            /* this stage holds cfg.model.pool's stage slot */
     uint32_t job[RESBM__JOB_N];
     int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
@@ -3523,11 +3507,31 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
 
+/* The largest frame: an activation or gradient in f32 or i8 (the larger), or a hello. */
+static int resbm__frame_cap(size_t Nmb, size_t w, size_t *out) {
+    size_t pb, pb2;
+    if (Nmb > 0xffffffffu || resbm_wire_payload_bytes(RESBM_WIRE_F32, Nmb, w, &pb) ||
+        resbm_wire_payload_bytes(RESBM_WIRE_I8, Nmb, w, &pb2) ||
+        resbm_size_add(out, RESBM_FRAME_HEADER, RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)4 * RESBM__JOB_FLOATS)))
+        return RESBM_EOVERFLOW;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes) {
+    resbm_model_config mc;
+    resbm_opt_config oc;
+    if (!cfg || !bytes) return RESBM_EINVAL;
+    mc = cfg->model;
+    oc = cfg->opt;
+    RESBM__TRY(resbm__resolve(&mc, &oc));
+    return resbm__frame_cap((size_t)mc.batch * (size_t)mc.seq, (size_t)mc.r, bytes);
+}
+
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) {
     resbm_stage tmp, *st;
     resbm_model_config mc;
     resbm_arena a;
-    size_t pb, pb2, zf;
+    size_t zf;
     int rc;
     if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv || cfg->n_micro < 0 ||
         cfg->n_micro > (int)RESBM__MAX_INDEX || cfg->wire_fwd < RESBM_WIRE_F32 ||
@@ -3561,14 +3565,10 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     tmp.cfg.model = tmp.model->cfg;
     tmp.Nmb = (size_t)tmp.model->cfg.batch * (size_t)tmp.model->cfg.seq;
     tmp.w = tmp.model->r;
-    if (tmp.Nmb > 0xffffffffu ||
-        resbm_wire_payload_bytes(RESBM_WIRE_F32, tmp.Nmb, tmp.w, &pb) ||
-        resbm_wire_payload_bytes(RESBM_WIRE_I8, tmp.Nmb, tmp.w, &pb2) ||
-        resbm_size_mul(&zf, tmp.Nmb, tmp.w)) {
+    if (resbm__frame_cap(tmp.Nmb, tmp.w, &tmp.frame_cap) || resbm_size_mul(&zf, tmp.Nmb, tmp.w)) {
         rc = RESBM_EOVERFLOW;
         goto fail;
     }
-    tmp.frame_cap = RESBM_FRAME_HEADER + RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)4 * RESBM__JOB_FLOATS);
     if (tmp.cfg.link_bytes_per_sec > 0.0 && tmp.cfg.timeout_ms > 0) { /* the timeout rule */
         size_t bf = 0, bb = 0;
         double ms;
@@ -3602,7 +3602,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     st->stats.memory_bytes = a.cap + resbm_model_bytes(st->model);
     st->agreed[0] = st->s == 0;          /* no previous stage */
     st->agreed[1] = st->s == st->S - 1;  /* no next stage */
-    st->synced_step = st->model->step;
+    st->synced_loads = st->model->loads;
     *out = st;
     return RESBM_OK;
 fail:
@@ -3673,10 +3673,13 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
     if ((rc = resbm_frame_decode(v, RESBM__JOB_FLOATS, st->rbuf, len, &e))) return rc;
     resbm__stage_job(st);
     for (i = 0; i < RESBM__JOB_FLOATS; i++)
-        if (!(v[i] >= 0.0f && v[i] <= 65535.0f && v[i] == (float)(int)v[i])) {
+        if (!(v[i] >= 0.0f && v[i] <= 65535.0f && v[i] == (float)(int)v[i]) ||
+            (i < 2 && v[i] > (i ? (float)RESBM__MAX_ATTEMPT : 1.0f))) {
             snprintf(st->why, sizeof(st->why), "stage %d sent a malformed job description", from);
             return RESBM_EJOB;
         }
+    /* a neighbour that restarted waits for our answer, match or not: so it too learns the truth */
+    if (st->agreed[side] && v[0] == 0.0f) RESBM__TRY(resbm__stage_hello(st, from, 1));
     for (i = 0; i < RESBM__JOB_N; i++) {
         uint32_t theirs = (uint32_t)v[2 + 2 * i] << 16 | (uint32_t)v[3 + 2 * i];
         if (theirs != st->job[i]) {
@@ -3691,7 +3694,6 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
         }
     }
     if ((int)v[1] > st->attempt) st->attempt = (int)v[1]; /* a restarted peer starts at 0 */
-    if (st->agreed[side] && v[0] == 0.0f) RESBM__TRY(resbm__stage_hello(st, from, 1));
     st->agreed[side] = 1;
     return RESBM_OK;
 }
@@ -3769,8 +3771,9 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
         }
         if (!resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from &&
             (f.step < st->step || (f.step == st->step && (int)(f.micro >> 24) < st->attempt) ||
-             (st->attempt > 0 && f.step == st->step + 1)))
-            continue; /* left over from a failed attempt (or from a step a neighbour undid) */
+             (st->attempt > 0 && f.step == st->step + 1) || want_for == RESBM__FOR_JOB))
+            continue; /* left over from a failed attempt, a step a neighbour undid, or (while
+                         waiting for its hello) from before this stage was reloaded or restarted */
         st->stats.bytes_recv[kind] += len;
         st->stats.frames_recv[kind]++;
         e.kind = kind; e.dtype = dtype; e.from_stage = (unsigned)from; e.to_stage = (unsigned)st->s;
@@ -3784,12 +3787,12 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
 static int resbm__stage_begin(resbm_stage *st) {
     int side;
     st->why[0] = 0;
-    if (st->model->step != st->synced_step) { /* loaded in between: prove the job again */
+    if (st->model->loads != st->synced_loads) { /* loaded in between: prove the job again */
         st->agreed[0] = st->s == 0;
         st->agreed[1] = st->s == st->S - 1;
         st->hello_sent = 0;
         st->attempt = 0;
-        st->synced_step = st->model->step;
+        st->synced_loads = st->model->loads;
     }
     st->step = (uint64_t)st->model->step;
     if (st->attempt >= RESBM__MAX_ATTEMPT) {
@@ -3816,17 +3819,19 @@ static int resbm__stage_begin(resbm_stage *st) {
    one is mistaken for it. Before the job is agreed nothing has flowed, so nothing is sent. */
 static int resbm__stage_end(resbm_stage *st, int rc) {
     int side, code = rc, origin = st->s, skip = -1;
-    st->synced_step = st->model->step;
     if (!rc) return RESBM_OK;
     if (rc == RESBM_EPEER) { code = st->abort_code; origin = st->abort_origin; skip = st->abort_from; }
     if (!st->why[0])
         snprintf(st->why, sizeof(st->why), "stage %d, step %lu: %s", st->s, (unsigned long)st->step,
                  resbm_strerror(rc));
-    if (rc == RESBM_EJOB || !(st->agreed[0] && st->agreed[1])) return rc;
+    if (st->attempt >= RESBM__MAX_ATTEMPT) return rc; /* this stage is done until it is reset */
+    /* before the job is agreed nothing has flowed, so there is nothing to abort, except that a
+       neighbour already agreed must hear that this one refuses the job */
+    if (rc != RESBM_EJOB && !(st->agreed[0] && st->agreed[1])) return rc;
     for (side = 0; side < 2; side++) {
         int peer = st->s + (side ? 1 : -1);
         float v[2];
-        if (peer < 0 || peer >= st->S || peer == skip) continue;
+        if (peer < 0 || peer >= st->S || peer == skip || !st->agreed[side]) continue;
         v[0] = (float)code;
         v[1] = (float)origin;
         (void)resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, peer,
@@ -3876,17 +3881,17 @@ static int resbm__stage_bwd(resbm_stage *st, int k) {
 
 /* The step across stages is all or nothing. The squared gradient norms are summed forward along
    the pipeline (control frame, index 0); the last stage, which then knows every stage finished
-   its backward, checks the total and the loss, applies its update and sends [total, loss] back
-   (index 1), each stage applying its own update before passing it on. A stage that cannot apply
-   it (its update would be non-finite, or the frame does not arrive whole) fails, and its abort
-   makes every stage that had already applied the step undo it (resbm_model_rollback), so after
-   any single fault either every stage has the update or none has. */
+   its backward, checks the total and the loss and sends [total, loss] back (index 1); each stage
+   passes it on, then applies its own update. A stage that cannot (its update would be
+   non-finite, or the frame does not arrive whole) fails, and its abort makes every stage that
+   had already applied the step undo it (resbm_model_rollback), so after any single fault either
+   every stage has the update or none has. */
 static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                                  float *loss) {
     resbm_model *m = st->model;
     double sq, loss_sum = 0.0, t0;
     float part[1], back[2], scale;
-    int warm, i, fi = 0, bi = 0, sl, rc;
+    int warm, i, fi = 0, bi = 0, sl;
     for (sl = 0; sl < m->cfg.act_slots; sl++) m->slots[sl].rows = 0; /* a failed step left some */
     RESBM__TRY(resbm_model_zero_grad(m));
     warm = RESBM__MIN(st->S - st->s - 1, st->n);
@@ -3919,16 +3924,15 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
         back[1] = (float)(loss_sum / st->n);
         if (!resbm__finite(back[0]) || !resbm__finite(back[1])) return RESBM_ENONFINITE;
     }
+    /* pass it on first (the stages before do not wait for this one's update), then apply; if the
+       update fails, this stage's abort makes those that applied it undo it */
+    if (!m->first)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
     scale = resbm_clip_scale(&st->cfg.opt, back[0]);
     t0 = resbm__now();
     RESBM__TRY(resbm_model_update(m, scale)); /* undone by itself if it fails */
     st->stats.compute_s += resbm__now() - t0;
-    if (!m->first &&
-        (rc = resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
-                                RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back))) {
-        resbm_model_rollback(m); /* the stages before this one will not hear of it */
-        return rc;
-    }
     st->step = (uint64_t)m->step;
     st->attempt = 0;
     st->stats.steps++;
@@ -3944,16 +3948,14 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
     if (!st) return RESBM_EINVAL;
     m = st->model;
     T = (size_t)m->cfg.seq;
-    if (rows != (size_t)st->n * (size_t)m->cfg.batch || (m->first && !tokens) ||
-        (m->last && !targets))
-        return RESBM_EINVAL;
-    if ((m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) ||
-        (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))) {
-        st->step = (uint64_t)m->step; /* the neighbours are waiting for this step: tell them */
-        st->why[0] = 0;
-        return resbm__stage_end(st, RESBM_ERANGE);
-    }
+    /* bad input fails the step on every stage (the neighbours are waiting for it), like any fault */
     rc = resbm__stage_begin(st);
+    if (!rc && (rows != (size_t)st->n * (size_t)m->cfg.batch || (m->first && !tokens) ||
+                (m->last && !targets)))
+        rc = RESBM_EINVAL;
+    if (!rc && ((m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) ||
+                (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))))
+        rc = RESBM_ERANGE;
     if (!rc) rc = resbm__stage_step_run(st, tokens, targets, loss);
     return resbm__stage_end(st, rc);
 }
@@ -3968,6 +3970,18 @@ static int resbm__stage_back(resbm_stage *st, uint32_t micro, float *v, size_t n
     return RESBM_OK;
 }
 
+/* A neighbour's abort, if one came (the chunks of an eval flow one way only, so a stage that
+   stopped reading them would otherwise leave this one sending into a full link). */
+static int resbm__stage_poll_abort(resbm_stage *st, int from) {
+    int saved = st->cfg.timeout_ms, rc;
+    float v[2];
+    st->cfg.timeout_ms = 0;
+    rc = resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, from,
+                           RESBM__MICRO(st->attempt, RESBM__FOR_ABORT, 0), 1, 2, v);
+    st->cfg.timeout_ms = saved;
+    return rc == RESBM_ETIMEDOUT ? RESBM_OK : rc ? rc : RESBM_EPEER;
+}
+
 static int resbm__stage_eval_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                                  size_t rows, float *loss) {
     resbm_model *m = st->model;
@@ -3980,6 +3994,7 @@ static int resbm__stage_eval_run(resbm_stage *st, const int32_t *tokens, const i
     for (; done < rows; done += B, k++) {
         size_t n = RESBM__MIN(B, rows - done);
         float l;
+        if (!m->last) RESBM__TRY(resbm__stage_poll_abort(st, st->s + 1));
         rc = resbm__stage_fwd(st, RESBM__MICRO(st->attempt, RESBM__FOR_EVAL, k), 0, n,
                               m->first ? tokens + done * T : NULL, m->last ? targets + done * T : NULL, &l);
         resbm_model_release(m, 0);
@@ -4002,14 +4017,16 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
     resbm_model *m;
     size_t T;
     int rc;
-    if (!st || !loss || rows == 0) return RESBM_EINVAL;
+    if (!st) return RESBM_EINVAL;
     m = st->model;
     T = (size_t)m->cfg.seq;
-    if (rows / (size_t)m->cfg.batch > RESBM__MAX_INDEX) return RESBM_EINVAL;
-    if ((m->first && !tokens) || (m->last && !targets)) return RESBM_EINVAL;
-    if (m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
-    if (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
     rc = resbm__stage_begin(st);
+    if (!rc && (!loss || rows == 0 || rows / (size_t)m->cfg.batch > RESBM__MAX_INDEX ||
+                (m->first && !tokens) || (m->last && !targets)))
+        rc = RESBM_EINVAL;
+    if (!rc && ((m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) ||
+                (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))))
+        rc = RESBM_ERANGE;
     if (!rc) rc = resbm__stage_eval_run(st, tokens, targets, rows, loss);
     return resbm__stage_end(st, rc);
 }
@@ -4061,13 +4078,13 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out) {
     resbm_model *m;
     int rc;
-    if (!st || n_prompt == 0 || (n_new && !out) || !(temperature > 0.0f) ||
-        !resbm__finite(temperature) || n_new > (size_t)RESBM__MAX_INDEX + 1)
-        return RESBM_EINVAL;
+    if (!st) return RESBM_EINVAL;
     m = st->model;
-    if (m->first && !prompt) return RESBM_EINVAL;
-    if (m->first && !resbm__targets_ok(prompt, n_prompt, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
     rc = resbm__stage_begin(st);
+    if (!rc && (n_prompt == 0 || (n_new && !out) || !resbm__finite(temperature) ||
+                !(temperature > 0.0f) || n_new > (size_t)RESBM__MAX_INDEX + 1 || (m->first && !prompt)))
+        rc = RESBM_EINVAL;
+    if (!rc && m->first && !resbm__targets_ok(prompt, n_prompt, (size_t)m->cfg.vocab)) rc = RESBM_ERANGE;
     if (!rc) rc = resbm__stage_generate_run(st, prompt, n_prompt, n_new, temperature, seed, out);
     return resbm__stage_end(st, rc);
 }
@@ -4694,6 +4711,7 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
     for (i = 0; i < n_models; i++) {
         models[i]->step = step;
         models[i]->has_backup = 0; /* the state before the last update is not this file's */
+        models[i]->loads++;
         for (j = 0; j < (size_t)models[i]->cfg.act_slots; j++) models[i]->slots[j].rows = 0;
     }
 done:

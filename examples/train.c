@@ -476,8 +476,17 @@ out:
 
 /* ---- setup, summary ---------------------------------------------------------------------------- */
 /* The largest frame a stage sends: a microbatch of r = d floats in f32, with room to spare. */
+static resbm_stage_config stage_config(const options *o, int s, const resbm_transport *tr);
+/* The largest frame a stage sends, as the library reports it, or that of r = d (the raw residual)
+   if larger: the mailboxes and the TCP limit are sized by it. */
 static size_t frame_max_bytes(const options *o) {
-    return RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d + 64;
+    size_t lib = 0, raw = RESBM_FRAME_HEADER + 4 * (size_t)(o->batch / o->micro) * (size_t)o->seq * (size_t)o->d;
+    resbm_transport none;
+    resbm_stage_config c;
+    memset(&none, 0, sizeof(none));
+    c = stage_config(o, 0, &none);
+    if (resbm_stage_max_frame(&c, &lib)) lib = 0;
+    return (lib > raw ? lib : raw) + 64;
 }
 
 /* The link bandwidth the timeouts assume: --link-mbps, else the shaped --bandwidth-mbps. */

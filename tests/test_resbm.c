@@ -3146,6 +3146,19 @@ static void *job_thread(void *p) {
     a->seconds = resbm__now() - t0;
     return NULL;
 }
+typedef struct { resbm_stage *st; int rc, bad; double seconds; } eval_abort_arg;
+static void *eval_abort_thread(void *p) {
+    eval_abort_arg *a = (eval_abort_arg *)p;
+    static int32_t tok[2][64 * 8], tg[2][64 * 8];
+    int me = a->bad;
+    double t0 = resbm__now();
+    float loss;
+    tiny_batch(tok[me], tg[me], 64 * 8, 23, 4);
+    if (a->bad) tg[me][5] = -7;
+    a->rc = resbm_stage_eval(a->st, tok[me], tg[me], 64, &loss);
+    a->seconds = resbm__now() - t0;
+    return NULL;
+}
 static void test_job_agreement(void) {
     const char *fields[] = {"seq", "d", "layers", "vocab", "no_identity", "stages", "optimizer", "clip", "r", "lr", "n_micro"};
     int k, s;
@@ -3214,6 +3227,34 @@ static void test_job_agreement(void) {
             CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == 1, "stage %d applied the failed step", s);
         }
         for (s = 0; s < 3; s++) resbm_stage_free(st[s]);
+        resbm_inproc_free(hub);
+    }
+    { /* an eval whose last stage refuses its targets: the first stage, which sends chunk after
+         chunk without reading, hears the abort and stops, even through a link of 3 frames */
+        resbm_inproc *hub;
+        resbm_stage *st[2];
+        eval_abort_arg ea[2];
+        pthread_t th[2];
+        size_t mf = 0;
+        for (s = 0; s < 2; s++) {
+            resbm_stage_config c = resbm_stage_config_default();
+            c.model = pipe_config(); c.model.stages = 2; c.model.layers = 2; c.model.stage = s;
+            c.timeout_ms = 30000;
+            if (s == 0) {
+                CHECK_RC(resbm_stage_max_frame(&c, &mf), RESBM_OK);
+                CHECK(mf >= 40 + 4 * 8 * 4 && mf >= 40 + 4 * RESBM__JOB_FLOATS, "max frame %zu", mf);
+                resbm_inproc_init(2, 3 * (mf + 8), &hub);
+            }
+            resbm_inproc_transport(hub, s, &c.transport);
+            CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+            CHECK(s == 0 || st[s]->frame_cap == mf, "max frame %zu, the stage's %zu", mf, st[s]->frame_cap);
+        }
+        if (th_fail_now) return;
+        for (s = 0; s < 2; s++) { ea[s].st = st[s]; ea[s].bad = s == 1; pthread_create(&th[s], NULL, eval_abort_thread, &ea[s]); }
+        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        CHECK(ea[1].rc == RESBM_ERANGE && ea[0].rc == RESBM_EPEER && ea[0].seconds < 10.0,
+              "eval: stage 1 %s, stage 0 %s after %.1f s", resbm_strerror(ea[1].rc), resbm_strerror(ea[0].rc), ea[0].seconds);
+        for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
         resbm_inproc_free(hub);
     }
 }
