@@ -89,7 +89,17 @@ check-compile: | $(BUILD)
 	@set -e; for cxx in g++ clang++; do command -v $$cxx >/dev/null || continue; \
 	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ -c tests/compile_c.c -o $(BUILD)/cc.o; \
 	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ -c tests/test_resbm.c -o $(BUILD)/cc.o; done
-	@echo "header compiles clean: gcc/clang C99 (native, AVX2, scalar, static, no-threads), g++/clang++ C++11"
+	@set -e; for cc in gcc clang; do command -v $$cc >/dev/null || continue; \
+	  for std in c99 gnu99; do \
+	    $$cc -std=$$std $(ARCH) $(WARN) -O2 tests/host_plain_then_impl.c -o $(BUILD)/host1 $(LIBS) && $(BUILD)/host1; \
+	    $$cc -std=$$std $(ARCH) $(WARN) -O2 tests/host_impl_first.c -o $(BUILD)/host2 $(LIBS) && $(BUILD)/host2; done; \
+	  $$cc -std=c99 $(ARCH) $(WARN) -Ofast tests/host_fast_math.c -o $(BUILD)/host3 $(LIBS) && $(BUILD)/host3; done
+	@set -e; for cxx in g++ clang++; do command -v $$cxx >/dev/null || continue; \
+	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ tests/host_plain_then_impl.c -o $(BUILD)/host1 $(LIBS) && $(BUILD)/host1; \
+	  $$cxx -std=c++11 $(ARCH) $(WARN) -O2 -x c++ tests/host_impl_first.c -o $(BUILD)/host2 $(LIBS) && $(BUILD)/host2; \
+	  $$cxx -std=c++11 $(ARCH) $(WARN) -Ofast -x c++ tests/host_fast_math.c -o $(BUILD)/host3 $(LIBS) && $(BUILD)/host3; done
+	@echo "header compiles clean: gcc/clang C99 (native, AVX2, scalar, static, no-threads), g++/clang++ C++11;"
+	@echo "  hosts: plain include then implementation, implementation first with M_PI after, -Ofast (run: NaN/Inf still refused)"
 
 # The whole suite. scripts/setup.sh installs what it needs first (a second run installs nothing);
 # the build then runs in a fresh make, so it sees what was just installed (OpenBLAS, MPI).

@@ -78,11 +78,15 @@
        0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
             backward, whole-model forward/backward, AdamW, Muon, SGD, safetensors writer.
 */
-/* The implementation uses POSIX clocks and sleeps: ask for them when the implementing file
-   includes this header first under a strict ISO mode (-std=c99). */
-#if defined(RESBM_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_XOPEN_SOURCE) && \
-    !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
-#define _POSIX_C_SOURCE 200809L
+/* The implementation uses POSIX clocks, sleeps and files. Ask libc for them on every include,
+   the plain one too (a host's own header often includes this one before the implementing include
+   comes), and with _DEFAULT_SOURCE, which only adds to what a host gets by default (M_PI, strdup
+   and the rest stay visible), never hides. A host that chose its feature macros keeps its own. It
+   works when this header comes before any libc header of the file; otherwise see the #error in
+   the implementation. */
+#if !defined(_POSIX_C_SOURCE) && !defined(_XOPEN_SOURCE) && !defined(_GNU_SOURCE) && \
+    !defined(_DEFAULT_SOURCE) && !defined(_BSD_SOURCE)
+#define _DEFAULT_SOURCE 1
 #endif
 
 #ifndef RESBM_H
@@ -615,6 +619,9 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
 #endif
 #ifdef RESBM_USE_CBLAS
 #include <cblas.h>
+#endif
+#if defined(__GLIBC__) && !defined(__USE_POSIX199309)
+#error "resbm.h: the implementation needs POSIX clocks: include resbm.h before any libc header, define _DEFAULT_SOURCE (or _POSIX_C_SOURCE 200809L) before them, or build with -std=gnu99"
 #endif
 
 #if defined(RESBM_MALLOC) && !defined(RESBM_FREE)
@@ -1289,6 +1296,11 @@ RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, 
 static uint32_t resbm__fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float resbm__bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static int resbm__finite(float f) { return (resbm__fbits(f) & 0x7f800000u) != 0x7f800000u; }
+static int resbm__finite_d(double x) {
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    return (u & 0x7ff0000000000000ULL) != 0x7ff0000000000000ULL;
+}
 static float resbm__dot(const float *a, const float *b, size_t n) {
     size_t i = 0;
 #if defined(__AVX512F__)
@@ -1963,6 +1975,7 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
     if (!c->m) c->m = c->d >= 4 ? c->d / 4 : 1;
     if (!c->threads) c->threads = dc.threads;
     if (!c->seed) c->seed = dc.seed;
+    if (!resbm__finite(c->init_std)) return RESBM_EINVAL;
     if (c->init_std == 0.0f) c->init_std = dc.init_std;
     if (c->vocab < 1 || c->d < 2 || c->layers < 1 || c->heads < 1 || c->ff < 1 || c->seq < 1 ||
         c->batch < 1 || c->stages < 1 || c->stage < 0 || c->stage >= c->stages ||
@@ -1973,6 +1986,13 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
         return RESBM_EINVAL;
     if (!(c->init_std > 0.0f) || !(c->init_std < 1e3f)) return RESBM_EINVAL;
     /* NaN, Inf and absurd magnitudes are refused here, so no update can start from them */
+    /* NaN and Inf first, by their bits: "zero means default" must not take a NaN for a zero (a
+       -ffast-math host's compiler may assume no NaN in these comparisons) */
+    if (!resbm__finite(o->lr) || !resbm__finite(o->min_lr_frac) || !resbm__finite(o->beta1) ||
+        !resbm__finite(o->beta2) || !resbm__finite(o->eps) || !resbm__finite(o->weight_decay) ||
+        !resbm__finite(o->clip) || !resbm__finite(o->muon_lr) || !resbm__finite(o->muon_momentum) ||
+        !resbm__finite(o->bottleneck_lr_scale))
+        return RESBM_EINVAL;
     if (o->lr == 0.0f) o->lr = dop.lr;
     if (o->beta1 == 0.0f) o->beta1 = dop.beta1;
     if (o->beta2 == 0.0f) o->beta2 = dop.beta2;
@@ -2933,7 +2953,7 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
             resbm__put32(q, resbm__fbits(scale));
             for (i = 0; i < bn; i++) {
                 float v = roundf(x[b0 + i] * inv);
-                if (v != v) v = 0.0f; /* 0 * inf: a denormal absmax makes inv overflow */
+                if (!resbm__finite(v)) v = 0.0f; /* 0 * inf: a denormal absmax makes inv overflow */
                 v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
                 q[4 + i] = (unsigned char)(signed char)(int)v;
             }
@@ -3358,6 +3378,7 @@ RESBMDEF int resbm_shaper_init(const resbm_transport *inner, int n, double bytes
     resbm_shaper *s;
     size_t slot;
     if (!inner || !inner->send || !inner->recv || !out || n < 1 || n > 4096 ||
+        !resbm__finite_d(bytes_per_sec) || !resbm__finite_d(latency_ms) ||
         !(bytes_per_sec == 0.0 || (bytes_per_sec >= 1.0 && bytes_per_sec <= 1e15)) ||
         !(latency_ms >= 0.0 && latency_ms <= 1e6) || max_message == 0)
         return RESBM_EINVAL;
@@ -3536,7 +3557,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv || cfg->n_micro < 0 ||
         cfg->n_micro > (int)RESBM__MAX_INDEX || cfg->wire_fwd < RESBM_WIRE_F32 ||
         cfg->wire_fwd > RESBM_WIRE_I8 || cfg->wire_bwd < RESBM_WIRE_F32 ||
-        cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 ||
+        cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 || !resbm__finite_d(cfg->link_bytes_per_sec) ||
         !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
         return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
