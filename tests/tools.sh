@@ -15,7 +15,7 @@ step() { # name, make target and arguments
 step "ASan+UBSan: unit suite, torch dump, TCP tests" sanitize
 step "ThreadSanitizer: runtime, transports, pool, TCP" tsan
 step "valgrind memcheck: a 2-stage training run, no errors, no leaks" valgrind
-step "libFuzzer: frame decoder and safetensors loader, ${FUZZ_SECONDS:-60} s each" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+step "libFuzzer: frame decoder, safetensors loader, stage receive path, ${FUZZ_SECONDS:-60} s each" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 grep -E '^(stat::number_of_executed_units|Done [0-9]+ runs)' "$log" | sed 's/^/       /'
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
