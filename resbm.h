@@ -448,11 +448,27 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
                                 const resbm_frame_info *expect);
 
 /* ---- transport (docs/design.md §6): the host's stack behind two callbacks -----------------------
-   Return 0 or a negative RESBM_E* code. Messages arrive whole and in order per peer. recv waits
-   up to timeout_ms (< 0 forever, 0 poll): RESBM_ETIMEDOUT when nothing came, RESBM_ECLOSED when
-   the peer is gone; a message larger than cap is RESBM_EMSGSIZE and stays queued. send must not
-   wait for the peer's recv (buffer at least S frames per peer): in 1F1B two neighbours send to
-   each other at the same moment, and two rendezvous sends would wait for each other forever. */
+   What a host's transport must do (resbm_transport_check tests a pair of its endpoints):
+   - Return 0 or a negative code: RESBM_ETIMEDOUT (nothing within timeout_ms; < 0 waits forever,
+     0 polls), RESBM_ECLOSED (the peer is gone), RESBM_EMSGSIZE (a message larger than cap: it
+     stays queued for a larger buffer), RESBM_EINVAL (a bad argument), RESBM_ETRANSPORT (anything
+     else). Other codes are taken as RESBM_ETRANSPORT.
+   - Messages arrive whole and in order per peer. A lost one is caught, not repaired: the receive
+     times out and the step aborts on every stage.
+   - send must not wait for the peer's recv: in 1F1B two neighbours send to each other at the
+     same moment, and two rendezvous sends would wait for each other forever. Buffer at least
+     n_micro + 3 frames of resbm_stage_max_frame bytes per peer (a step never has more in flight
+     on one link). A send that cannot complete may block, but should give up (RESBM_ETIMEDOUT)
+     after about the receive timeout rather than wait forever.
+   - Peers: a resbm_stage calls send and recv only with its neighbours, stage - 1 and stage + 1.
+   - Before step 0: a link must take sends as soon as the stage exists (its first call sends its
+     hello at once); a neighbour that has not started yet is fine if what is sent to it waits.
+   - buf is the caller's and lives for the call only: send copies or writes it before returning,
+     recv writes at most cap bytes into it.
+   - Threads: a stage calls its transport from one thread at a time; a transport serving stages
+     on several threads (as resbm_inproc does) takes their calls at once.
+   - At exit: what a stage sent may still be in flight when its last call returns; keep a link
+     open until its neighbour has returned from its last call too. */
 typedef struct resbm_transport {
     void *user;
     int (*send)(void *user, int peer, const void *buf, size_t len);
@@ -469,6 +485,16 @@ RESBMDEF int resbm_inproc_transport(resbm_inproc *hub, int me, resbm_transport *
 /* Peer `peer` is gone: its pending and future sends fail with RESBM_ECLOSED, and so do the
    others' receives from it once its mailbox is empty. */
 RESBMDEF int resbm_inproc_close(resbm_inproc *hub, int peer);
+
+/* Conformance of a transport pair: endpoint `a` (whose peer number for the other end is a_peer)
+   and endpoint `b` (b_peer), both usable from this thread: order and integrity of messages of 1
+   byte, 0, max_message / 2 and max_message bytes sent before any is received; a poll and a 50 ms
+   wait on an empty link; a message larger than the buffer (RESBM_EMSGSIZE, then whole with a
+   larger one); sends both ways at once; a message after a timed-out receive. scratch holds
+   2 * max_message bytes. RESBM_OK, or the first failure's code with a one-line reason in why. */
+RESBMDEF int resbm_transport_check(const resbm_transport *a, int a_peer, const resbm_transport *b,
+                                   int b_peer, size_t max_message, void *scratch,
+                                   size_t scratch_bytes, char *why, size_t why_len);
 
 /* Shaping wrapper: a link of `bytes_per_sec` (0 = unlimited, else 1 to 1e15) and one-way
    `latency_ms` (0 to 1e6) per direction, around any transport; it is a transport itself. A
@@ -3297,6 +3323,79 @@ RESBMDEF int resbm_inproc_close(resbm_inproc *h, int peer) {
 #endif
         RESBM__UNLOCK(b2);
     }
+    return RESBM_OK;
+}
+
+/* ---- transport conformance -------------------------------------------------------------------- */
+static int resbm__check_fail(char *why, size_t why_len, const char *what, int rc) {
+    if (why && why_len) snprintf(why, why_len, "%s (%s)", what, resbm_strerror(rc));
+    return rc ? rc : RESBM_ETRANSPORT;
+}
+
+/* A message of n bytes whose content depends on its number, to check order and integrity. */
+static void resbm__check_fill(unsigned char *b, size_t n, unsigned tag) {
+    size_t i;
+    for (i = 0; i < n; i++) b[i] = (unsigned char)(i * 31u + tag * 7u + (i >> 8));
+}
+
+RESBMDEF int resbm_transport_check(const resbm_transport *a, int a_peer, const resbm_transport *b,
+                                   int b_peer, size_t max_message, void *scratch,
+                                   size_t scratch_bytes, char *why, size_t why_len) {
+    static const size_t fracs[4] = {1, 0, 2, 1}; /* sizes: 1 byte, 0, max/2, max */
+    unsigned char *tx, *rx;
+    size_t len = 0, sizes[4];
+    double t0, dt;
+    int k, rc;
+    if (why && why_len) why[0] = 0;
+    if (!a || !b || !a->send || !a->recv || !b->send || !b->recv || max_message < 2 || !scratch ||
+        scratch_bytes / 2 < max_message || a_peer < 0 || b_peer < 0)
+        return RESBM_EINVAL;
+    tx = (unsigned char *)scratch;
+    rx = tx + max_message;
+    sizes[0] = 1; sizes[1] = 0; sizes[2] = max_message / fracs[2]; sizes[3] = max_message;
+    /* 1. order and whole messages, sent before any is received (send must not wait for recv) */
+    for (k = 0; k < 4; k++) {
+        resbm__check_fill(tx, sizes[k], (unsigned)k);
+        if ((rc = a->send(a->user, a_peer, tx, sizes[k])))
+            return resbm__check_fail(why, why_len, "send of a queued message failed (send must not wait for recv)", rc);
+    }
+    for (k = 0; k < 4; k++) {
+        if ((rc = b->recv(b->user, b_peer, rx, max_message, &len, 10000)))
+            return resbm__check_fail(why, why_len, "a message sent did not arrive within 10 s", rc);
+        resbm__check_fill(tx, sizes[k], (unsigned)k);
+        if (len != sizes[k] || memcmp(rx, tx, len))
+            return resbm__check_fail(why, why_len, "messages arrived out of order, cut or changed", 0);
+    }
+    /* 2. nothing queued: a 0 ms poll and a 50 ms wait time out, and promptly */
+    t0 = resbm__now();
+    if ((rc = b->recv(b->user, b_peer, rx, max_message, &len, 0)) != RESBM_ETIMEDOUT)
+        return resbm__check_fail(why, why_len, "a poll of an empty link is not RESBM_ETIMEDOUT", rc);
+    t0 = resbm__now();
+    rc = b->recv(b->user, b_peer, rx, max_message, &len, 50);
+    dt = resbm__now() - t0;
+    if (rc != RESBM_ETIMEDOUT) return resbm__check_fail(why, why_len, "a 50 ms wait on an empty link is not RESBM_ETIMEDOUT", rc);
+    if (dt < 0.040 || dt > 5.0) return resbm__check_fail(why, why_len, "a 50 ms wait took far more or less than 50 ms", 0);
+    /* 3. a message larger than the buffer: RESBM_EMSGSIZE, and it stays for a larger buffer */
+    resbm__check_fill(tx, max_message, 9);
+    if ((rc = a->send(a->user, a_peer, tx, max_message))) return resbm__check_fail(why, why_len, "send", rc);
+    if ((rc = b->recv(b->user, b_peer, rx, max_message - 1, &len, 10000)) != RESBM_EMSGSIZE)
+        return resbm__check_fail(why, why_len, "a message larger than the buffer is not RESBM_EMSGSIZE", rc);
+    if ((rc = b->recv(b->user, b_peer, rx, max_message, &len, 10000)) || len != max_message || memcmp(rx, tx, len))
+        return resbm__check_fail(why, why_len, "the message refused for a small buffer was not kept whole", rc);
+    /* 4. both ends send at once, then both receive: neither send may wait for the other's recv */
+    resbm__check_fill(tx, max_message, 11);
+    if ((rc = a->send(a->user, a_peer, tx, max_message)) || (rc = b->send(b->user, b_peer, tx, max_message)))
+        return resbm__check_fail(why, why_len, "simultaneous sends both ways did not both return", rc);
+    if ((rc = b->recv(b->user, b_peer, rx, max_message, &len, 10000)) || len != max_message || memcmp(rx, tx, len) ||
+        (rc = a->recv(a->user, a_peer, rx, max_message, &len, 10000)) || len != max_message || memcmp(rx, tx, len))
+        return resbm__check_fail(why, why_len, "simultaneous sends both ways did not both arrive whole", rc);
+    /* 5. a message after a timed-out receive still arrives */
+    if ((rc = a->recv(a->user, a_peer, rx, max_message, &len, 20)) != RESBM_ETIMEDOUT)
+        return resbm__check_fail(why, why_len, "the reverse link is not empty", rc);
+    resbm__check_fill(tx, 3, 5);
+    if ((rc = b->send(b->user, b_peer, tx, 3)) || (rc = a->recv(a->user, a_peer, rx, max_message, &len, 10000)) ||
+        len != 3 || memcmp(rx, tx, 3))
+        return resbm__check_fail(why, why_len, "a message after a timed-out receive did not arrive", rc);
     return RESBM_OK;
 }
 

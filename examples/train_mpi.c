@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     if (!load_data(&o, &ds)) { MPI_Finalize(); return 1; }
     /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour,
        evaluation sends all its chunks before the loss comes back */
-    frame_max = RESBM_FRAME_HEADER + 4 * (size_t)(o.batch / o.micro) * (size_t)o.seq * (size_t)o.d + 64;
+    frame_max = frame_max_bytes(&o);
     {
         size_t chunks = ((size_t)o.eval_rows + (size_t)(o.batch / o.micro) - 1) / (size_t)(o.batch / o.micro);
         size_t want = ((size_t)(2 * o.stages + 4) + chunks) * (frame_max + 8 + MPI_BSEND_OVERHEAD);

@@ -2552,6 +2552,47 @@ static void test_hostile_peer(void) {
 }
 #endif
 
+#ifndef RESBM_NO_THREADS
+/* The conformance check passes on the in-process transport and on the shaper around it, and
+   catches a transport that breaks the contract (one that reports the wrong code for a message
+   too large for the buffer). */
+static int wrong_code_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    resbm_transport *t = (resbm_transport *)u;
+    int rc = t->recv(t->user, peer, buf, cap, len, timeout_ms);
+    return rc == RESBM_EMSGSIZE ? RESBM_EINVAL : rc;
+}
+static int plain_send(void *u, int peer, const void *buf, size_t len) {
+    resbm_transport *t = (resbm_transport *)u;
+    return t->send(t->user, peer, buf, len);
+}
+static void test_transport_check(void) {
+    static unsigned char scratch[2 * 5000];
+    resbm_inproc *hub;
+    resbm_transport t0, t1, s0, s1, bad1;
+    resbm_shaper *sh0, *sh1;
+    char why[160];
+    CHECK_RC(resbm_inproc_init(2, 1 << 16, &hub), RESBM_OK);
+    if (th_fail_now) return;
+    resbm_inproc_transport(hub, 0, &t0);
+    resbm_inproc_transport(hub, 1, &t1);
+    CHECK_RC(resbm_transport_check(&t0, 1, &t1, 0, 5000, scratch, sizeof(scratch), why, sizeof(why)), RESBM_OK);
+    CHECK(why[0] == 0, "%s", why);
+    CHECK_RC(resbm_shaper_init(&t0, 2, 0, 5, 5000, &sh0), RESBM_OK);
+    CHECK_RC(resbm_shaper_init(&t1, 2, 0, 5, 5000, &sh1), RESBM_OK);
+    resbm_shaper_transport(sh0, &s0);
+    resbm_shaper_transport(sh1, &s1);
+    CHECK_RC(resbm_transport_check(&s0, 1, &s1, 0, 5000, scratch, sizeof(scratch), why, sizeof(why)), RESBM_OK);
+    CHECK(why[0] == 0, "shaper: %s", why);
+    bad1.user = &t1; bad1.send = plain_send; bad1.recv = wrong_code_recv;
+    CHECK(resbm_transport_check(&t0, 1, &bad1, 0, 5000, scratch, sizeof(scratch), why, sizeof(why)) != RESBM_OK &&
+          strstr(why, "EMSGSIZE") != NULL, "a wrong code passed: \"%s\"", why);
+    CHECK_RC(resbm_transport_check(&t0, 1, &t1, 0, 5000, scratch, 100, why, sizeof(why)), RESBM_EINVAL);
+    resbm_shaper_free(sh0);
+    resbm_shaper_free(sh1);
+    resbm_inproc_free(hub);
+}
+#endif
+
 /* ---- tests that the mutation runs showed missing ------------------------------------------------ */
 /* bottleneck_lr_scale reaches AdamW's and Muon's updates of the bottleneck (and nothing else). */
 static void test_bottleneck_lr_scale_all_optimizers(void) {
@@ -3487,6 +3528,7 @@ int main(int argc, char **argv) {
     RUN(test_shaper_distrust);
     RUN(test_transport_codes);
     RUN(test_job_agreement);
+    RUN(test_transport_check);
     RUN(test_pipeline_eval_generate);
 #endif
     rc = th_finish();

@@ -559,6 +559,21 @@ static void test_secret_and_job(void) {
     }
 }
 
+/* resbm_transport_check on a 2-peer mesh: the adapter meets the whole transport contract. */
+static void test_conformance(void) {
+    static unsigned char scratch[2 * 300000];
+    tcp_mesh *m[2];
+    resbm_transport ta, tb;
+    char why[160];
+    if (open_mesh(2, m)) { EXPECT(0, "open"); return; }
+    tcp_mesh_transport(m[0], &ta);
+    tcp_mesh_transport(m[1], &tb);
+    EXPECT_RC(resbm_transport_check(&ta, 1, &tb, 0, 300000, scratch, sizeof(scratch), why, sizeof(why)), RESBM_OK);
+    EXPECT(why[0] == 0, "%s", why);
+    tcp_mesh_close(m[0]);
+    tcp_mesh_close(m[1]);
+}
+
 static void test_bad_handshake_ignored(void) {
     char addrs[2][32];
     const char *ap[2];
@@ -811,6 +826,7 @@ int main(void) {
     run("cap_too_small", test_cap_too_small);
     run("length_limit", test_length_limit);
     run("closed_peer", test_closed_peer);
+    run("conformance", test_conformance);
     run("bad_handshake_ignored", test_bad_handshake_ignored);
     run("secret_and_job", test_secret_and_job);
     run("unreachable_peer", test_unreachable_peer);
