@@ -606,7 +606,9 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
    One safetensors file for any set of stage models (all of them, or one per process): every
    parameter under its design name, F32; optimizer state as "opt.<name>.m" and "opt.<name>.v"
    (AdamW moments; Muon's momentum is .m); metadata "format" = "resbm-checkpoint-1", "step" (updates
-   applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs. */
+   applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs.
+   RESBM_ENONFINITE when a parameter or optimizer value is NaN or Inf (nothing is written: the
+   last good file stays); RESBM_EIO with errno set when the file cannot be written. */
 RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
                                    const char *const *meta_kv, size_t n_meta);
 /* Loads into every model the tensors it owns (others in the file are ignored): each must be
