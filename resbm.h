@@ -4062,6 +4062,14 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     return RESBM_OK;
 }
 
+/* Stage 0's token ids and the last stage's targets, n of each, below the vocabulary. */
+static int resbm__stage_ids_ok(const resbm_model *m, const int32_t *tokens, const int32_t *targets,
+                               size_t n) {
+    if (m->first && !resbm__targets_ok(tokens, n, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    if (m->last && !resbm__targets_ok(targets, n, (size_t)m->cfg.vocab)) return RESBM_ERANGE;
+    return RESBM_OK;
+}
+
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss) {
     resbm_model *m;
@@ -4075,9 +4083,7 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
     if (!rc && (rows != (size_t)st->n * (size_t)m->cfg.batch || (m->first && !tokens) ||
                 (m->last && !targets)))
         rc = RESBM_EINVAL;
-    if (!rc && ((m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) ||
-                (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))))
-        rc = RESBM_ERANGE;
+    if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
     if (!rc) rc = resbm__stage_step_run(st, tokens, targets, loss);
     return resbm__stage_end(st, rc);
 }
@@ -4146,9 +4152,7 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
     if (!rc && (!loss || rows == 0 || rows / (size_t)m->cfg.batch > RESBM__MAX_INDEX ||
                 (m->first && !tokens) || (m->last && !targets)))
         rc = RESBM_EINVAL;
-    if (!rc && ((m->first && !resbm__targets_ok(tokens, rows * T, (size_t)m->cfg.vocab)) ||
-                (m->last && !resbm__targets_ok(targets, rows * T, (size_t)m->cfg.vocab))))
-        rc = RESBM_ERANGE;
+    if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
     if (!rc) rc = resbm__stage_eval_run(st, tokens, targets, rows, loss);
     return resbm__stage_end(st, rc);
 }
