@@ -5,7 +5,11 @@
        mpirun --oversubscribe -np 4 ./build/train_mpi --data data/brown.txt --stages 4 ...
 
    The flags are train.c's; --stages defaults to the number of ranks, and --stage, --listen and
-   --peers are not used. Rank 0 prints the progress and the summary. */
+   --peers are not used. Rank 0 prints the progress and the summary.
+
+       mpirun -np 1 ./build/train_mpi --check-transport
+
+   runs resbm_transport_check on this adapter (one rank, talking to itself) and exits 0 or 1. */
 #define TRAIN_NO_MAIN
 #include "train.c"
 
@@ -60,6 +64,23 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN); /* errors come back as codes */
+    if (argc == 2 && !strcmp(argv[1], "--check-transport")) { /* the transport contract, rank to itself */
+        static unsigned char scratch[2 * 100000];
+        char why[160];
+        int rc;
+        bsize = 8 * (100000 + MPI_BSEND_OVERHEAD + 64);
+        bbuf = malloc((size_t)bsize);
+        MPI_Buffer_attach(bbuf, bsize);
+        link.comm = MPI_COMM_SELF;
+        link.size = 1;
+        tr.user = &link; tr.send = mpi_send; tr.recv = mpi_recv;
+        rc = resbm_transport_check(&tr, 0, &tr, 0, 100000, scratch, sizeof(scratch), why, sizeof(why));
+        printf("transport check: %s%s\n", rc ? "FAILED: " : "OK", rc ? why : "");
+        MPI_Buffer_detach(&bbuf, &bsize);
+        free(bbuf);
+        MPI_Finalize();
+        return rc ? 1 : 0;
+    }
     if ((code = parse_args(argc, argv, &o, size))) { MPI_Finalize(); return code; } /* --stages: the ranks */
     if (o.stages != size) {
         if (rank == 0) fprintf(stderr, "train_mpi: %d ranks for %d stages of %d layers: run one rank per stage\n", size, o.stages, o.layers);

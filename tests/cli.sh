@@ -97,6 +97,8 @@ check "tcp: missing peer -> exit 1 with a message, within the timeout" "[ $rc = 
 
 # ---- MPI, when mpirun is there
 if command -v mpirun >/dev/null && [ -x "$build/train_mpi" ]; then
+  mpirun --allow-run-as-root --oversubscribe -np 1 "$build/train_mpi" --check-transport > "$dir/mpic.out" 2>&1
+  check "mpi: the adapter passes resbm_transport_check" "[ $? = 0 ] && grep -q '^transport check: OK' '$dir/mpic.out'"
   mpirun --allow-run-as-root --oversubscribe -np 3 "$build/train_mpi" $tiny --steps 6 --quiet > "$dir/mpi.out" 2> "$dir/mpi.err"
   check "mpi: 3 ranks exit 0" "[ $? = 0 ]"
   check "mpi: result line equals threads mode" \
