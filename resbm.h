@@ -3867,7 +3867,7 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
         resbm_frame_info f, e;
         size_t len = 0;
         double t0 = resbm__now();
-        int rc, wait_ms = st->cfg.timeout_ms;
+        int rc, whole, wait_ms = st->cfg.timeout_ms;
         if (wait_ms > 0) {
             double left = deadline - t0;
             wait_ms = left > 0.0 ? (int)RESBM__MIN(ceil(left * 1000.0), 2147483647.0) : 0;
@@ -3876,8 +3876,8 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
         st->stats.wait_s += resbm__now() - t0;
         if (rc) return resbm__transport_rc(rc);
         if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
-        if (!resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from &&
-            f.to_stage == (unsigned)st->s && f.kind == RESBM_KIND_CONTROL) {
+        whole = !resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from; /* one CRC pass */
+        if (whole && f.to_stage == (unsigned)st->s && f.kind == RESBM_KIND_CONTROL) {
             unsigned purpose = (f.micro >> 20) & 15u;
             if (purpose == RESBM__FOR_JOB) {
                 RESBM__TRY(resbm__stage_hello_in(st, from, &f, len));
@@ -3891,7 +3891,7 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
                 continue;
             }
         }
-        if (!resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from &&
+        if (whole &&
             (f.step < st->step || (f.step == st->step && (int)(f.micro >> 24) < st->attempt) ||
              (st->attempt > 0 && f.step == st->step + 1) || want_for == RESBM__FOR_JOB))
             continue; /* left over from a failed attempt, a step a neighbour undid, or (while
@@ -3938,7 +3938,8 @@ static int resbm__stage_begin(resbm_stage *st) {
 /* Every call ends here. After a failure, once the job is agreed, the neighbours hear of it at
    once (an abort frame with the code and the stage where it happened, passed along the
    pipeline away from where it came), and the next try is a new attempt, so nothing left of this
-   one is mistaken for it. Before the job is agreed nothing has flowed, so nothing is sent. */
+   one is mistaken for it. Before the job is agreed nothing has flowed, so nothing is sent (but a
+   refused job is told to the neighbours already agreed). */
 static int resbm__stage_end(resbm_stage *st, int rc) {
     int side, code = rc, origin = st->s, skip = -1;
     if (!rc) return RESBM_OK;
