@@ -36,25 +36,32 @@
        resbm_model_free(m);
 
    EXAMPLE: drop the boundary into your own engine, over your own send/recv
-       // Stage s (sender), after its last layer: h [N,d] is your residual stream; norm [d],
-       // W1 [m,d], W2 [r,m] (zero at init) are parameters you own, train and checkpoint.
-       // rstd [N], u [N,d], a [N,m] are kept for backward; s, ds [N,m], du [N,d] are scratch.
-       resbm_encoder_forward(pool, z, rstd, u, a, s, h, norm, W1, W2, N, d, r, m, 1);
-       resbm_frame_info f = {RESBM_KIND_ACT, RESBM_WIRE_BF16, me, me + 1, step, micro, N, r};
+       // Stage s, after its last layer (h [N,d] is your residual stream):
+       resbm_boundary_config bc = resbm_boundary_config_default();
+       bc.side = RESBM_ENCODER; bc.index = s; bc.d = d; bc.r = r; bc.max_tokens = N;
+       resbm_boundary *enc;
+       if ((rc = resbm_boundary_init(&bc, &oc, &enc))) return rc;
+       resbm_boundary_forward(enc, 0, N, h, z);            // z [N,r]
+       resbm_frame_info f = {RESBM_KIND_ACT, RESBM_WIRE_BF16, s, s + 1, step, micro, N, r};
        resbm_frame_encode(buf, cap, &len, &f, z);          // 40-byte header + N*r bf16 values
-       my_send(me + 1, buf, len);                          // your socket, MPI, RDMA, pigeon...
-       // ... later, dL/dz [N,r] comes back: validate everything before using it
-       len = my_recv(me + 1, buf, cap);
-       f.kind = RESBM_KIND_GRAD; f.from_stage = me + 1; f.to_stage = me;
+       my_send(s + 1, buf, len);                           // your socket, MPI, RDMA, pigeon...
+       len = my_recv(s + 1, buf, cap);                     // dL/dz [N,r] comes back
+       f.kind = RESBM_KIND_GRAD; f.from_stage = s + 1; f.to_stage = s;
        if ((rc = resbm_frame_decode(dz, N * r, buf, len, &f))) return rc;  // drop the step
-       resbm_encoder_backward(pool, dh, dnorm, dW1, dW2, s, ds, du, dz, h, norm, W1, W2,
-                              rstd, u, a, N, d, r, m, 1);   // dh += dL/dh, then your backward
-       // Stage s+1 (receiver), before its first layer: W3 [m,r], W4 [d,m] (zero at init).
-       if ((rc = resbm_frame_decode(z, N * r, buf, len, &expect))) return rc;
-       resbm_decoder_forward(pool, x, a2, s2, z, W3, W4, N, d, r, m, 1);       // x [N,d]
-       // ... your layers forward and backward, giving dx [N,d]; then
-       resbm_decoder_backward(pool, dz, dW3, dW4, s2, ds2, dx, z, W3, W4, a2, N, d, r, m, 1);
-       // encode dz as a RESBM_KIND_GRAD frame back to stage s. Or let resbm_stage do all this.
+       resbm_boundary_backward(enc, 0, dz, dh);            // dh = dL/dh: your backward goes on
+       resbm_boundary_update(enc, clip_scale);             // its AdamW/Muon; _save/_load too
+       // Stage s+1: the same with bc.side = RESBM_DECODER: forward z -> x [N,d] before your
+       // first layer, backward dx -> dz, sent back as a RESBM_KIND_GRAD frame.
+
+   EXAMPLE: or let resbm_stage run your layers (examples/gpt2.c is the whole case)
+       resbm_layers L = {me, "mynet d=512 L=12", my_params, n_params, my_fwd, my_bwd, my_release};
+       resbm_stage_config sc = resbm_stage_config_default();
+       sc.model.host = &L; sc.model.d = 512; sc.model.stages = S; sc.model.stage = s;
+       sc.model.r = 4; sc.n_micro = 8; sc.transport = my_transport;  // two callbacks
+       resbm_stage *st;
+       if ((rc = resbm_stage_init(&sc, &st))) return rc;
+       rc = resbm_stage_step(st, tokens, targets, rows, &loss);  // decoder, your layers, encoder,
+                                                                 // wire, 1F1B, clip, update
 
    CONVENTIONS
        Row-major float32, one row per token. Dimension legend used in every shape comment:
@@ -284,32 +291,91 @@ RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits /*[N,V]*/, con
 /* ---- the residual bottleneck between stage s and s+1 (docs/design.md §4) ------------------------
    Sender, end of stage s:   u = rmsnorm(h) * norm;  z = silu(u w1^T) w2^T + h[:, 0:r]
    Receiver, start of s+1:   x = silu(z w1^T) w2^T;  x[:, 0:r] += z
-   (identity = 0 drops both "+" terms.) Only z [N,r] and dL/dz [N,r] cross the link. A host with
-   its own layers calls these four directly; the stage runtime calls them for you. */
-/* Saves rstd [N], u [N,d] and a [N,m] (pre-activation) for backward; s [N,m] is scratch. */
-RESBMDEF int resbm_encoder_forward(resbm_pool *pool, float *z /*[N,r]*/, float *rstd, float *u,
-                                   float *a, float *s, const float *h /*[N,d]*/,
-                                   const float *norm /*[d]*/, const float *w1 /*[m,d]*/,
-                                   const float *w2 /*[r,m]*/, size_t N, size_t d, size_t r,
-                                   size_t m, int identity);
-/* dh += dL/dh (the host adds into its own residual gradient); dnorm, dw1, dw2 +=.
-   s, ds [N,m] and du [N,d] are scratch. */
-RESBMDEF int resbm_encoder_backward(resbm_pool *pool, float *dh, float *dnorm, float *dw1,
-                                    float *dw2, float *s, float *ds, float *du,
-                                    const float *dz /*[N,r]*/, const float *h, const float *norm,
-                                    const float *w1, const float *w2, const float *rstd,
-                                    const float *u, const float *a, size_t N, size_t d, size_t r,
-                                    size_t m, int identity);
-/* Saves a [N,m] for backward; s [N,m] is scratch. */
-RESBMDEF int resbm_decoder_forward(resbm_pool *pool, float *x /*[N,d]*/, float *a, float *s,
-                                   const float *z /*[N,r]*/, const float *w1 /*[m,r]*/,
-                                   const float *w2 /*[d,m]*/, size_t N, size_t d, size_t r,
-                                   size_t m, int identity);
-/* dz = dL/dz (overwritten, [N,r]); dw1, dw2 +=. s, ds [N,m] are scratch. */
-RESBMDEF int resbm_decoder_backward(resbm_pool *pool, float *dz, float *dw1, float *dw2, float *s,
-                                    float *ds, const float *dx /*[N,d]*/, const float *z,
-                                    const float *w1, const float *w2, const float *a, size_t N,
-                                    size_t d, size_t r, size_t m, int identity);
+   (identity = 0 drops both "+" terms.) Only z [N,r] and dL/dz [N,r] cross the link.
+   Two ways in: resbm_boundary, an object per side that owns everything (below), or these four
+   kernels for a host that keeps every buffer itself. Their arguments come in groups, one struct
+   type each, so a swapped group does not compile. */
+typedef struct resbm_bottleneck_shape {
+    size_t tokens;  /* N rows */
+    size_t d, r, m; /* residual width, wire width (1 <= r <= d), hidden width */
+    int identity;   /* 1: the identity path (the default), 0: the ablation */
+} resbm_bottleneck_shape;
+typedef struct resbm_encoder_weights { const float *norm /*[d]*/, *w1 /*[m,d]*/, *w2 /*[r,m]*/; } resbm_encoder_weights;
+typedef struct resbm_encoder_grads { float *norm, *w1, *w2; /* += */ } resbm_encoder_grads;
+typedef struct resbm_encoder_saved { float *rstd /*[N]*/, *u /*[N,d]*/, *a /*[N,m]*/; } resbm_encoder_saved;
+typedef struct resbm_decoder_weights { const float *w1 /*[m,r]*/, *w2 /*[d,m]*/; } resbm_decoder_weights;
+typedef struct resbm_decoder_grads { float *w1, *w2; /* += */ } resbm_decoder_grads;
+typedef struct resbm_decoder_saved { float *a /*[N,m]*/; } resbm_decoder_saved;
+/* Work space of one call, free again when it returns: s, ds [N,m]; du [N,d] (encoder backward). */
+typedef struct resbm_bottleneck_scratch { float *s, *ds, *du; } resbm_bottleneck_scratch;
+
+/* Each microbatch in flight needs its own `saved` (forward writes it, backward reads it).
+   pool may be NULL (the calling thread does the work) here as in every kernel. */
+RESBMDEF int resbm_encoder_forward(resbm_pool *pool, const resbm_bottleneck_shape *shape,
+                                   const resbm_encoder_weights *w, const resbm_encoder_saved *saved,
+                                   const resbm_bottleneck_scratch *scratch, const float *h /*[N,d]*/,
+                                   float *z /*[N,r]*/);
+/* dh += dL/dh (into the host's own residual gradient); grads +=. */
+RESBMDEF int resbm_encoder_backward(resbm_pool *pool, const resbm_bottleneck_shape *shape,
+                                    const resbm_encoder_weights *w, const resbm_encoder_grads *g,
+                                    const resbm_encoder_saved *saved,
+                                    const resbm_bottleneck_scratch *scratch, const float *h,
+                                    const float *dz /*[N,r]*/, float *dh /*[N,d] +=*/);
+RESBMDEF int resbm_decoder_forward(resbm_pool *pool, const resbm_bottleneck_shape *shape,
+                                   const resbm_decoder_weights *w, const resbm_decoder_saved *saved,
+                                   const resbm_bottleneck_scratch *scratch, const float *z /*[N,r]*/,
+                                   float *x /*[N,d]*/);
+/* dz = dL/dz (overwritten); grads +=. */
+RESBMDEF int resbm_decoder_backward(resbm_pool *pool, const resbm_bottleneck_shape *shape,
+                                    const resbm_decoder_weights *w, const resbm_decoder_grads *g,
+                                    const resbm_decoder_saved *saved,
+                                    const resbm_bottleneck_scratch *scratch, const float *z,
+                                    const float *dx /*[N,d]*/, float *dz /*[N,r]*/);
+
+/* ---- parameters: the library's optimizers, clipping and checkpoints work on these -------------- */
+/* Where a parameter lives in the model; decides its optimizer and weight decay: NORM (and any
+   bias) AdamW without decay; EMBED and HEAD AdamW with decay; HIDDEN (2-D weights) Muon under
+   --opt muon, else AdamW with decay. */
+enum { RESBM_PARAM_NORM = 0, RESBM_PARAM_EMBED = 1, RESBM_PARAM_HEAD = 2, RESBM_PARAM_HIDDEN = 3 };
+
+#define RESBM_NAME_MAX 48
+typedef struct resbm_param {
+    char name[RESBM_NAME_MAX]; /* design names: "tok_emb", "blocks.3.wq", "final_norm", ... */
+    int kind;                  /* RESBM_PARAM_* */
+    resbm_tensor value;
+    resbm_tensor grad;
+    float *m, *v;              /* optimizer state: AdamW moments, Muon momentum in m */
+} resbm_param;
+
+/* ---- host layers: the stage runtime drives the host's own model through these ------------------
+   One stage's layers between the boundaries: stage 0 starts from token ids, the others from the
+   decoded residual x [N,d] (N = rows * T); the last stage ends in logits [N,vocab], the others in
+   the residual h [N,d] that the encoder compresses. The library does the rest: decoder before,
+   encoder after, the wire, 1F1B, the loss (softmax cross-entropy of the logits), clipping, the
+   optimizer, checkpoints, eval and generate. `slot` in [0, act_slots) names a forward in flight
+   (resbm_stage_slots tells how many); keep what its backward needs per slot. */
+typedef struct resbm_layers {
+    void *user;
+    /* The whole job's architecture in one line, the same on every stage ("gpt2 d=256 L=8 ..."):
+       neighbours refuse each other when it differs (RESBM_EJOB), checkpoints record its hash. */
+    const char *arch;
+    /* This stage's parameters: name (unique, not "bottleneck.*"), kind, value and grad (1-D or
+       2-D, finite at init) in the host's memory; m and v are ignored (the library's). Copied at
+       init; the memory they point to must outlive the model. */
+    const resbm_param *params;
+    size_t n_params;
+    /* Forward of `rows` sequences into `slot`: tokens [N] on stage 0, else x [N,d] (the library's,
+       unchanged until the slot's backward or release). Writes out: h [N,d], or logits [N,vocab]
+       on the last stage. out is the library's too; leave it alone until the slot is done. */
+    int (*forward)(void *user, int slot, size_t rows, const int32_t *tokens, const float *x,
+                   float *out);
+    /* Backward of `slot`: dout = dL/dout (scratch for the layers afterwards); dx = dL/dx [N,d],
+       overwritten (NULL on stage 0; it may be dout itself). Parameter gradients accumulate. */
+    int (*backward)(void *user, int slot, float *dout, float *dx);
+    /* The slot's forward is dropped without a backward (eval, generate, a failed step). May be
+       NULL. */
+    void (*release)(void *user, int slot);
+} resbm_layers;
 
 /* ---- the model (one pipeline stage; stages == 1 is the whole model) -------------------------------- */
 typedef struct resbm_model_config {
@@ -331,6 +397,10 @@ typedef struct resbm_model_config {
     float init_std;     /* default 0.02 */
     resbm_pool *pool;   /* optional shared pool; not owned */
     void *alloc_user;   /* passed to RESBM_MALLOC/RESBM_FREE */
+    /* NULL: the built-in model (docs/design.md §4). Else the host's layers (copied at init): vocab,
+       d, seq, batch, stages, stage, r, m and no_identity keep their meaning; layers counts the
+       host's blocks (only for stages <= layers); heads and ff are the host's business. */
+    const resbm_layers *host;
 } resbm_model_config;
 
 enum { RESBM_OPT_ADAMW = 0, RESBM_OPT_MUON = 1, RESBM_OPT_SGD = 2 };
@@ -348,18 +418,6 @@ typedef struct resbm_opt_config {
     int muon_ns_steps; /* Newton-Schulz iterations, default 5 */
     float bottleneck_lr_scale; /* multiplies every learning rate of `bottleneck.*`, default 1 */
 } resbm_opt_config;
-
-/* Where a parameter lives in the model; decides its optimizer and weight decay. */
-enum { RESBM_PARAM_NORM = 0, RESBM_PARAM_EMBED = 1, RESBM_PARAM_HEAD = 2, RESBM_PARAM_HIDDEN = 3 };
-
-#define RESBM_NAME_MAX 48
-typedef struct resbm_param {
-    char name[RESBM_NAME_MAX]; /* design names: "tok_emb", "blocks.3.wq", "final_norm", ... */
-    int kind;                  /* RESBM_PARAM_* */
-    resbm_tensor value;
-    resbm_tensor grad;
-    float *m, *v;              /* optimizer state: AdamW moments, Muon momentum in m */
-} resbm_param;
 
 typedef struct resbm_model resbm_model;
 
@@ -412,6 +470,57 @@ RESBMDEF int resbm_model_rollback(resbm_model *m);
 RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
                                     const int32_t *targets, size_t rows, int n_micro,
                                     float *loss);
+
+/* ---- the boundary as an object: one side of the bottleneck with everything it owns ---------------
+   For a host with its own pipeline runtime. An encoder ends stage `index` (h [N,d] -> z [N,r]); a
+   decoder starts stage index + 1 (z -> x [N,d]). It owns its parameters bottleneck.<index>.*
+   (encoder: enc_norm [d], enc_w1 [m,d], enc_w2 [r,m]; decoder: dec_w1 [m,r], dec_w2 [d,m]), their
+   gradients and optimizer state, what each slot's backward needs (it copies its input) and its
+   scratch. Init as docs/design.md §4: norm 1, w1 N(0, init_std) from (seed, name), w2 zero, so an
+   untrained boundary is the rank-r identity (without the identity path w2 is N(0, init_std)).
+   It is bit for bit the bottleneck inside resbm_model and resbm_stage. */
+enum { RESBM_ENCODER = 0, RESBM_DECODER = 1 };
+typedef struct resbm_boundary_config {
+    int side;          /* RESBM_ENCODER or RESBM_DECODER */
+    int index;         /* s: the boundary between stage s and s + 1 (names its parameters) */
+    int d, r;          /* residual and wire width, 1 <= r < d */
+    int m;             /* hidden width, default max(1, d/4) */
+    int no_identity;   /* 1 = the ablation without the identity path */
+    int max_tokens;    /* rows * T of the largest forward */
+    int slots;         /* forwards in flight at once, default 1 */
+    int threads;       /* kernel threads when pool is NULL, default 1 */
+    uint64_t seed;     /* default 1337 */
+    float init_std;    /* default 0.02 */
+    resbm_pool *pool;  /* optional shared pool; not owned */
+    void *alloc_user;
+} resbm_boundary_config;
+typedef struct resbm_boundary resbm_boundary;
+
+RESBMDEF resbm_boundary_config resbm_boundary_config_default(void);
+RESBMDEF int resbm_boundary_init(const resbm_boundary_config *cfg, const resbm_opt_config *opt,
+                                 resbm_boundary **out);
+RESBMDEF void resbm_boundary_free(resbm_boundary *b);
+/* Encoder: in = h [tokens,d], out = z [tokens,r]. Decoder: in = z [tokens,r], out = x [tokens,d].
+   The input is copied into `slot` (RESBM_ESTATE if the slot holds a forward already). */
+RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, const float *in,
+                                    float *out);
+/* Encoder: dout = dL/dz [tokens,r], din = dL/dh [tokens,d]. Decoder: dout = dL/dx [tokens,d],
+   din = dL/dz [tokens,r]. din is overwritten; parameter gradients accumulate; the slot is freed. */
+RESBMDEF int resbm_boundary_backward(resbm_boundary *b, int slot, const float *dout, float *din);
+RESBMDEF int resbm_boundary_release(resbm_boundary *b, int slot);
+RESBMDEF resbm_param *resbm_boundary_params(resbm_boundary *b, size_t *count);
+RESBMDEF int resbm_boundary_zero_grad(resbm_boundary *b);
+/* Sum of squared gradients (add it to the host's own before clipping). */
+RESBMDEF int resbm_boundary_grad_sqnorm(resbm_boundary *b, double *out);
+/* One optimizer step as resbm_model_update: the schedule at the boundary's own step count, all
+   or nothing, undoable once with resbm_boundary_rollback. */
+RESBMDEF int resbm_boundary_update(resbm_boundary *b, float grad_scale);
+RESBMDEF int resbm_boundary_rollback(resbm_boundary *b);
+RESBMDEF long resbm_boundary_step_count(const resbm_boundary *b);
+/* The checkpoint format (tensors under their names, optimizer state, step); a file written by a
+   boundary of the same shape loads. */
+RESBMDEF int resbm_boundary_save(resbm_boundary *b, const char *path);
+RESBMDEF int resbm_boundary_load(resbm_boundary *b, const char *path, char *why, size_t why_len);
 
 /* ---- wire format (docs/design.md §5): one frame per message, little-endian, written byte by byte
      magic "RBM1" | u16 version | u8 kind | u8 dtype | u16 from_stage | u16 to_stage | u64 step
@@ -548,6 +657,8 @@ RESBMDEF resbm_stage_config resbm_stage_config_default(void);
 /* The largest message a stage of this config sends or accepts, in bytes (frame header
    included): what a host sizes its transport's buffers and message limit by, before init. */
 RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes);
+/* How many forwards a stage of this config keeps in flight: host layers keep that many slots. */
+RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots);
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out);
 RESBMDEF void resbm_stage_free(resbm_stage *st);
 RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
@@ -754,11 +865,24 @@ RESBMDEF float resbm_rng_normal(resbm_rng *rng) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+/* By bit pattern, so a host's -ffast-math cannot fold the test away. */
+static int resbm__all_finite(const float *x, size_t n) {
+    size_t i;
+    uint32_t u;
+    for (i = 0; i < n; i++) {
+        memcpy(&u, x + i, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u) return 0;
+    }
+    return 1;
+}
+
 static uint64_t resbm__fnv1a(const char *s) {
     uint64_t h = 14695981039346656037ULL;
     while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ULL; }
     return h;
 }
+
+static uint64_t resbm__arch_hash(const struct resbm_model *m);
 
 /* ---- arena ------------------------------------------------------------------------------------ */
 RESBMDEF void *resbm_arena_push(resbm_arena *a, size_t n, size_t elem) {
@@ -1257,7 +1381,7 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
                         const float *B, size_t M, size_t N, size_t K) {
     int rc = resbm__gemm_check(form, C, A, B, M, N, K);
     if (rc) return rc;
-    if (!pool || (accumulate != 0 && accumulate != 1)) return RESBM_EINVAL;
+    if (accumulate != 0 && accumulate != 1) return RESBM_EINVAL;
 #ifdef RESBM_USE_CBLAS
     if (M <= 0x7fffffff && N <= 0x7fffffff && K <= 0x7fffffff && K > 0) {
         cblas_sgemm(CblasRowMajor, form == RESBM_GEMM_TN ? CblasTrans : CblasNoTrans,
@@ -1269,9 +1393,9 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
 #endif
     {
         resbm__gemm_job g;
-        size_t want = pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1, tiles_m, tiles_n;
+        size_t want = pool && pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1, tiles_m, tiles_n;
         g.accumulate = accumulate; g.C = C; g.A = A; g.B = B;
-        g.M = M; g.N = N; g.K = K; g.pack = pool->pack;
+        g.M = M; g.N = N; g.K = K; g.pack = pool ? pool->pack : NULL;
         g.ars = form == RESBM_GEMM_TN ? 1 : K;  /* op(A)(i,k) = A[i*ars + k*aks] */
         g.aks = form == RESBM_GEMM_TN ? M : 1;
         g.bks = form == RESBM_GEMM_NT ? 1 : N;  /* op(B)(k,j) = B[k*bks + j*bns] */
@@ -1290,6 +1414,14 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
         g.tiles_n = tiles_n;
         /* a GEMM this small (the bottleneck's r-wide ones) costs less than waking a thread:
            run its tiles here (same tiles, same sums, so the result is the same bits) */
+        if (!pool) { /* the calling thread alone, with a packing buffer of its own */
+            size_t t;
+            if (!(g.pack = (float *)resbm__alloc(RESBM__PACK_FLOATS * sizeof(float), NULL)))
+                return RESBM_ENOMEM;
+            for (t = 0; t < tiles_m * tiles_n; t++) resbm__gemm_task(&g, t, 0);
+            resbm__dealloc(g.pack, NULL);
+            return RESBM_OK;
+        }
         if ((double)M * (double)N * (double)K <= 262144.0) {
             size_t t;
             if (!resbm__pool_claim(pool)) return RESBM_ESTATE; /* it packs into thread 0's buffer */
@@ -1467,7 +1599,7 @@ RESBMDEF int resbm_linear_backward(resbm_pool *pool, float *dx, float *dw, const
                                    const float *x, const float *w, size_t N, size_t in, size_t o,
                                    int accumulate_dx) {
     int rc;
-    if (!dw || !dout || !x || !w || !pool || N == 0 || in == 0 || o == 0) return RESBM_EINVAL;
+    if (!dw || !dout || !x || !w || N == 0 || in == 0 || o == 0) return RESBM_EINVAL;
     if (accumulate_dx != 0 && accumulate_dx != 1) return RESBM_EINVAL;
     if (dx && (rc = resbm_gemm(pool, RESBM_GEMM_NN, accumulate_dx, dx, dout, w, N, in, o)))
         return rc;
@@ -1834,72 +1966,78 @@ static void resbm__add_narrow(float *y, size_t d, const float *x, size_t r, size
     for (n = 0; n < N; n++) resbm__axpy(y + n * d, 1.0f, x + n * r, r);
 }
 
-static int resbm__bneck_check(const resbm_pool *pool, size_t N, size_t d, size_t r, size_t m,
-                              int identity) {
-    if (!pool || N == 0 || d == 0 || r == 0 || r > d || m == 0) return RESBM_EINVAL;
-    if (identity != 0 && identity != 1) return RESBM_EINVAL;
+static int resbm__bneck_check(const resbm_bottleneck_shape *sh, const void *w, const void *saved,
+                              const resbm_bottleneck_scratch *scr, const float *in, const float *out) {
+    if (!sh || !w || !saved || !scr || !scr->s || !in || !out) return RESBM_EINVAL;
+    if (sh->tokens == 0 || sh->d == 0 || sh->r == 0 || sh->r > sh->d || sh->m == 0 ||
+        (sh->identity != 0 && sh->identity != 1))
+        return RESBM_EINVAL;
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_encoder_forward(resbm_pool *pool, float *z, float *rstd, float *u, float *a,
-                                   float *s, const float *h, const float *norm, const float *w1,
-                                   const float *w2, size_t N, size_t d, size_t r, size_t m,
-                                   int identity) {
-    size_t n;
-    if (!z || !rstd || !u || !a || !s || !h || !norm || !w1 || !w2 ||
-        resbm__bneck_check(pool, N, d, r, m, identity))
-        return RESBM_EINVAL;
-    RESBM__TRY(resbm_rmsnorm_forward(pool, u, rstd, h, norm, N, d));
-    RESBM__TRY(resbm_linear_forward(pool, a, u, w1, N, d, m));
-    RESBM__TRY(resbm__silu_all(pool, s, a, N * m));
-    if (identity)
+RESBMDEF int resbm_encoder_forward(resbm_pool *pool, const resbm_bottleneck_shape *sh,
+                                   const resbm_encoder_weights *w, const resbm_encoder_saved *sv,
+                                   const resbm_bottleneck_scratch *scr, const float *h, float *z) {
+    size_t N, d, r, m, n;
+    RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, h, z));
+    if (!w->norm || !w->w1 || !w->w2 || !sv->rstd || !sv->u || !sv->a) return RESBM_EINVAL;
+    N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
+    RESBM__TRY(resbm_rmsnorm_forward(pool, sv->u, sv->rstd, h, w->norm, N, d));
+    RESBM__TRY(resbm_linear_forward(pool, sv->a, sv->u, w->w1, N, d, m));
+    RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m));
+    if (sh->identity)
         for (n = 0; n < N; n++) memcpy(z + n * r, h + n * d, r * sizeof(float));
-    return resbm_gemm(pool, RESBM_GEMM_NT, identity, z, s, w2, N, r, m);
+    return resbm_gemm(pool, RESBM_GEMM_NT, sh->identity, z, scr->s, w->w2, N, r, m);
 }
 
-RESBMDEF int resbm_encoder_backward(resbm_pool *pool, float *dh, float *dnorm, float *dw1,
-                                    float *dw2, float *s, float *ds, float *du, const float *dz,
-                                    const float *h, const float *norm, const float *w1,
-                                    const float *w2, const float *rstd, const float *u,
-                                    const float *a, size_t N, size_t d, size_t r, size_t m,
-                                    int identity) {
-    if (!dh || !dnorm || !dw1 || !dw2 || !s || !ds || !du || !dz || !h || !norm || !w1 || !w2 ||
-        !rstd || !u || !a || resbm__bneck_check(pool, N, d, r, m, identity))
+RESBMDEF int resbm_encoder_backward(resbm_pool *pool, const resbm_bottleneck_shape *sh,
+                                    const resbm_encoder_weights *w, const resbm_encoder_grads *g,
+                                    const resbm_encoder_saved *sv,
+                                    const resbm_bottleneck_scratch *scr, const float *h,
+                                    const float *dz, float *dh) {
+    size_t N, d, r, m;
+    RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, h, dh));
+    if (!g || !dz || !w->norm || !w->w1 || !w->w2 || !g->norm || !g->w1 || !g->w2 || !sv->rstd ||
+        !sv->u || !sv->a || !scr->ds || !scr->du)
         return RESBM_EINVAL;
-    RESBM__TRY(resbm__silu_all(pool, s, a, N * m)); /* recomputed rather than kept */
-    RESBM__TRY(resbm_linear_backward(pool, ds, dw2, dz, s, w2, N, m, r, 0));
-    RESBM__TRY(resbm__silu_grad(pool, ds, ds, a, N * m));
-    RESBM__TRY(resbm_linear_backward(pool, du, dw1, ds, u, w1, N, d, m, 0));
-    RESBM__TRY(resbm_rmsnorm_backward(pool, dh, dnorm, du, h, norm, rstd, N, d));
-    if (identity) resbm__add_narrow(dh, d, dz, r, N);
+    N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
+    RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m)); /* recomputed rather than kept */
+    RESBM__TRY(resbm_linear_backward(pool, scr->ds, g->w2, dz, scr->s, w->w2, N, m, r, 0));
+    RESBM__TRY(resbm__silu_grad(pool, scr->ds, scr->ds, sv->a, N * m));
+    RESBM__TRY(resbm_linear_backward(pool, scr->du, g->w1, scr->ds, sv->u, w->w1, N, d, m, 0));
+    RESBM__TRY(resbm_rmsnorm_backward(pool, dh, g->norm, scr->du, h, w->norm, sv->rstd, N, d));
+    if (sh->identity) resbm__add_narrow(dh, d, dz, r, N);
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_decoder_forward(resbm_pool *pool, float *x, float *a, float *s, const float *z,
-                                   const float *w1, const float *w2, size_t N, size_t d, size_t r,
-                                   size_t m, int identity) {
-    if (!x || !a || !s || !z || !w1 || !w2 || resbm__bneck_check(pool, N, d, r, m, identity))
-        return RESBM_EINVAL;
-    RESBM__TRY(resbm_linear_forward(pool, a, z, w1, N, r, m));
-    RESBM__TRY(resbm__silu_all(pool, s, a, N * m));
-    RESBM__TRY(resbm_linear_forward(pool, x, s, w2, N, m, d));
-    if (identity) resbm__add_narrow(x, d, z, r, N);
+RESBMDEF int resbm_decoder_forward(resbm_pool *pool, const resbm_bottleneck_shape *sh,
+                                   const resbm_decoder_weights *w, const resbm_decoder_saved *sv,
+                                   const resbm_bottleneck_scratch *scr, const float *z, float *x) {
+    size_t N, d, r, m;
+    RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, z, x));
+    if (!w->w1 || !w->w2 || !sv->a) return RESBM_EINVAL;
+    N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
+    RESBM__TRY(resbm_linear_forward(pool, sv->a, z, w->w1, N, r, m));
+    RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m));
+    RESBM__TRY(resbm_linear_forward(pool, x, scr->s, w->w2, N, m, d));
+    if (sh->identity) resbm__add_narrow(x, d, z, r, N);
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_decoder_backward(resbm_pool *pool, float *dz, float *dw1, float *dw2, float *s,
-                                    float *ds, const float *dx, const float *z, const float *w1,
-                                    const float *w2, const float *a, size_t N, size_t d, size_t r,
-                                    size_t m, int identity) {
-    size_t n;
-    if (!dz || !dw1 || !dw2 || !s || !ds || !dx || !z || !w1 || !w2 || !a ||
-        resbm__bneck_check(pool, N, d, r, m, identity))
-        return RESBM_EINVAL;
-    RESBM__TRY(resbm__silu_all(pool, s, a, N * m));
-    RESBM__TRY(resbm_linear_backward(pool, ds, dw2, dx, s, w2, N, m, d, 0));
-    RESBM__TRY(resbm__silu_grad(pool, ds, ds, a, N * m));
-    RESBM__TRY(resbm_linear_backward(pool, dz, dw1, ds, z, w1, N, r, m, 0));
-    if (identity)
+RESBMDEF int resbm_decoder_backward(resbm_pool *pool, const resbm_bottleneck_shape *sh,
+                                    const resbm_decoder_weights *w, const resbm_decoder_grads *g,
+                                    const resbm_decoder_saved *sv,
+                                    const resbm_bottleneck_scratch *scr, const float *z,
+                                    const float *dx, float *dz) {
+    size_t N, d, r, m, n;
+    RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, z, dz));
+    if (!g || !dx || !w->w1 || !w->w2 || !g->w1 || !g->w2 || !sv->a || !scr->ds) return RESBM_EINVAL;
+    N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
+    RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m));
+    RESBM__TRY(resbm_linear_backward(pool, scr->ds, g->w2, dx, scr->s, w->w2, N, m, d, 0));
+    RESBM__TRY(resbm__silu_grad(pool, scr->ds, scr->ds, sv->a, N * m));
+    RESBM__TRY(resbm_linear_backward(pool, dz, g->w1, scr->ds, z, w->w1, N, r, m, 0));
+    if (sh->identity)
         for (n = 0; n < N; n++) resbm__axpy(dz + n * r, 1.0f, dx + n * d, r);
     return RESBM_OK;
 }
@@ -1913,7 +2051,9 @@ typedef struct {
 typedef struct {
     size_t rows;                 /* rows of the forward held here, 0 = empty */
     int32_t *tokens, *targets;   /* [N] */
-    float *x;                    /* [L+1][N,d] residual stream at block boundaries */
+    float *x;                    /* [L+1][N,d] residual stream at block boundaries (host
+                                    layers: [2][N,d], a boundary alone: [N,d]) */
+    float *xin, *hout;           /* [N,d] the layers' input (decoded) and output residual */
     float *rstd1, *rstd2;        /* [L][N] */
     float *a, *q, *k, *v, *att;  /* [L][N,d] attention input (normed), q k after RoPE, output */
     float *xmid, *b;             /* [L][N,d] residual after attention, MLP input (normed) */
@@ -1934,12 +2074,18 @@ struct resbm_model {
     int layer0, nblocks, first, last; /* this stage's blocks [layer0, layer0 + nblocks) */
     int has_dec, has_enc, identity;   /* bottleneck halves held: decoder in, encoder out */
     size_t r, m, win, wout;           /* widths of the stage's input and output rows */
-    size_t nparams, nfloats;          /* nfloats counts padded parameter storage */
+    resbm_layers layers;              /* between the boundaries: built-in, or the host's */
+    int host;                         /* the layers are the host's */
+    int side;                         /* -1, or the half a resbm_boundary is (RESBM_ENCODER...) */
+    size_t host0, nhost;              /* the host's parameters: params[host0, host0 + nhost) */
+    uint64_t arch_hash;               /* of the host's architecture line */
+    size_t nparams, nfloats;          /* nfloats: every parameter, each padded to 16 floats */
+    size_t *voff;                     /* [nparams + 1] offsets in that padded concatenation */
     resbm_param *params;
     resbm__block *blocks;
     resbm_param *tok_emb, *final_norm, *lm_head;
     resbm_param *dec_w1, *dec_w2, *enc_norm, *enc_w1, *enc_w2;
-    float *pmem, *gmem;               /* [nfloats] values, gradients (contiguous) */
+    float *pmem, *gmem;               /* values, gradients of the library's own parameters */
     float *omem;                      /* [nopt] optimizer state of every parameter (contiguous) */
     size_t nopt;
     float *backup;                    /* [nfloats + nopt] parameters and state before the last update */
@@ -1980,8 +2126,9 @@ RESBMDEF resbm_opt_config resbm_opt_config_default(void) {
     return o;
 }
 
-/* Zero fields take defaults; returns RESBM_EINVAL for anything inconsistent. */
-static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
+/* Zero fields take defaults; returns RESBM_EINVAL for anything inconsistent. The head split
+   is checked for the built-in layers only. */
+static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o, int builtin) {
     resbm_model_config dc = resbm_model_config_default();
     resbm_opt_config dop = resbm_opt_config_default();
     if (!c->vocab) c->vocab = dc.vocab;
@@ -2010,7 +2157,7 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o) {
         c->stages > c->layers || c->act_slots < 1 || c->threads < 1 || c->threads > 1024 ||
         c->r < 1 || c->r > c->d || c->m < 1 || (c->no_identity != 0 && c->no_identity != 1))
         return RESBM_EINVAL;
-    if (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM)
+    if (builtin && (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM))
         return RESBM_EINVAL;
     if (!(c->init_std > 0.0f) || !(c->init_std < 1e3f)) return RESBM_EINVAL;
     /* NaN, Inf and absurd magnitudes are refused here, so no update can start from them */
@@ -2054,7 +2201,8 @@ static int resbm__param_spec(const resbm_model *m, size_t idx, char *name, int *
     const resbm_model_config *c = &m->cfg;
     size_t d = (size_t)c->d, f = (size_t)c->ff, V = (size_t)c->vocab;
     float sd = c->init_std, sd_out = c->init_std / sqrtf(2.0f * (float)c->layers);
-    if (m->first) {
+    int builtin = !m->host && m->side < 0;
+    if (builtin && m->first) {
         if (idx == 0) {
             strcpy(name, "tok_emb"); *kind = RESBM_PARAM_EMBED; *rows = V; *cols = d; *std = sd;
             return 1;
@@ -2072,6 +2220,16 @@ static int resbm__param_spec(const resbm_model *m, size_t idx, char *name, int *
             return 1;
         }
         idx -= 2;
+    }
+    if (m->host) { /* the host's, as declared (their values are the host's: std -1) */
+        if (idx < m->nhost) {
+            const resbm_param *p = &m->layers.params[idx];
+            memcpy(name, p->name, RESBM_NAME_MAX);
+            *kind = p->kind; *rows = p->value.ne[0]; *cols = p->value.ndim == 2 ? p->value.ne[1] : 1;
+            *std = -1.0f;
+            return 1;
+        }
+        idx -= m->nhost;
     }
     if (idx < (size_t)m->nblocks * 9) {
         static const char *const names[9] = {"attn_norm", "wq", "wk", "wv", "wo",
@@ -2098,7 +2256,7 @@ static int resbm__param_spec(const resbm_model *m, size_t idx, char *name, int *
         }
         idx -= 3;
     }
-    if (m->last) {
+    if (builtin && m->last) {
         if (idx == 0) {
             strcpy(name, "final_norm"); *kind = RESBM_PARAM_NORM; *rows = d; *cols = 1; *std = 0;
             return 1;
@@ -2118,10 +2276,12 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     const resbm_model_config *c = &m->cfg;
     size_t d = (size_t)c->d, f = (size_t)c->ff, V = (size_t)c->vocab, H = (size_t)c->heads;
     size_t T = (size_t)c->seq, hd = d / H, N = (size_t)c->batch * T, L = (size_t)m->nblocks;
-    size_t i, off = 0, ns_mn = 0, ns_kk = 0, nopt = 0;
+    size_t i, off = 0, own = 0, ns_mn = 0, ns_kk = 0, nopt = 0, Lb, nx;
+    int builtin = !m->host && m->side < 0, half = m->has_enc || m->has_dec;
     float *omem;
     int s;
     m->params = (resbm_param *)resbm_arena_push(a, m->nparams, sizeof(resbm_param));
+    m->voff = (size_t *)resbm_arena_push(a, m->nparams + 1, sizeof(size_t));
     m->blocks = (resbm__block *)resbm_arena_push(a, L, sizeof(resbm__block));
     for (i = 0; i < m->nparams; i++) {
         char name[RESBM_NAME_MAX];
@@ -2130,7 +2290,9 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
         float std;
         resbm__param_spec(m, i, name, &kind, &rows, &cols, &std);
         n = rows * cols;
+        if (a->base) m->voff[i] = off;
         off += resbm__pad16(n);
+        if (std >= 0.0f) own += resbm__pad16(n); /* the host's live in the host's memory */
         if (m->opt.kind == RESBM_OPT_ADAMW || (m->opt.kind == RESBM_OPT_MUON && kind != RESBM_PARAM_HIDDEN))
             nopt += 2 * resbm__pad16(n);
         else if (m->opt.kind == RESBM_OPT_MUON) {
@@ -2140,10 +2302,11 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
             ns_kk = RESBM__MAX(ns_kk, k * k);
         }
     }
+    if (a->base) m->voff[m->nparams] = off;
     m->nfloats = off;
     m->nchunks = (off + RESBM__CHUNK - 1) / RESBM__CHUNK;
-    m->pmem = (float *)resbm_arena_push(a, off, sizeof(float));
-    m->gmem = (float *)resbm_arena_push(a, off, sizeof(float));
+    m->pmem = (float *)resbm_arena_push(a, own, sizeof(float));
+    m->gmem = (float *)resbm_arena_push(a, own, sizeof(float));
     omem = (float *)resbm_arena_push(a, nopt, sizeof(float));
     m->omem = omem;
     m->nopt = nopt;
@@ -2153,29 +2316,33 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     m->ns_y = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
     m->ns_a = (float *)resbm_arena_push(a, ns_kk, sizeof(float));
     m->ns_b = (float *)resbm_arena_push(a, ns_kk, sizeof(float));
-    m->rope_cos = (float *)resbm_arena_push(a, T * (hd / 2), sizeof(float));
-    m->rope_sin = (float *)resbm_arena_push(a, T * (hd / 2), sizeof(float));
+    m->rope_cos = (float *)resbm_arena_push(a, builtin ? T * (hd / 2) : 0, sizeof(float));
+    m->rope_sin = (float *)resbm_arena_push(a, builtin ? T * (hd / 2) : 0, sizeof(float));
     m->slots = (resbm__acts *)resbm_arena_push(a, (size_t)c->act_slots, sizeof(resbm__acts));
+    Lb = builtin ? L : 0;                               /* blocks whose activations are kept */
+    nx = builtin ? L + 1 : m->host ? 2 : m->has_enc ? 1 : 0; /* residual rows kept per slot */
     for (s = 0; s < c->act_slots; s++) {
         resbm__acts t, *sl = a->base ? &m->slots[s] : &t;
         memset(sl, 0, sizeof(*sl));
-        sl->tokens = (int32_t *)resbm_arena_push(a, m->first ? N : 0, sizeof(int32_t));
+        sl->tokens = (int32_t *)resbm_arena_push(a, builtin && m->first ? N : 0, sizeof(int32_t));
         sl->targets = (int32_t *)resbm_arena_push(a, m->last ? N : 0, sizeof(int32_t));
-        sl->x = (float *)resbm_arena_push(a, (L + 1) * N * d, sizeof(float));
-        sl->rstd1 = (float *)resbm_arena_push(a, L * N, sizeof(float));
-        sl->rstd2 = (float *)resbm_arena_push(a, L * N, sizeof(float));
-        sl->a = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->q = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->k = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->v = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->att = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->xmid = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->b = (float *)resbm_arena_push(a, L * N * d, sizeof(float));
-        sl->lse = (float *)resbm_arena_push(a, L * N * H, sizeof(float));
-        sl->h1 = (float *)resbm_arena_push(a, L * N * f, sizeof(float));
-        sl->h3 = (float *)resbm_arena_push(a, L * N * f, sizeof(float));
-        sl->rstd_f = (float *)resbm_arena_push(a, m->last ? N : 0, sizeof(float));
-        sl->xn = (float *)resbm_arena_push(a, m->last ? N * d : 0, sizeof(float));
+        sl->x = (float *)resbm_arena_push(a, nx * N * d, sizeof(float));
+        sl->xin = sl->x;
+        sl->hout = sl->x ? sl->x + (builtin ? L : 1) * N * d : NULL;
+        sl->rstd1 = (float *)resbm_arena_push(a, Lb * N, sizeof(float));
+        sl->rstd2 = (float *)resbm_arena_push(a, Lb * N, sizeof(float));
+        sl->a = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->q = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->k = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->v = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->att = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->xmid = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->b = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
+        sl->lse = (float *)resbm_arena_push(a, Lb * N * H, sizeof(float));
+        sl->h1 = (float *)resbm_arena_push(a, Lb * N * f, sizeof(float));
+        sl->h3 = (float *)resbm_arena_push(a, Lb * N * f, sizeof(float));
+        sl->rstd_f = (float *)resbm_arena_push(a, builtin && m->last ? N : 0, sizeof(float));
+        sl->xn = (float *)resbm_arena_push(a, builtin && m->last ? N * d : 0, sizeof(float));
         sl->probs = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
         sl->losses = (float *)resbm_arena_push(a, m->last ? N : 0, sizeof(float));
         sl->z_in = (float *)resbm_arena_push(a, m->has_dec ? N * m->r : 0, sizeof(float));
@@ -2184,20 +2351,20 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
         sl->enc_u = (float *)resbm_arena_push(a, m->has_enc ? N * d : 0, sizeof(float));
         sl->enc_a = (float *)resbm_arena_push(a, m->has_enc ? N * m->m : 0, sizeof(float));
     }
-    m->dres = (float *)resbm_arena_push(a, N * d, sizeof(float));
-    m->dtmp = (float *)resbm_arena_push(a, N * d, sizeof(float));
-    m->dq = (float *)resbm_arena_push(a, N * d, sizeof(float));
-    m->dk = (float *)resbm_arena_push(a, N * d, sizeof(float));
-    m->dv = (float *)resbm_arena_push(a, N * d, sizeof(float));
-    m->g = (float *)resbm_arena_push(a, N * f, sizeof(float));
-    m->dh1 = (float *)resbm_arena_push(a, N * f, sizeof(float));
-    m->dh3 = (float *)resbm_arena_push(a, N * f, sizeof(float));
+    m->dres = (float *)resbm_arena_push(a, m->side < 0 ? N * d : 0, sizeof(float));
+    m->dtmp = (float *)resbm_arena_push(a, builtin || m->has_enc ? N * d : 0, sizeof(float));
+    m->dq = (float *)resbm_arena_push(a, builtin ? N * d : 0, sizeof(float));
+    m->dk = (float *)resbm_arena_push(a, builtin ? N * d : 0, sizeof(float));
+    m->dv = (float *)resbm_arena_push(a, builtin ? N * d : 0, sizeof(float));
+    m->g = (float *)resbm_arena_push(a, builtin ? N * f : 0, sizeof(float));
+    m->dh1 = (float *)resbm_arena_push(a, builtin ? N * f : 0, sizeof(float));
+    m->dh3 = (float *)resbm_arena_push(a, builtin ? N * f : 0, sizeof(float));
     m->dlogits = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
-    m->bm1 = (float *)resbm_arena_push(a, m->has_enc || m->has_dec ? N * m->m : 0, sizeof(float));
-    m->bm2 = (float *)resbm_arena_push(a, m->has_enc || m->has_dec ? N * m->m : 0, sizeof(float));
+    m->bm1 = (float *)resbm_arena_push(a, half ? N * m->m : 0, sizeof(float));
+    m->bm2 = (float *)resbm_arena_push(a, half ? N * m->m : 0, sizeof(float));
     if (!a->base) return;
     /* Carving pass: fill the parameter table. */
-    off = 0;
+    own = 0;
     for (i = 0; i < m->nparams; i++) {
         resbm_param *p = &m->params[i];
         size_t rows, cols, n;
@@ -2205,11 +2372,19 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
         memset(p, 0, sizeof(*p));
         resbm__param_spec(m, i, p->name, &p->kind, &rows, &cols, &std);
         n = rows * cols;
-        p->value.data = m->pmem + off;
-        p->grad.data = m->gmem + off;
-        p->value.ndim = p->grad.ndim = p->kind == RESBM_PARAM_NORM ? 1 : 2; /* [m,1] stays 2-D */
-        p->value.ne[0] = p->grad.ne[0] = rows;
-        p->value.ne[1] = p->grad.ne[1] = cols;
+        if (std < 0.0f) { /* the host's tensor views, as declared */
+            const resbm_param *h = &m->layers.params[i - m->host0];
+            p->value = h->value;
+            p->grad = h->grad;
+            if (p->value.ndim == 1) p->value.ne[1] = p->grad.ne[1] = 1;
+        } else {
+            p->value.data = m->pmem + own;
+            p->grad.data = m->gmem + own;
+            p->value.ndim = p->grad.ndim = p->kind == RESBM_PARAM_NORM ? 1 : 2; /* [m,1] stays 2-D */
+            p->value.ne[0] = p->grad.ne[0] = rows;
+            p->value.ne[1] = p->grad.ne[1] = cols;
+            own += resbm__pad16(n);
+        }
         if (m->opt.kind == RESBM_OPT_ADAMW || (m->opt.kind == RESBM_OPT_MUON && p->kind != RESBM_PARAM_HIDDEN)) {
             p->m = omem; p->v = omem + resbm__pad16(n);
             omem += 2 * resbm__pad16(n);
@@ -2217,16 +2392,16 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
             p->m = omem;
             omem += resbm__pad16(n);
         }
-        off += resbm__pad16(n);
     }
 }
 
 static void resbm__model_link(resbm_model *m) {
     size_t i = 0;
-    int b;
-    m->tok_emb = m->first ? &m->params[i++] : NULL;
+    int b, builtin = !m->host && m->side < 0;
+    m->tok_emb = builtin && m->first ? &m->params[i++] : NULL;
     m->dec_w1 = m->has_dec ? &m->params[i++] : NULL;
     m->dec_w2 = m->has_dec ? &m->params[i++] : NULL;
+    i += m->nhost;
     for (b = 0; b < m->nblocks; b++) {
         resbm__block *k = &m->blocks[b];
         k->attn_norm = &m->params[i++]; k->wq = &m->params[i++]; k->wk = &m->params[i++];
@@ -2236,8 +2411,8 @@ static void resbm__model_link(resbm_model *m) {
     m->enc_norm = m->has_enc ? &m->params[i++] : NULL;
     m->enc_w1 = m->has_enc ? &m->params[i++] : NULL;
     m->enc_w2 = m->has_enc ? &m->params[i++] : NULL;
-    m->final_norm = m->last ? &m->params[i++] : NULL;
-    m->lm_head = m->last ? &m->params[i++] : NULL;
+    m->final_norm = builtin && m->last ? &m->params[i++] : NULL;
+    m->lm_head = builtin && m->last ? &m->params[i++] : NULL;
 }
 
 /* Norms 1; weights N(0, std) from a stream keyed by (seed, name). */
@@ -2250,6 +2425,7 @@ static void resbm__model_init_params(resbm_model *m) {
         int kind;
         float std;
         resbm__param_spec(m, i, name, &kind, &rows, &cols, &std);
+        if (std < 0.0f) continue; /* the host's: its values are the host's init */
         if (p->kind == RESBM_PARAM_NORM) {
             for (j = 0; j < n; j++) p->value.data[j] = 1.0f;
         } else if (std == 0.0f) {
@@ -2262,8 +2438,41 @@ static void resbm__model_init_params(resbm_model *m) {
     }
 }
 
-RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_config *opt,
-                              resbm_model **out) {
+/* The host's layer declaration: callbacks, and parameters that are unique, named, shaped, in
+   memory and finite (checked by bits: no -ffast-math folding). */
+static int resbm__layers_ok(const resbm_layers *h) {
+    size_t i, j;
+    if (!h->forward || !h->backward || !h->arch || (h->n_params && !h->params) ||
+        h->n_params > ((size_t)1 << 20) || strlen(h->arch) > 4096)
+        return RESBM_EINVAL;
+    for (i = 0; i < h->n_params; i++) {
+        const resbm_param *p = &h->params[i];
+        size_t n;
+        if (!memchr(p->name, 0, RESBM_NAME_MAX) || !p->name[0] || !strncmp(p->name, "bottleneck.", 11) ||
+            !strncmp(p->name, "opt.", 4) || p->kind < RESBM_PARAM_NORM || p->kind > RESBM_PARAM_HIDDEN ||
+            !p->value.data || !p->grad.data || (p->value.ndim != 1 && p->value.ndim != 2) ||
+            p->grad.ndim != p->value.ndim || p->grad.ne[0] != p->value.ne[0] ||
+            p->value.ne[0] == 0 || p->value.ne[0] > RESBM__MAX_DIM ||
+            (p->value.ndim == 2 && (p->value.ne[1] == 0 || p->value.ne[1] > RESBM__MAX_DIM ||
+                                    p->grad.ne[1] != p->value.ne[1])) ||
+            (p->value.ndim == 1 && p->value.ne[1] > 1))
+            return RESBM_EINVAL;
+        n = p->value.ne[0] * (p->value.ndim == 2 ? p->value.ne[1] : 1);
+        if (!resbm__all_finite(p->value.data, n)) return RESBM_ENONFINITE;
+        for (j = 0; j < i; j++)
+            if (!strncmp(h->params[j].name, p->name, RESBM_NAME_MAX)) return RESBM_EINVAL;
+    }
+    return RESBM_OK;
+}
+
+static int resbm__builtin_forward(void *user, int slot, size_t rows, const int32_t *tokens,
+                                  const float *x, float *out);
+static int resbm__builtin_backward(void *user, int slot, float *dout, float *dx);
+
+/* side -1: a model (built-in or host layers); RESBM_ENCODER / RESBM_DECODER: one boundary half,
+   no layers (what resbm_boundary is). */
+static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_config *opt,
+                               int side, resbm_model **out) {
     resbm_model tmp;
     resbm_arena a;
     resbm_model *m;
@@ -2273,7 +2482,15 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
     memset(&tmp, 0, sizeof(tmp));
     tmp.cfg = *cfg;
     tmp.opt = opt ? *opt : resbm_opt_config_default();
-    if ((rc = resbm__resolve(&tmp.cfg, &tmp.opt))) return rc;
+    tmp.side = side;
+    tmp.host = side < 0 && cfg->host;
+    if (tmp.host) {
+        RESBM__TRY(resbm__layers_ok(cfg->host));
+        tmp.layers = *cfg->host;
+        tmp.arch_hash = resbm__fnv1a(tmp.layers.arch);
+    }
+    tmp.cfg.host = NULL; /* the copy in tmp.layers is what counts */
+    if ((rc = resbm__resolve(&tmp.cfg, &tmp.opt, side < 0 && !tmp.host))) return rc;
     /* Every extent below is a product of these: check the largest ones once. */
     if (resbm_size_mul(&N, (size_t)tmp.cfg.batch, (size_t)tmp.cfg.seq) ||
         resbm_size_mul(&Nd, N, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.d, tmp.cfg.ff),
@@ -2284,17 +2501,21 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
                        (size_t)tmp.cfg.d * 64))
         return RESBM_EOVERFLOW;
     resbm__stage_blocks(tmp.cfg.layers, tmp.cfg.stages, tmp.cfg.stage, &tmp.layer0, &tmp.nblocks);
-    tmp.first = tmp.cfg.stage == 0;
-    tmp.last = tmp.cfg.stage == tmp.cfg.stages - 1;
+    tmp.first = side < 0 && tmp.cfg.stage == 0;
+    tmp.last = side < 0 && tmp.cfg.stage == tmp.cfg.stages - 1;
     tmp.r = (size_t)tmp.cfg.r;
     tmp.m = (size_t)tmp.cfg.m;
     tmp.identity = !tmp.cfg.no_identity;
-    tmp.has_dec = !tmp.first && tmp.cfg.r < tmp.cfg.d;
-    tmp.has_enc = !tmp.last && tmp.cfg.r < tmp.cfg.d;
+    tmp.has_dec = side == RESBM_DECODER || (side < 0 && !tmp.first && tmp.cfg.r < tmp.cfg.d);
+    tmp.has_enc = side == RESBM_ENCODER || (side < 0 && !tmp.last && tmp.cfg.r < tmp.cfg.d);
     tmp.win = tmp.first ? 0 : tmp.r;
     tmp.wout = tmp.last ? 0 : tmp.r;
-    tmp.nparams = (size_t)(tmp.first ? 1 : 0) + 9 * (size_t)tmp.nblocks + (tmp.last ? 2 : 0) +
-                  (tmp.has_dec ? 2 : 0) + (tmp.has_enc ? 3 : 0);
+    if (tmp.host || side >= 0) tmp.nblocks = 0; /* no built-in blocks */
+    tmp.nhost = tmp.host ? tmp.layers.n_params : 0;
+    tmp.host0 = tmp.has_dec ? 2 : 0;
+    tmp.nparams = (size_t)(tmp.first && !tmp.host ? 1 : 0) + 9 * (size_t)tmp.nblocks +
+                  (tmp.last && !tmp.host ? 2 : 0) + (tmp.has_dec ? 2 : 0) + (tmp.has_enc ? 3 : 0) +
+                  tmp.nhost;
     memset(&a, 0, sizeof(a));
     resbm_arena_push(&a, 1, sizeof(resbm_model));
     resbm__model_carve(&tmp, &a);
@@ -2311,8 +2532,16 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
     RESBM_ASSERT(!a.overflow && a.used == a.cap);
     resbm__model_link(m);
     resbm__model_init_params(m);
-    resbm_rope_tables(m->rope_cos, m->rope_sin, (size_t)m->cfg.seq,
-                      (size_t)(m->cfg.d / m->cfg.heads), 10000.0);
+    if (!m->host && side < 0) {
+        m->layers.user = m;
+        m->layers.forward = resbm__builtin_forward;
+        m->layers.backward = resbm__builtin_backward;
+        resbm_rope_tables(m->rope_cos, m->rope_sin, (size_t)m->cfg.seq,
+                          (size_t)(m->cfg.d / m->cfg.heads), 10000.0);
+    }
+    m->layers.params = NULL; /* the host's declaration is copied into m->params */
+    m->layers.arch = NULL;
+    m->layers.n_params = 0;
     if (m->cfg.pool) {
         m->pool = m->cfg.pool;
     } else {
@@ -2330,6 +2559,16 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
     if (m->own_pool) m->bytes += (size_t)m->cfg.threads * m->pool->work_floats * sizeof(float);
     *out = m;
     return RESBM_OK;
+}
+
+/* The host's architecture line, hashed (0 for the built-in layers). */
+static uint64_t resbm__arch_hash(const resbm_model *m) {
+    return m->host ? m->arch_hash : 0;
+}
+
+RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_config *opt,
+                              resbm_model **out) {
+    return resbm__model_create(cfg, opt, -1, out);
 }
 
 RESBMDEF void resbm_model_free(resbm_model *m) {
@@ -2390,8 +2629,8 @@ static int resbm__block_forward(resbm_model *m, resbm__acts *s, int l, size_t N)
     return resbm_gemm(pool, RESBM_GEMM_NT, 1, xo, m->g, p->w2->value.data, N, d, f);
 }
 
-/* m->dres holds dL/dx_out on entry and dL/dx_in on return. */
-static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, size_t N) {
+/* dres holds dL/dx_out on entry and dL/dx_in on return. */
+static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, size_t N, float *dres) {
     const resbm__block *p = &m->blocks[l];
     resbm_pool *pool = m->pool;
     size_t d = (size_t)m->cfg.d, f = (size_t)m->cfg.ff, T = (size_t)m->cfg.seq;
@@ -2400,7 +2639,7 @@ static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, si
     const float *k = s->k + l * Nd, *v = s->v + l * Nd, *att = s->att + l * Nd;
     const float *xmid = s->xmid + l * Nd, *b = s->b + l * Nd, *h1 = s->h1 + l * Nf;
     const float *h3 = s->h3 + l * Nf;
-    float *dres = m->dres, *dtmp = m->dtmp, *g = m->g;
+    float *dtmp = m->dtmp, *g = m->g;
     /* MLP: recompute the gate instead of storing it (saves N*f floats per block) */
     RESBM__TRY(resbm_swiglu_forward(pool, g, h1, h3, Nf));
     RESBM__TRY(resbm_gemm(pool, RESBM_GEMM_TN, 1, p->w2->grad.data, dres, g, d, f, N));
@@ -2428,24 +2667,122 @@ static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, si
                                   p->attn_norm->value.data, s->rstd1 + l * N, N, d);
 }
 
-/* By bit pattern, so a host's -ffast-math cannot fold the test away. */
-static int resbm__all_finite(const float *x, size_t n) {
-    size_t i;
-    uint32_t u;
-    for (i = 0; i < n; i++) {
-        memcpy(&u, x + i, 4);
-        if ((u & 0x7f800000u) == 0x7f800000u) return 0;
-    }
-    return 1;
+/* The bottleneck halves on a model's own buffers (the same calls for stages and boundaries). */
+static resbm_bottleneck_shape resbm__half_shape(const resbm_model *m, size_t N) {
+    resbm_bottleneck_shape sh;
+    sh.tokens = N; sh.d = (size_t)m->cfg.d; sh.r = m->r; sh.m = m->m; sh.identity = m->identity;
+    return sh;
 }
 
+static int resbm__enc_fwd(resbm_model *m, const resbm__acts *s, size_t N, const float *h, float *z) {
+    resbm_bottleneck_shape sh = resbm__half_shape(m, N);
+    resbm_encoder_weights w;
+    resbm_encoder_saved sv;
+    resbm_bottleneck_scratch scr;
+    w.norm = m->enc_norm->value.data; w.w1 = m->enc_w1->value.data; w.w2 = m->enc_w2->value.data;
+    sv.rstd = s->enc_rstd; sv.u = s->enc_u; sv.a = s->enc_a;
+    scr.s = m->bm1; scr.ds = m->bm2; scr.du = m->dtmp;
+    return resbm_encoder_forward(m->pool, &sh, &w, &sv, &scr, h, z);
+}
+
+static int resbm__enc_bwd(resbm_model *m, const resbm__acts *s, size_t N, const float *h,
+                          const float *dz, float *dh) {
+    resbm_bottleneck_shape sh = resbm__half_shape(m, N);
+    resbm_encoder_weights w;
+    resbm_encoder_grads g;
+    resbm_encoder_saved sv;
+    resbm_bottleneck_scratch scr;
+    w.norm = m->enc_norm->value.data; w.w1 = m->enc_w1->value.data; w.w2 = m->enc_w2->value.data;
+    g.norm = m->enc_norm->grad.data; g.w1 = m->enc_w1->grad.data; g.w2 = m->enc_w2->grad.data;
+    sv.rstd = s->enc_rstd; sv.u = s->enc_u; sv.a = s->enc_a;
+    scr.s = m->bm1; scr.ds = m->bm2; scr.du = m->dtmp;
+    return resbm_encoder_backward(m->pool, &sh, &w, &g, &sv, &scr, h, dz, dh);
+}
+
+static int resbm__dec_fwd(resbm_model *m, const resbm__acts *s, size_t N, const float *z, float *x) {
+    resbm_bottleneck_shape sh = resbm__half_shape(m, N);
+    resbm_decoder_weights w;
+    resbm_decoder_saved sv;
+    resbm_bottleneck_scratch scr;
+    w.w1 = m->dec_w1->value.data; w.w2 = m->dec_w2->value.data;
+    sv.a = s->dec_a;
+    scr.s = m->bm1; scr.ds = m->bm2; scr.du = NULL;
+    return resbm_decoder_forward(m->pool, &sh, &w, &sv, &scr, z, x);
+}
+
+static int resbm__dec_bwd(resbm_model *m, const resbm__acts *s, size_t N, const float *dx, float *dz) {
+    resbm_bottleneck_shape sh = resbm__half_shape(m, N);
+    resbm_decoder_weights w;
+    resbm_decoder_grads g;
+    resbm_decoder_saved sv;
+    resbm_bottleneck_scratch scr;
+    w.w1 = m->dec_w1->value.data; w.w2 = m->dec_w2->value.data;
+    g.w1 = m->dec_w1->grad.data; g.w2 = m->dec_w2->grad.data;
+    sv.a = s->dec_a;
+    scr.s = m->bm1; scr.ds = m->bm2; scr.du = NULL;
+    return resbm_decoder_backward(m->pool, &sh, &w, &g, &sv, &scr, s->z_in, dx, dz);
+}
+
+/* The built-in layers (docs/design.md §4) behind the same interface as a host's: embedding or
+   the decoded x (already in the slot's x[0]), the blocks, and on the last stage the final norm
+   and the head's logits. */
+static int resbm__builtin_forward(void *user, int slot, size_t rows, const int32_t *tokens,
+                                  const float *x, float *out) {
+    resbm_model *m = (resbm_model *)user;
+    resbm__acts *s = &m->slots[slot];
+    size_t N = rows * (size_t)m->cfg.seq, d = (size_t)m->cfg.d, V = (size_t)m->cfg.vocab;
+    int l;
+    (void)x; /* it is s->x: the runtime decoded into it */
+    if (m->first) {
+        memcpy(s->tokens, tokens, N * sizeof(int32_t));
+        RESBM__TRY(resbm_embedding_forward(s->x, tokens, m->tok_emb->value.data, N, d, V));
+    }
+    for (l = 0; l < m->nblocks; l++) RESBM__TRY(resbm__block_forward(m, s, l, N));
+    if (m->last) { /* else the blocks wrote out = s->x[L] */
+        RESBM__TRY(resbm_rmsnorm_forward(m->pool, s->xn, s->rstd_f, s->x + (size_t)m->nblocks * N * d,
+                                         m->final_norm->value.data, N, d));
+        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NT, 0, out, s->xn, m->lm_head->value.data, N, V, d));
+    }
+    return RESBM_OK;
+}
+
+static int resbm__builtin_backward(void *user, int slot, float *dout, float *dx) {
+    resbm_model *m = (resbm_model *)user;
+    const resbm__acts *s = &m->slots[slot];
+    size_t N = s->rows * (size_t)m->cfg.seq, d = (size_t)m->cfg.d, V = (size_t)m->cfg.vocab;
+    float *g = dx ? dx : m->dres; /* the running gradient of the residual stream */
+    int l;
+    if (m->last) {
+        RESBM__TRY(resbm_linear_backward(m->pool, m->dtmp, m->lm_head->grad.data, dout, s->xn,
+                                         m->lm_head->value.data, N, d, V, 0));
+        memset(g, 0, N * d * sizeof(float));
+        RESBM__TRY(resbm_rmsnorm_backward(m->pool, g, m->final_norm->grad.data, m->dtmp,
+                                          s->x + (size_t)m->nblocks * N * d,
+                                          m->final_norm->value.data, s->rstd_f, N, d));
+    } else if (dout != g) {
+        memcpy(g, dout, N * d * sizeof(float));
+    }
+    for (l = m->nblocks - 1; l >= 0; l--) RESBM__TRY(resbm__block_backward(m, s, l, N, g));
+    if (m->first) RESBM__TRY(resbm_embedding_backward(m->tok_emb->grad.data, g, s->tokens, N, d, V));
+    return RESBM_OK;
+}
+
+static void resbm__slot_drop(resbm_model *m, int slot) {
+    m->slots[slot].rows = 0;
+    if (m->layers.release) m->layers.release(m->layers.user, slot);
+}
+
+/* One code path for the built-in and the host's layers: decoder, layers, then the loss or the
+   encoder. */
 RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens,
                                  const float *x_in, const int32_t *targets, size_t rows,
                                  float *h_out, float *loss) {
     resbm__acts *s;
     size_t N, d, V, n;
-    int l;
-    if (!m || slot < 0 || slot >= m->cfg.act_slots || rows == 0 || rows > (size_t)m->cfg.batch)
+    float *out;
+    int rc;
+    if (!m || m->side >= 0 || slot < 0 || slot >= m->cfg.act_slots || rows == 0 ||
+        rows > (size_t)m->cfg.batch)
         return RESBM_EINVAL;
     if ((m->first && !tokens) || (!m->first && !x_in) || (m->last && (!targets || !loss)) ||
         (!m->last && !h_out))
@@ -2458,45 +2795,38 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
     if (m->first && !resbm__targets_ok(tokens, N, V)) return RESBM_ERANGE;
     if (m->last && !resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
     if (!m->first && !resbm__all_finite(x_in, N * m->win)) return RESBM_ENONFINITE;
-    if (m->first) {
-        memcpy(s->tokens, tokens, N * sizeof(int32_t));
-        RESBM__TRY(resbm_embedding_forward(s->x, tokens, m->tok_emb->value.data, N, d, V));
-    } else if (m->has_dec) {
+    if (!m->first && m->has_dec) {
         memcpy(s->z_in, x_in, N * m->r * sizeof(float));
-        RESBM__TRY(resbm_decoder_forward(m->pool, s->x, s->dec_a, m->bm1, s->z_in,
-                                         m->dec_w1->value.data, m->dec_w2->value.data, N, d, m->r,
-                                         m->m, m->identity));
-    } else {
-        memcpy(s->x, x_in, N * d * sizeof(float));
+        RESBM__TRY(resbm__dec_fwd(m, s, N, s->z_in, s->xin));
+    } else if (!m->first) {
+        memcpy(s->xin, x_in, N * d * sizeof(float));
     }
-    for (l = 0; l < m->nblocks; l++) RESBM__TRY(resbm__block_forward(m, s, l, N));
-    if (m->last) {
-        const float *xl = s->x + (size_t)m->nblocks * N * d;
+    out = m->last ? s->probs : s->hout;
+    s->rows = rows; /* held from here on: a failure below drops it */
+    rc = m->layers.forward(m->layers.user, slot, rows, m->first ? tokens : NULL,
+                           m->first ? NULL : s->xin, out);
+    if (!rc && m->last) {
         double sum = 0.0;
         memcpy(s->targets, targets, N * sizeof(int32_t));
-        RESBM__TRY(resbm_rmsnorm_forward(m->pool, s->xn, s->rstd_f, xl, m->final_norm->value.data, N, d));
-        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NT, 0, s->probs, s->xn, m->lm_head->value.data, N, V, d));
-        RESBM__TRY(resbm_xent_forward(m->pool, s->probs, s->losses, s->probs, targets, N, V));
-        for (n = 0; n < N; n++) sum += s->losses[n];
+        rc = resbm_xent_forward(m->pool, s->probs, s->losses, s->probs, targets, N, V);
+        for (n = 0; !rc && n < N; n++) sum += s->losses[n];
         *loss = (float)(sum / (double)N);
-    } else if (m->has_enc) {
-        RESBM__TRY(resbm_encoder_forward(m->pool, h_out, s->enc_rstd, s->enc_u, s->enc_a, m->bm1,
-                                         s->x + (size_t)m->nblocks * N * d, m->enc_norm->value.data,
-                                         m->enc_w1->value.data, m->enc_w2->value.data, N, d, m->r,
-                                         m->m, m->identity));
-    } else {
-        memcpy(h_out, s->x + (size_t)m->nblocks * N * d, N * d * sizeof(float));
+    } else if (!rc && m->has_enc) {
+        rc = resbm__enc_fwd(m, s, N, out, h_out);
+    } else if (!rc) {
+        memcpy(h_out, out, N * d * sizeof(float));
     }
-    s->rows = rows;
-    return RESBM_OK;
+    if (rc) resbm__slot_drop(m, slot);
+    return rc;
 }
 
 RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
                                   float loss_weight) {
     resbm__acts *s;
     size_t N, d, V;
-    int l;
-    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    float *dout;
+    int rc;
+    if (!m || m->side >= 0 || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
     if ((!m->last && !dh_out) || (!m->first && !dx_in)) return RESBM_EINVAL;
     if (m->last && !resbm__finite(loss_weight)) return RESBM_EINVAL;
     s = &m->slots[slot];
@@ -2506,42 +2836,31 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
     V = (size_t)m->cfg.vocab;
     if (!m->last && !resbm__all_finite(dh_out, N * m->wout)) return RESBM_ENONFINITE;
     if (m->last) {
-        const float *xl = s->x + (size_t)m->nblocks * N * d;
         RESBM__TRY(resbm_xent_backward(m->pool, m->dlogits, s->probs, s->targets, N, V,
                                        loss_weight / (float)N));
-        RESBM__TRY(resbm_linear_backward(m->pool, m->dtmp, m->lm_head->grad.data, m->dlogits, s->xn,
-                                         m->lm_head->value.data, N, d, V, 0));
-        memset(m->dres, 0, N * d * sizeof(float));
-        RESBM__TRY(resbm_rmsnorm_backward(m->pool, m->dres, m->final_norm->grad.data, m->dtmp, xl,
-                                          m->final_norm->value.data, s->rstd_f, N, d));
+        dout = m->dlogits;
     } else if (m->has_enc) {
         memset(m->dres, 0, N * d * sizeof(float));
-        RESBM__TRY(resbm_encoder_backward(m->pool, m->dres, m->enc_norm->grad.data,
-                                          m->enc_w1->grad.data, m->enc_w2->grad.data, m->bm1,
-                                          m->bm2, m->dtmp, dh_out, s->x + (size_t)m->nblocks * N * d,
-                                          m->enc_norm->value.data, m->enc_w1->value.data,
-                                          m->enc_w2->value.data, s->enc_rstd, s->enc_u, s->enc_a,
-                                          N, d, m->r, m->m, m->identity));
+        RESBM__TRY(resbm__enc_bwd(m, s, N, s->hout, dh_out, m->dres));
+        dout = m->dres;
     } else {
         memcpy(m->dres, dh_out, N * d * sizeof(float));
+        dout = m->dres;
     }
-    for (l = m->nblocks - 1; l >= 0; l--) RESBM__TRY(resbm__block_backward(m, s, l, N));
-    if (m->first)
-        RESBM__TRY(resbm_embedding_backward(m->tok_emb->grad.data, m->dres, s->tokens, N, d, V));
-    else if (m->has_dec)
-        RESBM__TRY(resbm_decoder_backward(m->pool, dx_in, m->dec_w1->grad.data,
-                                          m->dec_w2->grad.data, m->bm1, m->bm2, m->dres, s->z_in,
-                                          m->dec_w1->value.data, m->dec_w2->value.data, s->dec_a,
-                                          N, d, m->r, m->m, m->identity));
-    else
-        memcpy(dx_in, m->dres, N * d * sizeof(float));
+    rc = m->layers.backward(m->layers.user, slot, dout, m->first ? NULL : m->dres);
+    if (!rc && !m->first && m->has_dec) rc = resbm__dec_bwd(m, s, N, m->dres, dx_in);
+    else if (!rc && !m->first) memcpy(dx_in, m->dres, N * d * sizeof(float));
+    if (rc) {
+        resbm__slot_drop(m, slot);
+        return rc;
+    }
     s->rows = 0;
     return RESBM_OK;
 }
 
 RESBMDEF int resbm_model_release(resbm_model *m, int slot) {
-    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
-    m->slots[slot].rows = 0;
+    if (!m || m->side >= 0 || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    resbm__slot_drop(m, slot);
     return RESBM_OK;
 }
 
@@ -2551,19 +2870,46 @@ RESBMDEF const float *resbm_model_probs(const resbm_model *m, int slot) {
 }
 
 RESBMDEF int resbm_model_zero_grad(resbm_model *m) {
+    size_t i;
     if (!m) return RESBM_EINVAL;
-    memset(m->gmem, 0, m->nfloats * sizeof(float));
+    for (i = 0; i < m->nparams; i++)
+        memset(m->params[i].grad.data, 0, m->params[i].value.ne[0] * m->params[i].value.ne[1] * sizeof(float));
     return RESBM_OK;
+}
+
+/* Whole-model passes see the parameters as one padded concatenation (voff), wherever each one
+   lives (the library's arena or the host's memory), so chunks, and the order every sum takes,
+   depend on the shapes alone. fn gets parameter p's floats [at, at + n) at offset `virt`. */
+typedef void (*resbm__piece_fn)(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt);
+static void resbm__walk(const resbm_model *m, size_t lo, size_t hi, resbm__piece_fn fn, void *ctx) {
+    size_t a = 0, b = m->nparams;
+    while (a < b) { /* the first parameter that ends after lo */
+        size_t mid = a + (b - a) / 2;
+        if (m->voff[mid + 1] <= lo) a = mid + 1; else b = mid;
+    }
+    for (; a < m->nparams && m->voff[a] < hi; a++) {
+        resbm_param *p = &m->params[a];
+        size_t s0 = m->voff[a], n = p->value.ne[0] * p->value.ne[1];
+        size_t from = RESBM__MAX(lo, s0), to = RESBM__MIN(hi, s0 + n);
+        if (from < to) fn(ctx, p, from - s0, to - from, from);
+    }
+}
+
+static void resbm__sqnorm_piece(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt) {
+    const float *g = p->grad.data + at;
+    double *s = (double *)ctx;
+    size_t i;
+    (void)virt;
+    for (i = 0; i < n; i++) *s += (double)g[i] * (double)g[i];
 }
 
 static void resbm__sqnorm_range(void *ctx, size_t b, size_t e) {
     resbm_model *m = (resbm_model *)ctx;
     size_t c;
     for (c = b; c < e; c++) {
-        const float *g = m->gmem + c * RESBM__CHUNK;
-        size_t i, n = RESBM__MIN((size_t)RESBM__CHUNK, m->nfloats - c * RESBM__CHUNK);
         double s = 0.0;
-        for (i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
+        resbm__walk(m, c * RESBM__CHUNK, RESBM__MIN((c + 1) * RESBM__CHUNK, m->nfloats),
+                    resbm__sqnorm_piece, &s);
         m->partials[c] = s;
     }
 }
@@ -2655,16 +3001,37 @@ static int resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr) {
     return RESBM_OK;
 }
 
-typedef struct { float *dst; const float *src; int *bad; } resbm__copy_job;
+typedef struct { resbm_model *m; float *dst; const float *src; int to_backup, *bad; } resbm__copy_job;
 
-static void resbm__copy_range(void *ctx, size_t b, size_t e) {
+static void resbm__copy_piece(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt) {
+    const resbm__copy_job *j = (const resbm__copy_job *)ctx;
+    if (j->to_backup) memcpy(j->m->backup + virt, p->value.data + at, n * sizeof(float));
+    else memcpy(p->value.data + at, j->m->backup + virt, n * sizeof(float));
+}
+
+static void resbm__finite_piece(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt) {
+    const resbm__copy_job *j = (const resbm__copy_job *)ctx;
+    (void)virt;
+    if (!resbm__all_finite(p->value.data + at, n)) __atomic_store_n(j->bad, 1, __ATOMIC_RELAXED);
+}
+
+static void resbm__copy_range(void *ctx, size_t b, size_t e) { /* parameter values */
+    const resbm__copy_job *j = (const resbm__copy_job *)ctx;
+    resbm__walk(j->m, b, e, resbm__copy_piece, ctx);
+}
+
+static void resbm__state_copy_range(void *ctx, size_t b, size_t e) { /* optimizer state */
     const resbm__copy_job *j = (const resbm__copy_job *)ctx;
     memcpy(j->dst + b, j->src + b, (e - b) * sizeof(float));
 }
 
 static void resbm__finite_range(void *ctx, size_t b, size_t e) {
     const resbm__copy_job *j = (const resbm__copy_job *)ctx;
-    if (!resbm__all_finite(j->src + b, e - b)) __atomic_store_n(j->bad, 1, __ATOMIC_RELAXED);
+    if (j->src) {
+        if (!resbm__all_finite(j->src + b, e - b)) __atomic_store_n(j->bad, 1, __ATOMIC_RELAXED);
+    } else {
+        resbm__walk(j->m, b, e, resbm__finite_piece, ctx);
+    }
 }
 
 /* Parameters, then optimizer state, into the backup (on the pool) or back from it (on this
@@ -2672,20 +3039,18 @@ static void resbm__finite_range(void *ctx, size_t b, size_t e) {
 static int resbm__model_copy(resbm_model *m, int to_backup) {
     resbm__copy_job j;
     resbm_pool *pool = to_backup ? m->pool : NULL;
-    j.bad = NULL;
-    j.dst = to_backup ? m->backup : m->pmem;
-    j.src = to_backup ? m->pmem : m->backup;
+    j.m = m; j.bad = NULL; j.to_backup = to_backup; j.dst = NULL; j.src = NULL;
     RESBM__TRY(resbm__parallel_for(pool, m->nfloats, 4 * RESBM__CHUNK, resbm__copy_range, &j));
     j.dst = to_backup ? m->backup + m->nfloats : m->omem;
     j.src = to_backup ? m->omem : m->backup + m->nfloats;
-    return resbm__parallel_for(pool, m->nopt, 4 * RESBM__CHUNK, resbm__copy_range, &j);
+    return resbm__parallel_for(pool, m->nopt, 4 * RESBM__CHUNK, resbm__state_copy_range, &j);
 }
 
 static int resbm__model_finite(resbm_model *m, int *ok) {
     resbm__copy_job j;
     int bad = 0;
-    j.dst = NULL; j.bad = &bad;
-    j.src = m->pmem;
+    j.m = m; j.dst = NULL; j.bad = &bad; j.to_backup = 0;
+    j.src = NULL; /* the parameters, through the walk */
     RESBM__TRY(resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__finite_range, &j));
     j.src = m->omem;
     RESBM__TRY(resbm__parallel_for(m->pool, m->nopt, 4 * RESBM__CHUNK, resbm__finite_range, &j));
@@ -2787,6 +3152,111 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
     RESBM__TRY(resbm_model_update(m, scale));
     *loss = (float)(sum / n_micro);
     return RESBM_OK;
+}
+
+/* ---- the boundary as an object ---------------------------------------------------------------- */
+/* A boundary is a model that holds one bottleneck half and no layers: the same parameters,
+   init, kernels, optimizer and checkpoint code as the halves inside every stage. */
+static resbm_model *resbm__bnd(resbm_boundary *b) { return (resbm_model *)(void *)b; }
+
+RESBMDEF resbm_boundary_config resbm_boundary_config_default(void) {
+    resbm_boundary_config c;
+    memset(&c, 0, sizeof(c));
+    c.side = RESBM_ENCODER; c.d = 256; c.r = 2; c.max_tokens = 1024; c.slots = 1; c.threads = 1;
+    c.seed = 1337; c.init_std = 0.02f;
+    return c;
+}
+
+RESBMDEF int resbm_boundary_init(const resbm_boundary_config *cfg, const resbm_opt_config *opt,
+                                 resbm_boundary **out) {
+    resbm_model_config mc = resbm_model_config_default();
+    resbm_model *m;
+    if (!cfg || !out || (cfg->side != RESBM_ENCODER && cfg->side != RESBM_DECODER) ||
+        cfg->index < 0 || cfg->index > 65533 || cfg->d < 2 || cfg->r < 1 || cfg->r >= cfg->d ||
+        cfg->max_tokens < 1 || cfg->slots < 0 || cfg->threads < 0)
+        return RESBM_EINVAL;
+    mc.vocab = 1; mc.d = cfg->d; mc.r = cfg->r; mc.m = cfg->m; mc.no_identity = cfg->no_identity;
+    mc.seq = 1; mc.batch = cfg->max_tokens; mc.act_slots = cfg->slots ? cfg->slots : 1;
+    mc.stages = mc.layers = cfg->index + 2; /* so that stage index + 1 exists */
+    mc.stage = cfg->side == RESBM_ENCODER ? cfg->index : cfg->index + 1;
+    mc.threads = cfg->threads ? cfg->threads : 1; mc.seed = cfg->seed; mc.init_std = cfg->init_std;
+    mc.pool = cfg->pool; mc.alloc_user = cfg->alloc_user;
+    RESBM__TRY(resbm__model_create(&mc, opt, cfg->side, &m));
+    *out = (resbm_boundary *)(void *)m;
+    return RESBM_OK;
+}
+
+RESBMDEF void resbm_boundary_free(resbm_boundary *b) { resbm_model_free(resbm__bnd(b)); }
+
+RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, const float *in,
+                                    float *out) {
+    resbm_model *m = resbm__bnd(b);
+    resbm__acts *s;
+    if (!m || !in || !out || slot < 0 || slot >= m->cfg.act_slots || tokens == 0 ||
+        tokens > (size_t)m->cfg.batch)
+        return RESBM_EINVAL;
+    s = &m->slots[slot];
+    if (s->rows) return RESBM_ESTATE;
+    if (!resbm__all_finite(in, tokens * (m->has_enc ? (size_t)m->cfg.d : m->r))) return RESBM_ENONFINITE;
+    if (m->has_enc) {
+        memcpy(s->x, in, tokens * (size_t)m->cfg.d * sizeof(float));
+        RESBM__TRY(resbm__enc_fwd(m, s, tokens, s->x, out));
+    } else {
+        memcpy(s->z_in, in, tokens * m->r * sizeof(float));
+        RESBM__TRY(resbm__dec_fwd(m, s, tokens, s->z_in, out));
+    }
+    s->rows = tokens;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_boundary_backward(resbm_boundary *b, int slot, const float *dout, float *din) {
+    resbm_model *m = resbm__bnd(b);
+    resbm__acts *s;
+    size_t N, d;
+    if (!m || !dout || !din || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    s = &m->slots[slot];
+    if (!s->rows) return RESBM_ESTATE;
+    N = s->rows;
+    d = (size_t)m->cfg.d;
+    if (!resbm__all_finite(dout, N * (m->has_enc ? m->r : d))) return RESBM_ENONFINITE;
+    if (m->has_enc) {
+        memset(din, 0, N * d * sizeof(float));
+        RESBM__TRY(resbm__enc_bwd(m, s, N, s->x, dout, din));
+    } else {
+        RESBM__TRY(resbm__dec_bwd(m, s, N, dout, din));
+    }
+    s->rows = 0;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_boundary_release(resbm_boundary *b, int slot) {
+    resbm_model *m = resbm__bnd(b);
+    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    m->slots[slot].rows = 0;
+    return RESBM_OK;
+}
+
+RESBMDEF resbm_param *resbm_boundary_params(resbm_boundary *b, size_t *count) {
+    return resbm_model_params_mut(resbm__bnd(b), count);
+}
+RESBMDEF int resbm_boundary_zero_grad(resbm_boundary *b) { return resbm_model_zero_grad(resbm__bnd(b)); }
+RESBMDEF int resbm_boundary_grad_sqnorm(resbm_boundary *b, double *out) {
+    return resbm_model_grad_sqnorm(resbm__bnd(b), out);
+}
+RESBMDEF int resbm_boundary_update(resbm_boundary *b, float grad_scale) {
+    return resbm_model_update(resbm__bnd(b), grad_scale);
+}
+RESBMDEF int resbm_boundary_rollback(resbm_boundary *b) { return resbm_model_rollback(resbm__bnd(b)); }
+RESBMDEF long resbm_boundary_step_count(const resbm_boundary *b) {
+    return resbm_model_step_count((const resbm_model *)(const void *)b);
+}
+RESBMDEF int resbm_boundary_save(resbm_boundary *b, const char *path) {
+    resbm_model *m = resbm__bnd(b);
+    return m ? resbm_checkpoint_save(path, &m, 1, NULL, 0) : RESBM_EINVAL;
+}
+RESBMDEF int resbm_boundary_load(resbm_boundary *b, const char *path, char *why, size_t why_len) {
+    resbm_model *m = resbm__bnd(b);
+    return m ? resbm_checkpoint_load(path, &m, 1, why, why_len) : RESBM_EINVAL;
 }
 
 /* ---- wire codec ------------------------------------------------------------------------------- */
@@ -3542,14 +4012,15 @@ enum { RESBM__JOB_STAGES, RESBM__JOB_VOCAB, RESBM__JOB_D, RESBM__JOB_LAYERS, RES
        RESBM__JOB_OPT, RESBM__JOB_LR, RESBM__JOB_MIN_LR, RESBM__JOB_WARMUP, RESBM__JOB_TOTAL,
        RESBM__JOB_BETA1, RESBM__JOB_BETA2, RESBM__JOB_EPS, RESBM__JOB_WD, RESBM__JOB_CLIP,
        RESBM__JOB_MUON_LR, RESBM__JOB_MUON_MOM, RESBM__JOB_MUON_NS, RESBM__JOB_BLR,
-       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_STEP_HI,
+       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_STEP_HI,
        RESBM__JOB_STEP_LO, RESBM__JOB_N };
 static const char *const resbm__job_names[RESBM__JOB_N] = {
     "stages", "vocab", "d", "layers", "heads", "ff", "seq", "batch (rows per microbatch)",
     "n_micro", "r", "m", "no_identity", "wire_fwd", "wire_bwd", "optimizer", "lr", "min_lr_frac",
     "warmup", "total_steps", "beta1", "beta2", "eps", "weight_decay", "clip", "muon_lr",
     "muon_momentum", "muon_ns_steps", "bottleneck_lr_scale", "seed (high 32 bits)", "seed",
-    "init_std", "step (high 32 bits)", "step"};
+    "init_std", "host layers' architecture (hash, high 32 bits)", "host layers' architecture (hash)",
+    "step (high 32 bits)", "step"};
 /* which of them are floats (printed as such in a mismatch) */
 #define RESBM__JOB_IS_FLOAT(i)                                                                     \
     ((i) == RESBM__JOB_LR || (i) == RESBM__JOB_MIN_LR || ((i) >= RESBM__JOB_BETA1 &&             \
@@ -3625,6 +4096,8 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_BLR] = resbm__fbits(o->bottleneck_lr_scale);
     j[RESBM__JOB_SEED_HI] = (uint32_t)(c->seed >> 32); j[RESBM__JOB_SEED_LO] = (uint32_t)c->seed;
     j[RESBM__JOB_INIT_STD] = resbm__fbits(c->init_std);
+    j[RESBM__JOB_ARCH_HI] = (uint32_t)(resbm__arch_hash(st->model) >> 32);
+    j[RESBM__JOB_ARCH_LO] = (uint32_t)resbm__arch_hash(st->model);
     j[RESBM__JOB_STEP_HI] = (uint32_t)((uint64_t)st->model->step >> 32);
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
@@ -3645,8 +4118,18 @@ RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes)
     if (!cfg || !bytes) return RESBM_EINVAL;
     mc = cfg->model;
     oc = cfg->opt;
-    RESBM__TRY(resbm__resolve(&mc, &oc));
+    RESBM__TRY(resbm__resolve(&mc, &oc, !mc.host));
     return resbm__frame_cap((size_t)mc.batch * (size_t)mc.seq, (size_t)mc.r, bytes);
+}
+
+RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots) {
+    int S, n;
+    if (!cfg || !slots) return RESBM_EINVAL;
+    S = cfg->model.stages ? cfg->model.stages : 1;
+    n = cfg->n_micro ? cfg->n_micro : 1;
+    if (cfg->model.stage < 0 || cfg->model.stage >= S || n < 0) return RESBM_EINVAL;
+    *slots = RESBM__MIN(S - cfg->model.stage, n); /* 1F1B keeps at most S - s forwards */
+    return RESBM_OK;
 }
 
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) {
@@ -4015,7 +4498,7 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     double sq, loss_sum = 0.0, t0;
     float part[1], back[2], scale;
     int warm, i, fi = 0, bi = 0, sl;
-    for (sl = 0; sl < m->cfg.act_slots; sl++) m->slots[sl].rows = 0; /* a failed step left some */
+    for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* a failed step left some */
     RESBM__TRY(resbm_model_zero_grad(m));
     warm = RESBM__MIN(st->S - st->s - 1, st->n);
     for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
@@ -4684,8 +5167,20 @@ static const char *resbm__opt_name(int kind) {
 
 static void resbm__config_string(const resbm_model *m, char *buf, size_t len) {
     const resbm_model_config *c = &m->cfg;
+    int n;
+    if (m->side >= 0) { /* a boundary alone */
+        snprintf(buf, len, "boundary %s index=%d d=%d r=%d m=%d identity=%d",
+                 m->side == RESBM_ENCODER ? "encoder" : "decoder",
+                 m->side == RESBM_ENCODER ? c->stage : c->stage - 1, c->d, (int)m->r, (int)m->m, m->identity);
+        return;
+    }
     /* with bottlenecks the stage split decides where they sit; without, any split loads */
-    int n = snprintf(buf, len, "vocab=%d d=%d layers=%d heads=%d ff=%d seq=%d r=%d m=%d identity=%d",
+    if (m->host)
+        n = snprintf(buf, len, "host=%016llx vocab=%d d=%d layers=%d seq=%d r=%d m=%d identity=%d",
+                     (unsigned long long)resbm__arch_hash(m), c->vocab, c->d, c->layers, c->seq,
+                     (int)m->r, (int)m->m, m->identity);
+    else
+        n = snprintf(buf, len, "vocab=%d d=%d layers=%d heads=%d ff=%d seq=%d r=%d m=%d identity=%d",
                      c->vocab, c->d, c->layers, c->heads, c->ff, c->seq, (int)m->r, (int)m->m, m->identity);
     if (m->r < (size_t)c->d && n > 0 && (size_t)n < len) snprintf(buf + n, len - (size_t)n, " stages=%d", c->stages);
 }
@@ -4839,7 +5334,7 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
         models[i]->step = step;
         models[i]->has_backup = 0; /* the state before the last update is not this file's */
         models[i]->loads++;
-        for (j = 0; j < (size_t)models[i]->cfg.act_slots; j++) models[i]->slots[j].rows = 0;
+        for (j = 0; j < (size_t)models[i]->cfg.act_slots; j++) resbm__slot_drop(models[i], (int)j);
     }
 done:
     resbm_safetensors_free(f);

@@ -315,9 +315,15 @@ static void test_gemm_args(void) {
     CHECK_RC(resbm_gemm(p, 0, 0, c, NULL, a, 2, 2, 2), RESBM_EINVAL);
     CHECK_RC(resbm_gemm(p, 0, 0, c, a, NULL, 2, 2, 2), RESBM_EINVAL);
     CHECK_RC(resbm_gemm(p, 0, 0, c, a, a, 0, 2, 2), RESBM_EINVAL);
-    CHECK_RC(resbm_gemm(NULL, 0, 0, c, a, a, 2, 2, 2), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm(NULL, 0, 0, c, a, NULL, 2, 2, 2), RESBM_EINVAL);
     CHECK_RC(resbm_gemm(p, 0, 0, c, a, a, (size_t)1 << 40, (size_t)1 << 40, 2), RESBM_EOVERFLOW);
     CHECK(c[0] == 9 && c[3] == 9, "C touched on failure");
+    { /* the pool is optional everywhere: without one, the calling thread computes the same bits */
+        float c1[4], c2[4];
+        CHECK_RC(resbm_gemm(p, RESBM_GEMM_NT, 0, c1, a, a, 2, 2, 2), RESBM_OK);
+        CHECK_RC(resbm_gemm(NULL, RESBM_GEMM_NT, 0, c2, a, a, 2, 2, 2), RESBM_OK);
+        CHECK(!memcmp(c1, c2, sizeof(c1)) && c1[0] == 5.0f && c1[3] == 25.0f, "gemm without a pool");
+    }
     /* K = 0: C = 0, or unchanged when accumulating */
     CHECK_RC(resbm_gemm(p, 0, 1, c, a, a, 2, 2, 0), RESBM_OK);
     CHECK(c[0] == 9, "accumulate with K=0 must leave C");
@@ -653,26 +659,46 @@ static void test_grad_bottleneck(void) {
         memset(dw2, 0, sizeof(dw2)); memset(dv1, 0, sizeof(dv1)); memset(dv2, 0, sizeof(dv2));
         e.h = to_double(h, BN * BD); e.norm = to_double(norm, BD); e.w1 = to_double(w1, BM * BD);
         e.w2 = to_double(w2, BR * BM); e.w = to_double(wz, BN * BR); e.z = zr; e.identity = identity;
-        CHECK_RC(resbm_encoder_forward(p, z, rstd, u, a, s, h, norm, w1, w2, BN, BD, BR, BM, identity), RESBM_OK);
+        resbm_bottleneck_shape sh = {BN, BD, BR, BM, 0}, bad;
+        resbm_encoder_weights ew = {norm, w1, w2};
+        resbm_encoder_grads eg = {dn, dw1, dw2};
+        resbm_encoder_saved es = {rstd, u, a};
+        resbm_decoder_weights dw = {v1, v2};
+        resbm_decoder_grads dg = {dv1, dv2};
+        resbm_decoder_saved dsv = {a2};
+        resbm_bottleneck_scratch scr = {s, ds, du};
+        sh.identity = identity;
+        CHECK_RC(resbm_encoder_forward(p, &sh, &ew, &es, &scr, h, z), RESBM_OK);
         enc_loss(&e);
         CHECK(near_all("encoder z", z, zr, BN * BR, 1e-6), "identity %d", identity);
-        CHECK_RC(resbm_encoder_backward(p, dh, dn, dw1, dw2, s, ds, du, wz, h, norm, w1, w2, rstd, u, a,
-                                        BN, BD, BR, BM, identity), RESBM_OK);
+        CHECK_RC(resbm_encoder_backward(p, &sh, &ew, &eg, &es, &scr, h, wz, dh), RESBM_OK);
         CHECK(fd_check("encoder dh", enc_loss, &e, e.h, dh, BN * BD, 400, 1e-5), "identity %d", identity);
         CHECK(fd_check("encoder dnorm", enc_loss, &e, e.norm, dn, BD, 400, 1e-5), "identity %d", identity);
         CHECK(fd_check("encoder dw1", enc_loss, &e, e.w1, dw1, BM * BD, 400, 1e-5), "identity %d", identity);
         CHECK(fd_check("encoder dw2", enc_loss, &e, e.w2, dw2, BR * BM, 400, 1e-5), "identity %d", identity);
         c.z = to_double(z, BN * BR); c.w1 = to_double(v1, BM * BR); c.w2 = to_double(v2, BD * BM);
         c.w = to_double(wx, BN * BD); c.x = xr; c.identity = identity;
-        CHECK_RC(resbm_decoder_forward(p, x, a2, s, z, v1, v2, BN, BD, BR, BM, identity), RESBM_OK);
+        CHECK_RC(resbm_decoder_forward(p, &sh, &dw, &dsv, &scr, z, x), RESBM_OK);
         dec_loss(&c);
         CHECK(near_all("decoder x", x, xr, BN * BD, 1e-6), "identity %d", identity);
-        CHECK_RC(resbm_decoder_backward(p, dz, dv1, dv2, s, ds, wx, z, v1, v2, a2, BN, BD, BR, BM, identity), RESBM_OK);
+        CHECK_RC(resbm_decoder_backward(p, &sh, &dw, &dg, &dsv, &scr, z, wx, dz), RESBM_OK);
         CHECK(fd_check("decoder dz", dec_loss, &c, c.z, dz, BN * BR, 400, 1e-5), "identity %d", identity);
         CHECK(fd_check("decoder dw1", dec_loss, &c, c.w1, dv1, BM * BR, 400, 1e-5), "identity %d", identity);
         CHECK(fd_check("decoder dw2", dec_loss, &c, c.w2, dv2, BD * BM, 400, 1e-5), "identity %d", identity);
-        CHECK_RC(resbm_encoder_forward(p, z, rstd, u, a, s, h, norm, w1, w2, BN, BD, BD + 1, BM, identity), RESBM_EINVAL);
-        CHECK_RC(resbm_decoder_forward(p, x, a2, s, z, v1, v2, BN, BD, BR, BM, 2), RESBM_EINVAL);
+        bad = sh; bad.r = BD + 1;
+        CHECK_RC(resbm_encoder_forward(p, &bad, &ew, &es, &scr, h, z), RESBM_EINVAL);
+        bad = sh; bad.identity = 2;
+        CHECK_RC(resbm_decoder_forward(p, &bad, &dw, &dsv, &scr, z, x), RESBM_EINVAL);
+        bad = sh; bad.tokens = 0;
+        CHECK_RC(resbm_decoder_backward(p, &bad, &dw, &dg, &dsv, &scr, z, wx, dz), RESBM_EINVAL);
+        CHECK_RC(resbm_encoder_backward(p, &sh, &ew, NULL, &es, &scr, h, wz, dh), RESBM_EINVAL);
+        { /* no pool: the same bits on the calling thread */
+            float z2[BN * BR], x2[BN * BD];
+            CHECK_RC(resbm_encoder_forward(NULL, &sh, &ew, &es, &scr, h, z2), RESBM_OK);
+            CHECK(!memcmp(z, z2, sizeof(z2)), "encoder without a pool differs");
+            CHECK_RC(resbm_decoder_forward(NULL, &sh, &dw, &dsv, &scr, z, x2), RESBM_OK);
+            CHECK(!memcmp(x, x2, sizeof(x2)), "decoder without a pool differs");
+        }
         free(h); free(norm); free(w1); free(w2); free(v1); free(v2); free(wz); free(wx);
         free(e.h); free(e.norm); free(e.w1); free(e.w2); free(e.w); free(c.z); free(c.w1); free(c.w2); free(c.w);
     }
@@ -1858,94 +1884,94 @@ static size_t my_recv(int from, void *buf, size_t cap) {
     return len;
 }
 
-static int dropin_sender(resbm_pool *pool, unsigned me, uint64_t step, uint32_t micro, size_t N,
-                         size_t d, size_t r, size_t m, float *h, float *norm, float *W1, float *W2,
-                         float *dh, float *dnorm, float *dW1, float *dW2) {
-    float *z = (float *)calloc(N * r, 4), *dz = (float *)calloc(N * r, 4), *rstd = (float *)calloc(N, 4);
-    float *u = (float *)calloc(N * d, 4), *du = (float *)calloc(N * d, 4), *a = (float *)calloc(N * m, 4);
-    float *s = (float *)calloc(N * m, 4), *ds = (float *)calloc(N * m, 4);
+/* The header's drop-in example, verbatim between the markers: stage s's encoder, its frame over
+   the host's own send/recv, the gradient back, an update. */
+static int dropin_sender(unsigned s, uint64_t step, uint32_t micro, size_t N, size_t d, size_t r,
+                         const float *h, float *dh, resbm_boundary **keep) {
+    resbm_opt_config oc = resbm_opt_config_default();
+    float *z = (float *)calloc(N * r, 4), *dz = (float *)calloc(N * r, 4), clip_scale = 1.0f;
     size_t cap = RESBM_FRAME_HEADER + 4 * N * r, len;
     unsigned char *buf = (unsigned char *)malloc(cap);
     int rc;
     /* from the header, verbatim */
-    resbm_encoder_forward(pool, z, rstd, u, a, s, h, norm, W1, W2, N, d, r, m, 1);
-    resbm_frame_info f = {RESBM_KIND_ACT, RESBM_WIRE_BF16, me, me + 1, step, micro, (uint32_t)N, (uint32_t)r};
-    resbm_frame_encode(buf, cap, &len, &f, z);
-    my_send(me + 1, buf, len);
-    len = my_recv(me + 1, buf, cap);
-    f.kind = RESBM_KIND_GRAD; f.from_stage = me + 1; f.to_stage = me;
-    if ((rc = resbm_frame_decode(dz, N * r, buf, len, &f))) goto done;
-    resbm_encoder_backward(pool, dh, dnorm, dW1, dW2, s, ds, du, dz, h, norm, W1, W2,
-                           rstd, u, a, N, d, r, m, 1);
+    resbm_boundary_config bc = resbm_boundary_config_default();
+    bc.side = RESBM_ENCODER; bc.index = (int)s; bc.d = (int)d; bc.r = (int)r; bc.max_tokens = (int)N;
+    resbm_boundary *enc;
+    if ((rc = resbm_boundary_init(&bc, &oc, &enc))) return rc;
+    resbm_boundary_forward(enc, 0, N, h, z);            // z [N,r]
+    resbm_frame_info f = {RESBM_KIND_ACT, RESBM_WIRE_BF16, s, s + 1, step, micro, (uint32_t)N, (uint32_t)r};
+    resbm_frame_encode(buf, cap, &len, &f, z);          // 40-byte header + N*r bf16 values
+    my_send(s + 1, buf, len);                           // your socket, MPI, RDMA, pigeon...
+    len = my_recv(s + 1, buf, cap);                     // dL/dz [N,r] comes back
+    f.kind = RESBM_KIND_GRAD; f.from_stage = s + 1; f.to_stage = s;
+    if ((rc = resbm_frame_decode(dz, N * r, buf, len, &f))) goto done;  // drop the step
+    resbm_boundary_backward(enc, 0, dz, dh);            // dh = dL/dh: your backward goes on
+    resbm_boundary_update(enc, clip_scale);             // its AdamW/Muon; _save/_load too
+    /* end of the header's text */
 done:
-    free(z); free(dz); free(rstd); free(u); free(du); free(a); free(s); free(ds); free(buf);
+    *keep = enc;
+    free(z); free(dz); free(buf);
     return rc;
 }
 
-static int dropin_receiver(resbm_pool *pool, unsigned me, uint64_t step, uint32_t micro, size_t N,
-                           size_t d, size_t r, size_t m, float *x, const float *dx, float *W3,
-                           float *W4, float *dW3, float *dW4) {
+static int dropin_receiver(unsigned me, uint64_t step, uint32_t micro, size_t N, size_t d, size_t r,
+                           float *x, const float *dx, resbm_boundary **keep) {
+    resbm_boundary_config bc = resbm_boundary_config_default();
     float *z = (float *)calloc(N * r, 4), *dz = (float *)calloc(N * r, 4);
-    float *a2 = (float *)calloc(N * m, 4), *s2 = (float *)calloc(N * m, 4), *ds2 = (float *)calloc(N * m, 4);
     size_t cap = RESBM_FRAME_HEADER + 4 * N * r, len;
     unsigned char *buf = (unsigned char *)malloc(cap);
     resbm_frame_info expect = {RESBM_KIND_ACT, RESBM_WIRE_BF16, me - 1, me, step, micro, (uint32_t)N, (uint32_t)r};
     int rc;
+    bc.side = RESBM_DECODER; bc.index = (int)me - 1; bc.d = (int)d; bc.r = (int)r; bc.max_tokens = (int)N;
+    if ((rc = resbm_boundary_init(&bc, NULL, keep))) goto done;
     len = my_recv(me - 1, buf, cap);
     if ((rc = resbm_frame_decode(z, N * r, buf, len, &expect))) goto done;
-    resbm_decoder_forward(pool, x, a2, s2, z, W3, W4, N, d, r, m, 1);
-    resbm_decoder_backward(pool, dz, dW3, dW4, s2, ds2, dx, z, W3, W4, a2, N, d, r, m, 1);
+    if ((rc = resbm_boundary_forward(*keep, 0, N, z, x))) goto done;
+    if ((rc = resbm_boundary_backward(*keep, 0, dx, dz))) goto done;
     expect.kind = RESBM_KIND_GRAD; expect.dtype = RESBM_WIRE_BF16; expect.from_stage = me; expect.to_stage = me - 1;
     if ((rc = resbm_frame_encode(buf, cap, &len, &expect, dz))) goto done;
     my_send(me - 1, buf, len);
 done:
-    free(z); free(dz); free(a2); free(s2); free(ds2); free(buf);
+    free(z); free(dz); free(buf);
     return rc;
 }
 
 typedef struct {
-    resbm_pool *pool;
-    float *h, *norm, *W1, *W2, *dh, *dnorm, *dW1, *dW2;
+    const float *h;
+    float *dh;
+    resbm_boundary *enc;
     int rc;
 } dropin_arg;
-enum { DROP_N = 6, DROP_D = 16, DROP_R = 2, DROP_M = 4 };
+enum { DROP_N = 6, DROP_D = 16, DROP_R = 2 };
 
 static void *dropin_sender_thread(void *p) {
     dropin_arg *a = (dropin_arg *)p;
-    a->rc = dropin_sender(a->pool, 0, 7, 2, DROP_N, DROP_D, DROP_R, DROP_M, a->h, a->norm, a->W1, a->W2,
-                          a->dh, a->dnorm, a->dW1, a->dW2);
+    a->rc = dropin_sender(0, 7, 2, DROP_N, DROP_D, DROP_R, a->h, a->dh, &a->enc);
     return NULL;
 }
 
 static void test_dropin_example(void) {
-    enum { N = DROP_N, D = DROP_D, R = DROP_R, M = DROP_M };
-    static float h[N * D], norm[D], W1[M * D], W2[R * M], dh[N * D], dnorm[D], dW1[M * D], dW2[R * M];
-    static float x[N * D], dx[N * D], W3[M * R], W4[D * M], dW3[M * R], dW4[D * M];
+    enum { N = DROP_N, D = DROP_D, R = DROP_R };
+    static float h[N * D], dh[N * D], x[N * D], dx[N * D];
     resbm_inproc *hub;
-    resbm_pool *p0, *p1;
+    resbm_boundary *dec = NULL;
     resbm_rng g;
     dropin_arg a;
     pthread_t th;
-    size_t i, n;
+    size_t i, n, k, np;
     float nz = 0.0f;
     CHECK_RC(resbm_inproc_init(2, 4096, &hub), RESBM_OK);
-    CHECK_RC(resbm_pool_init(1, &p0), RESBM_OK);
-    CHECK_RC(resbm_pool_init(1, &p1), RESBM_OK);
     if (th_fail_now) return;
     resbm_inproc_transport(hub, 0, &dropin_tr[0]);
     resbm_inproc_transport(hub, 1, &dropin_tr[1]);
     resbm_rng_seed(&g, 3, 4);
     for (i = 0; i < N * D; i++) { h[i] = resbm_rng_normal(&g); dx[i] = resbm_rng_normal(&g); }
-    for (i = 0; i < D; i++) norm[i] = 1.0f;
-    for (i = 0; i < M * D; i++) W1[i] = 0.1f * resbm_rng_normal(&g);
-    for (i = 0; i < M * R; i++) W3[i] = 0.1f * resbm_rng_normal(&g);
-    a.pool = p0; a.h = h; a.norm = norm; a.W1 = W1; a.W2 = W2; a.dh = dh; a.dnorm = dnorm;
-    a.dW1 = dW1; a.dW2 = dW2; a.rc = -999;
+    a.h = h; a.dh = dh; a.enc = NULL; a.rc = -999;
     pthread_create(&th, NULL, dropin_sender_thread, &a);
-    CHECK_RC(dropin_receiver(p1, 1, 7, 2, N, D, R, M, x, dx, W3, W4, dW3, dW4), RESBM_OK);
+    CHECK_RC(dropin_receiver(1, 7, 2, N, D, R, x, dx, &dec), RESBM_OK);
     pthread_join(th, NULL);
     CHECK_RC(a.rc, RESBM_OK);
-    /* W2 = W4 = 0: the rank-r identity both ways, through a bf16 wire */
+    /* enc_w2 = dec_w2 = 0 at init: the rank-r identity both ways, through a bf16 wire */
     for (n = 0; n < N; n++)
         for (i = 0; i < D; i++) {
             float xw = i < R ? resbm__bitsf((uint32_t)resbm__to_bf16(h[n * D + i]) << 16) : 0.0f;
@@ -1953,11 +1979,19 @@ static void test_dropin_example(void) {
             CHECK(x[n * D + i] == xw, "x[%zu,%zu] = %g, want %g", n, i, x[n * D + i], xw);
             CHECK(dh[n * D + i] == gw, "dh[%zu,%zu] = %g, want %g", n, i, dh[n * D + i], gw);
         }
-    for (i = 0; i < R * M; i++) nz += fabsf(dW2[i]);
-    for (i = 0; i < D * M; i++) nz += fabsf(dW4[i]);
-    CHECK(nz > 0.0f, "the zero-initialised output projections get a gradient");
-    resbm_pool_free(p0);
-    resbm_pool_free(p1);
+    if (a.enc && dec) {
+        const resbm_param *pe = resbm_boundary_params(a.enc, &np);
+        CHECK(np == 3 && !strcmp(pe[2].name, "bottleneck.0.enc_w2"), "encoder parameters");
+        for (k = 0; k < np; k++) CHECK(pe[k].grad.data != NULL, "grad");
+        for (i = 0; i < R * 4; i++) nz += fabsf(pe[2].grad.data[i]);
+        CHECK(resbm_boundary_step_count(a.enc) == 1, "the encoder stepped once");
+        pe = resbm_boundary_params(dec, &np);
+        CHECK(np == 2 && !strcmp(pe[1].name, "bottleneck.0.dec_w2"), "decoder parameters");
+        for (i = 0; i < D * 4; i++) nz += fabsf(pe[1].grad.data[i]);
+        CHECK(nz > 0.0f, "the zero-initialised output projections get a gradient");
+    }
+    resbm_boundary_free(a.enc);
+    resbm_boundary_free(dec);
     resbm_inproc_free(hub);
 }
 #endif
@@ -3442,8 +3476,9 @@ static void test_layer_args(void) {
     CHECK_RC(resbm_rmsnorm_forward(NULL, NULL, r, x, g, 4, 16), RESBM_EINVAL);
     CHECK_RC(resbm_rmsnorm_forward(NULL, y, r, x, g, 0, 16), RESBM_EINVAL);
     CHECK_RC(resbm_rmsnorm_backward(NULL, y, g, x, x, g, NULL, 4, 16), RESBM_EINVAL);
-    CHECK_RC(resbm_linear_forward(NULL, y, x, x, 4, 4, 4), RESBM_EINVAL);
-    CHECK_RC(resbm_linear_backward(NULL, y, y, x, x, x, 4, 4, 4, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_forward(NULL, y, x, x, 4, 0, 4), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_backward(NULL, y, y, x, x, x, 4, 4, 0, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_backward(NULL, y, NULL, x, x, x, 4, 4, 4, 0), RESBM_EINVAL);
     CHECK_RC(resbm_embedding_forward(y, t, x, 4, 16, 0), RESBM_EINVAL);
     CHECK_RC(resbm_embedding_forward(y, NULL, x, 4, 16, 4), RESBM_EINVAL);
     CHECK_RC(resbm_rope_tables(r, r, 4, 3, 10000.0), RESBM_EINVAL);
