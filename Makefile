@@ -24,13 +24,13 @@ ifeq ($(HAVE_CBLAS),yes)
 VARIANTS += $(BUILD)/test_resbm_cblas
 endif
 
-EXAMPLES = $(BUILD)/train $(BUILD)/minimal
+EXAMPLES = $(BUILD)/train $(BUILD)/gpt2 $(BUILD)/minimal
 HAVE_MPI := $(shell command -v mpicc >/dev/null && echo yes)
 ifeq ($(HAVE_MPI),yes)
 EXAMPLES += $(BUILD)/train_mpi
 endif
 
-all: $(BUILD)/test_resbm $(BUILD)/torch_dump $(VARIANTS) $(EXAMPLES) $(BUILD)/test_tcp
+all: $(BUILD)/test_resbm $(BUILD)/test_gpt2 $(BUILD)/torch_dump $(VARIANTS) $(EXAMPLES) $(BUILD)/test_tcp
 
 # ---- every program is one C file that includes the header: one rule, flags per target ----
 COMPILE = $(CC) -std=c99 $(CFLAGS) $(SIMD) $(WARN) $(DEFS) $< -o $@ $(LIBS) $(EXTRA_LIBS)
@@ -49,6 +49,8 @@ $(BUILD)/bench_gemm_blas: bench/gemm.c $(HDR) | $(BUILD)
 
 $(BUILD)/train_mpi: CC = mpicc
 $(BUILD)/train_mpi: examples/train.c
+$(BUILD)/gpt2: examples/train.c
+$(BUILD)/test_gpt2: examples/gpt2.c
 $(BUILD)/test_resbm_avx2: SIMD = -mavx2 -mfma
 $(BUILD)/test_resbm_scalar: SIMD =
 $(BUILD)/test_resbm_nothreads: DEFS = -DRESBM_NO_THREADS
@@ -119,7 +121,9 @@ sanitize: | $(BUILD)
 	$(SAN) tests/test_resbm.c -o $(BUILD)/test_resbm_san $(LIBS)
 	$(SAN) tests/torch_dump.c -o $(BUILD)/torch_dump_san $(LIBS)
 	$(SAN) tests/test_tcp.c -o $(BUILD)/test_tcp_san $(LIBS)
+	$(SAN) tests/test_gpt2.c -o $(BUILD)/test_gpt2_san $(LIBS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_resbm_san
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_gpt2_san
 	mkdir -p $(BUILD)/san_dump && ASAN_OPTIONS=detect_leaks=1 $(BUILD)/torch_dump_san $(BUILD)/san_dump > /dev/null
 	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/test_tcp_san
 
@@ -129,6 +133,8 @@ TSAN_TESTS = pool pipeline inproc shaper hostile gemm_large_threads model_thread
 tsan: | $(BUILD)
 	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_resbm.c -o $(BUILD)/test_resbm_tsan $(LIBS)
 	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_tcp.c -o $(BUILD)/test_tcp_tsan $(LIBS)
+	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_gpt2.c -o $(BUILD)/test_gpt2_tsan $(LIBS)
+	TSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_gpt2_tsan --filter pipeline > $(BUILD)/tsan.log 2>&1 || { cat $(BUILD)/tsan.log; exit 1; }
 	@set -e; for t in $(TSAN_TESTS); do echo "tsan: $$t"; \
 	  TSAN_OPTIONS=halt_on_error=1 $(BUILD)/test_resbm_tsan --filter $$t > $(BUILD)/tsan.log 2>&1 || \
 	  { cat $(BUILD)/tsan.log; exit 1; }; done

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 /* ---- options ------------------------------------------------------------------------------------ */
+typedef struct host_engine host_engine;
 typedef struct {
     const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers, *secret_file;
     int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
@@ -42,7 +43,19 @@ typedef struct {
     float lr, bottleneck_lr;
     double bandwidth_mbps, latency_ms, link_mbps;
     uint64_t seed;
+    const host_engine *engine; /* NULL: the built-in model; else a host's layers (examples/gpt2.c) */
 } options;
+
+/* A host engine gives every stage its own layers: `create` builds stage s's for these options
+   and points cfg->model.host at them (and may set cfg->model.pool), before resbm_stage_init. */
+struct host_engine {
+    const char *name; /* in the job digest that TCP peers compare */
+    int (*create)(const options *o, int s, resbm_stage_config *cfg, void **state);
+    void (*destroy)(void *state);
+};
+#ifdef TRAIN_HOST_ENGINE
+static const host_engine *TRAIN_HOST_ENGINE(void); /* defined by the file that includes this one */
+#endif
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -52,7 +65,7 @@ static void usage(FILE *f) {
         "             [--opt adamw|muon|sgd] [--lr X] [--bottleneck-lr-scale X] [--steps N] [--schedule-steps N] [--seed S]\n"
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
-        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--quiet]\n"
+        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
 
@@ -159,6 +172,10 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
             else if (!strcmp(v, "muon")) o->opt = RESBM_OPT_MUON;
             else if (!strcmp(v, "sgd")) o->opt = RESBM_OPT_SGD;
             else return die_usage("--opt: '%s' is not adamw, muon or sgd", v);
+        }
+        else if (!strcmp(a, "--schedule")) { /* docs/design.md §9 */
+            if (strcmp(v, "exact"))
+                return die_usage("--schedule: '%s': only exact (the 1F1B schedule) is built; async is not yet", v);
         }
         else if (!strcmp(a, "--data")) o->data = v;
         else if (!strcmp(a, "--tokens-bin")) o->tokens_bin = v;
@@ -308,6 +325,7 @@ typedef struct {
     const options *o;
     const dataset *ds;
     resbm_stage *st;
+    void *engine;               /* the host engine's state for this stage, if any */
     int s, rc;
     long start_step;
     gate *barrier;              /* threads mode: saves happen with every stage at rest */
@@ -509,6 +527,24 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.timeout_ms = o->timeout_ms;
     c.link_bytes_per_sec = link_mbps(o) * 1e6 / 8.0; /* receives wait longer on a slow link */
     return c;
+}
+
+/* Stage s: its config, the host engine's layers if there is one, then resbm_stage_init. */
+static int new_stage(const options *o, int s, const resbm_transport *tr, resbm_stage **st, void **engine) {
+    resbm_stage_config sc = stage_config(o, s, tr);
+    int rc;
+    *engine = NULL;
+    if (o->engine && (rc = o->engine->create(o, s, &sc, engine))) return rc;
+    if ((rc = resbm_stage_init(&sc, st)) && o->engine) {
+        o->engine->destroy(*engine);
+        *engine = NULL;
+    }
+    return rc;
+}
+
+static void free_stage(const options *o, resbm_stage *st, void *engine) {
+    resbm_stage_free(st);
+    if (o->engine) o->engine->destroy(engine);
 }
 
 static void write_plot(const char *path, const stage_ctx *c) {
@@ -719,7 +755,6 @@ static int run_threads(const options *o, const dataset *ds) {
     barrier.n = S;
     for (s = 0; s < S && ok; s++) {
         resbm_transport tr;
-        resbm_stage_config sc;
         resbm_inproc_transport(hub, s, &tr);
         if (shaped) {
             if ((rc = resbm_shaper_init(&tr, S, o->bandwidth_mbps * 1e6 / 8.0, o->latency_ms, frame_max, &shapers[s]))) {
@@ -729,8 +764,7 @@ static int run_threads(const options *o, const dataset *ds) {
             }
             resbm_shaper_transport(shapers[s], &tr);
         }
-        sc = stage_config(o, s, &tr);
-        if ((rc = resbm_stage_init(&sc, &c[s].st))) {
+        if ((rc = new_stage(o, s, &tr, &c[s].st, &c[s].engine))) {
             fprintf(stderr, "train: stage %d: %s\n", s, resbm_strerror(rc));
             ok = 0;
             break;
@@ -771,7 +805,7 @@ static int run_threads(const options *o, const dataset *ds) {
         close_outputs(o, &c[0]);
         if (ok) summary(o, &c[0], fwd, bwd);
     }
-    for (s = 0; s < S; s++) { resbm_stage_free(c[s].st); resbm_shaper_free(shapers[s]); }
+    for (s = 0; s < S; s++) { free_stage(o, c[s].st, c[s].engine); resbm_shaper_free(shapers[s]); }
     pthread_cond_destroy(&barrier.cv);
     pthread_mutex_destroy(&barrier.mu);
     resbm_inproc_free(hub);
@@ -785,7 +819,6 @@ static int run_threads(const options *o, const dataset *ds) {
 static int run_one_stage(const options *o, const dataset *ds, int s, resbm_transport tr) {
     size_t frame_max = frame_max_bytes(o);
     resbm_shaper *shaper = NULL;
-    resbm_stage_config sc;
     stage_ctx c;
     resbm_model *m;
     uint64_t fwd = 0, bwd = 0;
@@ -798,8 +831,7 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
         }
         resbm_shaper_transport(shaper, &tr);
     }
-    sc = stage_config(o, s, &tr);
-    if ((rc = resbm_stage_init(&sc, &c.st))) {
+    if ((rc = new_stage(o, s, &tr, &c.st, &c.engine))) {
         fprintf(stderr, "train: stage %d: %s\n", s, resbm_strerror(rc));
         resbm_shaper_free(shaper);
         return 1;
@@ -848,7 +880,7 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
         close_outputs(o, &c);
         if (ok) summary(o, &c, fwd, bwd);
     }
-    resbm_stage_free(c.st);
+    free_stage(o, c.st, c.engine);
     resbm_shaper_free(shaper);
     return ok ? 0 : 1;
 }
@@ -882,8 +914,9 @@ static int run_tcp(const options *o, const dataset *ds) {
         char job[512];
         const unsigned char *c;
         uint64_t h = 14695981039346656037ULL;
-        snprintf(job, sizeof(job), "d=%d layers=%d heads=%d ff=%d seq=%d batch=%d micro=%d stages=%d r=%d m=%d id=%d "
+        snprintf(job, sizeof(job), "%s d=%d layers=%d heads=%d ff=%d seq=%d batch=%d micro=%d stages=%d r=%d m=%d id=%d "
                  "wire=%d/%d opt=%d lr=%.9g blr=%.9g steps=%d sched=%d seed=%llu data=%s",
+                 o->engine ? o->engine->name : "builtin",
                  o->d, o->layers, o->heads, o->ff, o->seq, o->batch, o->micro, o->stages, o->r, o->m, !o->no_identity,
                  o->wire_fwd, o->wire_bwd, o->opt, (double)o->lr, (double)o->bottleneck_lr, o->steps, o->schedule_steps,
                  (unsigned long long)o->seed, o->data ? "text" : "bin");
@@ -927,6 +960,9 @@ int main(int argc, char **argv) {
     dataset ds;
     int code;
     if ((code = parse_args(argc, argv, &o, 4))) return code;
+#ifdef TRAIN_HOST_ENGINE
+    o.engine = TRAIN_HOST_ENGINE();
+#endif
     if (!load_data(&o, &ds)) return 1;
     code = o.stage >= 0 ? run_tcp(&o, &ds) : run_threads(&o, &ds);
     free(ds.bytes);

@@ -232,5 +232,33 @@ if [ -x "$build/minimal" ]; then
   check "minimal: runs and exits 0" "[ $? = 0 ]"
 fi
 
+# ---- examples/gpt2: a host engine driven by resbm_stage, with train's flags and result line
+if [ -x "$build/gpt2" ]; then
+  train_save=$train; train="$build/gpt2"
+  "$train" $tiny --stages 3 --steps 10 --log "$dir/g.csv" > "$dir/g3.out" 2>&1
+  check "gpt2: 3 stages, exit 0, result line last" "[ $? = 0 ] && tail -n 1 '$dir/g3.out' | grep -Eq '$result_re'"
+  check "gpt2: loss falls" "awk -F, 'NR == 2 { a = \$3 } NR > 2 && \$3 != \"\" { b = \$3 } END { exit !(a > b && b > 0) }' '$dir/g.csv'"
+  check "gpt2: sample printed" "grep -q '^sample:' '$dir/g3.out'"
+  check "gpt2: 2 boundaries x 10 steps x 2 micro at r = 4, f32" "[ '$(field "$dir/g3.out" wire_bytes_fwd)' = $((2 * 20 * (40 + 512))) ]"
+  "$train" $tiny --stages 1 --steps 3 --opt muon --quiet > "$dir/g1.out" 2>&1
+  check "gpt2: 1 stage (tied head), muon" "[ $? = 0 ] && grep -Eq '^result: steps=3 ' '$dir/g1.out'"
+  "$train" $tiny --stages 2 --steps 4 --wire bf16 --wire-bwd i8 --quiet > "$dir/g2w.out" 2>&1
+  check "gpt2: bf16 forward, i8 back" "[ $? = 0 ] && grep -Eq '$result_re' '$dir/g2w.out'"
+  "$train" $tiny --stages 2 --steps 6 --quiet > "$dir/gref2.out" 2>&1
+  tcp_run 2 --steps 6 --quiet
+  check "gpt2 tcp: 2 processes, result line equals threads mode" \
+    "[ \"\$(grep -E '$result_re' '$dir/tcp2.0.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/gref2.out')\" ]"
+  for opt in adamw muon; do
+    "$train" $tiny --stages 3 --steps 8 --opt $opt --sample 0 --quiet --save "$dir/gfull.safetensors" > "$dir/gfull.out" 2>&1
+    "$train" $tiny --stages 3 --steps 4 --schedule-steps 8 --opt $opt --sample 0 --quiet --save "$dir/ghalf.safetensors" > /dev/null 2>&1
+    "$train" $tiny --stages 3 --steps 8 --opt $opt --sample 0 --quiet --load "$dir/ghalf.safetensors" --save "$dir/gres.safetensors" > "$dir/gres.out" 2>&1
+    check "gpt2 resume ($opt): checkpoint files identical" "cmp -s '$dir/gfull.safetensors' '$dir/gres.safetensors'"
+    check "gpt2 resume ($opt): same final loss" "[ -n '$(field "$dir/gfull.out" train_loss)' ] && [ '$(field "$dir/gfull.out" train_loss)' = '$(field "$dir/gres.out" train_loss)' ]"
+  done
+  expect_fail "gpt2: a built-in model's checkpoint refused" 1 "model shape differs" $tiny --stages 2 --steps 2 --load "$dir/full.safetensors"
+  expect_fail "gpt2: --schedule async is not built" 2 "async" $tiny --stages 2 --steps 2 --schedule async
+  train=$train_save
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -29,6 +29,8 @@ tally() { # reads a suite's output, echoes it, adds its "N passed, M failed" lin
 
 echo "== unit, gradient and determinism tests"
 out=$("$build/test_resbm" 2>&1); tally "$out" $? unit
+echo "== examples/gpt2.c as a host engine: pipeline == sequential, its declaration, checkpoints, job"
+out=$("$build/test_gpt2" 2>&1); tally "$out" $? gpt2
 if [ "$quick" = quick ]; then
   echo "== the TCP adapter (examples/tcp.h) on loopback"
   out=$("$build/test_tcp" 2>&1); tally "$out" $? tcp
@@ -52,6 +54,12 @@ if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
     out=$(/usr/bin/python3 tests/torch_check.py "$dir"/*.safetensors 2>&1); tally "$out" $? torch
   else
     cat "$dir/log"; echo "FAILED torch_dump"; failed=$((failed + 1))
+  fi
+  mkdir "$dir/gpt2"
+  if "$build/test_gpt2" --dump "$dir/gpt2" > "$dir/log" 2>&1; then
+    out=$(/usr/bin/python3 tests/torch_gpt2.py "$dir"/gpt2/*.safetensors 2>&1); tally "$out" $? torch-gpt2
+  else
+    cat "$dir/log"; echo "FAILED test_gpt2 --dump"; failed=$((failed + 1))
   fi
   rm -rf "$dir"
 elif [ "${RESBM_SKIP_TORCH:-0}" = 1 ]; then

@@ -1,0 +1,379 @@
+/* test_gpt2.c - examples/gpt2.c as a host engine under resbm_stage: the pipeline equals the same
+   stages run one after another in one thread, bit for bit; the host's declaration is checked; its
+   parameters go through the library's checkpoints; a different architecture is refused.
+   `test_gpt2 --dump DIR` writes gradient dumps for tests/torch_gpt2.py (PyTorch autograd). */
+#define RESBM_IMPLEMENTATION
+#define GPT2_NO_TRAIN
+#include "../examples/gpt2.c"
+#include "harness.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+enum { GS_MAX = 4, G_STEPS = 3 };
+
+typedef struct { int d, heads, seq, layers, stages, rows, n_micro; uint64_t seed; } gcase;
+
+static resbm_stage_config gcfg(const gcase *c, int s, gpt2 *g) {
+    resbm_stage_config sc = resbm_stage_config_default();
+    sc.model.d = c->d; sc.model.layers = c->layers; sc.model.seq = c->seq; sc.model.batch = c->rows;
+    sc.model.stages = c->stages; sc.model.stage = s; sc.model.r = 4; sc.model.m = 8;
+    sc.model.seed = c->seed; sc.model.host = g ? &g->layers : NULL; sc.model.pool = g ? g->pool : NULL;
+    sc.n_micro = c->n_micro;
+    sc.timeout_ms = 20000;
+    sc.opt.clip = 0.05f; sc.opt.warmup = 2; /* the clip binds: the norm exchange matters */
+    return sc;
+}
+
+static gpt2 *gnew(const gcase *c, int s, int slots) {
+    resbm_pool *pool;
+    gpt2 *g = NULL;
+    if (resbm_pool_init(2, &pool)) return NULL;
+    if (gpt2_new(c->d, c->heads, c->seq, c->layers, c->stages, s, slots, (size_t)c->rows, c->seed, pool, &g)) {
+        resbm_pool_free(pool);
+        return NULL;
+    }
+    g->own_pool = 1;
+    return g;
+}
+
+static void gbatch(int32_t *tok, int32_t *tg, size_t n, int step) {
+    resbm_rng r;
+    size_t i;
+    resbm_rng_seed(&r, 77, (uint64_t)step);
+    for (i = 0; i < n; i++) { tok[i] = (int32_t)(resbm_rng_u32(&r) % 256); tg[i] = (int32_t)(resbm_rng_u32(&r) % 256); }
+}
+
+typedef struct {
+    resbm_stage_config cfg;
+    resbm_stage *st;
+    int steps, rc, rows;
+    float loss[G_STEPS];
+} gthread;
+
+static void *gthread_main(void *p) {
+    gthread *a = (gthread *)p;
+    int32_t tok[4096], tg[4096];
+    int k;
+    a->rc = resbm_stage_init(&a->cfg, &a->st);
+    for (k = 0; k < a->steps && !a->rc; k++) {
+        gbatch(tok, tg, (size_t)a->rows * (size_t)a->cfg.model.seq, k);
+        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)a->rows, &a->loss[k]);
+    }
+    return NULL;
+}
+
+/* S stages of gpt2 as threads over the in-process transport == the same S stages one after
+   another in one thread (each stage accumulating microbatches 0..n-1, as 1F1B does), bit for bit. */
+static void pipeline_vs_sequential(gcase c, int opt) {
+    gthread a[GS_MAX];
+    gpt2 *gp[GS_MAX], *gs[GS_MAX];
+    resbm_model *ref[GS_MAX];
+    resbm_inproc *hub;
+    pthread_t th[GS_MAX];
+    int S = c.stages, s, k, b, step, slots = 1;
+    size_t N = (size_t)c.rows * (size_t)c.seq, np, i;
+    int32_t tok[4096], tg[4096];
+    float *h[GS_MAX], *gr[GS_MAX];
+    CHECK_RC(resbm_inproc_init(S, 1 << 20, &hub), RESBM_OK);
+    for (s = 0; s < S; s++) {
+        resbm_stage_config sc = gcfg(&c, s, NULL);
+        CHECK_RC(resbm_stage_slots(&sc, &slots), RESBM_OK);
+        gp[s] = gnew(&c, s, slots);
+        gs[s] = gnew(&c, s, 1);
+        CHECK(gp[s] && gs[s], "gpt2_new");
+        if (th_fail_now) return;
+        memset(&a[s], 0, sizeof(a[s]));
+        a[s].cfg = gcfg(&c, s, gp[s]);
+        a[s].cfg.opt.kind = opt;
+        a[s].steps = G_STEPS;
+        a[s].rows = c.n_micro * c.rows;
+        resbm_inproc_transport(hub, s, &a[s].cfg.transport);
+        pthread_create(&th[s], NULL, gthread_main, &a[s]);
+    }
+    for (s = 0; s < S; s++) {
+        pthread_join(th[s], NULL);
+        CHECK_RC(a[s].rc, RESBM_OK);
+    }
+    for (s = 0; s < S; s++) {
+        resbm_stage_config sc = gcfg(&c, s, gs[s]);
+        sc.opt.kind = opt;
+        sc.model.pool = NULL; /* a model of its own threads: pools hold one stage each */
+        CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &ref[s]), RESBM_OK);
+        h[s] = (float *)malloc(N * 4 * 4);
+        gr[s] = (float *)malloc(N * 4 * 4);
+    }
+    if (th_fail_now) return;
+    for (step = 0; step < G_STEPS; step++) {
+        double loss_sum = 0, sq;
+        float total = 0, loss = 0;
+        gbatch(tok, tg, N * (size_t)c.n_micro, step);
+        for (s = 0; s < S; s++) resbm_model_zero_grad(ref[s]);
+        for (k = 0; k < c.n_micro; k++) {
+            for (s = 0; s < S; s++) {
+                CHECK_RC(resbm_model_forward(ref[s], 0, s == 0 ? tok + k * N : NULL, s ? h[s - 1] : NULL,
+                                             s == S - 1 ? tg + k * N : NULL, (size_t)c.rows, s < S - 1 ? h[s] : NULL,
+                                             s == S - 1 ? &loss : NULL), RESBM_OK);
+                if (s == S - 1) loss_sum += loss;
+            }
+            for (b = S - 1; b >= 0; b--)
+                CHECK_RC(resbm_model_backward(ref[b], 0, b < S - 1 ? gr[b] : NULL, b ? gr[b - 1] : NULL,
+                                              1.0f / (float)c.n_micro), RESBM_OK);
+        }
+        for (s = 0; s < S; s++) { resbm_model_grad_sqnorm(ref[s], &sq); total = s ? total + (float)sq : (float)sq; }
+        for (s = 0; s < S; s++) CHECK_RC(resbm_model_update(ref[s], resbm_clip_scale(resbm_model_get_opt(ref[s]), total)), RESBM_OK);
+        for (s = 0; s < S; s++)
+            CHECK(a[s].loss[step] == (float)(loss_sum / c.n_micro), "step %d stage %d loss %.9g vs %.9g", step, s,
+                  a[s].loss[step], (float)(loss_sum / c.n_micro));
+    }
+    for (s = 0; s < S; s++) {
+        const resbm_param *pp = resbm_model_params(resbm_stage_model(a[s].st), &np);
+        const resbm_param *pr = resbm_model_params(ref[s], NULL);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                  "stage %d %s differs", s, pp[i].name);
+        /* the stage's parameters are the host's memory: the runtime updated gpt2's own arrays */
+        CHECK(np > 0 && pp[np - 1].value.data != NULL, "params");
+        resbm_stage_free(a[s].st);
+        resbm_model_free(ref[s]);
+        gpt2_free(gp[s]);
+        gpt2_free(gs[s]);
+        free(h[s]); free(gr[s]);
+    }
+    resbm_inproc_free(hub);
+}
+
+static void test_gpt2_pipeline_equals_sequential(void) {
+    gcase c = {32, 2, 8, 5, 3, 2, 3, 11};
+    pipeline_vs_sequential(c, RESBM_OPT_ADAMW);
+}
+
+static void test_gpt2_pipeline_muon(void) {
+    gcase c = {32, 4, 8, 4, 2, 1, 4, 5};
+    pipeline_vs_sequential(c, RESBM_OPT_MUON);
+}
+
+/* The host's parameters are in the model's list at their place (after the decoder, before the
+   encoder), and a bad declaration is refused before anything is allocated. */
+static void test_gpt2_declaration(void) {
+    gcase c = {32, 2, 8, 4, 2, 1, 1, 3};
+    gpt2 *g = gnew(&c, 1, 1);
+    resbm_stage_config sc = gcfg(&c, 1, g);
+    resbm_model *m = NULL;
+    const resbm_param *p;
+    resbm_param saved;
+    resbm_layers bad;
+    size_t np;
+    float keep;
+    CHECK(g != NULL, "gpt2_new");
+    if (!g) return;
+    sc.model.pool = NULL;
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_OK);
+    if (m) {
+        p = resbm_model_params(m, &np);
+        CHECK(np == 2 + g->n_params, "decoder + host: %zu", np);
+        CHECK(!strcmp(p[0].name, "bottleneck.0.dec_w1") && !strcmp(p[2].name, g->params[0].name) &&
+              p[2].value.data == g->params[0].value.data && p[np - 1].value.data == g->params[g->n_params - 1].value.data,
+              "order and views: %s %s", p[0].name, p[2].name);
+        resbm_model_free(m);
+    }
+    bad = g->layers; bad.forward = NULL;
+    sc.model.host = &bad;
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    bad = g->layers; bad.arch = NULL;
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    saved = g->params[1];
+    bad = g->layers;
+    strcpy(g->params[1].name, g->params[0].name); /* duplicate */
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    strcpy(g->params[1].name, "bottleneck.0.dec_w1"); /* the library's namespace */
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    g->params[1] = saved;
+    g->params[1].grad.data = NULL;
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    g->params[1] = saved;
+    g->params[1].value.ne[0]++; /* grad and value disagree */
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    g->params[1] = saved;
+    keep = g->params[1].value.data[0];
+    memcpy(g->params[1].value.data, &(uint32_t){0x7fc00000u}, 4); /* NaN */
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_ENONFINITE);
+    g->params[1].value.data[0] = keep;
+    sc.model.host = &g->layers;
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_OK);
+    resbm_model_free(m);
+    gpt2_free(g);
+}
+
+/* Checkpoints carry the host's tensors under its names and bring them back into its memory; a
+   different architecture line is another job: neighbours refuse each other. */
+typedef struct { resbm_stage_config cfg; int rc; char why[192]; } jthread;
+static void *jthread_main(void *p) {
+    jthread *a = (jthread *)p;
+    resbm_stage *st;
+    int32_t tok[64] = {0}, tg[64] = {0};
+    float loss;
+    a->rc = resbm_stage_init(&a->cfg, &st);
+    if (!a->rc) {
+        a->rc = resbm_stage_step(st, tok, tg, (size_t)a->cfg.n_micro * (size_t)a->cfg.model.batch, &loss);
+        snprintf(a->why, sizeof(a->why), "%s", resbm_stage_why(st));
+        resbm_stage_free(st);
+    }
+    return NULL;
+}
+
+static void test_gpt2_checkpoint_and_job(void) {
+    gcase c = {32, 2, 8, 4, 2, 1, 1, 3};
+    gpt2 *g0 = gnew(&c, 0, 1), *g1 = gnew(&c, 0, 1);
+    resbm_stage_config sc0 = gcfg(&c, 0, g0), sc1 = gcfg(&c, 0, g1);
+    resbm_model *m0 = NULL, *m1 = NULL;
+    char path[256], why[256];
+    size_t i;
+    jthread a[2];
+    pthread_t th[2];
+    resbm_inproc *hub;
+    int s;
+    CHECK(g0 && g1, "gpt2_new");
+    if (!g0 || !g1) return;
+    sc0.model.pool = sc1.model.pool = NULL;
+    CHECK_RC(resbm_model_init(&sc0.model, &sc0.opt, &m0), RESBM_OK);
+    for (i = 0; i < 10; i++) g0->wte[i] = 0.5f + (float)i; /* differ from g1 */
+    CHECK_RC(resbm_model_init(&sc1.model, &sc1.opt, &m1), RESBM_OK);
+    snprintf(path, sizeof(path), "/tmp/resbm_gpt2_ck_%d.safetensors", (int)getpid());
+    CHECK_RC(resbm_checkpoint_save(path, &m0, 1, NULL, 0), RESBM_OK);
+    CHECK_RC(resbm_checkpoint_load(path, &m1, 1, why, sizeof(why)), RESBM_OK);
+    CHECK(!memcmp(g0->mem, g1->mem, 10 * 4) && g1->wte[3] == 3.5f, "wte loaded into the host's memory");
+    {
+        resbm_st_file *f;
+        CHECK_RC(resbm_safetensors_read(path, 1 << 26, &f), RESBM_OK);
+        CHECK(f && resbm_safetensors_find(f, "wte") && resbm_safetensors_find(f, "opt.h.0.attn.c_attn.weight.v") &&
+                  resbm_safetensors_find(f, "bottleneck.0.enc_w2") && strstr(resbm_safetensors_meta(f, "config"), "host="),
+              "names in the file");
+        resbm_safetensors_free(f);
+    }
+    remove(path);
+    resbm_model_free(m0);
+    resbm_model_free(m1);
+    gpt2_free(g0);
+    gpt2_free(g1);
+    /* two stages whose architecture lines differ (another head count) */
+    CHECK_RC(resbm_inproc_init(2, 1 << 20, &hub), RESBM_OK);
+    for (s = 0; s < 2; s++) {
+        gcase cs = c;
+        gpt2 *g;
+        cs.heads = s ? 4 : 2;
+        g = gnew(&cs, s, 1);
+        a[s].cfg = gcfg(&cs, s, g);
+        a[s].cfg.timeout_ms = 5000;
+        resbm_inproc_transport(hub, s, &a[s].cfg.transport);
+        pthread_create(&th[s], NULL, jthread_main, &a[s]);
+    }
+    for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+    for (s = 0; s < 2; s++) {
+        CHECK_RC(a[s].rc, RESBM_EJOB);
+        CHECK(strstr(a[s].why, "architecture") != NULL, "why: %s", a[s].why);
+        gpt2_free((gpt2 *)a[s].cfg.model.host->user);
+    }
+    resbm_inproc_free(hub);
+}
+
+/* ---- dumps for tests/torch_gpt2.py ------------------------------------------------------------- */
+/* S stages in one thread over n_micro microbatches with r < d bottlenecks; every parameter and its
+   gradient, the batch and the mean loss. */
+static int dump(const char *dir, const char *name, gcase c, int r, int identity) {
+    gpt2 *g[GS_MAX];
+    resbm_model *m[GS_MAX];
+    resbm_st_entry *e;
+    size_t N = (size_t)c.rows * (size_t)c.seq, B = N * (size_t)c.n_micro, ne = 0, np, i, total = 0;
+    int32_t *tok = (int32_t *)malloc(B * 4), *tg = (int32_t *)malloc(B * 4);
+    float *h[GS_MAX], *gr[GS_MAX], loss = 0, loss_sum = 0;
+    char path[1024], mv[8][32], *gnames;
+    const char *meta[16];
+    int s, k, rc = 0, S = c.stages;
+    resbm_rng rr;
+    gbatch(tok, tg, B, 99);
+    resbm_rng_seed(&rr, 5, 5);
+    for (s = 0; s < S; s++) {
+        resbm_stage_config sc = gcfg(&c, s, NULL);
+        resbm_param *ps;
+        g[s] = gnew(&c, s, 1);
+        if (!g[s]) return RESBM_ENOMEM;
+        sc.model.host = &g[s]->layers; sc.model.pool = g[s]->pool; sc.model.r = r; sc.model.no_identity = !identity;
+        if ((rc = resbm_model_init(&sc.model, NULL, &m[s]))) return rc;
+        ps = resbm_model_params_mut(m[s], &np);
+        for (i = 0; i < np; i++) { /* zero-init projections and biases would hide paths, and at
+                                        std 0.02 GELU stays in its linear part: larger values */
+            size_t j, n = ps[i].value.ne[0] * ps[i].value.ne[1];
+            if (strstr(ps[i].name, "_w2") || strstr(ps[i].name, ".bias"))
+                for (j = 0; j < n; j++) ps[i].value.data[j] = 0.05f * resbm_rng_normal(&rr);
+            else if (ps[i].kind == RESBM_PARAM_HIDDEN)
+                for (j = 0; j < n; j++) ps[i].value.data[j] *= 8.0f;
+        }
+        resbm_model_zero_grad(m[s]);
+        total += np;
+        h[s] = (float *)malloc(N * (size_t)c.d * 4);
+        gr[s] = (float *)malloc(N * (size_t)c.d * 4);
+    }
+    for (k = 0; k < c.n_micro && !rc; k++) {
+        for (s = 0; s < S && !rc; s++)
+            rc = resbm_model_forward(m[s], 0, s == 0 ? tok + k * N : NULL, s ? h[s - 1] : NULL,
+                                     s == S - 1 ? tg + k * N : NULL, (size_t)c.rows, s < S - 1 ? h[s] : NULL, &loss);
+        loss_sum += loss;
+        for (s = S - 1; s >= 0 && !rc; s--)
+            rc = resbm_model_backward(m[s], 0, s < S - 1 ? gr[s] : NULL, s ? gr[s - 1] : NULL, 1.0f / (float)c.n_micro);
+    }
+    if (rc) return rc;
+    loss = loss_sum / (float)c.n_micro;
+    e = (resbm_st_entry *)calloc(2 * total + 3, sizeof(resbm_st_entry));
+    gnames = (char *)calloc(total, 64);
+    for (s = 0; s < S; s++) {
+        const resbm_param *ps = resbm_model_params(m[s], &np);
+        for (i = 0; i < np; i++) {
+            char *gn = gnames + 64 * (ne / 2);
+            snprintf(gn, 64, "grad.%s", ps[i].name);
+            e[ne].name = ps[i].name; e[ne].dtype = RESBM_DT_F32; e[ne].ndim = ps[i].value.ndim;
+            e[ne].shape[0] = ps[i].value.ne[0]; e[ne].shape[1] = ps[i].value.ne[1];
+            e[ne].data = ps[i].value.data;
+            e[ne + 1] = e[ne]; e[ne + 1].name = gn; e[ne + 1].data = ps[i].grad.data;
+            ne += 2;
+        }
+    }
+    e[ne].name = "tokens"; e[ne].dtype = RESBM_DT_I32; e[ne].ndim = 2; e[ne].shape[0] = B / (size_t)c.seq;
+    e[ne].shape[1] = (size_t)c.seq; e[ne].data = tok; ne++;
+    e[ne] = e[ne - 1]; e[ne].name = "targets"; e[ne].data = tg; ne++;
+    e[ne].name = "loss"; e[ne].dtype = RESBM_DT_F32; e[ne].ndim = 1; e[ne].shape[0] = 1; e[ne].data = &loss; ne++;
+    snprintf(mv[0], 32, "%d", c.d); snprintf(mv[1], 32, "%d", c.heads); snprintf(mv[2], 32, "%d", c.layers);
+    snprintf(mv[3], 32, "%d", S); snprintf(mv[4], 32, "%d", r); snprintf(mv[5], 32, "%d", identity);
+    snprintf(mv[6], 32, "%d", c.seq); snprintf(mv[7], 32, "%d", S > 1 ? 0 : 1);
+    meta[0] = "d"; meta[1] = mv[0]; meta[2] = "heads"; meta[3] = mv[1]; meta[4] = "layers"; meta[5] = mv[2];
+    meta[6] = "stages"; meta[7] = mv[3]; meta[8] = "r"; meta[9] = mv[4]; meta[10] = "identity"; meta[11] = mv[5];
+    meta[12] = "seq"; meta[13] = mv[6]; meta[14] = "tied"; meta[15] = mv[7];
+    snprintf(path, sizeof(path), "%s/%s.safetensors", dir, name);
+    rc = resbm_safetensors_write(path, e, ne, meta, 8);
+    if (!rc) printf("wrote %s (loss %.6f)\n", path, loss);
+    for (s = 0; s < S; s++) { resbm_model_free(m[s]); gpt2_free(g[s]); free(h[s]); free(gr[s]); }
+    free(e); free(gnames); free(tok); free(tg);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    const char *filter = NULL;
+    int i;
+    if (argc == 3 && !strcmp(argv[1], "--dump")) {
+        gcase one = {32, 4, 8, 3, 1, 2, 2, 21}, three = {32, 2, 8, 4, 3, 2, 3, 22};
+        int rc = dump(argv[2], "gpt2_single", one, 32, 1);
+        rc |= dump(argv[2], "gpt2_stages3_r4", three, 4, 1);
+        rc |= dump(argv[2], "gpt2_stages3_r1_noid", three, 1, 0);
+        three.stages = 2;
+        rc |= dump(argv[2], "gpt2_stages2_r32", three, 32, 1);
+        if (rc) fprintf(stderr, "dump: %s\n", resbm_strerror(rc));
+        return rc ? 1 : 0;
+    }
+    for (i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--filter")) filter = argv[i + 1];
+    RUN(test_gpt2_pipeline_equals_sequential);
+    RUN(test_gpt2_pipeline_muon);
+    RUN(test_gpt2_declaration);
+    RUN(test_gpt2_checkpoint_and_job);
+    return th_finish();
+}
