@@ -1,4 +1,4 @@
-/* resbm.h - v0.2 - residual bottleneck pipeline training for transformers - MIT license (end of file)
+/* resbm.h - v0.3 - residual bottleneck pipeline training for transformers - MIT license (end of file)
 
    A single-header C library for training a transformer split into pipeline stages that talk over
    slow links. Between two stages sits a residual bottleneck (ResBM, arXiv 2604.11947): the sender
@@ -63,12 +63,28 @@
        rc = resbm_stage_step(st, tokens, targets, rows, &loss);  // decoder, your layers, encoder,
                                                                  // wire, 1F1B, clip, update
 
+   MAP (search for "---- " and the name; declarations first, then the same order inside
+   RESBM_IMPLEMENTATION, each layer's forward beside its backward)
+       status codes, sizes, random numbers, arena, tensors      the basics
+       thread pool, GEMM                                         what every kernel runs on
+       layers                 embedding, rmsnorm, linear, RoPE, attention, SwiGLU, cross-entropy
+       the residual bottleneck                                   the four kernels, grouped args
+       parameters, host layers                                   resbm_param, resbm_layers
+       the model              one stage: decoder, layers (built-in or the host's), encoder, loss
+       optimizers             AdamW, Muon, SGD; all-or-nothing updates, rollback
+       the boundary as an object                                 resbm_boundary
+       wire format / codec, transport(s), transport conformance  frames, inproc, shaper, check
+       stage runtime          job agreement, 1F1B, norm exchange, commit, abort, eval, generate
+       safetensors, checkpoints
+
    CONVENTIONS
        Row-major float32, one row per token. Dimension legend used in every shape comment:
          N tokens in a call (rows*seq), T sequence length, d model width, H heads, hd = d/H,
          f MLP hidden width, V vocabulary, r bottleneck width, m bottleneck hidden width.
-       Kernels take outputs first, then inputs, then weights, then dimensions. A `_backward`
-       accumulates (+=) into parameter gradients and into dx where noted; zeroing is its own call.
+       Layer kernels take outputs first, then inputs, then weights, then dimensions; the
+       bottleneck kernels take their groups (shape, weights, grads, saved, scratch), then inputs,
+       then the output. A `_backward` accumulates (+=) into parameter gradients and into dx where
+       noted; zeroing is its own call. The pool argument may be NULL everywhere.
        Every public function returns RESBM_OK (0) or a negative RESBM_E* code (resbm_strerror
        explains it) and leaves its outputs untouched when it fails on validation.
        The library never prints, never exits and never aborts. No global mutable state.
@@ -80,6 +96,9 @@
        and a fixed summation order, so results are bit-identical whatever the thread count.
 
    CHANGES
+       0.3  host layers in resbm_model/resbm_stage (resbm_layers), resbm_boundary, grouped bottleneck
+            kernels, a NULL pool everywhere; job agreement, abort frames, all-or-nothing steps with
+            rollback and retry in place, the transport contract and resbm_transport_check.
        0.2  residual bottleneck (encoder/decoder with identity path), wire codec (f32, bf16, f16,
             i8; CRC32C), transports (in-process, shaping wrapper), stage runtime with 1F1B.
        0.1  tensors, arena, thread pool, GEMM (AVX-512/AVX2/scalar), transformer layers with
@@ -103,7 +122,7 @@
 #include <stdint.h>
 
 #define RESBM_VERSION_MAJOR 0
-#define RESBM_VERSION_MINOR 2
+#define RESBM_VERSION_MINOR 3
 
 #ifndef RESBMDEF
 #ifdef RESBM_STATIC
@@ -225,7 +244,7 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
 RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, const float *B,
                             size_t M, size_t N, size_t K);
 
-/* ---- layers: each a forward/backward pair; pool may be NULL only where noted --------------------- */
+/* ---- layers: each a forward/backward pair; pool may be NULL (the calling thread) ----------------- */
 /* x[n] = emb[tok[n]]. Token ids out of range -> RESBM_ERANGE, out untouched. */
 RESBMDEF int resbm_embedding_forward(float *out /*[N,d]*/, const int32_t *tok /*[N]*/,
                                      const float *emb /*[V,d]*/, size_t N, size_t d, size_t V);
