@@ -148,6 +148,7 @@ enum {
     RESBM_ESTATE = -2,     /* the object is not in a state that allows this call */
     RESBM_ERANGE = -3,     /* a token id or index is outside its range */
     RESBM_ENONFINITE = -4, /* a NaN or Inf where finite values are required */
+    RESBM_ENOSPACE = -5,   /* an output buffer is smaller than the result needs */
     /* memory */
     RESBM_ENOMEM = -10,    /* an allocation failed */
     RESBM_EOVERFLOW = -11, /* a size computation overflowed */
@@ -564,14 +565,15 @@ RESBMDEF uint32_t resbm_crc32c(uint32_t crc, const void *buf, size_t len); /* cr
 /* Payload size of rows x cols values in dtype. */
 RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_t *out);
 /* Encodes rows*cols values as one frame into buf[cap]; *len = frame bytes. Values must be finite
-   (RESBM_ENONFINITE) and, for f16/bf16, representable (RESBM_ERANGE). */
+   (RESBM_ENONFINITE) and, for f16/bf16, representable (RESBM_ERANGE). A cap too small is
+   RESBM_ENOSPACE with *len = the bytes needed. */
 RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_frame_info *info,
                                 const float *values);
 /* Reads and checks a header (magic, version, kind, dtype, sizes, CRC over the whole frame)
    without decoding values. */
 RESBMDEF int resbm_frame_peek(const void *buf, size_t len, resbm_frame_info *info);
 /* Checks every field against `expect`, the size, the CRC and every value, and only then decodes
-   rows*cols values into out[out_count]; out is untouched on any failure. */
+   rows*cols values into out[out_count] (RESBM_ENOSPACE if fewer); out is untouched on any failure. */
 RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, size_t len,
                                 const resbm_frame_info *expect);
 
@@ -813,6 +815,7 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_ESTATE: return "object not in a state that allows this call";
     case RESBM_ERANGE: return "token id or index out of range";
     case RESBM_ENONFINITE: return "NaN or Inf where finite values are required";
+    case RESBM_ENOSPACE: return "an output buffer is smaller than the result needs";
     case RESBM_ENOMEM: return "out of memory";
     case RESBM_EOVERFLOW: return "size computation overflowed";
     case RESBM_ETHREAD: return "could not create a thread, mutex or condition variable";
@@ -3429,7 +3432,10 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
     if (resbm_wire_payload_bytes(info->dtype, info->rows, info->cols, &pb) || pb > 0xffffffffu ||
         resbm_size_add(&total, pb, RESBM_FRAME_HEADER))
         return RESBM_EOVERFLOW;
-    if (total > cap) return RESBM_EINVAL;
+    if (total > cap) {
+        *len = total; /* what it takes */
+        return RESBM_ENOSPACE;
+    }
     n = (size_t)info->rows * info->cols;
     for (i = 0; i < n; i++) { /* refuse before writing anything */
         if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
@@ -3539,7 +3545,7 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
     if (f.micro != e->micro) return RESBM_EMICRO;
     if (f.rows != e->rows || f.cols != e->cols) return RESBM_ESHAPE;
     n = (size_t)f.rows * f.cols;
-    if (n > out_count) return RESBM_EINVAL;
+    if (n > out_count) return RESBM_ENOSPACE;
     q = p + RESBM_FRAME_HEADER;
     /* every value must be finite before anything is written */
     switch (f.dtype) {

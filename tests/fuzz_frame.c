@@ -23,7 +23,7 @@ static unsigned char buf[RESBM_FRAME_HEADER + 4 * MAX_VALUES + 1024];
 
 static int known_code(int rc) {
     return rc == RESBM_OK || (rc <= RESBM_ETRUNC && rc >= RESBM_ECRC) || rc == RESBM_EINVAL ||
-           rc == RESBM_ENONFINITE || rc == RESBM_EOVERFLOW || rc == RESBM_ERANGE; /* a negative i8 scale */
+           rc == RESBM_ENOSPACE || rc == RESBM_ENONFINITE || rc == RESBM_EOVERFLOW || rc == RESBM_ERANGE; /* a negative i8 scale */
 }
 
 /* Decodes against `e` with an output of `count` floats; checks the untouched-on-failure rule. */

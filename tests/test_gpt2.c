@@ -356,6 +356,38 @@ static int dump(const char *dir, const char *name, gcase c, int r, int identity)
     return rc;
 }
 
+/* All or nothing on the host's memory too: an update that would go non-finite leaves every host
+   tensor as it was; a rollback restores the host's values and the library's state. */
+static void test_gpt2_update_all_or_nothing(void) {
+    gcase c = {32, 2, 8, 4, 2, 1, 1, 3};
+    gpt2 *g = gnew(&c, 0, 1);
+    resbm_stage_config sc = gcfg(&c, 0, g);
+    resbm_model *m = NULL;
+    size_t nf = 0, i;
+    float *before;
+    CHECK(g != NULL, "gpt2_new");
+    if (!g) return;
+    sc.model.pool = NULL;
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_OK);
+    for (i = 0; i < g->n_params; i++) nf += g->params[i].value.ne[0] * g->params[i].value.ne[1];
+    before = (float *)malloc(nf * 4);
+    if (!m || !before) return;
+    for (i = 0; i < nf; i++) g->grad[i] = 1e-3f * (float)((i % 7) + 1);
+    memcpy(before, g->mem, nf * 4);
+    g->grad[nf - 1] = 1e38f; /* squares to Inf in AdamW's second moment */
+    CHECK_RC(resbm_model_update(m, 1.0f), RESBM_ENONFINITE);
+    CHECK(!memcmp(before, g->mem, nf * 4), "a refused update changed the host's parameters");
+    CHECK(resbm_model_step_count(m) == 0, "step");
+    g->grad[nf - 1] = 1e-3f;
+    CHECK_RC(resbm_model_update(m, 1.0f), RESBM_OK);
+    CHECK(memcmp(before, g->mem, nf * 4) != 0, "the update reached the host's memory");
+    CHECK_RC(resbm_model_rollback(m), RESBM_OK);
+    CHECK(!memcmp(before, g->mem, nf * 4), "rollback restored the host's parameters");
+    free(before);
+    resbm_model_free(m);
+    gpt2_free(g);
+}
+
 int main(int argc, char **argv) {
     const char *filter = NULL;
     int i;
@@ -375,5 +407,6 @@ int main(int argc, char **argv) {
     RUN(test_gpt2_pipeline_muon);
     RUN(test_gpt2_declaration);
     RUN(test_gpt2_checkpoint_and_job);
+    RUN(test_gpt2_update_all_or_nothing);
     return th_finish();
 }

@@ -103,7 +103,7 @@ static int near_all(const char *name, const float *a, const double *b, size_t n,
 /* ---- basics ----------------------------------------------------------------------------------- */
 static void test_strerror(void) {
     int codes[] = {RESBM_OK, RESBM_EINVAL, RESBM_ESTATE, RESBM_ERANGE, RESBM_ENONFINITE,
-                   RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT,
+                   RESBM_ENOSPACE, RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT,
                    RESBM_ETRUNC, RESBM_EMAGIC, RESBM_EVERSION, RESBM_EKIND, RESBM_EDTYPE, RESBM_ESTAGE,
                    RESBM_ESTEP, RESBM_EMICRO, RESBM_ESHAPE, RESBM_ESIZE, RESBM_ECRC, RESBM_ETIMEDOUT,
                    RESBM_ECLOSED, RESBM_ETRANSPORT, RESBM_EMSGSIZE, RESBM_EPEER, RESBM_EJOB};
@@ -1661,7 +1661,9 @@ static void test_wire_conversions(void) {
     for (i = 0; i < 5; i++) CHECK(fabsf(y[i] - x[i]) <= fabsf(x[i]) / 256, "bf16 %g -> %g", x[i], y[i]);
     x[2] = NAN;
     CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, x), RESBM_ENONFINITE);
-    CHECK_RC(resbm_frame_encode(buf, 49, &len, &f, y), RESBM_EINVAL); /* 50 bytes do not fit in 49 */
+    len = 0;
+    CHECK_RC(resbm_frame_encode(buf, 49, &len, &f, y), RESBM_ENOSPACE); /* 50 bytes do not fit in 49 */
+    CHECK(len == 50, "ENOSPACE says the bytes needed: %zu", len);
 }
 
 static void test_wire_roundtrip(void) {
@@ -1739,7 +1741,7 @@ static void test_wire_rejects(void) {
     memcpy(bad, good, len);
     bad[len] = 0;
     CHECK_RC(resbm_frame_decode(out, 12, bad, len + 1, &f), RESBM_ESIZE); /* trailing bytes */
-    CHECK_RC(resbm_frame_decode(out, 11, good, len, &f), RESBM_EINVAL);  /* does not fit out */
+    CHECK_RC(resbm_frame_decode(out, 11, good, len, &f), RESBM_ENOSPACE); /* one value short */  /* does not fit out */
     for (i = 0; i < 12; i++) CHECK(out[i] == 42.0f, "output touched by a rejected frame");
     CHECK_RC(resbm_frame_decode(out, 12, good, len, &f), RESBM_OK);
     CHECK(!memcmp(out, x, sizeof(x)), "good frame decodes exactly");
@@ -1995,6 +1997,103 @@ static void test_dropin_example(void) {
     resbm_inproc_free(hub);
 }
 #endif
+
+/* resbm_boundary: the same init as the halves inside a stage (same names, same bits), the same
+   arithmetic as the grouped kernels on its own weights, a slot discipline, bad input refused, and
+   a checkpoint round trip that restores values, optimizer state and step. */
+static void test_boundary_object(void) {
+    resbm_model_config mc = tiny_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    resbm_boundary_config bc = resbm_boundary_config_default();
+    resbm_boundary *enc = NULL, *dec = NULL, *again = NULL;
+    resbm_model *s0 = NULL, *s1 = NULL;
+    const resbm_param *pm, *pe, *pd;
+    size_t N = 2 * (size_t)mc.seq, d = (size_t)mc.d, r = 3, m = 4, nm, ne, nd, i, j;
+    float h[2 * 8 * 16], z[2 * 8 * 3], z2[2 * 8 * 3], x[2 * 8 * 16], dz[2 * 8 * 3], dh[2 * 8 * 16];
+    float s[2 * 8 * 4], ds[2 * 8 * 4], du[2 * 8 * 16], rstd[16], u[2 * 8 * 16], a[2 * 8 * 4];
+    char path[128], why[160];
+    resbm_rng g;
+    mc.stages = 2; mc.r = (int)r; mc.m = (int)m;
+    CHECK_RC(resbm_model_init(&mc, &oc, &s0), RESBM_OK);
+    mc.stage = 1;
+    CHECK_RC(resbm_model_init(&mc, &oc, &s1), RESBM_OK);
+    bc.index = 0; bc.d = (int)d; bc.r = (int)r; bc.m = (int)m; bc.max_tokens = (int)N; bc.slots = 2;
+    bc.init_std = mc.init_std;
+    CHECK_RC(resbm_boundary_init(&bc, &oc, &enc), RESBM_OK);
+    bc.side = RESBM_DECODER;
+    CHECK_RC(resbm_boundary_init(&bc, &oc, &dec), RESBM_OK);
+    if (!s0 || !s1 || !enc || !dec) return;
+    pm = resbm_model_params(s0, &nm);
+    pe = resbm_boundary_params(enc, &ne);
+    CHECK(ne == 3, "encoder params %zu", ne);
+    for (i = 0; i < ne; i++)
+        for (j = 0; j < nm; j++)
+            if (!strcmp(pm[j].name, pe[i].name))
+                CHECK(!memcmp(pm[j].value.data, pe[i].value.data, pe[i].value.ne[0] * pe[i].value.ne[1] * 4),
+                      "%s differs from the stage's", pe[i].name);
+    pm = resbm_model_params(s1, &nm);
+    pd = resbm_boundary_params(dec, &nd);
+    CHECK(nd == 2 && !strcmp(pd[0].name, pm[0].name) &&
+              !memcmp(pm[1].value.data, pd[1].value.data, d * m * 4), "decoder params as stage 1's");
+    /* the same arithmetic as the grouped kernels on its weights */
+    resbm_rng_seed(&g, 9, 9);
+    for (i = 0; i < N * d; i++) h[i] = resbm_rng_normal(&g);
+    for (i = 0; i < N * r; i++) dz[i] = resbm_rng_normal(&g);
+    for (i = 0; i < ne; i++) /* non-zero w2 so the hidden path shows */
+        if (strstr(pe[i].name, "enc_w2"))
+            for (j = 0; j < r * m; j++) pe[i].value.data[j] = 0.3f * resbm_rng_normal(&g);
+    CHECK_RC(resbm_boundary_forward(enc, 1, N, h, z), RESBM_OK);
+    {
+        resbm_bottleneck_shape sh = {N, d, r, m, 1};
+        resbm_encoder_weights w = {pe[0].value.data, pe[1].value.data, pe[2].value.data};
+        resbm_encoder_saved sv = {rstd, u, a};
+        resbm_bottleneck_scratch scr = {s, ds, du};
+        CHECK_RC(resbm_encoder_forward(NULL, &sh, &w, &sv, &scr, h, z2), RESBM_OK);
+        CHECK(!memcmp(z, z2, sizeof(z)), "boundary forward == kernel forward");
+    }
+    CHECK_RC(resbm_boundary_forward(enc, 1, N, h, z), RESBM_ESTATE); /* slot 1 is held */
+    CHECK_RC(resbm_boundary_forward(enc, 2, N, h, z), RESBM_EINVAL); /* two slots */
+    CHECK_RC(resbm_boundary_forward(enc, 0, N + 1, h, z), RESBM_EINVAL); /* more than max_tokens */
+    h[5] = NAN;
+    CHECK_RC(resbm_boundary_forward(enc, 0, N, h, z), RESBM_ENONFINITE);
+    dz[3] = INFINITY;
+    CHECK_RC(resbm_boundary_backward(enc, 1, dz, dh), RESBM_ENONFINITE);
+    dz[3] = 0.5f;
+    CHECK_RC(resbm_boundary_zero_grad(enc), RESBM_OK);
+    CHECK_RC(resbm_boundary_backward(enc, 1, dz, dh), RESBM_OK);
+    CHECK_RC(resbm_boundary_backward(enc, 1, dz, dh), RESBM_ESTATE); /* freed by its backward */
+    CHECK_RC(resbm_boundary_forward(dec, 0, N, z, x), RESBM_OK);
+    CHECK_RC(resbm_boundary_release(dec, 0), RESBM_OK);
+    CHECK_RC(resbm_boundary_backward(dec, 0, x, dz), RESBM_ESTATE);
+    /* bad configs */
+    bc.r = (int)d;
+    CHECK_RC(resbm_boundary_init(&bc, &oc, &again), RESBM_EINVAL); /* r = d is no bottleneck */
+    bc.r = (int)r; bc.side = 7;
+    CHECK_RC(resbm_boundary_init(&bc, &oc, &again), RESBM_EINVAL);
+    bc.side = RESBM_ENCODER; bc.max_tokens = 0;
+    CHECK_RC(resbm_boundary_init(&bc, &oc, &again), RESBM_EINVAL);
+    bc.max_tokens = (int)N;
+    /* update, save, load into a fresh one: values, state and step come back */
+    CHECK_RC(resbm_boundary_update(enc, 1.0f), RESBM_OK);
+    CHECK(resbm_boundary_step_count(enc) == 1, "step");
+    snprintf(path, sizeof(path), "/tmp/resbm_boundary_%d.safetensors", (int)getpid());
+    CHECK_RC(resbm_boundary_save(enc, path), RESBM_OK);
+    CHECK_RC(resbm_boundary_init(&bc, &oc, &again), RESBM_OK);
+    if (again) {
+        const resbm_param *pa = resbm_boundary_params(again, NULL);
+        CHECK_RC(resbm_boundary_load(again, path, why, sizeof(why)), RESBM_OK);
+        CHECK(resbm_boundary_step_count(again) == 1, "loaded step");
+        for (i = 0; i < ne; i++) {
+            size_t n = pe[i].value.ne[0] * pe[i].value.ne[1];
+            CHECK(!memcmp(pe[i].value.data, pa[i].value.data, n * 4) && !memcmp(pe[i].m, pa[i].m, n * 4) &&
+                      !memcmp(pe[i].v, pa[i].v, n * 4), "%s round trip", pe[i].name);
+        }
+        CHECK_RC(resbm_boundary_load(dec, path, why, sizeof(why)), RESBM_EFORMAT); /* an encoder's file */
+    }
+    remove(path);
+    resbm_boundary_free(enc); resbm_boundary_free(dec); resbm_boundary_free(again);
+    resbm_model_free(s0); resbm_model_free(s1);
+}
 
 /* ---- the stage runtime ------------------------------------------------------------------------ */
 #ifndef RESBM_NO_THREADS
@@ -3548,6 +3647,7 @@ int main(int argc, char **argv) {
     RUN(test_wire_conversions);
     RUN(test_wire_roundtrip);
     RUN(test_wire_rejects);
+    RUN(test_boundary_object);
 #ifndef RESBM_NO_THREADS
     RUN(test_inproc);
     RUN(test_shaper);
