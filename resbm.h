@@ -606,7 +606,8 @@ typedef struct resbm_transport {
 } resbm_transport;
 
 /* In-process transport: n peers (threads) with a bounded mailbox of `capacity` bytes per ordered
-   pair, allocated once (n * n * capacity bytes). send blocks while the mailbox is full. */
+   pair, allocated once (n * n * capacity bytes). send waits while the mailbox is full, up to the
+   hub's send timeout. */
 typedef struct resbm_inproc resbm_inproc;
 RESBMDEF int resbm_inproc_init(int n_peers, size_t capacity, resbm_inproc **out);
 RESBMDEF void resbm_inproc_free(resbm_inproc *hub);
@@ -615,6 +616,9 @@ RESBMDEF int resbm_inproc_transport(resbm_inproc *hub, int me, resbm_transport *
 /* Peer `peer` is gone: its pending and future sends fail with RESBM_ECLOSED, and so do the
    others' receives from it once its mailbox is empty. */
 RESBMDEF int resbm_inproc_close(resbm_inproc *hub, int peer);
+/* A send into a full mailbox waits at most this long (default 60000 ms, 1 to 2^31-1), then
+   returns RESBM_ETIMEDOUT: a peer that stopped reading cannot hold a sender forever. */
+RESBMDEF int resbm_inproc_set_send_timeout(resbm_inproc *hub, int ms);
 
 /* Conformance of a transport pair: endpoint `a` (whose peer number for the other end is a_peer)
    and endpoint `b` (b_peer), both usable from this thread: order and integrity of messages of 1
@@ -2460,12 +2464,18 @@ static void resbm__model_init_params(resbm_model *m) {
     }
 }
 
+static int resbm__cmp_param_name(const void *a, const void *b) {
+    return strncmp(*(const char *const *)a, *(const char *const *)b, RESBM_NAME_MAX);
+}
+
 /* The host's layer declaration: callbacks, and parameters that are unique, named, shaped, in
-   memory and finite (checked by bits: no -ffast-math folding). */
-static int resbm__layers_ok(const resbm_layers *h) {
-    size_t i, j;
+   memory and finite (checked by bits: no -ffast-math folding), of a plausible total size. */
+static int resbm__layers_ok(const resbm_layers *h, void *alloc_user) {
+    size_t i, total = 0;
+    const char **names;
+    int rc = RESBM_OK;
     if (!h->forward || !h->backward || !h->arch || (h->n_params && !h->params) ||
-        h->n_params > ((size_t)1 << 20) || strlen(h->arch) > 4096)
+        h->n_params > ((size_t)1 << 20) || strnlen(h->arch, 4097) > 4096)
         return RESBM_EINVAL;
     for (i = 0; i < h->n_params; i++) {
         const resbm_param *p = &h->params[i];
@@ -2480,11 +2490,18 @@ static int resbm__layers_ok(const resbm_layers *h) {
             (p->value.ndim == 1 && p->value.ne[1] > 1))
             return RESBM_EINVAL;
         n = p->value.ne[0] * (p->value.ndim == 2 ? p->value.ne[1] : 1);
+        if (resbm_size_add(&total, total, n) || total > ((size_t)1 << 36)) return RESBM_EOVERFLOW;
         if (!resbm__all_finite(p->value.data, n)) return RESBM_ENONFINITE;
-        for (j = 0; j < i; j++)
-            if (!strncmp(h->params[j].name, p->name, RESBM_NAME_MAX)) return RESBM_EINVAL;
     }
-    return RESBM_OK;
+    if (h->n_params < 2) return RESBM_OK;
+    /* unique names: sorted, neighbours compared */
+    if (!(names = (const char **)resbm__alloc(h->n_params * sizeof(char *), alloc_user))) return RESBM_ENOMEM;
+    for (i = 0; i < h->n_params; i++) names[i] = h->params[i].name;
+    qsort(names, h->n_params, sizeof(char *), resbm__cmp_param_name);
+    for (i = 1; i < h->n_params && !rc; i++)
+        if (!strncmp(names[i - 1], names[i], RESBM_NAME_MAX)) rc = RESBM_EINVAL;
+    resbm__dealloc(names, alloc_user);
+    return rc;
 }
 
 static int resbm__builtin_forward(void *user, int slot, size_t rows, const int32_t *tokens,
@@ -2507,7 +2524,7 @@ static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_co
     tmp.side = side;
     tmp.host = side < 0 && cfg->host;
     if (tmp.host) {
-        RESBM__TRY(resbm__layers_ok(cfg->host));
+        RESBM__TRY(resbm__layers_ok(cfg->host, cfg->alloc_user));
         tmp.layers = *cfg->host;
         tmp.arch_hash = resbm__fnv1a(tmp.layers.arch);
     }
@@ -3621,6 +3638,7 @@ struct resbm_inproc {
     int *closed;         /* [n] */
     resbm__inproc_ep *ep; /* [n] */
     int inited;          /* mailboxes whose mutex/cv exist */
+    int send_timeout_ms; /* a send into a full mailbox gives up after this (RESBM_ETIMEDOUT) */
 };
 
 #ifndef RESBM_NO_THREADS
@@ -3680,6 +3698,7 @@ RESBMDEF int resbm_inproc_init(int n, size_t capacity, resbm_inproc **out) {
     h = (resbm_inproc *)resbm_arena_push(&a, 1, sizeof(resbm_inproc));
     h->n = n;
     h->cap = capacity;
+    h->send_timeout_ms = 60000;
     h->box = (resbm__mailbox *)resbm_arena_push(&a, nb, sizeof(resbm__mailbox));
     h->closed = (int *)resbm_arena_push(&a, (size_t)n, sizeof(int));
     h->ep = (resbm__inproc_ep *)resbm_arena_push(&a, (size_t)n, sizeof(resbm__inproc_ep));
@@ -3707,11 +3726,23 @@ static int resbm__inproc_send(void *user, int peer, const void *buf, size_t len)
     resbm__mailbox *b;
     unsigned char hdr[8];
     int k;
+#ifndef RESBM_NO_THREADS
+    struct timespec until;
+#endif
     if (!ep || (!buf && len)) return RESBM_EINVAL;
     h = ep->hub;
     if (peer < 0 || peer >= h->n || peer == ep->me) return RESBM_EINVAL;
     if (len > h->cap - 8) return RESBM_EMSGSIZE;
     b = &h->box[(size_t)ep->me * (size_t)h->n + (size_t)peer];
+#ifndef RESBM_NO_THREADS
+    {
+        int ms = __atomic_load_n(&h->send_timeout_ms, __ATOMIC_RELAXED);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += ms / 1000;
+        until.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+    }
+#endif
     RESBM__LOCK(b);
     for (;;) {
         if (__atomic_load_n(&h->closed[peer], __ATOMIC_ACQUIRE) ||
@@ -3721,7 +3752,10 @@ static int resbm__inproc_send(void *user, int peer, const void *buf, size_t len)
         }
         if (b->cap - b->used >= len + 8) break;
 #ifndef RESBM_NO_THREADS
-        pthread_cond_wait(&b->cv, &b->mu);
+        if (pthread_cond_timedwait(&b->cv, &b->mu, &until) == ETIMEDOUT && b->cap - b->used < len + 8) {
+            RESBM__UNLOCK(b); /* nobody drains it: the peer stopped reading */
+            return RESBM_ETIMEDOUT;
+        }
 #else
         return RESBM_ETRANSPORT; /* full, and no other thread can drain it */
 #endif
@@ -3799,6 +3833,12 @@ RESBMDEF int resbm_inproc_transport(resbm_inproc *h, int me, resbm_transport *ou
     out->user = &h->ep[me];
     out->send = resbm__inproc_send;
     out->recv = resbm__inproc_recv;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_inproc_set_send_timeout(resbm_inproc *hub, int ms) {
+    if (!hub || ms < 1) return RESBM_EINVAL;
+    __atomic_store_n(&hub->send_timeout_ms, ms, __ATOMIC_RELAXED);
     return RESBM_OK;
 }
 
@@ -4067,6 +4107,7 @@ struct resbm_stage {
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
     unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
     int pool_attached;            /* this stage holds cfg.model.pool's stage slot */
+    int polling;                  /* looking for a neighbour's abort after a failed send */
     uint32_t job[RESBM__JOB_N];
     int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
     char why[192];                /* the last failure, one line */
@@ -4260,6 +4301,8 @@ static int resbm__transport_rc(int rc) {
     }
 }
 
+static int resbm__stage_poll_abort(resbm_stage *st, int from);
+
 static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint32_t micro,
                              size_t rows, size_t cols, const float *x) {
     resbm_frame_info f;
@@ -4272,7 +4315,18 @@ static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint3
     t0 = resbm__now();
     rc = st->cfg.transport.send(st->cfg.transport.user, to, st->sbuf, len);
     st->stats.wait_s += resbm__now() - t0;
-    if (rc) return resbm__transport_rc(rc);
+    if (rc) {
+        rc = resbm__transport_rc(rc);
+        /* a peer that stopped reading may have said why: its abort waits in the other direction */
+        if ((rc == RESBM_ETIMEDOUT || rc == RESBM_ECLOSED) && !st->polling) {
+            int prc;
+            st->polling = 1;
+            prc = resbm__stage_poll_abort(st, to);
+            st->polling = 0;
+            if (prc == RESBM_EPEER) return prc;
+        }
+        return rc;
+    }
     st->stats.bytes_sent[kind] += len;
     st->stats.frames_sent[kind]++;
     return RESBM_OK;

@@ -62,8 +62,8 @@ typedef struct {
     resbm_layers layers;
 } gpt2;
 
-/* The parameter list of stage s: name, shape, kind, init std (0: zeros; -1: ones). */
-static size_t gpt2_spec(const gpt2 *g, size_t i, char *name, size_t *rows, size_t *cols, int *kind, float *std) {
+/* Parameter i of this stage: name, shape, kind, init std (0: zeros; -1: ones); 0 past the end. */
+static int gpt2_spec(const gpt2 *g, size_t i, char *name, size_t *rows, size_t *cols, int *kind, float *std) {
     static const char *const bn[12] = {"ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
                                        "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
                                        "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};

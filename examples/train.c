@@ -642,10 +642,12 @@ static void close_outputs(const options *o, stage_ctx *c) {
 static void describe(const options *o, const resbm_stage *st0) {
     resbm_stage_stats ss;
     const resbm_model_config *mc = resbm_model_get_config(resbm_stage_model((resbm_stage *)st0));
+    char ff[32] = "";
     if (o->quiet) return;
     resbm_stage_get_stats(st0, &ss);
-    printf("model: d=%d layers=%d heads=%d ff=%d seq=%d vocab=256 | %d stages, r=%d (d/r=%.0f), m=%d%s | batch %d in %d micro | %s, wire %s/%s",
-           mc->d, mc->layers, mc->heads, mc->ff, mc->seq, o->stages, o->r, (double)o->d / o->r, mc->m,
+    if (!o->engine) snprintf(ff, sizeof(ff), " ff=%d", mc->ff); /* an engine's own business */
+    printf("model: %s d=%d layers=%d heads=%d%s seq=%d vocab=256 | %d stages, r=%d (d/r=%.0f), m=%d%s | batch %d in %d micro | %s, wire %s/%s",
+           o->engine ? o->engine->name : "built-in", mc->d, mc->layers, o->heads, ff, mc->seq, o->stages, o->r, (double)o->d / o->r, mc->m,
            o->no_identity ? ", no identity path" : "", o->batch, o->micro,
            o->opt == RESBM_OPT_MUON ? "muon" : o->opt == RESBM_OPT_SGD ? "sgd" : "adamw", wire_name(o->wire_fwd), wire_name(o->wire_bwd));
     if (o->bandwidth_mbps > 0 || o->latency_ms > 0) printf(" | link %.1f Mbit/s, %.1f ms", o->bandwidth_mbps, o->latency_ms);
@@ -744,8 +746,8 @@ static int run_threads(const options *o, const dataset *ds) {
     size_t frame_max = frame_max_bytes(o);
     uint64_t fwd = 0, bwd = 0;
     if (!c || !models || !shapers || !th) { fprintf(stderr, "train: out of memory\n"); return 1; }
-    /* a mailbox holds a few frames: 1F1B never has more than S in flight per direction */
-    if ((rc = resbm_inproc_init(S, (size_t)(S + 2) * (frame_max + 16), &hub))) {
+    /* a mailbox holds what a step can put on one link: n_micro + 3 frames (the contract) */
+    if ((rc = resbm_inproc_init(S, (size_t)(RESBM__MAX(S + 2, o->micro + 3)) * (frame_max + 16), &hub))) {
         fprintf(stderr, "train: in-process transport: %s\n", resbm_strerror(rc));
         return 1;
     }

@@ -1811,6 +1811,23 @@ static void test_inproc(void) {
     CHECK_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 0), RESBM_OK);
     CHECK(len == 4 && !memcmp(buf, "defg", 4), "second");
     CHECK_RC(t0.send(t0.user, 1, big, 4096), RESBM_EMSGSIZE);  /* larger than the mailbox */
+    { /* a full mailbox nobody drains: the send gives up after the hub's send timeout */
+        double t;
+        struct timespec ts;
+        CHECK_RC(resbm_inproc_set_send_timeout(h, 0), RESBM_EINVAL);
+        CHECK_RC(resbm_inproc_set_send_timeout(NULL, 5), RESBM_EINVAL);
+        CHECK_RC(resbm_inproc_set_send_timeout(h, 100), RESBM_OK);
+        CHECK_RC(t2.send(t2.user, 0, big, 3000), RESBM_OK);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+        CHECK_RC(t2.send(t2.user, 0, big, 3000), RESBM_ETIMEDOUT);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - t;
+        CHECK(t >= 0.05 && t < 5.0, "gave up after %.3f s", t);
+        CHECK_RC(t0.recv(t0.user, 2, buf, sizeof(buf), &len, 0), RESBM_OK); /* the first is whole */
+        CHECK(len == 3000, "len %zu", len);
+        CHECK_RC(resbm_inproc_set_send_timeout(h, 60000), RESBM_OK);
+    }
     CHECK_RC(t0.send(t0.user, 0, big, 1), RESBM_EINVAL);     /* to itself */
     CHECK_RC(t0.send(t0.user, 3, big, 1), RESBM_EINVAL);     /* no such peer */
     /* a full mailbox blocks the sender until the receiver drains it: 3000 messages, wrapping */
@@ -3418,6 +3435,7 @@ static void test_job_agreement(void) {
                 CHECK_RC(resbm_stage_max_frame(&c, &mf), RESBM_OK);
                 CHECK(mf >= 40 + 4 * 8 * 4 && mf >= 40 + 4 * RESBM__JOB_FLOATS, "max frame %zu", mf);
                 resbm_inproc_init(2, 3 * (mf + 8), &hub);
+                resbm_inproc_set_send_timeout(hub, 1000); /* a full link gives up: then the abort is read */
             }
             resbm_inproc_transport(hub, s, &c.transport);
             CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
