@@ -666,6 +666,10 @@ typedef struct resbm_stage_config {
        like a dead peer: each receive then waits timeout_ms plus the time n_micro activation or
        gradient frames (the most the 1F1B schedule can queue on one link) take at this rate. */
     double link_bytes_per_sec;
+    /* Activation memory for forwards in flight, in bytes (0: 1F1B's minimum, S - s forwards on
+       stage s). More lets a stage run further ahead, up to n_micro forwards, so gradients still
+       on their way back through a slow link do not stall it. The results are the same bits. */
+    size_t act_budget_bytes;
 } resbm_stage_config;
 
 typedef struct resbm_stage_stats {
@@ -673,6 +677,8 @@ typedef struct resbm_stage_stats {
     uint64_t frames_sent[4], frames_recv[4];
     double compute_s, wait_s;                /* in model calls; blocked in send or recv */
     size_t memory_bytes;                     /* everything the stage holds */
+    size_t slot_bytes;                       /* the activations of one forward in flight */
+    int in_flight;                           /* forwards it keeps in flight (its slots) */
     long steps;                              /* successful steps */
 } resbm_stage_stats;
 
@@ -2511,13 +2517,13 @@ static int resbm__builtin_backward(void *user, int slot, float *dout, float *dx)
 /* side -1: a model (built-in or host layers); RESBM_ENCODER / RESBM_DECODER: one boundary half,
    no layers (what resbm_boundary is). */
 static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_config *opt,
-                               int side, resbm_model **out) {
+                               int side, resbm_model **out, size_t *sized) {
     resbm_model tmp;
     resbm_arena a;
     resbm_model *m;
     size_t N, Nd, check;
     int rc;
-    if (!cfg || !out) return RESBM_EINVAL;
+    if (!cfg || (!out && !sized)) return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
     tmp.cfg = *cfg;
     tmp.opt = opt ? *opt : resbm_opt_config_default();
@@ -2559,6 +2565,10 @@ static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_co
     resbm_arena_push(&a, 1, sizeof(resbm_model));
     resbm__model_carve(&tmp, &a);
     if (a.overflow) return RESBM_EOVERFLOW;
+    if (sized) { /* the sizing pass only: the bytes one allocation would take */
+        *sized = a.used;
+        return RESBM_OK;
+    }
     a.base = (unsigned char *)resbm__alloc(a.used, tmp.cfg.alloc_user);
     if (!a.base) return RESBM_ENOMEM;
     memset(a.base, 0, a.used);
@@ -2607,7 +2617,7 @@ static uint64_t resbm__arch_hash(const resbm_model *m) {
 
 RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_config *opt,
                               resbm_model **out) {
-    return resbm__model_create(cfg, opt, -1, out);
+    return resbm__model_create(cfg, opt, -1, out, NULL);
 }
 
 RESBMDEF void resbm_model_free(resbm_model *m) {
@@ -3220,7 +3230,7 @@ RESBMDEF int resbm_boundary_init(const resbm_boundary_config *cfg, const resbm_o
     mc.stage = cfg->side == RESBM_ENCODER ? cfg->index : cfg->index + 1;
     mc.threads = cfg->threads ? cfg->threads : 1; mc.seed = cfg->seed; mc.init_std = cfg->init_std;
     mc.pool = cfg->pool; mc.alloc_user = cfg->alloc_user;
-    RESBM__TRY(resbm__model_create(&mc, opt, cfg->side, &m));
+    RESBM__TRY(resbm__model_create(&mc, opt, cfg->side, &m, NULL));
     *out = (resbm_boundary *)(void *)m;
     return RESBM_OK;
 }
@@ -4102,6 +4112,7 @@ struct resbm_stage {
     unsigned char *sbuf, *rbuf;   /* [frame_cap] */
     float *zin, *zout, *dzin, *dxout; /* [Nmb, w] */
     int32_t *win, *zeros;         /* [T] sampling window, dummy targets */
+    float *norms;                 /* [S + 1] the squared norms of this stage and those after, the loss */
     uint64_t step;                /* = the model's update count: frames of a step carry it */
     int attempt;                  /* of this step: 0, and one more after each failure */
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
@@ -4168,12 +4179,13 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
 
-/* The largest frame: an activation or gradient in f32 or i8 (the larger), or a hello. */
-static int resbm__frame_cap(size_t Nmb, size_t w, size_t *out) {
-    size_t pb, pb2;
+/* The largest frame: an activation or gradient in f32 or i8 (the larger), a hello, or the
+   norms of S stages and the loss. */
+static int resbm__frame_cap(size_t Nmb, size_t w, size_t S, size_t *out) {
+    size_t pb, pb2, ctl = (size_t)4 * RESBM__MAX((size_t)RESBM__JOB_FLOATS, S + 1);
     if (Nmb > 0xffffffffu || resbm_wire_payload_bytes(RESBM_WIRE_F32, Nmb, w, &pb) ||
         resbm_wire_payload_bytes(RESBM_WIRE_I8, Nmb, w, &pb2) ||
-        resbm_size_add(out, RESBM_FRAME_HEADER, RESBM__MAX(RESBM__MAX(pb, pb2), (size_t)4 * RESBM__JOB_FLOATS)))
+        resbm_size_add(out, RESBM_FRAME_HEADER, RESBM__MAX(RESBM__MAX(pb, pb2), ctl)))
         return RESBM_EOVERFLOW;
     return RESBM_OK;
 }
@@ -4185,17 +4197,34 @@ RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes)
     mc = cfg->model;
     oc = cfg->opt;
     RESBM__TRY(resbm__resolve(&mc, &oc, !mc.host));
-    return resbm__frame_cap((size_t)mc.batch * (size_t)mc.seq, (size_t)mc.r, bytes);
+    return resbm__frame_cap((size_t)mc.batch * (size_t)mc.seq, (size_t)mc.r, (size_t)mc.stages, bytes);
 }
 
-RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots) {
-    int S, n;
+/* Forwards in flight: 1F1B's S - s (or n_micro if fewer), more as act_budget_bytes allows. */
+static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, size_t *slot_bytes) {
+    resbm_model_config mc;
+    size_t one, two, fit;
+    int S, n, base;
     if (!cfg || !slots) return RESBM_EINVAL;
     S = cfg->model.stages ? cfg->model.stages : 1;
     n = cfg->n_micro ? cfg->n_micro : 1;
     if (cfg->model.stage < 0 || cfg->model.stage >= S || n < 0) return RESBM_EINVAL;
-    *slots = RESBM__MIN(S - cfg->model.stage, n); /* 1F1B keeps at most S - s forwards */
+    base = RESBM__MIN(S - cfg->model.stage, n);
+    *slots = base;
+    if (!slot_bytes && !cfg->act_budget_bytes) return RESBM_OK;
+    mc = cfg->model; /* one slot more costs what the sizing pass says */
+    mc.act_slots = 1;
+    RESBM__TRY(resbm__model_create(&mc, &cfg->opt, -1, NULL, &one));
+    mc.act_slots = 2;
+    RESBM__TRY(resbm__model_create(&mc, &cfg->opt, -1, NULL, &two));
+    if (slot_bytes) *slot_bytes = two - one;
+    fit = cfg->act_budget_bytes / (two > one ? two - one : 1);
+    if (fit > (size_t)base) *slots = (int)RESBM__MIN(fit, (size_t)n);
     return RESBM_OK;
+}
+
+RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots) {
+    return resbm__stage_depth(cfg, slots, NULL);
 }
 
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) {
@@ -4218,8 +4247,10 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     tmp.S = mc.stages ? mc.stages : 1;
     tmp.s = mc.stage;
     tmp.n = tmp.cfg.n_micro;
-    tmp.slots = RESBM__MIN(tmp.S - tmp.s, tmp.n); /* 1F1B keeps at most S - s forwards */
+    if (tmp.S < 1 || tmp.s < 0 || tmp.s >= tmp.S) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_depth(&tmp.cfg, &tmp.slots, &tmp.stats.slot_bytes));
     if (tmp.slots < 1) return RESBM_EINVAL;
+    tmp.stats.in_flight = tmp.slots;
     mc.act_slots = tmp.slots;
     /* a pool's buffers serve one caller at a time: two stages on threads would collide */
     if (mc.pool) {
@@ -4236,7 +4267,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     tmp.cfg.model = tmp.model->cfg;
     tmp.Nmb = (size_t)tmp.model->cfg.batch * (size_t)tmp.model->cfg.seq;
     tmp.w = tmp.model->r;
-    if (resbm__frame_cap(tmp.Nmb, tmp.w, &tmp.frame_cap) || resbm_size_mul(&zf, tmp.Nmb, tmp.w)) {
+    if (resbm__frame_cap(tmp.Nmb, tmp.w, (size_t)tmp.S, &tmp.frame_cap) || resbm_size_mul(&zf, tmp.Nmb, tmp.w)) {
         rc = RESBM_EOVERFLOW;
         goto fail;
     }
@@ -4253,6 +4284,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     resbm_arena_push(&a, 1, sizeof(resbm_stage));
     resbm_arena_push(&a, 2, tmp.frame_cap);
     resbm_arena_push(&a, 4 * zf, sizeof(float));
+    resbm_arena_push(&a, (size_t)tmp.S + 1, sizeof(float));
     resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
     if (a.overflow) { rc = RESBM_EOVERFLOW; goto fail; }
     a.base = (unsigned char *)resbm__alloc(a.used, mc.alloc_user);
@@ -4268,6 +4300,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     st->zout = st->zin + zf;
     st->dzin = st->zout + zf;
     st->dxout = st->dzin + zf;
+    st->norms = (float *)resbm_arena_push(&a, (size_t)tmp.S + 1, sizeof(float));
     st->win = (int32_t *)resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
     st->zeros = st->win + tmp.model->cfg.seq;
     st->stats.memory_bytes = a.cap + resbm_model_bytes(st->model);
@@ -4564,10 +4597,13 @@ static int resbm__stage_bwd(resbm_stage *st, int k) {
     return RESBM_OK;
 }
 
-/* The step across stages is all or nothing. The squared gradient norms are summed forward along
-   the pipeline (control frame, index 0); the last stage, which then knows every stage finished
-   its backward, checks the total and the loss and sends [total, loss] back (index 1); each stage
-   passes it on, then applies its own update. A stage that cannot (its update would be
+/* The step across stages is all or nothing, and costs no round trip of its own. Each stage's
+   squared gradient norm travels back with the step's last gradient: stage s sends stage s - 1
+   [sq_s, ..., sq_{S-1}, loss] (control frame, index 0) right after its last gradient frame.
+   Stage 0 finishes the step's last backward, so it knows every stage is done: it sums the norms
+   in stage order (the float sum a single process takes), checks the total and the loss, and
+   sends [total, loss] forward (index 1), ahead of the next step's activations on the same link;
+   each stage passes it on, then applies its own update. A stage that cannot (its update would be
    non-finite, or the frame does not arrive whole) fails, and its abort makes every stage that
    had already applied the step undo it (resbm_model_rollback), so after any single fault either
    every stage has the update or none has. */
@@ -4575,11 +4611,11 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
                                  float *loss) {
     resbm_model *m = st->model;
     double sq, loss_sum = 0.0, t0;
-    float part[1], back[2], scale;
-    int warm, i, fi = 0, bi = 0, sl;
+    float *v = st->norms, back[2], scale;
+    int warm, i, fi = 0, bi = 0, sl, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
     for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* a failed step left some */
     RESBM__TRY(resbm_model_zero_grad(m));
-    warm = RESBM__MIN(st->S - st->s - 1, st->n);
+    warm = RESBM__MIN(st->slots - 1, st->n); /* forwards ahead of the first backward */
     for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
         size_t off = (size_t)fi * st->Nmb;
         float l;
@@ -4592,27 +4628,28 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     }
     for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
     RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
-    part[0] = (float)sq;
-    if (!m->first) {
-        float prev[1];
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
-                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, 1, prev));
-        part[0] = prev[0] + (float)sq;
-    }
-    if (!m->last) {
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
-                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, 1, part));
+    if (!m->last) /* the norms of the stages after this one, and the loss */
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1,
+                                     (size_t)nv - 1, v + 1));
+    else
+        v[1] = (float)(loss_sum / st->n);
+    v[0] = (float)sq;
+    if (!m->first) {
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, (size_t)nv, v));
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
     } else {
-        back[0] = part[0];
-        back[1] = (float)(loss_sum / st->n);
+        back[0] = v[0];
+        for (i = 1; i < st->S; i++) back[0] = back[0] + v[i]; /* stage order, as one process sums */
+        back[1] = v[st->S];
         if (!resbm__finite(back[0]) || !resbm__finite(back[1])) return RESBM_ENONFINITE;
     }
-    /* pass it on first (the stages before do not wait for this one's update), then apply; if the
+    /* pass it on first (the stages after do not wait for this one's update), then apply; if the
        update fails, this stage's abort makes those that applied it undo it */
-    if (!m->first)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+    if (!m->last)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
     scale = resbm_clip_scale(&st->cfg.opt, back[0]);
     t0 = resbm__now();

@@ -41,7 +41,7 @@ typedef struct {
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
     int stage, timeout_ms, sample_len, quiet;
     float lr, bottleneck_lr;
-    double bandwidth_mbps, latency_ms, link_mbps;
+    double bandwidth_mbps, latency_ms, link_mbps, act_budget_mb;
     uint64_t seed;
     const host_engine *engine; /* NULL: the built-in model; else a host's layers (examples/gpt2.c) */
 } options;
@@ -65,7 +65,8 @@ static void usage(FILE *f) {
         "             [--opt adamw|muon|sgd] [--lr X] [--bottleneck-lr-scale X] [--steps N] [--schedule-steps N] [--seed S]\n"
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
-        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact] [--quiet]\n"
+        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact]\n"
+        "             [--act-budget-mb MB] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
 
@@ -164,6 +165,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
         else if (!strcmp(a, "--bandwidth-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->bandwidth_mbps)) return die_usage("--bandwidth-mbps: '%s' is not in [0, 1e6]", v); }
         else if (!strcmp(a, "--link-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->link_mbps)) return die_usage("--link-mbps: '%s' is not in [0, 1e6]", v); }
+        else if (!strcmp(a, "--act-budget-mb")) { if (!parse_double(v, 0.0, 1e7, &o->act_budget_mb)) return die_usage("--act-budget-mb: '%s' is not in [0, 1e7]", v); }
         else if (!strcmp(a, "--latency-ms")) { if (!parse_double(v, 0.0, 1e5, &o->latency_ms)) return die_usage("--latency-ms: '%s' is not in [0, 1e5]", v); }
         else if (!strcmp(a, "--wire")) { if ((o->wire_fwd = parse_wire(v)) < 0) return die_usage("--wire: '%s' is not f32, bf16, f16 or i8", v); }
         else if (!strcmp(a, "--wire-bwd")) { if ((o->wire_bwd = parse_wire(v)) < 0) return die_usage("--wire-bwd: '%s' is not f32, bf16, f16 or i8", v); }
@@ -526,6 +528,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.wire_fwd = o->wire_fwd; c.wire_bwd = o->wire_bwd;
     c.timeout_ms = o->timeout_ms;
     c.link_bytes_per_sec = link_mbps(o) * 1e6 / 8.0; /* receives wait longer on a slow link */
+    c.act_budget_bytes = (size_t)(o->act_budget_mb * 1048576.0); /* deeper in flight on slow links */
     return c;
 }
 
@@ -644,6 +647,7 @@ static void describe(const options *o, const resbm_stage *st0) {
     const resbm_model_config *mc = resbm_model_get_config(resbm_stage_model((resbm_stage *)st0));
     char ff[32] = "";
     if (o->quiet) return;
+    memset(&ss, 0, sizeof(ss));
     resbm_stage_get_stats(st0, &ss);
     if (!o->engine) snprintf(ff, sizeof(ff), " ff=%d", mc->ff); /* an engine's own business */
     printf("model: %s d=%d layers=%d heads=%d%s seq=%d vocab=256 | %d stages, r=%d (d/r=%.0f), m=%d%s | batch %d in %d micro | %s, wire %s/%s",
@@ -651,7 +655,8 @@ static void describe(const options *o, const resbm_stage *st0) {
            o->no_identity ? ", no identity path" : "", o->batch, o->micro,
            o->opt == RESBM_OPT_MUON ? "muon" : o->opt == RESBM_OPT_SGD ? "sgd" : "adamw", wire_name(o->wire_fwd), wire_name(o->wire_bwd));
     if (o->bandwidth_mbps > 0 || o->latency_ms > 0) printf(" | link %.1f Mbit/s, %.1f ms", o->bandwidth_mbps, o->latency_ms);
-    printf("\n");
+    printf(" | stage 0: %d in flight, %.1f MiB each, %.1f MiB in all\n", ss.in_flight, ss.slot_bytes / 1048576.0,
+           ss.memory_bytes / 1048576.0);
 }
 
 /* The step a checkpoint file holds, or -1 when it is missing or unreadable. */

@@ -114,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 
 #ifdef FUZZ_WRITE_SEEDS
-/* make fuzz-seeds: an honest step (activation and norm after the hello), an abort, a frame of an
+/* make fuzz-seeds: an honest step (activation and commit after the hello), an abort, a frame of an
    earlier attempt, a hello of another job, garbage. */
 #include <stdio.h>
 static size_t add(unsigned char *b, size_t at, const resbm_frame_info *f, const float *v) {
@@ -126,7 +126,7 @@ static size_t add(unsigned char *b, size_t at, const resbm_frame_info *f, const 
 int main(int argc, char **argv) {
     static unsigned char b[1 << 15];
     resbm_frame_info f;
-    float z[8] = {0.5f, -1, 2, 0.25f, 1, 1, -2, 3}, part[1] = {0.5f}, ab[2] = {-45, 0};
+    float z[8] = {0.5f, -1, 2, 0.25f, 1, 1, -2, 3}, commit[2] = {0.5f, 1.0f}, ab[2] = {-45, 0};
     char path[512];
     size_t n;
     int k;
@@ -137,7 +137,7 @@ int main(int argc, char **argv) {
         f.kind = RESBM_KIND_ACT; f.dtype = RESBM_WIRE_F32; f.from_stage = 0; f.to_stage = 1; f.rows = 4; f.cols = 2;
         b[0] = k == 4 ? 0 : 3;
         n = 1;
-        if (k == 0) { n = add(b, n, &f, z); f.kind = RESBM_KIND_CONTROL; f.rows = 1; f.cols = 1; n = add(b, n, &f, part); }
+        if (k == 0) { n = add(b, n, &f, z); f.kind = RESBM_KIND_CONTROL; f.micro = 1; f.rows = 1; f.cols = 2; n = add(b, n, &f, commit); }
         if (k == 1) { f.kind = RESBM_KIND_CONTROL; f.micro = 4u << 20; f.rows = 1; f.cols = 2; n = add(b, n, &f, ab); }
         if (k == 2) { f.micro = 0; f.step = 0; n = add(b, n, &f, z); f.micro = 1u << 24; n = add(b, n, &f, z); }
         if (k == 3) { f.kind = RESBM_KIND_CONTROL; f.micro = 3u << 20; f.rows = 1; f.cols = 8; n = add(b, n, &f, z); }

@@ -2140,6 +2140,7 @@ static void *pipe_thread(void *p) {
 }
 
 /* Runs S stages as threads over the in-process transport. Returns 0 when every stage succeeded. */
+static size_t pipe_budget; /* act_budget_bytes of the next run_pipeline */
 static int run_pipeline(pipe_arg *a, resbm_model_config mc, resbm_opt_config oc, int n_micro,
                         int wire_fwd, int wire_bwd, int steps) {
     resbm_inproc *hub;
@@ -2156,6 +2157,7 @@ static int run_pipeline(pipe_arg *a, resbm_model_config mc, resbm_opt_config oc,
         a[s].cfg.wire_fwd = wire_fwd;
         a[s].cfg.wire_bwd = wire_bwd;
         a[s].cfg.timeout_ms = 10000;
+        a[s].cfg.act_budget_bytes = pipe_budget;
         a[s].steps = steps;
         a[s].rows = n_micro * mc.batch;
         resbm_inproc_transport(hub, s, &a[s].cfg.transport);
@@ -2227,6 +2229,50 @@ static void test_pipeline_equals_sequential(void) {
         resbm_model_free(ref[s]);
         free(h[s]); free(g[s]);
     }
+}
+
+/* Deeper in flight (act_budget_bytes): every stage runs all its forwards ahead, and the losses and
+   parameters are the bits of 1F1B's minimum depth; the depth and a slot's size are reported. */
+static void test_pipeline_in_flight_depth(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    pipe_arg a[PIPE_MAX], b[PIPE_MAX];
+    resbm_stage_stats sa, sb;
+    int s, k, n = 6, slots;
+    size_t np, i;
+    memset(&sa, 0, sizeof(sa));
+    memset(&sb, 0, sizeof(sb));
+    oc.clip = 0.05f;
+    pipe_budget = 0;
+    CHECK(run_pipeline(a, mc, oc, n, RESBM_WIRE_F32, RESBM_WIRE_F32, PIPE_STEPS) == 0, "1F1B");
+    pipe_budget = (size_t)1 << 30;
+    CHECK(run_pipeline(b, mc, oc, n, RESBM_WIRE_F32, RESBM_WIRE_F32, PIPE_STEPS) == 0, "deep");
+    pipe_budget = 0;
+    if (th_fail_now) return;
+    for (s = 0; s < mc.stages; s++) {
+        const resbm_param *pa = resbm_model_params(resbm_stage_model(a[s].st), &np);
+        const resbm_param *pb = resbm_model_params(resbm_stage_model(b[s].st), NULL);
+        resbm_stage_get_stats(a[s].st, &sa);
+        resbm_stage_get_stats(b[s].st, &sb);
+        CHECK(sa.in_flight == mc.stages - s && sb.in_flight == n, "stage %d depth %d / %d", s, sa.in_flight, sb.in_flight);
+        CHECK(sa.slot_bytes > 0 && sa.slot_bytes == sb.slot_bytes, "slot bytes %zu", sa.slot_bytes);
+        CHECK(sb.memory_bytes >= sa.memory_bytes + (size_t)(n - sa.in_flight) * sa.slot_bytes, "memory %zu vs %zu",
+              sb.memory_bytes, sa.memory_bytes);
+        CHECK_RC(resbm_stage_slots(&b[s].cfg, &slots), RESBM_OK);
+        CHECK(slots == n, "resbm_stage_slots %d", slots);
+        for (k = 0; k < PIPE_STEPS; k++) CHECK(a[s].loss[k] == b[s].loss[k], "stage %d step %d loss", s, k);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pa[i].value.data, pb[i].value.data, pa[i].value.ne[0] * pa[i].value.ne[1] * 4),
+                  "stage %d %s differs", s, pa[i].name);
+    }
+    /* a budget of two slots' worth on a stage whose 1F1B depth is 1 keeps two */
+    {
+        resbm_stage_config c = b[mc.stages - 1].cfg;
+        c.act_budget_bytes = 2 * sa.slot_bytes + 1;
+        CHECK_RC(resbm_stage_slots(&c, &slots), RESBM_OK);
+        CHECK(slots == 2, "two slots' budget: %d", slots);
+    }
+    for (s = 0; s < mc.stages; s++) { resbm_stage_free(a[s].st); resbm_stage_free(b[s].st); }
 }
 
 /* (2) one stage == resbm_model_train_step; (3) 1 vs 2 kernel threads per stage, same bits. */
@@ -2551,7 +2597,7 @@ static void test_hostile_peer(void) {
     resbm_stage *st[2];
     resbm_transport t0;
     resbm_frame_info f;
-    float z[8 * 4], loss, *fp, part[1] = {0.5f};
+    float z[8 * 4], loss, *fp, commit[2] = {0.5f, 1.0f};
     const char *changed;
     unsigned char good[1024], bad[1 << 16];
     int32_t tok[8], tg[8];
@@ -2646,14 +2692,14 @@ static void test_hostile_peer(void) {
         }
         CHECK_RC(t0.recv(t0.user, 1, bad, sizeof(bad), &got, 0), RESBM_ETIMEDOUT);
     }
-    /* an honest step still works: the peer sends a good activation, takes the gradient back and
-       sends its part of the gradient norm */
+    /* an honest step still works: the peer sends a good activation, and (stage 1 sends back the
+       gradient and its norm) the commit [total, loss] */
     GOOD_FRAME();
     CHECK_RC(t0.send(t0.user, 1, good, glen), RESBM_OK);
-    f.kind = RESBM_KIND_CONTROL; f.rows = 1; f.cols = 1;
-    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, part), RESBM_OK);
+    f.kind = RESBM_KIND_CONTROL; f.rows = 1; f.cols = 2; f.micro |= 1u; /* index 1: the commit */
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &glen, &f, commit), RESBM_OK);
     CHECK_RC(t0.send(t0.user, 1, good, glen), RESBM_OK);
-    f.kind = RESBM_KIND_ACT; f.rows = 8; f.cols = 4;
+    f.kind = RESBM_KIND_ACT; f.rows = 8; f.cols = 4; f.micro &= ~1u;
     rc = resbm_stage_step(st[1], NULL, tg, 1, &loss);
     CHECK(rc == RESBM_OK, "honest step after the attacks: %s (%s)", resbm_strerror(rc), resbm_stage_why(st[1]));
     CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 1, "the honest step was applied");
@@ -3548,7 +3594,7 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
     return bad;
 }
 
-/* Every fault type, once, into an activation, a gradient, a norm and a commit frame mid-run:
+/* Every fault type, once, into an activation, a gradient, the norms and the commit mid-run:
    the stages fail that step together (none keeps an update another lacks), retry it in place and
    end with parameters bit-identical to a run without the fault. */
 static void test_fault_retry_in_place(void) {
@@ -3556,9 +3602,10 @@ static void test_fault_retry_in_place(void) {
     struct { const char *what; int from, to, kind, nth; } where[] = {
         {"activation 1->2, step 1", 1, 2, RESBM_KIND_ACT, 3},
         {"gradient 2->1, step 2", 2, 1, RESBM_KIND_GRAD, 4},
-        {"norm 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2},   /* control frame 0 is the hello */
-        {"commit 2->1, step 2", 2, 1, RESBM_KIND_CONTROL, 3}, /* the step's last frame */
-        {"commit 1->0, step 1", 1, 0, RESBM_KIND_CONTROL, 2}};
+        {"norms 2->1, step 1", 2, 1, RESBM_KIND_CONTROL, 2},  /* control frame 0 is the hello */
+        {"norms 1->0, step 2", 1, 0, RESBM_KIND_CONTROL, 3},
+        {"commit 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2},
+        {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3}}; /* the step's last frame */
     int fails[RETRY_S], w, fault, s;
     size_t np, i;
     CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails) == 0, "the run without a fault");
@@ -3671,6 +3718,7 @@ int main(int argc, char **argv) {
     RUN(test_shaper);
     RUN(test_dropin_example);
     RUN(test_pipeline_equals_sequential);
+    RUN(test_pipeline_in_flight_depth);
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
     RUN(test_pipeline_failures);
