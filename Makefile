@@ -14,7 +14,7 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null)
 HAVE_CBLAS  := $(shell pkg-config --exists openblas 2>/dev/null && echo yes)
 
-.PHONY: all examples mpi demo test check setup-test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-speed bench-gemm bench-step bench-torch clean
+.PHONY: all examples mpi demo test check setup-test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-latency bench-speed bench-gemm bench-step bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
@@ -188,7 +188,7 @@ fuzz-seeds: | $(BUILD)
 ANCHOR_ENV = env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
 bench:
 	@bash scripts/setup.sh bench
-	@$(MAKE) --no-print-directory bench-speed bench-overhead bench-pipeline bench-compress
+	@$(MAKE) --no-print-directory bench-speed bench-overhead bench-pipeline bench-latency bench-compress
 
 # FMA peak, GEMM against OpenBLAS, then paired training steps against PyTorch (1 and 2 threads).
 bench-speed: $(BUILD)/bench_gemm_blas $(BUILD)/bench_step $(BUILD)/bench_peak
@@ -218,6 +218,10 @@ bench-compress: $(BUILD)/train
 bench-pipeline: $(BUILD)/train
 	bash bench/pipeline.sh
 	/usr/bin/python3 bench/project.py --check bench/compress
+
+# Tokens/s against one-way latency 0-100 ms (4 stages, 128x; threads and TCP; about 15 minutes).
+bench-latency: $(BUILD)/train
+	bash bench/latency.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -666,9 +666,11 @@ typedef struct resbm_stage_config {
        like a dead peer: each receive then waits timeout_ms plus the time n_micro activation or
        gradient frames (the most the 1F1B schedule can queue on one link) take at this rate. */
     double link_bytes_per_sec;
-    /* Activation memory for forwards in flight, in bytes (0: 1F1B's minimum, S - s forwards on
-       stage s). More lets a stage run further ahead, up to n_micro forwards, so gradients still
-       on their way back through a slow link do not stall it. The results are the same bits. */
+    /* Activation memory for forwards in flight beyond 1F1B's S - s on stage s, in bytes (0:
+       none). Each slot it buys lets the stage run one forward further ahead, so gradients still
+       on their way back through a slow link do not stall it; at most n_micro - s in flight, so
+       every stage keeps one more than the next (equal depths side by side make neighbours wait
+       on each other). The last stage waits for no gradient and keeps one. Same bits either way. */
     size_t act_budget_bytes;
 } resbm_stage_config;
 
@@ -4200,7 +4202,7 @@ RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes)
     return resbm__frame_cap((size_t)mc.batch * (size_t)mc.seq, (size_t)mc.r, (size_t)mc.stages, bytes);
 }
 
-/* Forwards in flight: 1F1B's S - s (or n_micro if fewer), more as act_budget_bytes allows. */
+/* Forwards in flight: 1F1B's S - s (or n_micro if fewer), plus what act_budget_bytes buys. */
 static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, size_t *slot_bytes) {
     resbm_model_config mc;
     size_t one, two, fit;
@@ -4218,8 +4220,9 @@ static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, size_t 
     mc.act_slots = 2;
     RESBM__TRY(resbm__model_create(&mc, &cfg->opt, -1, NULL, &two));
     if (slot_bytes) *slot_bytes = two - one;
-    fit = cfg->act_budget_bytes / (two > one ? two - one : 1);
-    if (fit > (size_t)base) *slots = (int)RESBM__MIN(fit, (size_t)n);
+    fit = cfg->act_budget_bytes / (two > one ? two - one : 1); /* extra slots */
+    if (cfg->model.stage < S - 1 && n - cfg->model.stage > base)
+        *slots = (int)RESBM__MIN((size_t)base + fit, (size_t)(n - cfg->model.stage));
     return RESBM_OK;
 }
 

@@ -2231,8 +2231,8 @@ static void test_pipeline_equals_sequential(void) {
     }
 }
 
-/* Deeper in flight (act_budget_bytes): every stage runs all its forwards ahead, and the losses and
-   parameters are the bits of 1F1B's minimum depth; the depth and a slot's size are reported. */
+/* Deeper in flight (act_budget_bytes): stage s runs n - s forwards ahead (the last stage one), and
+   the losses and parameters are the bits of 1F1B's minimum depth; depth and slot size reported. */
 static void test_pipeline_in_flight_depth(void) {
     resbm_model_config mc = pipe_config();
     resbm_opt_config oc = resbm_opt_config_default();
@@ -2254,23 +2254,27 @@ static void test_pipeline_in_flight_depth(void) {
         const resbm_param *pb = resbm_model_params(resbm_stage_model(b[s].st), NULL);
         resbm_stage_get_stats(a[s].st, &sa);
         resbm_stage_get_stats(b[s].st, &sb);
-        CHECK(sa.in_flight == mc.stages - s && sb.in_flight == n, "stage %d depth %d / %d", s, sa.in_flight, sb.in_flight);
+        CHECK(sa.in_flight == mc.stages - s && sb.in_flight == (s < mc.stages - 1 ? n - s : 1), "stage %d depth %d / %d",
+              s, sa.in_flight, sb.in_flight);
         CHECK(sa.slot_bytes > 0 && sa.slot_bytes == sb.slot_bytes, "slot bytes %zu", sa.slot_bytes);
-        CHECK(sb.memory_bytes >= sa.memory_bytes + (size_t)(n - sa.in_flight) * sa.slot_bytes, "memory %zu vs %zu",
+        CHECK(sb.memory_bytes >= sa.memory_bytes + (size_t)(sb.in_flight - sa.in_flight) * sa.slot_bytes, "memory %zu vs %zu",
               sb.memory_bytes, sa.memory_bytes);
         CHECK_RC(resbm_stage_slots(&b[s].cfg, &slots), RESBM_OK);
-        CHECK(slots == n, "resbm_stage_slots %d", slots);
+        CHECK(slots == sb.in_flight, "resbm_stage_slots %d", slots);
         for (k = 0; k < PIPE_STEPS; k++) CHECK(a[s].loss[k] == b[s].loss[k], "stage %d step %d loss", s, k);
         for (i = 0; i < np; i++)
             CHECK(!memcmp(pa[i].value.data, pb[i].value.data, pa[i].value.ne[0] * pa[i].value.ne[1] * 4),
                   "stage %d %s differs", s, pa[i].name);
     }
-    /* a budget of two slots' worth on a stage whose 1F1B depth is 1 keeps two */
-    {
-        resbm_stage_config c = b[mc.stages - 1].cfg;
+    { /* two slots' worth buys stage 0 two more than 1F1B's S; the last stage keeps one */
+        resbm_stage_config c = b[0].cfg;
+        resbm_stage_get_stats(a[0].st, &sa);
         c.act_budget_bytes = 2 * sa.slot_bytes + 1;
         CHECK_RC(resbm_stage_slots(&c, &slots), RESBM_OK);
-        CHECK(slots == 2, "two slots' budget: %d", slots);
+        CHECK(slots == mc.stages + 2, "two slots' budget: %d", slots);
+        c = b[mc.stages - 1].cfg;
+        CHECK_RC(resbm_stage_slots(&c, &slots), RESBM_OK);
+        CHECK(slots == 1, "the last stage: %d", slots);
     }
     for (s = 0; s < mc.stages; s++) { resbm_stage_free(a[s].st); resbm_stage_free(b[s].st); }
 }
