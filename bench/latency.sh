@@ -70,7 +70,7 @@ names = []
 for b, d, m, _, _, _ in rows:
     if (b, d, m) not in names: names.append((b, d, m))
 lats = sorted({float(l) for _, _, _, l, _, _ in rows})
-print("| batch / micro | in flight | transport | stage 0 memory | " + " | ".join("%g ms" % l for l in lats) + " |")
+print("| row: batch / micro | in flight | transport | stage 0 memory | " + " | ".join("%g ms" % l for l in lats) + " |")
 print("|---|---|---|--:|" + "--:|" * len(lats))
 for n in names:
     base = tps.get(n + (0.0,))
