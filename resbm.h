@@ -667,10 +667,11 @@ typedef struct resbm_stage_config {
        gradient frames (the most the 1F1B schedule can queue on one link) take at this rate. */
     double link_bytes_per_sec;
     /* Activation memory for forwards in flight beyond 1F1B's S - s on stage s, in bytes (0:
-       none). Each slot it buys lets the stage run one forward further ahead, so gradients still
-       on their way back through a slow link do not stall it; at most n_micro - s in flight, so
-       every stage keeps one more than the next (equal depths side by side make neighbours wait
-       on each other). The last stage waits for no gradient and keeps one. Same bits either way. */
+       none; give every stage the same: the extra depth is part of the job agreement). Each slot
+       it buys (sized by the stage with the largest slots) lets every stage run one forward
+       further ahead, so gradients still on their way back through a slow link do not stall it;
+       at most n_micro - s in flight; the last stage waits for no gradient and keeps S - s. Host
+       layers keep 1F1B's depth. Same bits either way. */
     size_t act_budget_bytes;
 } resbm_stage_config;
 
@@ -2818,6 +2819,12 @@ static int resbm__builtin_backward(void *user, int slot, float *dout, float *dx)
     return RESBM_OK;
 }
 
+/* Where the layers' output residual of a forward of N tokens lives: the built-in blocks write
+   block L's output at x + L * N * d (this call's N, not the slot's largest). */
+static float *resbm__slot_out(const resbm_model *m, const resbm__acts *s, size_t N) {
+    return m->host ? s->hout : s->x + (size_t)m->nblocks * N * (size_t)m->cfg.d;
+}
+
 static void resbm__slot_drop(resbm_model *m, int slot) {
     m->slots[slot].rows = 0;
     if (m->layers.release) m->layers.release(m->layers.user, slot);
@@ -2852,7 +2859,7 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
     } else if (!m->first) {
         memcpy(s->xin, x_in, N * d * sizeof(float));
     }
-    out = m->last ? s->probs : s->hout;
+    out = m->last ? s->probs : resbm__slot_out(m, s, N);
     s->rows = rows; /* held from here on: a failure below drops it */
     rc = m->layers.forward(m->layers.user, slot, rows, m->first ? tokens : NULL,
                            m->first ? NULL : s->xin, out);
@@ -2861,7 +2868,7 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
         memcpy(s->targets, targets, N * sizeof(int32_t));
         rc = resbm_xent_forward(m->pool, s->probs, s->losses, s->probs, targets, N, V);
         for (n = 0; !rc && n < N; n++) sum += s->losses[n];
-        *loss = (float)(sum / (double)N);
+        if (!rc) *loss = (float)(sum / (double)N);
     } else if (!rc && m->has_enc) {
         rc = resbm__enc_fwd(m, s, N, out, h_out);
     } else if (!rc) {
@@ -2892,7 +2899,7 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
         dout = m->dlogits;
     } else if (m->has_enc) {
         memset(m->dres, 0, N * d * sizeof(float));
-        RESBM__TRY(resbm__enc_bwd(m, s, N, s->hout, dh_out, m->dres));
+        RESBM__TRY(resbm__enc_bwd(m, s, N, resbm__slot_out(m, s, N), dh_out, m->dres));
         dout = m->dres;
     } else {
         memcpy(m->dres, dh_out, N * d * sizeof(float));
@@ -4089,7 +4096,7 @@ enum { RESBM__JOB_STAGES, RESBM__JOB_VOCAB, RESBM__JOB_D, RESBM__JOB_LAYERS, RES
        RESBM__JOB_OPT, RESBM__JOB_LR, RESBM__JOB_MIN_LR, RESBM__JOB_WARMUP, RESBM__JOB_TOTAL,
        RESBM__JOB_BETA1, RESBM__JOB_BETA2, RESBM__JOB_EPS, RESBM__JOB_WD, RESBM__JOB_CLIP,
        RESBM__JOB_MUON_LR, RESBM__JOB_MUON_MOM, RESBM__JOB_MUON_NS, RESBM__JOB_BLR,
-       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_STEP_HI,
+       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_EXTRA, RESBM__JOB_STEP_HI,
        RESBM__JOB_STEP_LO, RESBM__JOB_N };
 static const char *const resbm__job_names[RESBM__JOB_N] = {
     "stages", "vocab", "d", "layers", "heads", "ff", "seq", "batch (rows per microbatch)",
@@ -4097,6 +4104,7 @@ static const char *const resbm__job_names[RESBM__JOB_N] = {
     "warmup", "total_steps", "beta1", "beta2", "eps", "weight_decay", "clip", "muon_lr",
     "muon_momentum", "muon_ns_steps", "bottleneck_lr_scale", "seed (high 32 bits)", "seed",
     "init_std", "host layers' architecture (hash, high 32 bits)", "host layers' architecture (hash)",
+    "forwards in flight beyond 1F1B (act_budget_bytes)",
     "step (high 32 bits)", "step"};
 /* which of them are floats (printed as such in a mismatch) */
 #define RESBM__JOB_IS_FLOAT(i)                                                                     \
@@ -4121,6 +4129,7 @@ struct resbm_stage {
     unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
     int pool_attached;            /* this stage holds cfg.model.pool's stage slot */
     int polling;                  /* looking for a neighbour's abort after a failed send */
+    int extra;                    /* forwards in flight beyond 1F1B's (the same on every stage) */
     uint32_t job[RESBM__JOB_N];
     int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
     char why[192];                /* the last failure, one line */
@@ -4177,6 +4186,7 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_INIT_STD] = resbm__fbits(c->init_std);
     j[RESBM__JOB_ARCH_HI] = (uint32_t)(resbm__arch_hash(st->model) >> 32);
     j[RESBM__JOB_ARCH_LO] = (uint32_t)resbm__arch_hash(st->model);
+    j[RESBM__JOB_EXTRA] = (uint32_t)st->extra;
     j[RESBM__JOB_STEP_HI] = (uint32_t)((uint64_t)st->model->step >> 32);
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
@@ -4203,31 +4213,50 @@ RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes)
 }
 
 /* Forwards in flight: 1F1B's S - s (or n_micro if fewer), plus what act_budget_bytes buys. */
-static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, size_t *slot_bytes) {
-    resbm_model_config mc;
-    size_t one, two, fit;
-    int S, n, base;
-    if (!cfg || !slots) return RESBM_EINVAL;
-    S = cfg->model.stages ? cfg->model.stages : 1;
-    n = cfg->n_micro ? cfg->n_micro : 1;
-    if (cfg->model.stage < 0 || cfg->model.stage >= S || n < 0) return RESBM_EINVAL;
-    base = RESBM__MIN(S - cfg->model.stage, n);
-    *slots = base;
-    if (!slot_bytes && !cfg->act_budget_bytes) return RESBM_OK;
-    mc = cfg->model; /* one slot more costs what the sizing pass says */
+/* One slot of activations more, as the sizing pass of stage `stage` counts it. */
+static int resbm__slot_bytes(const resbm_stage_config *cfg, int stage, size_t *bytes) {
+    resbm_model_config mc = cfg->model;
+    size_t one, two;
+    mc.stage = stage;
     mc.act_slots = 1;
     RESBM__TRY(resbm__model_create(&mc, &cfg->opt, -1, NULL, &one));
     mc.act_slots = 2;
     RESBM__TRY(resbm__model_create(&mc, &cfg->opt, -1, NULL, &two));
-    if (slot_bytes) *slot_bytes = two - one;
-    fit = cfg->act_budget_bytes / (two > one ? two - one : 1); /* extra slots */
-    if (cfg->model.stage < S - 1 && n - cfg->model.stage > base)
-        *slots = (int)RESBM__MIN((size_t)base + fit, (size_t)(n - cfg->model.stage));
+    *bytes = two > one ? two - one : 1;
+    return RESBM_OK;
+}
+
+/* Forwards in flight on this stage: 1F1B's S - s (or n_micro if fewer) plus `extra`, at most
+   n - s, the last stage none extra. `extra` is what act_budget_bytes buys on the stage whose
+   slots are largest, so it is the same number on every stage of one job (it is in the job
+   agreement): stage s then keeps one forward more than stage s + 1 wherever the cap does not
+   bind. A deeper stage after a shallower one would wait for an activation its predecessor only
+   sends after the gradient it is itself waiting for. Host layers keep 1F1B's depth (the library
+   cannot size the host's activations). */
+static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *extra_out, size_t *slot_bytes) {
+    size_t b, fit = (size_t)-1;
+    int S, n, s, base, extra = 0, t;
+    if (!cfg || !slots) return RESBM_EINVAL;
+    S = cfg->model.stages ? cfg->model.stages : 1;
+    n = cfg->n_micro ? cfg->n_micro : 1;
+    s = cfg->model.stage;
+    if (s < 0 || s >= S || n < 0) return RESBM_EINVAL;
+    base = RESBM__MIN(S - s, n);
+    if (slot_bytes && !cfg->model.host) RESBM__TRY(resbm__slot_bytes(cfg, s, slot_bytes));
+    if (cfg->act_budget_bytes && !cfg->model.host && S > 1) {
+        for (t = 0; t < S - 1; t++) { /* the same answer on every stage */
+            RESBM__TRY(resbm__slot_bytes(cfg, t, &b));
+            fit = RESBM__MIN(fit, cfg->act_budget_bytes / b);
+        }
+        extra = (int)RESBM__MIN(fit, (size_t)n);
+    }
+    *slots = s < S - 1 ? RESBM__MAX(base, RESBM__MIN(base + extra, n - s)) : base;
+    if (extra_out) *extra_out = extra;
     return RESBM_OK;
 }
 
 RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots) {
-    return resbm__stage_depth(cfg, slots, NULL);
+    return resbm__stage_depth(cfg, slots, NULL, NULL);
 }
 
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) {
@@ -4251,7 +4280,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     tmp.s = mc.stage;
     tmp.n = tmp.cfg.n_micro;
     if (tmp.S < 1 || tmp.s < 0 || tmp.s >= tmp.S) return RESBM_EINVAL;
-    RESBM__TRY(resbm__stage_depth(&tmp.cfg, &tmp.slots, &tmp.stats.slot_bytes));
+    RESBM__TRY(resbm__stage_depth(&tmp.cfg, &tmp.slots, &tmp.extra, &tmp.stats.slot_bytes));
     if (tmp.slots < 1) return RESBM_EINVAL;
     tmp.stats.in_flight = tmp.slots;
     mc.act_slots = tmp.slots;

@@ -392,10 +392,12 @@ static int gpt2_new(int d, int heads, int seq, int layers, int stages, int s, in
 /* ---- the engine train.c drives: one gpt2 per stage, sharing the stage's kernel pool ------------- */
 #ifndef GPT2_NO_TRAIN
 static int gpt2_create(const options *o, int s, resbm_stage_config *cfg, void **state) {
+    resbm_stage_config c1 = *cfg;
     resbm_pool *pool;
     gpt2 *g;
     int slots, rc;
-    if ((rc = resbm_stage_slots(cfg, &slots))) return rc;
+    c1.act_budget_bytes = 0; /* host layers keep 1F1B's depth: size for exactly that */
+    if ((rc = resbm_stage_slots(&c1, &slots))) return rc;
     if ((rc = resbm_pool_init(o->threads, &pool))) return rc;
     if ((rc = gpt2_new(o->d, o->heads, o->seq, o->layers, o->stages, s, slots, (size_t)cfg->model.batch, o->seed,
                        pool, &g))) {

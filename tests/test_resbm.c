@@ -2266,10 +2266,14 @@ static void test_pipeline_in_flight_depth(void) {
             CHECK(!memcmp(pa[i].value.data, pb[i].value.data, pa[i].value.ne[0] * pa[i].value.ne[1] * 4),
                   "stage %d %s differs", s, pa[i].name);
     }
-    { /* two slots' worth buys stage 0 two more than 1F1B's S; the last stage keeps one */
+    { /* two slots' worth (of the larger of stages 0 and 1) buys stage 0 two more than 1F1B's S;
+         the last stage keeps one */
         resbm_stage_config c = b[0].cfg;
+        resbm_stage_stats s1;
+        memset(&s1, 0, sizeof(s1));
         resbm_stage_get_stats(a[0].st, &sa);
-        c.act_budget_bytes = 2 * sa.slot_bytes + 1;
+        resbm_stage_get_stats(a[1].st, &s1);
+        c.act_budget_bytes = 2 * RESBM__MAX(sa.slot_bytes, s1.slot_bytes) + 1;
         CHECK_RC(resbm_stage_slots(&c, &slots), RESBM_OK);
         CHECK(slots == mc.stages + 2, "two slots' budget: %d", slots);
         c = b[mc.stages - 1].cfg;
@@ -2277,6 +2281,56 @@ static void test_pipeline_in_flight_depth(void) {
         CHECK(slots == 1, "the last stage: %d", slots);
     }
     for (s = 0; s < mc.stages; s++) { resbm_stage_free(a[s].st); resbm_stage_free(b[s].st); }
+    /* an uneven split (blocks 2/1/1): per-stage budgets would make stage 1 deeper than stage 0
+       and deadlock; the extra depth is the same on every stage, and the bits those of 1F1B */
+    mc.layers = 4; n = 8;
+    pipe_budget = 0;
+    CHECK(run_pipeline(a, mc, oc, n, RESBM_WIRE_F32, RESBM_WIRE_F32, 2) == 0, "1F1B, uneven");
+    if (th_fail_now) return;
+    resbm_stage_get_stats(a[1].st, &sa);
+    pipe_budget = 3 * sa.slot_bytes + 1; /* three of stage 1's slots: fewer of stage 0's */
+    CHECK(run_pipeline(b, mc, oc, n, RESBM_WIRE_F32, RESBM_WIRE_F32, 2) == 0, "deeper, uneven");
+    pipe_budget = 0;
+    if (th_fail_now) return;
+    for (s = 0; s < mc.stages; s++) {
+        const resbm_param *pa = resbm_model_params(resbm_stage_model(a[s].st), &np);
+        const resbm_param *pb = resbm_model_params(resbm_stage_model(b[s].st), NULL);
+        resbm_stage_get_stats(b[s].st, &sb);
+        if (s) CHECK(sb.in_flight < slots || s == mc.stages - 1, "stage %d depth %d", s, sb.in_flight);
+        if (s < mc.stages - 1) slots = sb.in_flight;
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pa[i].value.data, pb[i].value.data, pa[i].value.ne[0] * pa[i].value.ne[1] * 4),
+                  "uneven: stage %d %s differs", s, pa[i].name);
+    }
+    for (s = 0; s < mc.stages; s++) { resbm_stage_free(a[s].st); resbm_stage_free(b[s].st); }
+}
+
+/* A forward of fewer rows than the slot holds (sampling, a short eval chunk) gives each row what
+   a full one gives it: stage 0's z for row 0 is the same with 1 row or 3 (through the encoder,
+   and through the raw residual at r = d). */
+static void test_partial_rows_through_boundary(void) {
+    resbm_model_config c = tiny_config();
+    int32_t tok[3 * 8];
+    size_t T = (size_t)c.seq, i;
+    int rr;
+    resbm_rng g;
+    resbm_rng_seed(&g, 4, 4);
+    for (i = 0; i < 3 * T; i++) tok[i] = (int32_t)(resbm_rng_u32(&g) % (uint32_t)c.vocab);
+    for (rr = 0; rr < 2; rr++) {
+        resbm_model *m = NULL;
+        float z1[8 * 16], z3[3 * 8 * 16];
+        size_t w;
+        c.stages = 2; c.r = rr ? 0 : 3; c.batch = 3;
+        CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_OK);
+        if (!m) return;
+        w = rr ? (size_t)c.d : 3;
+        /* the short one first, into a fresh slot: nothing of a full forward is left to find */
+        CHECK_RC(resbm_model_forward(m, 0, tok, NULL, NULL, 1, z1, NULL), RESBM_OK);
+        CHECK_RC(resbm_model_release(m, 0), RESBM_OK);
+        CHECK_RC(resbm_model_forward(m, 0, tok, NULL, NULL, 3, z3, NULL), RESBM_OK);
+        CHECK(!memcmp(z1, z3, T * w * sizeof(float)), "r=%zu: row 0 differs between 1 and 3 rows", w);
+        resbm_model_free(m);
+    }
 }
 
 /* (2) one stage == resbm_model_train_step; (3) 1 vs 2 kernel threads per stage, same bits. */
@@ -3723,6 +3777,7 @@ int main(int argc, char **argv) {
     RUN(test_dropin_example);
     RUN(test_pipeline_equals_sequential);
     RUN(test_pipeline_in_flight_depth);
+    RUN(test_partial_rows_through_boundary);
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
     RUN(test_pipeline_failures);
