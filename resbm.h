@@ -2088,7 +2088,9 @@ typedef struct {
     int32_t *tokens, *targets;   /* [N] */
     float *x;                    /* [L+1][N,d] residual stream at block boundaries (host
                                     layers: [2][N,d], a boundary alone: [N,d]) */
-    float *xin, *hout;           /* [N,d] the layers' input (decoded) and output residual */
+    float *xin;                  /* [N,d] the layers' input (the decoded residual) */
+    float *hout;                 /* [N,d] host layers' output residual (the built-in blocks' is
+                                    at x + L * N * d for the call's N: resbm__slot_out) */
     float *rstd1, *rstd2;        /* [L][N] */
     float *a, *q, *k, *v, *att;  /* [L][N,d] attention input (normed), q k after RoPE, output */
     float *xmid, *b;             /* [L][N,d] residual after attention, MLP input (normed) */
@@ -2363,7 +2365,7 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
         sl->targets = (int32_t *)resbm_arena_push(a, m->last ? N : 0, sizeof(int32_t));
         sl->x = (float *)resbm_arena_push(a, nx * N * d, sizeof(float));
         sl->xin = sl->x;
-        sl->hout = sl->x ? sl->x + (builtin ? L : 1) * N * d : NULL;
+        sl->hout = sl->x && m->host ? sl->x + N * d : NULL;
         sl->rstd1 = (float *)resbm_arena_push(a, Lb * N, sizeof(float));
         sl->rstd2 = (float *)resbm_arena_push(a, Lb * N, sizeof(float));
         sl->a = (float *)resbm_arena_push(a, Lb * N * d, sizeof(float));
