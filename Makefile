@@ -8,7 +8,7 @@ CFLAGS  ?= -O2 -g
 BUILD    = build
 LIBS     = -lm -pthread
 HDR      = resbm.h
-TESTDEPS = $(HDR) tests/harness.h tests/ref.h
+TESTDEPS = $(HDR) tests/harness.h tests/ref.h tests/delayed.h
 # OpenBLAS (optional: the RESBM_USE_CBLAS variant and the GEMM anchor), found through pkg-config.
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null)

@@ -673,7 +673,17 @@ typedef struct resbm_stage_config {
        at most n_micro - s in flight; the last stage waits for no gradient and keeps S - s. Host
        layers keep 1F1B's depth. Same bits either way. */
     size_t act_budget_bytes;
+    /* RESBM_SCHEDULE_EXACT (default): every step's update lands before the next step's first
+       forward, the mathematics of one process. RESBM_SCHEDULE_ASYNC: steps overlap and the
+       pipeline never drains. Step k runs on the weights with the updates of steps up to k - 2
+       (one step stale, PipeDream-2BW's rule w[k+1] = w[k] - update(grad at w[k-1])), and each
+       microbatch's backward on the weights its forward ran (the version before stays beside the
+       current one, with the gradient of a finished step waiting for its commit: two more copies
+       of the parameters). In flight at most n_micro + 1 - s. See resbm_stage_flush. */
+    int schedule;
 } resbm_stage_config;
+
+enum { RESBM_SCHEDULE_EXACT = 0, RESBM_SCHEDULE_ASYNC = 1 };
 
 typedef struct resbm_stage_stats {
     uint64_t bytes_sent[4], bytes_recv[4];   /* by frame kind (index RESBM_KIND_*), headers in */
@@ -683,6 +693,8 @@ typedef struct resbm_stage_stats {
     size_t slot_bytes;                       /* the activations of one forward in flight */
     int in_flight;                           /* forwards it keeps in flight (its slots) */
     long steps;                              /* successful steps */
+    long loss_step;                          /* the step (update count) whose loss the last
+                                                call reported: async lags; -1 none yet */
 } resbm_stage_stats;
 
 typedef struct resbm_stage resbm_stage;
@@ -697,7 +709,10 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out);
 RESBMDEF void resbm_stage_free(resbm_stage *st);
 RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
 /* rows = n_micro * model.batch sequences (tokens/targets [rows*T] on the first/last stage).
-   *loss (optional) = the step's mean loss, on every stage. */
+   *loss (optional) = the step's mean loss, on every stage. Async: the loss of the step whose
+   update the call applied (two steps back; stats.loss_step), 0 before there is one. A failure
+   drops the steps in flight on every stage: the weights are those of the first
+   resbm_model_step_count(model) steps, and the next call starts a new stream from there. */
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss);
 /* Forward only, on every stage together: `rows` sequences (any number; run model.batch at a
@@ -710,6 +725,12 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
    and the rest must be the same on every stage. */
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out);
+/* Async: runs the backwards still in flight and applies their updates, on every stage together;
+   the model is then the delayed-update rule's after every step so far, and may be saved
+   (resbm_checkpoint_save refuses a model with steps in flight: RESBM_ESTATE). eval and generate
+   flush first. *loss (optional) = the last step's loss. Exact: nothing is in flight; *loss = the
+   last step's loss. */
+RESBMDEF int resbm_stage_flush(resbm_stage *st, float *loss);
 RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out);
 /* One line on why the last call failed ("" after a success): the stage where it happened, the
    step, what went wrong; for RESBM_EJOB the first field the stages disagree on. */
@@ -2128,6 +2149,7 @@ struct resbm_model {
     float *backup;                    /* [nfloats + nopt] parameters and state before the last update */
     int has_backup;
     unsigned loads;                   /* checkpoints loaded into it: a stage then agrees anew */
+    int in_stream;                    /* an async stage holds steps of it in flight: not saved */
     float *rope_cos, *rope_sin;       /* [T, hd/2] */
     resbm__acts *slots;               /* [act_slots] */
     float *dres, *dtmp, *dq, *dk, *dv; /* [N,d] backward scratch */
@@ -4098,7 +4120,7 @@ enum { RESBM__JOB_STAGES, RESBM__JOB_VOCAB, RESBM__JOB_D, RESBM__JOB_LAYERS, RES
        RESBM__JOB_OPT, RESBM__JOB_LR, RESBM__JOB_MIN_LR, RESBM__JOB_WARMUP, RESBM__JOB_TOTAL,
        RESBM__JOB_BETA1, RESBM__JOB_BETA2, RESBM__JOB_EPS, RESBM__JOB_WD, RESBM__JOB_CLIP,
        RESBM__JOB_MUON_LR, RESBM__JOB_MUON_MOM, RESBM__JOB_MUON_NS, RESBM__JOB_BLR,
-       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_EXTRA, RESBM__JOB_STEP_HI,
+       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_EXTRA, RESBM__JOB_SCHEDULE, RESBM__JOB_STEP_HI,
        RESBM__JOB_STEP_LO, RESBM__JOB_N };
 static const char *const resbm__job_names[RESBM__JOB_N] = {
     "stages", "vocab", "d", "layers", "heads", "ff", "seq", "batch (rows per microbatch)",
@@ -4106,7 +4128,7 @@ static const char *const resbm__job_names[RESBM__JOB_N] = {
     "warmup", "total_steps", "beta1", "beta2", "eps", "weight_decay", "clip", "muon_lr",
     "muon_momentum", "muon_ns_steps", "bottleneck_lr_scale", "seed (high 32 bits)", "seed",
     "init_std", "host layers' architecture (hash, high 32 bits)", "host layers' architecture (hash)",
-    "forwards in flight beyond 1F1B (act_budget_bytes)",
+    "forwards in flight beyond 1F1B (act_budget_bytes)", "schedule (0 exact, 1 async)",
     "step (high 32 bits)", "step"};
 /* which of them are floats (printed as such in a mismatch) */
 #define RESBM__JOB_IS_FLOAT(i)                                                                     \
@@ -4125,13 +4147,22 @@ struct resbm_stage {
     float *zin, *zout, *dzin, *dxout; /* [Nmb, w] */
     int32_t *win, *zeros;         /* [T] sampling window, dummy targets */
     float *norms;                 /* [S + 1] the squared norms of this stage and those after, the loss */
-    uint64_t step;                /* = the model's update count: frames of a step carry it */
+    uint64_t step;                /* = the model's update count */
+    uint64_t tag;                 /* the step the frames being sent and received belong to */
     int attempt;                  /* of this step: 0, and one more after each failure */
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
     unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
     int pool_attached;            /* this stage holds cfg.model.pool's stage slot */
     int polling;                  /* looking for a neighbour's abort after a failed send */
     int extra;                    /* forwards in flight beyond 1F1B's (the same on every stage) */
+    float last_loss;              /* the loss of step stats.loss_step */
+    /* the async stream (model->in_stream while it holds steps): batch b is step base + b */
+    long calls;                   /* calls since the stream started */
+    uint64_t base, lo;            /* the model's step at its start; the oldest step still live */
+    long gbatch, pbatch;          /* the batch whose gradient is in the grads / in pending (-1) */
+    float *prev, *pending;        /* [nfloats] the weights before the last update; a gradient */
+    float queue[2][2];            /* stage 0: [total, loss] of batch b, by b % 2, until its commit */
+    double loss_acc;              /* last stage: the loss sum of the batch being forwarded */
     uint32_t job[RESBM__JOB_N];
     int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
     char why[192];                /* the last failure, one line */
@@ -4189,6 +4220,7 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_ARCH_HI] = (uint32_t)(resbm__arch_hash(st->model) >> 32);
     j[RESBM__JOB_ARCH_LO] = (uint32_t)resbm__arch_hash(st->model);
     j[RESBM__JOB_EXTRA] = (uint32_t)st->extra;
+    j[RESBM__JOB_SCHEDULE] = (uint32_t)st->cfg.schedule;
     j[RESBM__JOB_STEP_HI] = (uint32_t)((uint64_t)st->model->step >> 32);
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
@@ -4229,7 +4261,7 @@ static int resbm__slot_bytes(const resbm_stage_config *cfg, int stage, size_t *b
 }
 
 /* Forwards in flight on this stage: 1F1B's S - s (or n_micro if fewer) plus `extra`, at most
-   n - s, the last stage none extra. `extra` is what act_budget_bytes buys on the stage whose
+   n - s (async: n + 1 - s, see the async schedule), the last stage none extra. `extra` is what act_budget_bytes buys on the stage whose
    slots are largest, so it is the same number on every stage of one job (it is in the job
    agreement): stage s then keeps one forward more than stage s + 1 wherever the cap does not
    bind. A deeper stage after a shallower one would wait for an activation its predecessor only
@@ -4237,7 +4269,7 @@ static int resbm__slot_bytes(const resbm_stage_config *cfg, int stage, size_t *b
    cannot size the host's activations). */
 static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *extra_out, size_t *slot_bytes) {
     size_t b, fit = (size_t)-1;
-    int S, n, s, base, extra = 0, t;
+    int S, n, s, base, extra = 0, t, cap;
     if (!cfg || !slots) return RESBM_EINVAL;
     S = cfg->model.stages ? cfg->model.stages : 1;
     n = cfg->n_micro ? cfg->n_micro : 1;
@@ -4252,7 +4284,8 @@ static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *ex
         }
         extra = (int)RESBM__MIN(fit, (size_t)n);
     }
-    *slots = s < S - 1 ? RESBM__MAX(base, RESBM__MIN(base + extra, n - s)) : base;
+    cap = cfg->schedule == RESBM_SCHEDULE_ASYNC ? n + 1 : n;
+    *slots = s < S - 1 ? RESBM__MAX(base, RESBM__MIN(base + extra, cap - s)) : base;
     if (extra_out) *extra_out = extra;
     return RESBM_OK;
 }
@@ -4271,6 +4304,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
         cfg->n_micro > (int)RESBM__MAX_INDEX || cfg->wire_fwd < RESBM_WIRE_F32 ||
         cfg->wire_fwd > RESBM_WIRE_I8 || cfg->wire_bwd < RESBM_WIRE_F32 ||
         cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 || !resbm__finite_d(cfg->link_bytes_per_sec) ||
+        (cfg->schedule != RESBM_SCHEDULE_EXACT && cfg->schedule != RESBM_SCHEDULE_ASYNC) ||
         !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
         return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
@@ -4320,6 +4354,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     resbm_arena_push(&a, 4 * zf, sizeof(float));
     resbm_arena_push(&a, (size_t)tmp.S + 1, sizeof(float));
     resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
+    if (tmp.cfg.schedule == RESBM_SCHEDULE_ASYNC) resbm_arena_push(&a, 2 * tmp.model->nfloats, sizeof(float));
     if (a.overflow) { rc = RESBM_EOVERFLOW; goto fail; }
     a.base = (unsigned char *)resbm__alloc(a.used, mc.alloc_user);
     if (!a.base) { rc = RESBM_ENOMEM; goto fail; }
@@ -4337,6 +4372,12 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     st->norms = (float *)resbm_arena_push(&a, (size_t)tmp.S + 1, sizeof(float));
     st->win = (int32_t *)resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
     st->zeros = st->win + tmp.model->cfg.seq;
+    if (tmp.cfg.schedule == RESBM_SCHEDULE_ASYNC) {
+        st->prev = (float *)resbm_arena_push(&a, 2 * tmp.model->nfloats, sizeof(float));
+        st->pending = st->prev + tmp.model->nfloats;
+    }
+    st->pbatch = -1;
+    st->stats.loss_step = -1;
     st->stats.memory_bytes = a.cap + resbm_model_bytes(st->model);
     st->agreed[0] = st->s == 0;          /* no previous stage */
     st->agreed[1] = st->s == st->S - 1;  /* no next stage */
@@ -4377,7 +4418,7 @@ static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint3
     double t0;
     int rc;
     f.kind = kind; f.dtype = dtype; f.from_stage = (unsigned)st->s; f.to_stage = (unsigned)to;
-    f.step = st->step; f.micro = micro; f.rows = (uint32_t)rows; f.cols = (uint32_t)cols;
+    f.step = st->tag; f.micro = micro; f.rows = (uint32_t)rows; f.cols = (uint32_t)cols;
     RESBM__TRY(resbm_frame_encode(st->sbuf, st->frame_cap, &len, &f, x));
     t0 = resbm__now();
     rc = st->cfg.transport.send(st->cfg.transport.user, to, st->sbuf, len);
@@ -4520,18 +4561,23 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
                 continue;
             }
         }
-        if (whole &&
-            (f.step < st->step || (f.step == st->step && (int)(f.micro >> 24) < st->attempt) ||
-             (st->attempt > 0 && f.step == st->step + 1) || want_for == RESBM__FOR_JOB))
-            continue; /* left over from a failed attempt, a step a neighbour undid, or (while
-                         waiting for its hello) from before this stage was reloaded or restarted */
+        if (whole && (want_for == RESBM__FOR_JOB ||
+                      (st->model->in_stream ? (int)(f.micro >> 24) < st->attempt || f.step < st->lo
+                                            : f.step < st->step ||
+                                              (f.step == st->step && (int)(f.micro >> 24) < st->attempt) ||
+                                              (st->attempt > 0 && f.step == st->step + 1))))
+            continue; /* left over from a failed attempt (an async stream is one attempt), a step
+                         a neighbour undid, or (while waiting for its hello) from before this
+                         stage was reloaded or restarted */
         st->stats.bytes_recv[kind] += len;
         st->stats.frames_recv[kind]++;
         e.kind = kind; e.dtype = dtype; e.from_stage = (unsigned)from; e.to_stage = (unsigned)st->s;
-        e.step = st->step; e.micro = micro; e.rows = (uint32_t)rows; e.cols = (uint32_t)cols;
+        e.step = st->tag; e.micro = micro; e.rows = (uint32_t)rows; e.cols = (uint32_t)cols;
         return resbm_frame_decode(x ? x : scratch, x ? rows * cols : RESBM__JOB_FLOATS, st->rbuf, len, &e);
     }
 }
+
+static void resbm__async_drop(resbm_stage *st);
 
 /* Before a call's first frame: refuse what cannot be retried, and agree on the job with both
    neighbours (once, and again after this stage's model was loaded from a checkpoint). */
@@ -4539,6 +4585,7 @@ static int resbm__stage_begin(resbm_stage *st) {
     int side;
     st->why[0] = 0;
     if (st->model->loads != st->synced_loads) { /* loaded in between: prove the job again */
+        if (st->model->in_stream) resbm__async_drop(st); /* its steps ran on other weights */
         st->agreed[0] = st->s == 0;
         st->agreed[1] = st->s == st->S - 1;
         st->hello_sent = 0;
@@ -4546,6 +4593,7 @@ static int resbm__stage_begin(resbm_stage *st) {
         st->synced_loads = st->model->loads;
     }
     st->step = (uint64_t)st->model->step;
+    if (!st->model->in_stream) st->tag = st->step;
     if (st->attempt >= RESBM__MAX_ATTEMPT) {
         snprintf(st->why, sizeof(st->why), "step %lu failed %d times: restart from a checkpoint",
                  (unsigned long)st->step, st->attempt);
@@ -4573,6 +4621,8 @@ static int resbm__stage_end(resbm_stage *st, int rc) {
     int side, code = rc, origin = st->s, skip = -1;
     if (!rc) return RESBM_OK;
     if (rc == RESBM_EPEER) { code = st->abort_code; origin = st->abort_origin; skip = st->abort_from; }
+    if (st->model->in_stream) resbm__async_drop(st); /* every stage drops its steps in flight */
+    st->tag = st->step;
     if (!st->why[0])
         snprintf(st->why, sizeof(st->why), "stage %d, step %lu: %s", st->s, (unsigned long)st->step,
                  resbm_strerror(rc));
@@ -4614,16 +4664,30 @@ static int resbm__stage_fwd(resbm_stage *st, uint32_t micro, int slot, size_t ro
     return RESBM_OK;
 }
 
-static int resbm__stage_bwd(resbm_stage *st, int k) {
+static void resbm__use_prev(resbm_model *m, float *prev, int to_prev);
+
+/* The backward of microbatch g (of the step; async: of the stream, batch g / n). Async: a
+   microbatch whose forward ran the weights before the last update goes back through them. */
+static int resbm__stage_bwd(resbm_stage *st, long g) {
     resbm_model *m = st->model;
-    uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, k);
+    uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, g % st->n);
+    int prev = 0, rc;
     double t0;
+    if (m->in_stream) { /* batch b ran the weights of step base + max(b - 1, 0) */
+        long b = g / st->n;
+        uint64_t ran = st->base + (uint64_t)(b ? b - 1 : 0);
+        if (ran != (uint64_t)m->step && ran + 1 != (uint64_t)m->step) return RESBM_ESTATE;
+        prev = ran + 1 == (uint64_t)m->step;
+    }
     if (!m->last)
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s + 1, micro,
                                      st->Nmb, st->w, st->dzin));
     t0 = resbm__now();
-    RESBM__TRY(resbm_model_backward(m, k % st->slots, m->last ? NULL : st->dzin,
-                                    m->first ? NULL : st->dxout, 1.0f / (float)st->n));
+    if (prev) resbm__use_prev(m, st->prev, 1);
+    rc = resbm_model_backward(m, (int)(g % st->slots), m->last ? NULL : st->dzin,
+                              m->first ? NULL : st->dxout, 1.0f / (float)st->n);
+    if (prev) resbm__use_prev(m, st->prev, 0);
+    RESBM__TRY(rc);
     st->stats.compute_s += resbm__now() - t0;
     if (!m->first)
         RESBM__TRY(resbm__stage_send(st, RESBM_KIND_GRAD, st->cfg.wire_bwd, st->s - 1, micro,
@@ -4646,7 +4710,8 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     resbm_model *m = st->model;
     double sq, loss_sum = 0.0, t0;
     float *v = st->norms, back[2], scale;
-    int warm, i, fi = 0, bi = 0, sl, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
+    int warm, i, fi = 0, sl, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
+    long bi = 0;
     for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* a failed step left some */
     RESBM__TRY(resbm_model_zero_grad(m));
     warm = RESBM__MIN(st->slots - 1, st->n); /* forwards ahead of the first backward */
@@ -4689,11 +4754,216 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     t0 = resbm__now();
     RESBM__TRY(resbm_model_update(m, scale)); /* undone by itself if it fails */
     st->stats.compute_s += resbm__now() - t0;
-    st->step = (uint64_t)m->step;
+    st->step = st->tag = (uint64_t)m->step;
     st->attempt = 0;
     st->stats.steps++;
+    st->last_loss = back[1];
+    st->stats.loss_step = m->step - 1;
     if (loss) *loss = back[1];
     return RESBM_OK;
+}
+
+/* ---- the async schedule ----------------------------------------------------------------------
+   The steps since the stream started form one stream of microbatches, g = b n + j (batch b is
+   step base + b). Stage s keeps D = st->slots forwards in flight, F(g) then B(g - D + 1), with
+   no drain between steps. Batch b runs on the weights with the updates of batches up to b - 2:
+   the commit of batch b - 2 is applied at the start of call b, ahead of its forwards (the rule
+   w[k+1] = w[k] - update(grad at w[k-1]), one step stale). The backwards of batch b - 1 still to
+   come then run on the weights before that update, kept in `prev`. Batch b's gradient is
+   complete after its last backward; if the next batch's backwards start before its commit, it
+   waits in `pending`. D <= n + 1 has every stage finish batch b by call b + 1, so the commit
+   is ready when call b + 2 needs it; its norms travel back behind batch b's last gradient, as
+   in exact mode. */
+
+/* The values into buf, the gradients into buf (zeroing them), or the gradients swapped with
+   buf, at their offsets in the padded concatenation, on the pool. */
+enum { RESBM__VALUES_OUT, RESBM__GRADS_OUT, RESBM__GRADS_SWAP };
+typedef struct { resbm_model *m; float *buf; int op; } resbm__buf_job;
+
+static void resbm__buf_piece(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt) {
+    const resbm__buf_job *j = (const resbm__buf_job *)ctx;
+    float *b = j->buf + virt, *g = p->grad.data + at;
+    size_t i;
+    if (j->op == RESBM__VALUES_OUT) {
+        memcpy(b, p->value.data + at, n * sizeof(float));
+    } else if (j->op == RESBM__GRADS_OUT) {
+        memcpy(b, g, n * sizeof(float));
+        memset(g, 0, n * sizeof(float));
+    } else {
+        for (i = 0; i < n; i++) { float t = b[i]; b[i] = g[i]; g[i] = t; }
+    }
+}
+
+static void resbm__buf_range(void *ctx, size_t b, size_t e) {
+    resbm__walk(((const resbm__buf_job *)ctx)->m, b, e, resbm__buf_piece, ctx);
+}
+
+static int resbm__model_buf(resbm_model *m, float *buf, int op) {
+    resbm__buf_job j;
+    j.m = m; j.buf = buf; j.op = op;
+    return resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__buf_range, &j);
+}
+
+/* The weights in prev in place of the current ones (to_prev), or back: the library's own
+   parameters by pointer, the host's (in its memory, where its layers read them) by swapping
+   contents. */
+static void resbm__use_prev(resbm_model *m, float *prev, int to_prev) {
+    size_t i, k, own = 0;
+    for (i = 0; i < m->nparams; i++) {
+        resbm_param *p = &m->params[i];
+        size_t n = p->value.ne[0] * p->value.ne[1];
+        float *q = prev + m->voff[i];
+        if (i >= m->host0 && i < m->host0 + m->nhost) {
+            for (k = 0; k < n; k++) { float t = q[k]; q[k] = p->value.data[k]; p->value.data[k] = t; }
+        } else {
+            p->value.data = to_prev ? q : m->pmem + own;
+            own += resbm__pad16(n);
+        }
+    }
+}
+
+static void resbm__async_drop(resbm_stage *st) {
+    int sl;
+    for (sl = 0; sl < st->model->cfg.act_slots; sl++) resbm__slot_drop(st->model, sl);
+    resbm_model_zero_grad(st->model);
+    st->calls = 0;
+    st->gbatch = 0;
+    st->pbatch = -1;
+    st->model->in_stream = 0;
+}
+
+/* The end of batch b on this stage: [sq_s .. sq_{S-1}, loss] back to stage s - 1; stage 0 keeps
+   [total, loss] for the commit. */
+static int resbm__async_norms(resbm_stage *st, long b) {
+    resbm_model *m = st->model;
+    float *v = st->norms;
+    size_t nv = (size_t)(st->S - st->s + 1);
+    double sq;
+    int i;
+    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    if (!m->last)
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, nv - 1, v + 1));
+    else
+        v[1] = (float)(st->loss_acc / st->n);
+    v[0] = (float)sq;
+    if (!m->first)
+        return resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+                                 RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, nv, v);
+    st->queue[b % 2][0] = v[0];
+    for (i = 1; i < st->S; i++) st->queue[b % 2][0] = st->queue[b % 2][0] + v[i]; /* stage order */
+    st->queue[b % 2][1] = v[st->S];
+    if (!resbm__finite(st->queue[b % 2][0]) || !resbm__finite(st->queue[b % 2][1])) return RESBM_ENONFINITE;
+    return RESBM_OK;
+}
+
+/* Backward g of the stream; the batch before must be complete once the next one's begin. */
+static int resbm__async_bwd(resbm_stage *st, long g) {
+    long b = g / st->n;
+    if (b != st->gbatch) { /* batch b - 1 is complete: its gradient waits for its commit */
+        if (st->pbatch >= 0 || b != st->gbatch + 1) return RESBM_ESTATE;
+        RESBM__TRY(resbm__model_buf(st->model, st->pending, RESBM__GRADS_OUT));
+        st->pbatch = st->gbatch;
+        st->gbatch = b;
+    }
+    st->tag = st->base + (uint64_t)b;
+    RESBM__TRY(resbm__stage_bwd(st, g));
+    return g % st->n == st->n - 1 ? resbm__async_norms(st, b) : RESBM_OK;
+}
+
+/* Batch b's update: stage 0 has its [total, loss], the others receive it and pass it on (ahead
+   of the next activations on the same link), then apply it, keeping the weights it replaces for
+   the backwards in flight that ran them. */
+static int resbm__async_commit(resbm_stage *st, long b) {
+    resbm_model *m = st->model;
+    float back[2];
+    double t0;
+    int rc, swapped;
+    st->tag = st->base + (uint64_t)b;
+    if (m->first) {
+        back[0] = st->queue[b % 2][0];
+        back[1] = st->queue[b % 2][1];
+    } else {
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
+    }
+    if (!m->last)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
+                                     RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
+    swapped = st->pbatch == b;
+    if (!swapped && st->gbatch != b) return RESBM_ESTATE;
+    t0 = resbm__now();
+    RESBM__TRY(resbm__model_buf(m, st->prev, RESBM__VALUES_OUT));
+    if (swapped) RESBM__TRY(resbm__model_buf(m, st->pending, RESBM__GRADS_SWAP));
+    rc = resbm_model_update(m, resbm_clip_scale(&st->cfg.opt, back[0])); /* undone by itself if it fails */
+    if (swapped) {
+        int rc2 = resbm__model_buf(m, st->pending, RESBM__GRADS_SWAP); /* the next batch's, back */
+        if (!rc) rc = rc2;
+        st->pbatch = -1;
+    } else if (!rc) {
+        rc = resbm_model_zero_grad(m);
+        st->gbatch = b + 1;
+    }
+    st->stats.compute_s += resbm__now() - t0;
+    if (rc) return rc;
+    st->step = (uint64_t)m->step;
+    st->last_loss = back[1];
+    st->stats.loss_step = m->step - 1;
+    return RESBM_OK;
+}
+
+/* Call c of the stream: the commit of batch c - 2, then batch c's forwards, each followed by the
+   backward D - 1 microbatches behind it. */
+static int resbm__async_step_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
+                                 float *loss) {
+    resbm_model *m = st->model;
+    long c = st->calls, j;
+    if (!m->in_stream) { /* a new stream */
+        resbm__async_drop(st);
+        st->base = st->step;
+        m->in_stream = 1;
+    }
+    st->lo = st->base + (uint64_t)(c >= 2 ? c - 2 : 0);
+    if (c >= 2) RESBM__TRY(resbm__async_commit(st, c - 2));
+    for (j = 0; j < st->n; j++) {
+        long g = c * st->n + j;
+        size_t off = (size_t)j * st->Nmb;
+        float l;
+        st->tag = st->base + (uint64_t)c;
+        RESBM__TRY(resbm__stage_fwd(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, j), (int)(g % st->slots),
+                                    (size_t)m->cfg.batch, m->first ? tokens + off : NULL,
+                                    m->last ? targets + off : NULL, &l));
+        st->loss_acc = (j ? st->loss_acc : 0.0) + l;
+        if (g - st->slots + 1 >= 0) RESBM__TRY(resbm__async_bwd(st, g - st->slots + 1));
+    }
+    st->calls++;
+    st->stats.steps++;
+    if (loss) *loss = st->stats.loss_step >= (long)st->base ? st->last_loss : 0.0f;
+    return RESBM_OK;
+}
+
+/* The backwards still in flight, then the commits of the last two batches, in order. */
+static int resbm__async_flush_run(resbm_stage *st) {
+    long C = st->calls, g, b;
+    for (g = RESBM__MAX(0, C * st->n - st->slots + 1); g < C * st->n; g++)
+        RESBM__TRY(resbm__async_bwd(st, g));
+    for (b = RESBM__MAX(0, C - 2); b < C; b++) RESBM__TRY(resbm__async_commit(st, b));
+    resbm__async_drop(st);
+    st->attempt = 0; /* every link has carried this stream's frames since the last failure */
+    st->tag = st->step;
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_stage_flush(resbm_stage *st, float *loss) {
+    int rc = RESBM_OK;
+    if (!st) return RESBM_EINVAL;
+    if (st->model->in_stream) {
+        rc = resbm__stage_begin(st);
+        if (!rc && st->model->in_stream) rc = resbm__async_flush_run(st);
+        rc = resbm__stage_end(st, rc);
+    }
+    if (!rc && loss && st->stats.loss_step >= 0) *loss = st->last_loss;
+    return rc;
 }
 
 /* Stage 0's token ids and the last stage's targets, n of each, below the vocabulary. */
@@ -4718,7 +4988,8 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
                 (m->last && !targets)))
         rc = RESBM_EINVAL;
     if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
-    if (!rc) rc = resbm__stage_step_run(st, tokens, targets, loss);
+    if (!rc) rc = st->cfg.schedule == RESBM_SCHEDULE_ASYNC ? resbm__async_step_run(st, tokens, targets, loss)
+                                                          : resbm__stage_step_run(st, tokens, targets, loss);
     return resbm__stage_end(st, rc);
 }
 
@@ -4787,6 +5058,7 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
                 (m->first && !tokens) || (m->last && !targets)))
         rc = RESBM_EINVAL;
     if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
+    if (!rc && m->in_stream) rc = resbm__async_flush_run(st); /* the model after every step */
     if (!rc) rc = resbm__stage_eval_run(st, tokens, targets, rows, loss);
     return resbm__stage_end(st, rc);
 }
@@ -4845,6 +5117,7 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
                 !(temperature > 0.0f) || n_new > (size_t)RESBM__MAX_INDEX + 1 || (m->first && !prompt)))
         rc = RESBM_EINVAL;
     if (!rc && m->first && !resbm__targets_ok(prompt, n_prompt, (size_t)m->cfg.vocab)) rc = RESBM_ERANGE;
+    if (!rc && m->in_stream) rc = resbm__async_flush_run(st);
     if (!rc) rc = resbm__stage_generate_run(st, prompt, n_prompt, n_new, temperature, seed, out);
     return resbm__stage_end(st, rc);
 }
@@ -5346,6 +5619,7 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
     for (i = 0; i < n_models; i++) {
         if (!models[i] || models[i]->step != models[0]->step || models[i]->opt.kind != models[0]->opt.kind)
             return RESBM_EINVAL;
+        if (models[i]->in_stream) return RESBM_ESTATE; /* its steps in flight would be lost */
         cap += 3 * models[i]->nparams;
     }
     for (i = 0; i < n_models; i++) { /* a file the loader would refuse is never written */

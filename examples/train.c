@@ -39,6 +39,7 @@ typedef struct {
     const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers, *secret_file;
     int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
+    int schedule; /* RESBM_SCHEDULE_* */
     int stage, timeout_ms, sample_len, quiet;
     float lr, bottleneck_lr;
     double bandwidth_mbps, latency_ms, link_mbps, act_budget_mb;
@@ -65,7 +66,7 @@ static void usage(FILE *f) {
         "             [--opt adamw|muon|sgd] [--lr X] [--bottleneck-lr-scale X] [--steps N] [--schedule-steps N] [--seed S]\n"
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
-        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact]\n"
+        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact|async]\n"
         "             [--act-budget-mb MB] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
@@ -176,8 +177,9 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
             else return die_usage("--opt: '%s' is not adamw, muon or sgd", v);
         }
         else if (!strcmp(a, "--schedule")) { /* docs/design.md §9 */
-            if (strcmp(v, "exact"))
-                return die_usage("--schedule: '%s': only exact (the 1F1B schedule) is built; async is not yet", v);
+            if (!strcmp(v, "exact")) o->schedule = RESBM_SCHEDULE_EXACT;
+            else if (!strcmp(v, "async")) o->schedule = RESBM_SCHEDULE_ASYNC;
+            else return die_usage("--schedule: '%s' is not exact or async", v);
         }
         else if (!strcmp(a, "--data")) o->data = v;
         else if (!strcmp(a, "--tokens-bin")) o->tokens_bin = v;
@@ -388,6 +390,24 @@ static void ckpt_path(const options *o, const char *path, int s, char *out, size
     else snprintf(out, n, "%s.stage%d", path, s);
 }
 
+/* Async: the steps still in flight finish and land, on every stage (their gradient frames are
+   training traffic, their time training time when *t is given). Exact: nothing to do. */
+static int flush_steps(stage_ctx *c, double *t) {
+    resbm_stage_stats before, after;
+    double t0 = now_s();
+    int rc;
+    memset(&before, 0, sizeof(before));
+    memset(&after, 0, sizeof(after));
+    resbm_stage_get_stats(c->st, &before);
+    rc = resbm_stage_flush(c->st, &c->last_loss);
+    resbm_stage_get_stats(c->st, &after);
+    c->wire_fwd += after.bytes_sent[RESBM_KIND_ACT] - before.bytes_sent[RESBM_KIND_ACT];
+    c->wire_bwd += after.bytes_sent[RESBM_KIND_GRAD] - before.bytes_sent[RESBM_KIND_GRAD];
+    if (t) *t += now_s() - t0;
+    if (rc) fprintf(stderr, "train: stage %d: cannot finish the steps in flight: %s\n", c->s, resbm_strerror(rc));
+    return rc;
+}
+
 /* Writes the checkpoint: threads mode, stage 0 writes every stage's models while the others
    wait at the barrier; one process per stage, each writes its own file. */
 static int save_ckpt(stage_ctx *c, const char *path) {
@@ -398,6 +418,10 @@ static int save_ckpt(stage_ctx *c, const char *path) {
     snprintf(stages, sizeof(stages), "%d", c->o->stages);
     meta[0] = "seed"; meta[1] = seed; meta[2] = "stages"; meta[3] = stages;
     ckpt_path(c->o, path, c->s, p, sizeof(p));
+    if ((rc = flush_steps(c, NULL))) { /* async: the steps in flight land first */
+        gate_break(c->barrier);
+        return rc;
+    }
     if (c->barrier && gate_wait(c->barrier)) return RESBM_ESTATE; /* another stage failed */
     if (!c->barrier || c->s == 0) {
         /* the previous generation stays as path.prev: with one process per stage a crash can fall
@@ -452,12 +476,14 @@ static void *stage_main(void *arg) {
         c->last_loss = loss;
         if (first) {
             double tps = (double)(step + 1 - c->start_step) * (double)N / t_train;
-            if (c->log) fprintf(c->log, "%ld,%.0f,%.6f,,%.1f\n", step + 1, (double)(step + 1) * (double)N, loss, tps);
-            if (c->plot_tok) { c->plot_tok[c->plot_n] = (double)(step + 1) * (double)N; c->plot_train[c->plot_n++] = loss; }
+            long at = after.loss_step + 1; /* the step the loss is of: async reports two behind */
+            if (c->log && at > 0) fprintf(c->log, "%ld,%.0f,%.6f,,%.1f\n", at, (double)at * (double)N, loss, tps);
+            if (c->plot_tok && at > 0) { c->plot_tok[c->plot_n] = (double)at * (double)N; c->plot_train[c->plot_n++] = loss; }
             progress(c, step, loss, tps, t_train, c->wire_fwd + c->wire_bwd);
         }
         if (o->eval_every && (step + 1) % o->eval_every == 0 && step + 1 < o->steps) {
             float vl;
+            if ((c->rc = flush_steps(c, &t_train))) goto out;
             if ((c->rc = resbm_stage_eval(c->st, vtok, vtg, vrows, &vl))) {
                 fprintf(stderr, "train: stage %d, eval: %s\n", c->s, resbm_strerror(c->rc));
                 goto out;
@@ -471,6 +497,7 @@ static void *stage_main(void *arg) {
         }
         if (o->save && o->save_every && (step + 1) % o->save_every == 0 && (c->rc = save_ckpt(c, o->save))) goto out;
     }
+    if ((c->rc = flush_steps(c, &t_train))) goto out;
     if (first && !o->quiet && isatty(STDOUT_FILENO)) printf("\n");
     c->train_s = t_train;
     if ((c->rc = resbm_stage_eval(c->st, vtok, vtg, vrows, &c->val_loss))) {
@@ -529,6 +556,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.timeout_ms = o->timeout_ms;
     c.link_bytes_per_sec = link_mbps(o) * 1e6 / 8.0; /* receives wait longer on a slow link */
     c.act_budget_bytes = (size_t)(o->act_budget_mb * 1048576.0); /* deeper in flight on slow links */
+    c.schedule = o->schedule;
     return c;
 }
 

@@ -6,11 +6,12 @@
 #define GPT2_NO_TRAIN
 #include "../examples/gpt2.c"
 #include "harness.h"
+#include "delayed.h"
 
 #include <pthread.h>
 #include <unistd.h>
 
-enum { GS_MAX = 4, G_STEPS = 3 };
+enum { GS_MAX = 4, G_STEPS = 5 };
 
 typedef struct { int d, heads, seq, layers, stages, rows, n_micro; uint64_t seed; } gcase;
 
@@ -48,7 +49,7 @@ typedef struct {
     resbm_stage_config cfg;
     resbm_stage *st;
     int steps, rc, rows;
-    float loss[G_STEPS];
+    float loss[G_STEPS], flushed; /* flushed: async, after the last step */
 } gthread;
 
 static void *gthread_main(void *p) {
@@ -60,12 +61,15 @@ static void *gthread_main(void *p) {
         gbatch(tok, tg, (size_t)a->rows * (size_t)a->cfg.model.seq, k);
         a->rc = resbm_stage_step(a->st, tok, tg, (size_t)a->rows, &a->loss[k]);
     }
+    if (!a->rc) a->rc = resbm_stage_flush(a->st, &a->flushed);
     return NULL;
 }
 
 /* S stages of gpt2 as threads over the in-process transport == the same S stages one after
-   another in one thread (each stage accumulating microbatches 0..n-1, as 1F1B does), bit for bit. */
-static void pipeline_vs_sequential(gcase c, int opt) {
+   another in one thread (each stage accumulating microbatches 0..n-1, as 1F1B does), bit for bit.
+   Async: == the delayed-update rule (tests/delayed.h), the host's weights swapped for the
+   version before wherever a backward needs it. */
+static void pipeline_vs_sequential(gcase c, int opt, int schedule) {
     gthread a[GS_MAX];
     gpt2 *gp[GS_MAX], *gs[GS_MAX];
     resbm_model *ref[GS_MAX];
@@ -86,6 +90,8 @@ static void pipeline_vs_sequential(gcase c, int opt) {
         memset(&a[s], 0, sizeof(a[s]));
         a[s].cfg = gcfg(&c, s, gp[s]);
         a[s].cfg.opt.kind = opt;
+        a[s].cfg.schedule = schedule;
+        a[s].cfg.act_budget_bytes = (size_t)1 << 30; /* host layers keep 1F1B's depth anyway */
         a[s].steps = G_STEPS;
         a[s].rows = c.n_micro * c.rows;
         resbm_inproc_transport(hub, s, &a[s].cfg.transport);
@@ -104,7 +110,26 @@ static void pipeline_vs_sequential(gcase c, int opt) {
         gr[s] = (float *)malloc(N * 4 * 4);
     }
     if (th_fail_now) return;
-    for (step = 0; step < G_STEPS; step++) {
+    if (schedule == RESBM_SCHEDULE_ASYNC) {
+        delayed_rule r;
+        float losses[G_STEPS];
+        memset(&r, 0, sizeof(r));
+        r.S = S; r.n = c.n_micro; r.rows = (size_t)c.rows;
+        for (s = 0; s < S; s++) r.stage[s] = ref[s];
+        for (step = 0; step < G_STEPS; step++) {
+            gbatch(tok, tg, N * (size_t)c.n_micro, step);
+            losses[step] = delayed_step(&r, tok, tg, step + 1 == G_STEPS);
+        }
+        delayed_free(&r);
+        for (s = 0; s < S; s++) {
+            for (step = 0; step < G_STEPS; step++)
+                CHECK(a[s].loss[step] == (step >= 2 ? losses[step - 2] : 0.0f), "async step %d stage %d loss %.9g",
+                      step, s, a[s].loss[step]);
+            CHECK(a[s].flushed == losses[G_STEPS - 1], "stage %d flushed loss %.9g vs %.9g", s, a[s].flushed,
+                  losses[G_STEPS - 1]);
+        }
+    }
+    for (step = 0; step < G_STEPS && schedule == RESBM_SCHEDULE_EXACT; step++) {
         double loss_sum = 0, sq;
         float total = 0, loss = 0;
         gbatch(tok, tg, N * (size_t)c.n_micro, step);
@@ -145,12 +170,19 @@ static void pipeline_vs_sequential(gcase c, int opt) {
 
 static void test_gpt2_pipeline_equals_sequential(void) {
     gcase c = {32, 2, 8, 5, 3, 2, 3, 11};
-    pipeline_vs_sequential(c, RESBM_OPT_ADAMW);
+    pipeline_vs_sequential(c, RESBM_OPT_ADAMW, RESBM_SCHEDULE_EXACT);
+}
+
+static void test_gpt2_pipeline_async(void) {
+    gcase c = {32, 2, 8, 5, 3, 2, 3, 11};
+    pipeline_vs_sequential(c, RESBM_OPT_ADAMW, RESBM_SCHEDULE_ASYNC);
+    c.stages = 2; c.n_micro = 4;
+    pipeline_vs_sequential(c, RESBM_OPT_MUON, RESBM_SCHEDULE_ASYNC);
 }
 
 static void test_gpt2_pipeline_muon(void) {
     gcase c = {32, 4, 8, 4, 2, 1, 4, 5};
-    pipeline_vs_sequential(c, RESBM_OPT_MUON);
+    pipeline_vs_sequential(c, RESBM_OPT_MUON, RESBM_SCHEDULE_EXACT);
 }
 
 /* The host's parameters are in the model's list at their place (after the decoder, before the
@@ -405,6 +437,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--filter")) filter = argv[i + 1];
     RUN(test_gpt2_pipeline_equals_sequential);
     RUN(test_gpt2_pipeline_muon);
+    RUN(test_gpt2_pipeline_async);
     RUN(test_gpt2_declaration);
     RUN(test_gpt2_checkpoint_and_job);
     RUN(test_gpt2_update_all_or_nothing);

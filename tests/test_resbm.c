@@ -30,6 +30,7 @@ static void ta_free(void *p, void *user) {
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include "harness.h"
+#include "delayed.h"
 #include "ref.h"
 
 static const char *filter;
@@ -2305,6 +2306,162 @@ static void test_pipeline_in_flight_depth(void) {
     for (s = 0; s < mc.stages; s++) { resbm_stage_free(a[s].st); resbm_stage_free(b[s].st); }
 }
 
+/* ---- the async schedule: the delayed-update rule, bit for bit ------------------------------------ */
+enum { ASYNC_STEPS = 7 };
+
+typedef struct {
+    resbm_stage_config cfg;
+    int steps, flush_at, rc, save_rc;       /* flush after call flush_at - 1 too (0: only at the end) */
+    float loss[ASYNC_STEPS], flushed[2];
+    long loss_step[ASYNC_STEPS];
+    resbm_stage *st;
+} async_arg;
+
+static void *async_thread(void *p) {
+    async_arg *a = (async_arg *)p;
+    int32_t tok[256], tg[256];
+    int rows = a->cfg.n_micro * a->cfg.model.batch, k, f = 0;
+    resbm_stage_stats ss;
+    char path[64];
+    resbm_model *m;
+    memset(&ss, 0, sizeof(ss));
+    a->rc = resbm_stage_init(&a->cfg, &a->st);
+    a->save_rc = RESBM_OK;
+    m = resbm_stage_model(a->st);
+    snprintf(path, sizeof(path), "/tmp/resbm_async_%d_%d.safetensors", (int)getpid(), a->cfg.model.stage);
+    for (k = 0; k < a->steps && !a->rc; k++) {
+        pipe_batch(tok, tg, &a->cfg.model, rows, k);
+        a->loss[k] = -1.0f;
+        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &a->loss[k]);
+        resbm_stage_get_stats(a->st, &ss);
+        a->loss_step[k] = ss.loss_step;
+        if (!a->rc && k == 2) a->save_rc = resbm_checkpoint_save(path, &m, 1, NULL, 0); /* steps in flight */
+        if (!a->rc && (k + 1 == a->flush_at || k + 1 == a->steps)) a->rc = resbm_stage_flush(a->st, &a->flushed[f++]);
+    }
+    remove(path);
+    return NULL;
+}
+
+static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, int n_micro, size_t budget,
+                     int steps, int flush_at, int schedule) {
+    resbm_inproc *hub;
+    pthread_t th[PIPE_MAX];
+    int s, S = mc.stages, bad = 0;
+    if (resbm_inproc_init(S, 1 << 20, &hub)) return 1;
+    for (s = 0; s < S; s++) {
+        memset(&a[s], 0, sizeof(a[s]));
+        a[s].cfg = resbm_stage_config_default();
+        a[s].cfg.model = mc;
+        a[s].cfg.model.stage = s;
+        a[s].cfg.opt = oc;
+        a[s].cfg.n_micro = n_micro;
+        a[s].cfg.timeout_ms = 10000;
+        a[s].cfg.act_budget_bytes = budget;
+        a[s].cfg.schedule = schedule;
+        a[s].steps = steps;
+        a[s].flush_at = flush_at;
+        resbm_inproc_transport(hub, s, &a[s].cfg.transport);
+        pthread_create(&th[s], NULL, async_thread, &a[s]);
+    }
+    for (s = 0; s < S; s++) {
+        pthread_join(th[s], NULL);
+        if (a[s].rc) { printf("    stage %d: %s (%s)\n", s, resbm_strerror(a[s].rc), resbm_stage_why(a[s].st)); bad = 1; }
+    }
+    resbm_inproc_free(hub);
+    return bad;
+}
+
+/* The rule (tests/delayed.h) on fresh stage models, flushing where the pipeline did. */
+static void async_reference(resbm_model **ref, resbm_model_config mc, const resbm_opt_config *oc, int n,
+                            int steps, int flush_at, float *losses) {
+    delayed_rule r;
+    int32_t tok[256], tg[256];
+    int s, k;
+    memset(&r, 0, sizeof(r));
+    r.S = mc.stages; r.n = n; r.rows = (size_t)mc.batch;
+    for (s = 0; s < r.S; s++) {
+        resbm_model_config c = mc;
+        c.stage = s;
+        CHECK_RC(resbm_model_init(&c, oc, &ref[s]), RESBM_OK);
+        r.stage[s] = ref[s];
+    }
+    for (k = 0; k < steps; k++) {
+        pipe_batch(tok, tg, &mc, n * mc.batch, k);
+        losses[k] = delayed_step(&r, tok, tg, k + 1 == flush_at || k + 1 == steps);
+    }
+    delayed_free(&r);
+}
+
+/* Async S stages as threads == the delayed-update rule run one stage after another: every
+   reported loss, the flushed losses and every parameter bit for bit, at 1F1B's depth and with
+   every stage as deep as the rule allows, AdamW (the clip binding) and Muon, 1 and 2 threads, one
+   stage and a flush mid-run; checkpoints refused while steps are in flight; not exact's bits. */
+static void test_pipeline_async_equals_reference(void) {
+    struct { const char *what; int stages, n, opt, threads, flush_at; size_t budget; } cases[] = {
+        {"3 stages, 1F1B depth, AdamW", 3, 4, RESBM_OPT_ADAMW, 1, 0, 0},
+        {"3 stages, deepest, Muon, 2 threads", 3, 4, RESBM_OPT_MUON, 2, 0, (size_t)1 << 30},
+        {"3 stages, deepest, flush after step 4", 3, 3, RESBM_OPT_ADAMW, 1, 4, (size_t)1 << 30},
+        {"2 stages, 1 microbatch, deepest", 2, 1, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30},
+        {"1 stage", 1, 2, RESBM_OPT_ADAMW, 1, 3, 0}};
+    async_arg a[PIPE_MAX], x[PIPE_MAX];
+    resbm_model *ref[PIPE_MAX];
+    float losses[ASYNC_STEPS];
+    int c, s, k, differs = 0;
+    size_t np, i;
+    for (c = 0; c < (int)(sizeof(cases) / sizeof(cases[0])); c++) {
+        resbm_model_config mc = pipe_config();
+        resbm_opt_config oc = resbm_opt_config_default();
+        int S = cases[c].stages, fa = cases[c].flush_at;
+        resbm_stage_stats ss;
+        memset(&ss, 0, sizeof(ss));
+        mc.stages = S;
+        mc.threads = cases[c].threads;
+        oc.kind = cases[c].opt;
+        oc.clip = 0.05f; oc.warmup = 2;
+        CHECK(run_async(a, mc, oc, cases[c].n, cases[c].budget, ASYNC_STEPS, fa, RESBM_SCHEDULE_ASYNC) == 0,
+              "%s: the pipeline", cases[c].what);
+        if (th_fail_now) return;
+        mc.threads = 1;
+        async_reference(ref, mc, &oc, cases[c].n, ASYNC_STEPS, fa, losses);
+        for (s = 0; s < S; s++) {
+            const resbm_param *pp = resbm_model_params(resbm_stage_model(a[s].st), &np);
+            const resbm_param *pr = resbm_model_params(ref[s], NULL);
+            resbm_stage_get_stats(a[s].st, &ss);
+            if (cases[c].budget && s < S - 1)
+                CHECK(ss.in_flight == RESBM__MIN(cases[c].n + 1 - s, cases[c].n + 1), "%s: stage %d in flight %d", cases[c].what, s, ss.in_flight);
+            CHECK(resbm_model_step_count(resbm_stage_model(a[s].st)) == ASYNC_STEPS, "%s: steps", cases[c].what);
+            CHECK(a[s].save_rc == RESBM_ESTATE, "%s: a checkpoint with steps in flight: %s", cases[c].what,
+                  resbm_strerror(a[s].save_rc));
+            for (k = 0; k < ASYNC_STEPS; k++) { /* call k of a stream reports the loss of k - 2 */
+                int in = fa && k >= fa ? k - fa : k;
+                CHECK(in >= 2 ? a[s].loss[k] == losses[k - 2] && a[s].loss_step[k] == k - 2
+                              : a[s].loss[k] == 0.0f,
+                      "%s: stage %d call %d loss %.9g (step %ld), want %.9g", cases[c].what, s, k, a[s].loss[k],
+                      a[s].loss_step[k], in >= 2 ? losses[k - 2] : 0.0);
+            }
+            CHECK(a[s].flushed[fa ? 1 : 0] == losses[ASYNC_STEPS - 1] && (!fa || a[s].flushed[0] == losses[fa - 1]),
+                  "%s: stage %d flushed loss %.9g, want %.9g", cases[c].what, s, a[s].flushed[fa ? 1 : 0],
+                  losses[ASYNC_STEPS - 1]);
+            for (i = 0; i < np; i++)
+                CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                      "%s: stage %d %s differs from the rule", cases[c].what, s, pp[i].name);
+        }
+        if (c == 0) { /* the same run in exact mode ends elsewhere: the schedule is not a no-op */
+            CHECK(run_async(x, mc, oc, cases[c].n, 0, ASYNC_STEPS, 0, RESBM_SCHEDULE_EXACT) == 0, "exact");
+            for (s = 0; s < S && !th_fail_now; s++) {
+                const resbm_param *pp = resbm_model_params(resbm_stage_model(a[s].st), &np);
+                const resbm_param *px = resbm_model_params(resbm_stage_model(x[s].st), NULL);
+                for (i = 0; i < np; i++)
+                    differs |= !!memcmp(pp[i].value.data, px[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4);
+                CHECK(x[s].save_rc == RESBM_OK, "exact: a checkpoint between steps");
+                resbm_stage_free(x[s].st);
+            }
+            CHECK(differs, "async and exact gave the same parameters");
+        }
+        for (s = 0; s < S; s++) { resbm_stage_free(a[s].st); resbm_model_free(ref[s]); }
+    }
+}
+
 /* A forward of fewer rows than the slot holds (sampling, a short eval chunk) gives each row what
    a full one gives it: stage 0's z for row 0 is the same with 1 row or 3 (through the encoder,
    and through the raw residual at r = d). */
@@ -3455,7 +3612,7 @@ static void *eval_abort_thread(void *p) {
     return NULL;
 }
 static void test_job_agreement(void) {
-    const char *fields[] = {"seq", "d", "layers", "vocab", "no_identity", "stages", "optimizer", "clip", "r", "lr", "n_micro"};
+    const char *fields[] = {"seq", "d", "layers", "vocab", "no_identity", "stages", "optimizer", "clip", "r", "lr", "n_micro", "schedule"};
     int k, s;
     for (k = 0; k < (int)(sizeof(fields) / sizeof(fields[0])); k++) {
         resbm_inproc *hub;
@@ -3479,6 +3636,7 @@ static void test_job_agreement(void) {
                 if (k == 8) c.model.r = 2;
                 if (k == 9) c.opt.lr = 1e-3f;
                 if (k == 10) c.n_micro = 1;
+                if (k == 11) c.schedule = RESBM_SCHEDULE_ASYNC;
             }
             a[s].rows = (size_t)c.model.batch * (size_t)c.n_micro;
             resbm_inproc_transport(hub, s, &c.transport);
@@ -3777,6 +3935,7 @@ int main(int argc, char **argv) {
     RUN(test_dropin_example);
     RUN(test_pipeline_equals_sequential);
     RUN(test_pipeline_in_flight_depth);
+    RUN(test_pipeline_async_equals_reference);
     RUN(test_partial_rows_through_boundary);
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
