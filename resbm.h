@@ -4822,6 +4822,8 @@ static void resbm__use_prev(resbm_model *m, float *prev, int to_prev) {
     }
 }
 
+static int resbm__stage_back(resbm_stage *st, uint32_t micro, float *v, size_t n);
+
 static void resbm__async_drop(resbm_stage *st) {
     int sl;
     for (sl = 0; sl < st->model->cfg.act_slots; sl++) resbm__slot_drop(st->model, sl);
@@ -4942,12 +4944,19 @@ static int resbm__async_step_run(resbm_stage *st, const int32_t *tokens, const i
     return RESBM_OK;
 }
 
-/* The backwards still in flight, then the commits of the last two batches, in order. */
+/* The backwards still in flight, then the commits of the last two batches, in order, each
+   acknowledged back from the last stage before the next: a stage that could not apply one has
+   its neighbours undo it (one update, as mid-stream), and no stage returns before every stage
+   has applied both. */
 static int resbm__async_flush_run(resbm_stage *st) {
     long C = st->calls, g, b;
+    float ack[1] = {0.0f};
     for (g = RESBM__MAX(0, C * st->n - st->slots + 1); g < C * st->n; g++)
         RESBM__TRY(resbm__async_bwd(st, g));
-    for (b = RESBM__MAX(0, C - 2); b < C; b++) RESBM__TRY(resbm__async_commit(st, b));
+    for (b = RESBM__MAX(0, C - 2); b < C; b++) {
+        RESBM__TRY(resbm__async_commit(st, b));
+        RESBM__TRY(resbm__stage_back(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 2), ack, 1));
+    }
     resbm__async_drop(st);
     st->attempt = 0; /* every link has carried this stream's frames since the last failure */
     st->tag = st->step;

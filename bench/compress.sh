@@ -45,7 +45,9 @@ uncompressed-muon|--r $d --opt muon
 128x-m1024|--ratio 128 --m 1024
 128x-m64|--ratio 128 --m 64
 128x-blr4|--ratio 128 --m $d --bottleneck-lr-scale 4
-128x-blr0.25|--ratio 128 --m $d --bottleneck-lr-scale 0.25"
+128x-blr0.25|--ratio 128 --m $d --bottleneck-lr-scale 0.25
+uncompressed-async|--r $d --schedule async
+128x-async|--ratio 128 --m $d --schedule async"
 echo "$rows" | while IFS='|' read -r name flags; do
   if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then continue; fi
   start=$(date +%s)

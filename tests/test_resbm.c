@@ -3758,7 +3758,7 @@ static int fault_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int
 }
 
 enum { RETRY_S = 3, RETRY_STEPS = 4 };
-typedef struct { resbm_stage *st; int steps, failures, rc; } retry_arg;
+typedef struct { resbm_stage *st; int steps, failures, rc, restarts; long restart[12]; } retry_arg;
 
 /* Each stage's host loop: step with the batch of its own step count; after a failure, again. */
 static void *retry_thread(void *p) {
@@ -3776,9 +3776,38 @@ static void *retry_thread(void *p) {
     return NULL;
 }
 
+/* Async: step with batches 0, 1, ... and flush at the end; after a failure, the stream starts
+   again from the batch of the step count (the steps before it landed on every stage). The step
+   counts it restarted from are kept. */
+static void *retry_async_thread(void *p) {
+    retry_arg *a = (retry_arg *)p;
+    resbm_model *m = resbm_stage_model(a->st);
+    const resbm_model_config *c = resbm_model_get_config(m);
+    int32_t tok[256], tg[256];
+    int tries = 0;
+    long next = 0;
+    float loss;
+    a->rc = RESBM_OK;
+    a->restarts = 0;
+    while (tries++ < 12) {
+        if (next < a->steps) {
+            pipe_batch(tok, tg, c, 2 * c->batch, (int)next);
+            a->rc = resbm_stage_step(a->st, tok, tg, (size_t)(2 * c->batch), &loss);
+        } else if (!(a->rc = resbm_stage_flush(a->st, &loss))) {
+            break;
+        }
+        if (!a->rc) { next++; continue; }
+        a->failures++;
+        next = resbm_model_step_count(m);
+        if (!a->restarts || a->restart[a->restarts - 1] != next) a->restart[a->restarts++] = next;
+    }
+    return NULL;
+}
+
 /* Runs RETRY_S stages over in-process links, stage `from`'s link to `to` spoiling its nth frame
    of `kind` (fault < 0: none); returns the stages, each having reached RETRY_STEPS. */
-static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int fault, int *failures) {
+static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int fault, int *failures,
+                     int schedule, retry_arg *out) {
     resbm_model_config mc = pipe_config();
     resbm_inproc *hub;
     static fault_link link[RETRY_S];
@@ -3791,6 +3820,7 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
         resbm_stage_config c = resbm_stage_config_default();
         c.model = mc; c.model.stage = s; c.n_micro = 2; c.timeout_ms = fault == FAULT_DROP ? 1500 : 4000;
         c.opt.clip = 0.05f; /* the clip binds: the norm matters */
+        c.schedule = schedule;
         memset(&link[s], 0, offsetof(fault_link, buf));
         resbm_inproc_transport(hub, s, &link[s].inner);
         link[s].to = s == from ? to : -1;
@@ -3799,11 +3829,13 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
         if (resbm_stage_init(&c, &st[s])) return 1;
         a[s].st = st[s]; a[s].steps = RETRY_STEPS; a[s].failures = 0;
     }
-    for (s = 0; s < RETRY_S; s++) pthread_create(&th[s], NULL, retry_thread, &a[s]);
+    for (s = 0; s < RETRY_S; s++)
+        pthread_create(&th[s], NULL, schedule == RESBM_SCHEDULE_ASYNC ? retry_async_thread : retry_thread, &a[s]);
     for (s = 0; s < RETRY_S; s++) {
         pthread_join(th[s], NULL);
         if (a[s].rc) bad = 1;
         failures[s] = a[s].failures;
+        if (out) out[s] = a[s];
     }
     if (fault >= 0 && !link[from].fired) bad = 2;
     resbm_inproc_free(hub);
@@ -3824,11 +3856,12 @@ static void test_fault_retry_in_place(void) {
         {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3}}; /* the step's last frame */
     int fails[RETRY_S], w, fault, s;
     size_t np, i;
-    CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails) == 0, "the run without a fault");
+    CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails, RESBM_SCHEDULE_EXACT, NULL) == 0, "the run without a fault");
     if (th_fail_now) return;
     for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
         for (fault = 0; fault < FAULT_N; fault++) {
-            int rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, fault, fails);
+            int rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, fault, fails,
+                               RESBM_SCHEDULE_EXACT, NULL);
             CHECK(rc == 0, "%s, %s: %s", where[w].what, fault_names[fault], rc == 2 ? "the fault never fired" : "a stage did not finish");
             CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed the step (%d %d %d)",
                   where[w].what, fault_names[fault], fails[0], fails[1], fails[2]);
@@ -3845,6 +3878,72 @@ static void test_fault_retry_in_place(void) {
             if (th_fail_now) w = 99, fault = FAULT_N; /* the first failure says enough */
         }
     for (s = 0; s < RETRY_S; s++) resbm_stage_free(ref[s]);
+}
+
+/* Async: every fault type into an activation, a gradient, the norms and the commit (one of them
+   in the last flush): every stage fails and drops the steps in flight; the stream starts again
+   from the step count, the same on every stage; the end is the delayed-update rule
+   (tests/delayed.h) flushed before each batch the stream restarted from, bit for bit. */
+static void test_fault_async_restart(void) {
+    resbm_stage *st[RETRY_S];
+    retry_arg out[RETRY_S];
+    struct { const char *what; int from, to, kind, nth; } where[] = {
+        {"activation 1->2, batch 1", 1, 2, RESBM_KIND_ACT, 3},
+        {"gradient 2->1, batch 2", 2, 1, RESBM_KIND_GRAD, 4},
+        {"norms 2->1, batch 1", 2, 1, RESBM_KIND_CONTROL, 2},  /* control frame 0 is the hello */
+        {"norms 1->0, batch 2", 1, 0, RESBM_KIND_CONTROL, 3},
+        {"commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2},
+        {"commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3}};
+    int fails[RETRY_S], w, fault, s, k, r;
+    size_t np, i;
+    for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
+        for (fault = 0; fault < FAULT_N; fault++) {
+            resbm_model *ref[RETRY_S];
+            resbm_model_config mc = pipe_config();
+            resbm_opt_config oc = resbm_opt_config_default();
+            delayed_rule dr;
+            int32_t tok[256], tg[256];
+            int rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, fault, fails,
+                               RESBM_SCHEDULE_ASYNC, out);
+            CHECK(rc == 0, "%s, %s: %s", where[w].what, fault_names[fault], rc == 2 ? "the fault never fired" : "a stage did not finish");
+            CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed (%d %d %d)",
+                  where[w].what, fault_names[fault], fails[0], fails[1], fails[2]);
+            for (s = 1; s < RETRY_S && !rc; s++) {
+                CHECK(out[s].restarts == out[0].restarts, "%s, %s: stage %d restarted %d times, stage 0 %d",
+                      where[w].what, fault_names[fault], s, out[s].restarts, out[0].restarts);
+                for (r = 0; r < out[0].restarts && r < out[s].restarts; r++)
+                    CHECK(out[s].restart[r] == out[0].restart[r], "%s, %s: stage %d restarted from %ld, stage 0 from %ld",
+                          where[w].what, fault_names[fault], s, out[s].restart[r], out[0].restart[r]);
+            }
+            memset(&dr, 0, sizeof(dr));
+            mc.stages = RETRY_S;
+            oc.clip = 0.05f;
+            dr.S = RETRY_S; dr.n = 2; dr.rows = (size_t)mc.batch;
+            for (s = 0; s < RETRY_S; s++) {
+                resbm_model_config c = mc;
+                c.stage = s;
+                CHECK_RC(resbm_model_init(&c, &oc, &ref[s]), RESBM_OK);
+                dr.stage[s] = ref[s];
+            }
+            for (k = 0; k < RETRY_STEPS && !th_fail_now; k++) {
+                int flush = k + 1 == RETRY_STEPS;
+                for (r = 0; r < out[0].restarts; r++) flush |= out[0].restart[r] == k + 1;
+                pipe_batch(tok, tg, &mc, 2 * mc.batch, k);
+                delayed_step(&dr, tok, tg, flush);
+            }
+            delayed_free(&dr);
+            for (s = 0; s < RETRY_S && !rc && !th_fail_now; s++) {
+                const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
+                const resbm_param *pr = resbm_model_params(ref[s], NULL);
+                CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS, "steps");
+                for (i = 0; i < np; i++)
+                    CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                          "%s, %s: stage %d %s differs from the rule restarted at step %ld", where[w].what,
+                          fault_names[fault], s, pp[i].name, out[0].restarts ? out[0].restart[0] : -1L);
+            }
+            for (s = 0; s < RETRY_S; s++) { resbm_stage_free(st[s]); resbm_model_free(ref[s]); }
+            if (th_fail_now) w = 99, fault = FAULT_N;
+        }
 }
 #endif
 
@@ -3943,6 +4042,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
     RUN(test_fault_retry_in_place);
+    RUN(test_fault_async_restart);
     RUN(test_pool_one_caller);
     RUN(test_shaper_distrust);
     RUN(test_transport_codes);
