@@ -336,6 +336,7 @@ typedef struct {
     resbm_model **all;          /* threads mode: every stage's model, for one checkpoint file */
     /* results (stage 0's are printed) */
     float last_loss, val_loss;
+    long logged;                /* the last step whose train loss is in the log */
     double train_s;
     uint64_t wire_fwd, wire_bwd; /* training frames only */
     int32_t sample[4096];
@@ -390,6 +391,18 @@ static void ckpt_path(const options *o, const char *path, int s, char *out, size
     else snprintf(out, n, "%s.stage%d", path, s);
 }
 
+/* Stage 0: the train loss of step loss_step (0-based; async reports two behind, and a flush the
+   last), once, when it is first known. */
+static void log_loss(stage_ctx *c, long loss_step, float loss, double tps) {
+    long at = loss_step + 1;
+    size_t N = (size_t)c->o->batch * (size_t)c->o->seq;
+    if (c->s != 0 || at <= c->logged) return;
+    c->logged = at;
+    if (c->log && tps > 0.0) fprintf(c->log, "%ld,%.0f,%.6f,,%.1f\n", at, (double)at * (double)N, loss, tps);
+    else if (c->log) fprintf(c->log, "%ld,%.0f,%.6f,,\n", at, (double)at * (double)N, loss);
+    if (c->plot_tok) { c->plot_tok[c->plot_n] = (double)at * (double)N; c->plot_train[c->plot_n++] = loss; }
+}
+
 /* Async: the steps still in flight finish and land, on every stage (their gradient frames are
    training traffic, their time training time when *t is given). Exact: nothing to do. */
 static int flush_steps(stage_ctx *c, double *t) {
@@ -404,6 +417,7 @@ static int flush_steps(stage_ctx *c, double *t) {
     c->wire_fwd += after.bytes_sent[RESBM_KIND_ACT] - before.bytes_sent[RESBM_KIND_ACT];
     c->wire_bwd += after.bytes_sent[RESBM_KIND_GRAD] - before.bytes_sent[RESBM_KIND_GRAD];
     if (t) *t += now_s() - t0;
+    if (!rc) log_loss(c, after.loss_step, c->last_loss, 0.0);
     if (rc) fprintf(stderr, "train: stage %d: cannot finish the steps in flight: %s\n", c->s, resbm_strerror(rc));
     return rc;
 }
@@ -476,9 +490,7 @@ static void *stage_main(void *arg) {
         c->last_loss = loss;
         if (first) {
             double tps = (double)(step + 1 - c->start_step) * (double)N / t_train;
-            long at = after.loss_step + 1; /* the step the loss is of: async reports two behind */
-            if (c->log && at > 0) fprintf(c->log, "%ld,%.0f,%.6f,,%.1f\n", at, (double)at * (double)N, loss, tps);
-            if (c->plot_tok && at > 0) { c->plot_tok[c->plot_n] = (double)at * (double)N; c->plot_train[c->plot_n++] = loss; }
+            log_loss(c, after.loss_step, loss, tps);
             progress(c, step, loss, tps, t_train, c->wire_fwd + c->wire_bwd);
         }
         if (o->eval_every && (step + 1) % o->eval_every == 0 && step + 1 < o->steps) {
@@ -822,6 +834,7 @@ static int run_threads(const options *o, const dataset *ds) {
         for (s = 0; s < S; s++) {
             c[s].o = o; c[s].ds = ds; c[s].s = s; c[s].barrier = &barrier; c[s].all = models;
             c[s].start_step = resbm_model_step_count(models[s]);
+            c[s].logged = c[s].start_step;
         }
         for (s = 0; s < S; s++, started++)
             if (pthread_create(&th[s], NULL, stage_main, &c[s])) {
@@ -887,6 +900,7 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
     }
     if (ok) {
         c.o = o; c.ds = ds; c.s = s; c.start_step = resbm_model_step_count(m);
+        c.logged = c.start_step;
         stage_main(&c);
         ok = c.rc == RESBM_OK;
     }

@@ -89,12 +89,13 @@ int main(int argc, char **argv) {
     }
     if (rank) o.quiet = 1; /* only rank 0 talks */
     if (!load_data(&o, &ds)) { MPI_Finalize(); return 1; }
-    /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour,
-       evaluation sends all its chunks before the loss comes back */
+    /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour, a
+       deeper depth (--act-budget-mb) n_micro (+ 1 async), evaluation sends all its chunks before
+       the loss comes back */
     frame_max = frame_max_bytes(&o);
     {
         size_t chunks = ((size_t)o.eval_rows + (size_t)(o.batch / o.micro) - 1) / (size_t)(o.batch / o.micro);
-        size_t want = ((size_t)(2 * o.stages + 4) + chunks) * (frame_max + 8 + MPI_BSEND_OVERHEAD);
+        size_t want = ((size_t)(2 * RESBM__MAX(o.stages, o.micro + 1) + 4) + chunks) * (frame_max + 8 + MPI_BSEND_OVERHEAD);
         if (want > (size_t)INT_MAX) {
             if (rank == 0) fprintf(stderr, "train_mpi: %zu bytes of MPI send buffer needed, more than MPI allows\n", want);
             MPI_Finalize();

@@ -70,6 +70,17 @@ for S in 2 3; do
   check "tcp: $S processes, result line equals threads mode" \
     "[ \"\$(grep -E '$result_re' '$dir/tcp$S.0.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/ref$S.out')\" ]"
 done
+# ---- the async schedule: steps overlap; evals, saves and the end flush; TCP equals threads
+"$train" $tiny --stages 3 --steps 10 --schedule async --log "$dir/as.csv" > "$dir/as3.out" 2>&1
+check "async: 3 stages, exit 0, result line last" "[ $? = 0 ] && tail -n 1 '$dir/as3.out' | grep -Eq '$result_re'"
+check "async: not the exact schedule's numbers" "[ '$(field "$dir/as3.out" train_loss)' != '$("$train" $tiny --stages 3 --steps 10 --quiet | field /dev/stdin train_loss)' ]"
+check "async: every frame counted (10 steps x 2 micro x 2 boundaries, as exact)" "[ '$(field "$dir/as3.out" wire_bytes_bwd)' = $((40 * (40 + 512))) ]"
+check "async: train loss logged two steps behind, then the last step's" "[ \"\$(cut -d, -f1 '$dir/as.csv' | sed -n '2p')\" = 1 ] && grep -q '^10,' '$dir/as.csv'"
+"$train" $tiny --stages 3 --steps 6 --schedule async --act-budget-mb 64 --quiet > "$dir/asref3.out" 2>&1
+tcp_run 3 --steps 6 --schedule async --act-budget-mb 64 --quiet
+check "async tcp: 3 processes, deepest in flight, result line equals threads mode" \
+  "[ \"\$(grep -E '$result_re' '$dir/tcp3.0.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/asref3.out')\" ]"
+
 # frames far larger than the socket buffers, r = d both ways: 1F1B has both neighbours sending at
 # once, which deadlocks a transport whose send waits for the peer's recv
 big="--data $dir/text.txt --d 64 --layers 2 --heads 2 --seq 512 --batch 8 --micro 2 --r 64 --eval-every 0 --eval-rows 2 --sample 0 --seed 3"
@@ -103,6 +114,9 @@ if command -v mpirun >/dev/null && [ -x "$build/train_mpi" ]; then
   check "mpi: 3 ranks exit 0" "[ $? = 0 ]"
   check "mpi: result line equals threads mode" \
     "[ \"\$(grep -E '$result_re' '$dir/mpi.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/ref3.out')\" ]"
+  mpirun --allow-run-as-root --oversubscribe -np 3 "$build/train_mpi" $tiny --steps 6 --schedule async --act-budget-mb 64 --quiet > "$dir/mpia.out" 2> "$dir/mpia.err"
+  check "mpi async: result line equals threads mode" \
+    "[ \"\$(grep -E '$result_re' '$dir/mpia.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/asref3.out')\" ]"
 else
   echo "SKIPPED mpi (no mpirun or build/train_mpi)"
 fi
@@ -115,6 +129,12 @@ for opt in adamw muon; do
   check "resume ($opt): checkpoint files identical" "cmp -s '$dir/full.safetensors' '$dir/resumed.safetensors'"
   check "resume ($opt): same final loss" "[ '$(field "$dir/full.out" train_loss)' = '$(field "$dir/resumed.out" train_loss)' ]"
 done
+# async: a save flushes, so 8 steps saving at 4 == 4 steps + save + load + 4 steps, bit for bit
+"$train" $tiny --stages 3 --steps 8 --schedule async --sample 0 --quiet --save "$dir/afull.safetensors" --save-every 4 > "$dir/afull.out" 2>&1
+"$train" $tiny --stages 3 --steps 4 --schedule-steps 8 --schedule async --sample 0 --quiet --save "$dir/ahalf.safetensors" > /dev/null 2>&1
+"$train" $tiny --stages 3 --steps 8 --schedule async --sample 0 --quiet --load "$dir/ahalf.safetensors" --save "$dir/ares.safetensors" > "$dir/ares.out" 2>&1
+check "async resume: checkpoint files identical" "[ -s '$dir/afull.safetensors' ] && cmp -s '$dir/afull.safetensors' '$dir/ares.safetensors'"
+check "async resume: same final loss" "[ -n '$(field "$dir/afull.out" train_loss)' ] && [ '$(field "$dir/afull.out" train_loss)' = '$(field "$dir/ares.out" train_loss)' ]"
 # one process per stage writes one file per stage, and resumes from them
 tcp_run 2 --steps 4 --schedule-steps 8 --sample 0 --quiet --save "$dir/st.safetensors"
 check "tcp: per-stage checkpoints written" "[ -s '$dir/st.stage0.safetensors' ] && [ -s '$dir/st.stage1.safetensors' ]"
@@ -193,6 +213,7 @@ expect_fail() { # name code pattern args...
   local rc=$?
   if [ $rc = "$code" ] && grep -q -- "$pat" "$dir/f.err"; then ok "$name"; else bad "$name (exit $rc: $(head -c 200 "$dir/f.err"))"; fi
 }
+expect_fail "async: an unknown schedule is refused" 2 "exact or async" $tiny --stages 2 --steps 2 --schedule later
 expect_fail "unknown flag" 2 "unknown flag --bogus" $tiny --bogus 1
 expect_fail "bad number" 2 "--steps" $tiny --steps 1x
 expect_fail "batch not a multiple of micro" 2 "not a multiple" $tiny --batch 5
@@ -256,7 +277,11 @@ if [ -x "$build/gpt2" ]; then
     check "gpt2 resume ($opt): same final loss" "[ -n '$(field "$dir/gfull.out" train_loss)' ] && [ '$(field "$dir/gfull.out" train_loss)' = '$(field "$dir/gres.out" train_loss)' ]"
   done
   expect_fail "gpt2: a built-in model's checkpoint refused" 1 "model shape differs" $tiny --stages 2 --steps 2 --load "$dir/full.safetensors"
-  expect_fail "gpt2: --schedule async is not built" 2 "async" $tiny --stages 2 --steps 2 --schedule async
+  "$train" $tiny --stages 3 --steps 6 --schedule async --quiet > "$dir/gas.out" 2>&1
+  check "gpt2 async: 3 stages, exit 0" "[ $? = 0 ] && tail -n 1 '$dir/gas.out' | grep -Eq '$result_re'"
+  tcp_run 3 --steps 6 --schedule async --quiet
+  check "gpt2 async tcp: result line equals threads mode" \
+    "[ \"\$(grep -E '$result_re' '$dir/tcp3.0.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/gas.out')\" ]"
   train=$train_save
 fi
 

@@ -30,7 +30,9 @@ static void ta_free(void *p, void *user) {
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include "harness.h"
-#include "delayed.h"
+#ifndef RESBM_NO_THREADS
+#include "delayed.h" /* the async rule, for the pipeline tests */
+#endif
 #include "ref.h"
 
 static const char *filter;
