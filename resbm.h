@@ -679,7 +679,9 @@ typedef struct resbm_stage_config {
        (one step stale, PipeDream-2BW's rule w[k+1] = w[k] - update(grad at w[k-1])), and each
        microbatch's backward on the weights its forward ran (the version before stays beside the
        current one, with the gradient of a finished step waiting for its commit: two more copies
-       of the parameters). In flight at most n_micro + 1 - s. See resbm_stage_flush. */
+       of the parameters). With act_budget_bytes, stage 0 keeps up to n_micro + 1 forwards in
+       flight and the later stages evenly fewer, down to 1 (each link then has microbatches
+       enough on the way to cover its round trip). See resbm_stage_flush. */
     int schedule;
 } resbm_stage_config;
 
@@ -4261,15 +4263,20 @@ static int resbm__slot_bytes(const resbm_stage_config *cfg, int stage, size_t *b
 }
 
 /* Forwards in flight on this stage: 1F1B's S - s (or n_micro if fewer) plus `extra`, at most
-   n - s (async: n + 1 - s, see the async schedule), the last stage none extra. `extra` is what act_budget_bytes buys on the stage whose
+   n - s, the last stage none extra. `extra` is what act_budget_bytes buys on the stage whose
    slots are largest, so it is the same number on every stage of one job (it is in the job
    agreement): stage s then keeps one forward more than stage s + 1 wherever the cap does not
    bind. A deeper stage after a shallower one would wait for an activation its predecessor only
    sends after the gradient it is itself waiting for. Host layers keep 1F1B's depth (the library
-   cannot size the host's activations). */
+   cannot size the host's activations).
+   Async: stage 0 keeps min(S + extra, n + 1) and the depths fall evenly to the last stage's 1.
+   Between stages s and s + 1, D_s - D_{s+1} microbatches are on their way over the link (an
+   activation going, its gradient coming back); a stream never drains, so each link needs that
+   many to cover its own round trip, where one more than the next allows one per round trip
+   (the simulator: 37% of the 0 ms rate at 50 ms, 85% spread evenly). */
 static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *extra_out, size_t *slot_bytes) {
     size_t b, fit = (size_t)-1;
-    int S, n, s, base, extra = 0, t, cap;
+    int S, n, s, base, extra = 0, t;
     if (!cfg || !slots) return RESBM_EINVAL;
     S = cfg->model.stages ? cfg->model.stages : 1;
     n = cfg->n_micro ? cfg->n_micro : 1;
@@ -4284,8 +4291,12 @@ static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *ex
         }
         extra = (int)RESBM__MIN(fit, (size_t)n);
     }
-    cap = cfg->schedule == RESBM_SCHEDULE_ASYNC ? n + 1 : n;
-    *slots = s < S - 1 ? RESBM__MAX(base, RESBM__MIN(base + extra, cap - s)) : base;
+    if (cfg->schedule == RESBM_SCHEDULE_ASYNC && s < S - 1) {
+        int top = RESBM__MIN(RESBM__MIN(S, n) + extra, n + 1); /* stage 0's */
+        *slots = RESBM__MAX(base, 1 + (int)((long)(S - 1 - s) * (top - 1) / (S - 1)));
+    } else {
+        *slots = s < S - 1 ? RESBM__MAX(base, RESBM__MIN(base + extra, n - s)) : base;
+    }
     if (extra_out) *extra_out = extra;
     return RESBM_OK;
 }

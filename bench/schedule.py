@@ -4,8 +4,9 @@
 Per stage: forward and backward time per microbatch and the update time; per link: one-way
 latency and bandwidth (a link carries one message at a time each way); the schedule (exact, as
 resbm.h runs it now; exact-v0.2, the one before: the norms forward after the last backward and
-the commit back; async, a pipeline that never drains: one long step, a rough model only, not
-used for the tables until the schedule exists); the forwards each
+the commit back; async, as resbm.h runs it: the steps one stream of microbatches, the commit of
+step c - 2 ahead of step c's forwards, a flush at the end with its two acknowledged commits);
+the forwards each
 stage keeps in flight; and how many cores the stages share (the measurements here: 4 stages on 2
 cores; a stage per GPU: one core each). It replays each stage's program in order, as the runtime
 does: a forward waits for its activation, a backward for its gradient, a stage for a free core.
@@ -27,28 +28,50 @@ def simulate(S, n, f, b, u, lat, bw=0.0, act_bytes=0, depth=None, schedule="exac
     b = b if isinstance(b, list) else [b] * S
     cores = cores or S
     depth = depth or [min(S - s, n) for s in range(S)]
-    if schedule == "async":  # the pipeline never drains: one long step of steps * n microbatches
-        n, steps, sync = n * steps, 1, False
-    else:
-        sync = True
+    calls = steps
+    if schedule == "async":  # the whole run is one program: `calls` steps and the flush
+        steps = 1
     # programs: per stage, per step, the ops in order
+    def program_async(s):
+        ops, D = [], depth[s]
+        def bwd(g):
+            ops.append(("B", g))
+            if g % n == n - 1:  # the batch's norms travel back behind its last gradient
+                if s < S - 1: ops.append(("recv_norms", g // n))
+                if s > 0: ops.append(("send_norms", g // n))
+        def commit(c):  # stage 0 waits for nothing more: it has the norms
+            if s > 0: ops.append(("recv_commit", c))
+            if s < S - 1: ops.append(("send_commit", c))
+            ops.append(("U", None))
+        for c in range(calls):
+            if c >= 2: commit(c - 2)
+            for j in range(n):
+                g = c * n + j
+                ops.append(("F", g))
+                if g - D + 1 >= 0: bwd(g - D + 1)
+        for g in range(max(0, calls * n - D + 1), calls * n): bwd(g)
+        for c in range(max(0, calls - 2), calls):  # the flush: each commit acknowledged back
+            commit(c)
+            if s < S - 1: ops.append(("recv_ack", c))
+            if s > 0: ops.append(("send_ack", c))
+        return ops
     def program(s):
+        if schedule == "async": return program_async(s)
         ops, warm = [], min(depth[s] - 1, n)
         fi = bi = 0
         for i in range(n):
             ops.append(("F", fi)); fi += 1
             if i >= warm: ops.append(("B", bi)); bi += 1
         for _ in range(warm): ops.append(("B", bi)); bi += 1
-        if sync:
-            if schedule == "exact":
-                if s < S - 1: ops.append(("recv_norms", None))
-                if s > 0: ops.append(("send_norms", None))
-                if s > 0: ops.append(("recv_commit", None))
-                if s < S - 1: ops.append(("send_commit", None))
-            else:  # exact-v0.2
-                if s > 0: ops.append(("recv_norms", None))
-                if s < S - 1: ops.append(("send_norms", None)); ops.append(("recv_commit", None))
-                if s > 0: ops.append(("send_commit", None))
+        if schedule == "exact":
+            if s < S - 1: ops.append(("recv_norms", 0))
+            if s > 0: ops.append(("send_norms", 0))
+            if s > 0: ops.append(("recv_commit", 0))
+            if s < S - 1: ops.append(("send_commit", 0))
+        else:  # exact-v0.2
+            if s > 0: ops.append(("recv_norms", 0))
+            if s < S - 1: ops.append(("send_norms", 0)); ops.append(("recv_commit", 0))
+            if s > 0: ops.append(("send_commit", 0))
         ops.append(("U", None))
         return ops
     progs = [program(s) for s in range(S)]
@@ -85,8 +108,9 @@ def simulate(S, n, f, b, u, lat, bw=0.0, act_bytes=0, depth=None, schedule="exac
         need = None
         if op == "F" and s > 0: need = ("act", step, j, s)
         if op == "B" and s < S - 1: need = ("grad", step, j, s)
-        if op == "recv_norms": need = ("norms", step, 0, s)
-        if op == "recv_commit": need = ("commit", step, 0, s)
+        if op == "recv_norms": need = ("norms", step, j, s)
+        if op == "recv_commit": need = ("commit", step, j, s)
+        if op == "recv_ack": need = ("ack", step, j, s)
         if need is not None:
             if need not in arrive:  # not sent yet: wakes up when it is
                 waiting[need] = (s, t); continue
@@ -98,9 +122,11 @@ def simulate(S, n, f, b, u, lat, bw=0.0, act_bytes=0, depth=None, schedule="exac
             t = compute(t, b[s], s)
             if s > 0: send("grad", step, j, s, s - 1, t, act_bytes)
         elif op == "send_norms":
-            send("norms", step, 0, s, s - 1 if schedule == "exact" else s + 1, t, 64)
+            send("norms", step, j, s, s + 1 if schedule == "exact-v0.2" else s - 1, t, 64)
         elif op == "send_commit":
-            send("commit", step, 0, s, s + 1 if schedule == "exact" else s - 1, t, 48)
+            send("commit", step, j, s, s - 1 if schedule == "exact-v0.2" else s + 1, t, 48)
+        elif op == "send_ack":
+            send("ack", step, j, s, s - 1, t, 44)
         elif op == "U":
             t = compute(t, u, s)
         i += 1
@@ -141,8 +167,8 @@ GROUPS = [
 ]
 
 
-def depth_of(kind, S, n):
-    return depth_all(S, n) if kind == "all" else None
+def depth_of(kind, S, n, sched="exact"):
+    return depth_all(S, n, sched) if kind == "all" else None
 
 
 def calibrate(sched, tok0_small, tok0_big):
@@ -182,16 +208,21 @@ def check():
     f, b, u = calibrate("exact-v0.2", GROUPS[0][2][(8, 4, "1f1b")][0], GROUPS[0][2][(32, 16, "1f1b")][0])
     print("on the issue's machine (its calibration), fraction of the 0 ms rate at 50 ms:")
     for n in (4, 16):
-        for sched, kind in (("exact-v0.2", "1f1b"), ("exact", "1f1b"), ("exact", "all")):
-            r = per_step(4, n, f, b, u, 0.0, cores=2, schedule=sched, depth=depth_of(kind, 4, n)) / \
-                per_step(4, n, f, b, u, 0.05, cores=2, schedule=sched, depth=depth_of(kind, 4, n))
+        for sched, kind in (("exact-v0.2", "1f1b"), ("exact", "1f1b"), ("exact", "all"), ("async", "1f1b"),
+                            ("async", "all")):
+            kw = dict(cores=2, schedule=sched, depth=depth_of(kind, 4, n, sched))
+            if sched == "async": kw["steps"] = 10 if n == 16 else 24  # as bench/latency.sh runs them
+            r = per_step(4, n, f, b, u, 0.0, **dict(kw)) / per_step(4, n, f, b, u, 0.05, **dict(kw))
             print("  batch %d/%d, %s, %s in flight: %.0f%%" % (2 * n, n, sched, kind, 100 * r))
     print("worst error of a predicted row %.0f%% (target: within 15%%)" % (100 * worst))
     return worst <= 0.15
 
 
-def depth_all(S, n):
-    """resbm_stage's depths with an unbounded act_budget_bytes: n - s, the last stage 1."""
+def depth_all(S, n, sched="exact"):
+    """resbm_stage's depths with an unbounded act_budget_bytes: exact n - s, the last stage 1;
+    async n + 1 at stage 0 falling evenly to 1 (resbm__stage_depth)."""
+    if sched == "async":
+        return [max(min(S - s, n), 1 + (S - 1 - s) * n // (S - 1)) for s in range(S - 1)] + [1]
     return [n - s for s in range(S - 1)] + [1]
 
 

@@ -34,8 +34,8 @@ check "pipeline.sh draws throughput" grep -q '<polyline' "$dir/p/throughput.svg"
 bash bench/latency.sh --smoke --data resbm.h --out "$dir/l" > "$dir/l.md" 2> "$dir/l.err"
 rc=$?
 check "latency.sh runs" test $rc -eq 0
-check "latency.sh prints four threads rows and the TCP row" rows_ok "$dir/l.md" 5
-check "latency.sh TCP row" grep -q '^| 32/16 | all | tcp |' "$dir/l.md"
+check "latency.sh prints eight threads rows and two TCP rows (exact and async)" rows_ok "$dir/l.md" 10
+check "latency.sh TCP rows" grep -q '^| 32/16 | exact | all | tcp |' "$dir/l.md" && grep -q '^| 32/16 | async | all | tcp |' "$dir/l.md"
 check "latency.sh draws the fractions" grep -q '<polyline' "$dir/l/latency.svg"
 [ $fail -eq 0 ] || { cat "$dir"/*.err "$dir"/*.md; }
 echo "$pass passed, $fail failed"

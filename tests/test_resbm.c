@@ -2430,7 +2430,8 @@ static void test_pipeline_async_equals_reference(void) {
             const resbm_param *pr = resbm_model_params(ref[s], NULL);
             resbm_stage_get_stats(a[s].st, &ss);
             if (cases[c].budget && s < S - 1)
-                CHECK(ss.in_flight == RESBM__MIN(cases[c].n + 1 - s, cases[c].n + 1), "%s: stage %d in flight %d", cases[c].what, s, ss.in_flight);
+                CHECK(ss.in_flight == RESBM__MAX(RESBM__MIN(S - s, cases[c].n), 1 + (S - 1 - s) * cases[c].n / (S - 1)),
+                      "%s: stage %d in flight %d", cases[c].what, s, ss.in_flight); /* n + 1 falling evenly to 1 */
             CHECK(resbm_model_step_count(resbm_stage_model(a[s].st)) == ASYNC_STEPS, "%s: steps", cases[c].what);
             CHECK(a[s].save_rc == RESBM_ESTATE, "%s: a checkpoint with steps in flight: %s", cases[c].what,
                   resbm_strerror(a[s].save_rc));
@@ -3780,7 +3781,7 @@ static void *retry_thread(void *p) {
 
 /* Async: step with batches 0, 1, ... and flush at the end; after a failure, the stream starts
    again from the batch of the step count (the steps before it landed on every stage). The step
-   counts it restarted from are kept. */
+   counts it restarted from are kept (rising: the points the stream really restarted from). */
 static void *retry_async_thread(void *p) {
     retry_arg *a = (retry_arg *)p;
     resbm_model *m = resbm_stage_model(a->st);
@@ -3801,7 +3802,9 @@ static void *retry_async_thread(void *p) {
         if (!a->rc) { next++; continue; }
         a->failures++;
         next = resbm_model_step_count(m);
-        if (!a->restarts || a->restart[a->restarts - 1] != next) a->restart[a->restarts++] = next;
+        /* a restart a later rollback went behind (two stages timed out at once) did not happen */
+        while (a->restarts && a->restart[a->restarts - 1] >= next) a->restarts--;
+        a->restart[a->restarts++] = next;
     }
     return NULL;
 }
