@@ -42,7 +42,7 @@ typedef struct {
     int schedule; /* RESBM_SCHEDULE_* */
     int stage, timeout_ms, sample_len, quiet;
     float lr, bottleneck_lr;
-    double bandwidth_mbps, latency_ms, link_mbps, act_budget_mb;
+    double bandwidth_mbps, latency_ms, link_mbps, act_budget_mb, predict;
     uint64_t seed;
     const host_engine *engine; /* NULL: the built-in model; else a host's layers (examples/gpt2.c) */
 } options;
@@ -66,7 +66,7 @@ static void usage(FILE *f) {
         "             [--opt adamw|muon|sgd] [--lr X] [--bottleneck-lr-scale X] [--steps N] [--schedule-steps N] [--seed S]\n"
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
-        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact|async]\n"
+        "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact|async] [--async-predict X]\n"
         "             [--act-budget-mb MB] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
@@ -119,7 +119,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
     o->d = 256; o->layers = 8; o->heads = 4; o->seq = 128; o->batch = 8; o->micro = 4; o->stages = default_stages;
     o->ratio = 128; o->r = -1; o->wire_fwd = o->wire_bwd = -1; o->opt = RESBM_OPT_ADAMW; o->steps = 200;
     o->threads = 1; o->eval_every = 100; o->eval_rows = 32; o->stage = -1; o->timeout_ms = 60000;
-    o->link_mbps = -1.0;
+    o->link_mbps = -1.0; o->predict = -1.0;
     o->seed = 1337; o->sample_len = 200;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -166,6 +166,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
         else if (!strcmp(a, "--bandwidth-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->bandwidth_mbps)) return die_usage("--bandwidth-mbps: '%s' is not in [0, 1e6]", v); }
         else if (!strcmp(a, "--link-mbps")) { if (!parse_double(v, 0.0, 1e6, &o->link_mbps)) return die_usage("--link-mbps: '%s' is not in [0, 1e6]", v); }
+        else if (!strcmp(a, "--async-predict")) { if (!parse_double(v, 0.0, 16.0, &o->predict)) return die_usage("--async-predict: '%s' is not in [0, 16]", v); }
         else if (!strcmp(a, "--act-budget-mb")) { if (!parse_double(v, 0.0, 1e7, &o->act_budget_mb)) return die_usage("--act-budget-mb: '%s' is not in [0, 1e7]", v); }
         else if (!strcmp(a, "--latency-ms")) { if (!parse_double(v, 0.0, 1e5, &o->latency_ms)) return die_usage("--latency-ms: '%s' is not in [0, 1e5]", v); }
         else if (!strcmp(a, "--wire")) { if ((o->wire_fwd = parse_wire(v)) < 0) return die_usage("--wire: '%s' is not f32, bf16, f16 or i8", v); }
@@ -569,6 +570,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.link_bytes_per_sec = link_mbps(o) * 1e6 / 8.0; /* receives wait longer on a slow link */
     c.act_budget_bytes = (size_t)(o->act_budget_mb * 1048576.0); /* deeper in flight on slow links */
     c.schedule = o->schedule;
+    if (o->predict >= 0.0) c.predict = (float)o->predict; /* else the library's default */
     return c;
 }
 

@@ -114,7 +114,7 @@ static void pipeline_vs_sequential(gcase c, int opt, int schedule) {
         delayed_rule r;
         float losses[G_STEPS];
         memset(&r, 0, sizeof(r));
-        r.S = S; r.n = c.n_micro; r.rows = (size_t)c.rows;
+        r.S = S; r.n = c.n_micro; r.rows = (size_t)c.rows; r.predict = a[0].cfg.predict;
         for (s = 0; s < S; s++) r.stage[s] = ref[s];
         for (step = 0; step < G_STEPS; step++) {
             gbatch(tok, tg, N * (size_t)c.n_micro, step);

@@ -2344,6 +2344,7 @@ static void *async_thread(void *p) {
     return NULL;
 }
 
+static float async_predict = 2.0f; /* predict of the next run_async and async_reference */
 static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, int n_micro, size_t budget,
                      int steps, int flush_at, int schedule) {
     resbm_inproc *hub;
@@ -2360,6 +2361,7 @@ static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, i
         a[s].cfg.timeout_ms = 10000;
         a[s].cfg.act_budget_bytes = budget;
         a[s].cfg.schedule = schedule;
+        a[s].cfg.predict = async_predict;
         a[s].steps = steps;
         a[s].flush_at = flush_at;
         resbm_inproc_transport(hub, s, &a[s].cfg.transport);
@@ -2380,7 +2382,7 @@ static void async_reference(resbm_model **ref, resbm_model_config mc, const resb
     int32_t tok[256], tg[256];
     int s, k;
     memset(&r, 0, sizeof(r));
-    r.S = mc.stages; r.n = n; r.rows = (size_t)mc.batch;
+    r.S = mc.stages; r.n = n; r.rows = (size_t)mc.batch; r.predict = async_predict;
     for (s = 0; s < r.S; s++) {
         resbm_model_config c = mc;
         c.stage = s;
@@ -2399,12 +2401,13 @@ static void async_reference(resbm_model **ref, resbm_model_config mc, const resb
    every stage as deep as the rule allows, AdamW (the clip binding) and Muon, 1 and 2 threads, one
    stage and a flush mid-run; checkpoints refused while steps are in flight; not exact's bits. */
 static void test_pipeline_async_equals_reference(void) {
-    struct { const char *what; int stages, n, opt, threads, flush_at; size_t budget; } cases[] = {
-        {"3 stages, 1F1B depth, AdamW", 3, 4, RESBM_OPT_ADAMW, 1, 0, 0},
-        {"3 stages, deepest, Muon, 2 threads", 3, 4, RESBM_OPT_MUON, 2, 0, (size_t)1 << 30},
-        {"3 stages, deepest, flush after step 4", 3, 3, RESBM_OPT_ADAMW, 1, 4, (size_t)1 << 30},
-        {"2 stages, 1 microbatch, deepest", 2, 1, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30},
-        {"1 stage", 1, 2, RESBM_OPT_ADAMW, 1, 3, 0}};
+    struct { const char *what; int stages, n, opt, threads, flush_at; size_t budget; float predict; } cases[] = {
+        {"3 stages, 1F1B depth, AdamW", 3, 4, RESBM_OPT_ADAMW, 1, 0, 0, 2.0f},
+        {"3 stages, deepest, Muon, 2 threads", 3, 4, RESBM_OPT_MUON, 2, 0, (size_t)1 << 30, 2.0f},
+        {"3 stages, deepest, flush after step 4", 3, 3, RESBM_OPT_ADAMW, 1, 4, (size_t)1 << 30, 1.0f},
+        {"3 stages, deepest, the plain rule (predict 0)", 3, 4, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 0.0f},
+        {"2 stages, 1 microbatch, deepest", 2, 1, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 2.0f},
+        {"1 stage", 1, 2, RESBM_OPT_ADAMW, 1, 3, 0, 2.0f}};
     async_arg a[PIPE_MAX], x[PIPE_MAX];
     resbm_model *ref[PIPE_MAX];
     float losses[ASYNC_STEPS];
@@ -2420,6 +2423,7 @@ static void test_pipeline_async_equals_reference(void) {
         mc.threads = cases[c].threads;
         oc.kind = cases[c].opt;
         oc.clip = 0.05f; oc.warmup = 2;
+        async_predict = cases[c].predict;
         CHECK(run_async(a, mc, oc, cases[c].n, cases[c].budget, ASYNC_STEPS, fa, RESBM_SCHEDULE_ASYNC) == 0,
               "%s: the pipeline", cases[c].what);
         if (th_fail_now) return;
@@ -2463,6 +2467,7 @@ static void test_pipeline_async_equals_reference(void) {
         }
         for (s = 0; s < S; s++) { resbm_stage_free(a[s].st); resbm_model_free(ref[s]); }
     }
+    async_predict = 2.0f;
 }
 
 /* A forward of fewer rows than the slot holds (sampling, a short eval chunk) gives each row what
@@ -3923,7 +3928,7 @@ static void test_fault_async_restart(void) {
             memset(&dr, 0, sizeof(dr));
             mc.stages = RETRY_S;
             oc.clip = 0.05f;
-            dr.S = RETRY_S; dr.n = 2; dr.rows = (size_t)mc.batch;
+            dr.S = RETRY_S; dr.n = 2; dr.rows = (size_t)mc.batch; dr.predict = 2.0f; /* the default */
             for (s = 0; s < RETRY_S; s++) {
                 resbm_model_config c = mc;
                 c.stage = s;
