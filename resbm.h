@@ -74,7 +74,8 @@
        optimizers             AdamW, Muon, SGD; all-or-nothing updates, rollback
        the boundary as an object                                 resbm_boundary
        wire format / codec, transport(s), transport conformance  frames, inproc, shaper, check
-       stage runtime          job agreement, 1F1B, norm exchange, commit, abort, eval, generate
+       stage runtime          job agreement, 1F1B, norm exchange, commit, abort, the async
+                              schedule (weight versions, prediction, flush), eval, generate
        safetensors, checkpoints
 
    CONVENTIONS
@@ -96,6 +97,9 @@
        and a fixed summation order, so results are bit-identical whatever the thread count.
 
    CHANGES
+       0.4  the async schedule (resbm_stage_config.schedule, .predict; resbm_stage_flush;
+            stats.loss_step): overlapping steps, one step stale, weight versions and
+            prediction, even in-flight depths; exact mode unchanged, bit for bit
        0.3  host layers in resbm_model/resbm_stage (resbm_layers), resbm_boundary, grouped bottleneck
             kernels, a NULL pool everywhere; job agreement, abort frames, all-or-nothing steps with
             rollback and retry in place, the transport contract and resbm_transport_check.
@@ -122,7 +126,7 @@
 #include <stdint.h>
 
 #define RESBM_VERSION_MAJOR 0
-#define RESBM_VERSION_MINOR 3
+#define RESBM_VERSION_MINOR 4
 
 #ifndef RESBMDEF
 #ifdef RESBM_STATIC
@@ -647,14 +651,15 @@ RESBMDEF int resbm_shaper_transport(resbm_shaper *s, resbm_transport *out);
 /* ---- stage runtime (docs/design.md §7) ----------------------------------------------------------
    One resbm_stage per pipeline stage, each on its own thread, process or machine. Every stage
    calls resbm_stage_step once per step; stage 0 passes the tokens, the last stage the targets
-   (others pass NULL). A step runs n_micro microbatches in 1F1B order (warm-up forwards, then
-   one forward one backward, then cool-down backwards), sends activations forward and their
-   gradients back as frames, sums the squared gradient norm along the pipeline and sends the
-   total and the loss back (control frames), clips, and applies the optimizer. A failed step
-   (timeout, closed peer, bad frame) applies no update on the stage that saw it. It can be
-   retried when every stage failed it with nothing left in flight (a peer that never came, as
-   tested); otherwise stages further down may already have applied it, so restart all stages
-   from a checkpoint. */
+   (others pass NULL). Exact schedule (the default): a step runs n_micro microbatches in 1F1B
+   order (warm-up forwards, one forward one backward, cool-down backwards) and sends activations
+   forward and their gradients back as frames; the squared gradient norms ride back behind the
+   last gradients, stage 0 sends the total and the loss forward, and every stage clips and
+   applies the optimizer. Async: steps overlap (resbm_stage_config.schedule). A failed call
+   (timeout, closed peer, bad frame, bad input) fails on every stage and leaves every stage with
+   the same updates (one that applied an update its neighbour could not undoes it); the host
+   calls again with the batch of its step count. A stage that had already returned from its last
+   call learns of a failure after it at its next call. */
 typedef struct resbm_stage_config {
     resbm_model_config model; /* .stages, .stage, .r, .m, ...; .batch = rows per microbatch */
     resbm_opt_config opt;

@@ -3,8 +3,11 @@
 # every row; one examples/train run per row. Prints a markdown table (wire factor measured, final
 # train loss, val bits/byte, gap to the uncompressed row) and writes an SVG of the val curves.
 #
-#   bash bench/compress.sh [--steps 1500] [--only NAME[,NAME...]] [--out bench/compress]
-#                          [--d 256] [--seed 1337] [--data FILE] [--smoke]
+#   bash bench/compress.sh [--steps 1500] [--schedule-steps N] [--only NAME[,NAME...]]
+#                          [--out bench/compress] [--d 256] [--seed 1337] [--data FILE] [--smoke]
+#
+# --schedule-steps N: the learning-rate schedule of an N-step run (a shorter run is then the
+# first --steps of the full one, evaluations included).
 #
 # Model (the issue's reference point): d=256 L=8 H=4 f=688 S=4 T=128 batch 8, AdamW 2e-3
 # (.9/.95, wd .1, 100 warm-up steps then cosine to 10%), clip 1.0, random windows. --d changes
@@ -12,10 +15,11 @@
 # initialisation and the data order together. The bottleneck hidden width m is d unless a row
 # says otherwise (m = 256 at d = 256, as in the reference).
 set -euo pipefail
-steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337
+steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337 sched=0
 while [ $# -gt 0 ]; do
   case $1 in
     --steps) steps=$2; shift 2 ;;
+    --schedule-steps) sched=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
@@ -28,7 +32,7 @@ done
 [ -s "$data" ] || bash scripts/fetch_brown.sh "$data"
 make -s build/train
 mkdir -p "$out"
-base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
+base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --schedule-steps $((sched > 0 ? sched : steps)) --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
 # name | flags
 rows="uncompressed|--r $d
 16x|--ratio 16 --m $d
@@ -47,7 +51,9 @@ uncompressed-muon|--r $d --opt muon
 128x-blr4|--ratio 128 --m $d --bottleneck-lr-scale 4
 128x-blr0.25|--ratio 128 --m $d --bottleneck-lr-scale 0.25
 uncompressed-async|--r $d --schedule async
-128x-async|--ratio 128 --m $d --schedule async"
+128x-async|--ratio 128 --m $d --schedule async
+uncompressed-async-plain|--r $d --schedule async --async-predict 0
+128x-async-plain|--ratio 128 --m $d --schedule async --async-predict 0"
 echo "$rows" | while IFS='|' read -r name flags; do
   if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then continue; fi
   start=$(date +%s)

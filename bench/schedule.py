@@ -164,6 +164,14 @@ GROUPS = [
         (8, 4, "1f1b"): {0: 1362, 5: 1295, 20: 1162, 50: 915, 100: 644},
         (32, 16, "1f1b"): {0: 1669, 5: 1640, 20: 1535, 50: 1358, 100: 969},
         (32, 16, "all"): {0: 1985, 5: 1868, 20: 1841, 50: 1696, 100: 1468}}),
+    ("bench/latency.sh 2026-12-01 15:01 (exact and async, AVX2 machine)", "exact", {
+        (8, 4, "1f1b"): {0: 1190, 5: 1168, 20: 1166, 50: 892, 100: 624},
+        (32, 16, "1f1b"): {0: 1554, 5: 1506, 20: 1437, 50: 1205, 100: 902},
+        (32, 16, "all"): {0: 1461, 5: 1434, 20: 1519, 50: 1384, 100: 1313},
+        (8, 4, "1f1b", "async"): {0: 1244, 5: 1345, 20: 1320, 50: 1076, 100: 908},
+        (8, 4, "all", "async"): {0: 1261, 5: 1232, 20: 1262, 50: 1157, 100: 999},
+        (32, 16, "1f1b", "async"): {0: 1607, 5: 1456, 20: 1502, 50: 1352, 100: 1036},
+        (32, 16, "all", "async"): {0: 1909, 5: 1805, 20: 1970, 50: 1894, 100: 1563}}),
 ]
 
 
@@ -195,15 +203,19 @@ def check():
         f, b, u = calibrate(sched, rows[(8, 4, "1f1b")][0], rows[(32, 16, "1f1b")][0])
         print("%s: calibrated forward %.1f ms, backward %.1f ms, update %.1f ms per stage"
               % (title, 1e3 * f, 1e3 * b, 1e3 * u))
-        print("| batch / micro | in flight | latency | measured | simulated | error |")
-        print("|---|---|--:|--:|--:|--:|")
-        for (batch, n, kind), row in rows.items():
+        print("| batch / micro | schedule | in flight | latency | measured | simulated | error |")
+        print("|---|---|---|--:|--:|--:|--:|")
+        for key, row in rows.items():
+            batch, n, kind = key[:3]
+            rs = key[3] if len(key) > 3 else sched
+            kw = dict(cores=2, schedule=rs, depth=depth_of(kind, 4, n, rs))
+            if rs == "async": kw["steps"] = 10 if n == 16 else 24  # as bench/latency.sh runs them
             for lat, tok in sorted(row.items()):
-                t = per_step(4, n, f, b, u, lat / 1e3, cores=2, schedule=sched, depth=depth_of(kind, 4, n))
+                t = per_step(4, n, f, b, u, lat / 1e3, **dict(kw))
                 sim = n * 256 / t
                 err = sim / tok - 1
                 if lat: worst = max(worst, abs(err))
-                print("| %d / %d | %s | %d ms | %d | %.0f | %+.0f%% |" % (batch, n, kind, lat, tok, sim, 100 * err))
+                print("| %d / %d | %s | %s | %d ms | %d | %.0f | %+.0f%% |" % (batch, n, rs, kind, lat, tok, sim, 100 * err))
         # what this schedule would do on the machine (its compute, calibrated above)
     f, b, u = calibrate("exact-v0.2", GROUPS[0][2][(8, 4, "1f1b")][0], GROUPS[0][2][(32, 16, "1f1b")][0])
     print("on the issue's machine (its calibration), fraction of the 0 ms rate at 50 ms:")
@@ -240,15 +252,22 @@ def project():
     print("per stage: forward %.1f ms, backward %.1f ms a microbatch (T=%d), update %.1f ms; a frame %d KB;"
           " one slot of activations %.1f GB" % (1e3 * f, 1e3 * b, T, 1e3 * u, act // 1000, slot_gb))
     base = per_step(S, n, f, b, u, 0.0)
-    print("| link | latency | exact, 1F1B depth | exact, n - s in flight | stage 0 memory, n in flight |")
-    print("|---|--:|--:|--:|--:|")
+    steps = 100  # async: a flush every 100 steps (an eval), its drain spread over them
+    abase = per_step(S, n, f, b, u, 0.0, schedule="async", steps=steps)
+    adeep = depth_all(S, n, "async")
+    print("async: a flush every %d steps; its deepest depths %s" % (steps, adeep))
+    print("| link | latency | exact, 1F1B depth | exact, n - s in flight | async, 1F1B depth | async, deepest |"
+          " stage 0 memory: exact deepest / async deepest |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for mbps in (10, 100, 1000):
         for lat in (20, 50, 100):
             kw = dict(bw=mbps * 1e6 / 8, act_bytes=act)
             e1 = base / per_step(S, n, f, b, u, lat / 1e3, **kw)
-            deep = depth_all(S, n)
-            e2 = base / per_step(S, n, f, b, u, lat / 1e3, depth=deep, **kw)
-            print("| %d Mbit/s | %d ms | %.0f%% | %.0f%% | %.0f GB |" % (mbps, lat, 100 * e1, 100 * e2, n * slot_gb))
+            e2 = base / per_step(S, n, f, b, u, lat / 1e3, depth=depth_all(S, n), **kw)
+            a1 = abase / per_step(S, n, f, b, u, lat / 1e3, schedule="async", steps=steps, **kw)
+            a2 = abase / per_step(S, n, f, b, u, lat / 1e3, schedule="async", steps=steps, depth=adeep, **kw)
+            print("| %d Mbit/s | %d ms | %.0f%% | %.0f%% | %.0f%% | %.0f%% | %.0f / %.0f GB |"
+                  % (mbps, lat, 100 * e1, 100 * e2, 100 * a1, 100 * a2, n * slot_gb, adeep[0] * slot_gb))
 
 
 def main():
