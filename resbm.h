@@ -684,9 +684,10 @@ typedef struct resbm_stage_config {
        (one step stale, PipeDream-2BW's rule w[k+1] = w[k] - update(grad at w[k-1])), and each
        microbatch's backward on the weights its forward ran (the version before stays beside the
        current one, with the gradient of a finished step waiting for its commit: two more copies
-       of the parameters). With act_budget_bytes, stage 0 keeps up to n_micro + 1 forwards in
-       flight and the later stages evenly fewer, down to 1 (each link then has microbatches
-       enough on the way to cover its round trip). See resbm_stage_flush. */
+       of the parameters, four with predict). With act_budget_bytes, stage 0 keeps up to n_micro
+       forwards in flight and the later stages evenly fewer (not below 1F1B's), down to 1 (each
+       link then has microbatches enough on the way to cover its round trip). Up to 255 failed
+       calls between two flushes (RESBM_ESTATE after that). See resbm_stage_flush. */
     int schedule;
     /* Async: a step's forwards and backwards run on its weights extrapolated by `predict` times
        the last update (w + predict (w - w before it)), a guess at where its gradient will land
@@ -705,7 +706,7 @@ typedef struct resbm_stage_stats {
     size_t memory_bytes;                     /* everything the stage holds */
     size_t slot_bytes;                       /* the activations of one forward in flight */
     int in_flight;                           /* forwards it keeps in flight (its slots) */
-    long steps;                              /* successful steps */
+    long steps;                              /* successful steps (async: calls) */
     long loss_step;                          /* the step (update count) whose loss the last
                                                 call reported: async lags; -1 none yet */
 } resbm_stage_stats;
@@ -4171,9 +4172,9 @@ struct resbm_stage {
     int extra;                    /* forwards in flight beyond 1F1B's (the same on every stage) */
     float last_loss;              /* the loss of step stats.loss_step */
     /* the async stream (model->in_stream while it holds steps): batch b is step base + b */
-    long calls;                   /* calls since the stream started */
+    int64_t calls;                  /* calls since the stream started */
     uint64_t base, lo;            /* the model's step at its start; the oldest step still live */
-    long gbatch, pbatch;          /* the batch whose gradient is in the grads / in pending (-1) */
+    int64_t gbatch, pbatch;         /* the batch whose gradient is in the grads / in pending (-1) */
     float *prev, *pending;        /* [nfloats] the weights before the last update; a gradient */
     float *master, *mprev;        /* predict > 0: the weights proper, and before the last update */
     int predicted;                /* the parameters hold a prediction, the weights are in master */
@@ -4238,7 +4239,8 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_ARCH_LO] = (uint32_t)resbm__arch_hash(st->model);
     j[RESBM__JOB_EXTRA] = (uint32_t)st->extra;
     j[RESBM__JOB_SCHEDULE] = (uint32_t)st->cfg.schedule;
-    j[RESBM__JOB_PREDICT] = resbm__fbits(st->cfg.schedule == RESBM_SCHEDULE_ASYNC ? st->cfg.predict : 0.0f);
+    j[RESBM__JOB_PREDICT] = resbm__fbits(st->cfg.schedule == RESBM_SCHEDULE_ASYNC && st->cfg.predict > 0.0f
+                                         ? st->cfg.predict : 0.0f); /* -0 is 0 */
     j[RESBM__JOB_STEP_HI] = (uint32_t)((uint64_t)st->model->step >> 32);
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
@@ -4285,20 +4287,24 @@ static int resbm__slot_bytes(const resbm_stage_config *cfg, int stage, size_t *b
    bind. A deeper stage after a shallower one would wait for an activation its predecessor only
    sends after the gradient it is itself waiting for. Host layers keep 1F1B's depth (the library
    cannot size the host's activations).
-   Async: stage 0 keeps min(S + extra, n + 1) and the depths fall evenly to the last stage's 1.
-   Between stages s and s + 1, D_s - D_{s+1} microbatches are on their way over the link (an
-   activation going, its gradient coming back); a stream never drains, so each link needs that
-   many to cover its own round trip, where one more than the next allows one per round trip
-   (the simulator: 37% of the 0 ms rate at 50 ms, 85% spread evenly). */
+   Async: stage 0 keeps min(min(S, n) + extra, n) and the depths fall evenly to the last stage's
+   1 (never below 1F1B's). Between stages s and s + 1, D_s - D_{s+1} microbatches are on their
+   way over the link (an activation going, its gradient coming back); a stream never drains, so
+   each link needs that many to cover its own round trip, where one more than the next allows
+   one per round trip (the simulator: 37% of the 0 ms rate at 50 ms, 85% spread evenly). At most
+   n on stage 0: its call c + 1 then needs a gradient the last stage sends in its own call c + 1,
+   so no stage gets two updates ahead of another (one backup undoes one); n + 1 let stage 0
+   finish call c + 1 and apply a second update after the last stage had failed. */
 static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *extra_out, size_t *slot_bytes) {
     size_t b, fit = (size_t)-1;
-    int S, n, s, base, extra = 0, t;
+    int S, n, s, base, base0, extra = 0, t;
     if (!cfg || !slots) return RESBM_EINVAL;
     S = cfg->model.stages ? cfg->model.stages : 1;
     n = cfg->n_micro ? cfg->n_micro : 1;
     s = cfg->model.stage;
     if (s < 0 || s >= S || n < 0) return RESBM_EINVAL;
     base = RESBM__MIN(S - s, n);
+    base0 = RESBM__MIN(S, n);
     if (slot_bytes && !cfg->model.host) RESBM__TRY(resbm__slot_bytes(cfg, s, slot_bytes));
     if (cfg->act_budget_bytes && !cfg->model.host && S > 1) {
         for (t = 0; t < S - 1; t++) { /* the same answer on every stage */
@@ -4308,7 +4314,7 @@ static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *ex
         extra = (int)RESBM__MIN(fit, (size_t)n);
     }
     if (cfg->schedule == RESBM_SCHEDULE_ASYNC && s < S - 1) {
-        int top = RESBM__MIN(RESBM__MIN(S, n) + extra, n + 1); /* stage 0's */
+        int top = RESBM__MIN(base0 + extra, n); /* stage 0's */
         *slots = RESBM__MAX(base, 1 + (int)((long)(S - 1 - s) * (top - 1) / (S - 1)));
     } else {
         *slots = s < S - 1 ? RESBM__MAX(base, RESBM__MIN(base + extra, n - s)) : base;
@@ -4382,8 +4388,11 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     resbm_arena_push(&a, 4 * zf, sizeof(float));
     resbm_arena_push(&a, (size_t)tmp.S + 1, sizeof(float));
     resbm_arena_push(&a, 2 * (size_t)tmp.model->cfg.seq, sizeof(int32_t));
-    if (tmp.cfg.schedule == RESBM_SCHEDULE_ASYNC)
-        resbm_arena_push(&a, (tmp.cfg.predict > 0.0f ? 4 : 2) * tmp.model->nfloats, sizeof(float));
+    if (tmp.cfg.schedule == RESBM_SCHEDULE_ASYNC) { /* prev, pending (, master, mprev) */
+        size_t nv;
+        if (resbm_size_mul(&nv, tmp.cfg.predict > 0.0f ? 4 : 2, tmp.model->nfloats)) { rc = RESBM_EOVERFLOW; goto fail; }
+        resbm_arena_push(&a, nv, sizeof(float));
+    }
     if (a.overflow) { rc = RESBM_EOVERFLOW; goto fail; }
     a.base = (unsigned char *)resbm__alloc(a.used, mc.alloc_user);
     if (!a.base) { rc = RESBM_ENOMEM; goto fail; }
@@ -4619,6 +4628,7 @@ static int resbm__stage_begin(resbm_stage *st) {
     int side;
     st->why[0] = 0;
     if (st->model->loads != st->synced_loads) { /* loaded in between: prove the job again */
+        st->predicted = 0; /* the loaded values are the weights proper */
         if (st->model->in_stream) resbm__async_drop(st); /* its steps ran on other weights */
         st->agreed[0] = st->s == 0;
         st->agreed[1] = st->s == st->S - 1;
@@ -4702,13 +4712,13 @@ static void resbm__use_prev(resbm_model *m, float *prev, int to_prev);
 
 /* The backward of microbatch g (of the step; async: of the stream, batch g / n). Async: a
    microbatch whose forward ran the weights before the last update goes back through them. */
-static int resbm__stage_bwd(resbm_stage *st, long g) {
+static int resbm__stage_bwd(resbm_stage *st, int64_t g) {
     resbm_model *m = st->model;
     uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, g % st->n);
     int prev = 0, rc;
     double t0;
     if (m->in_stream) { /* batch b ran the weights of step base + max(b - 1, 0) */
-        long b = g / st->n;
+        int64_t b = g / st->n;
         uint64_t ran = st->base + (uint64_t)(b ? b - 1 : 0);
         if (ran != (uint64_t)m->step && ran + 1 != (uint64_t)m->step) return RESBM_ESTATE;
         prev = ran + 1 == (uint64_t)m->step;
@@ -4745,7 +4755,7 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     double sq, loss_sum = 0.0, t0;
     float *v = st->norms, back[2], scale;
     int warm, i, fi = 0, sl, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
-    long bi = 0;
+    int64_t bi = 0;
     for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* a failed step left some */
     RESBM__TRY(resbm_model_zero_grad(m));
     warm = RESBM__MIN(st->slots - 1, st->n); /* forwards ahead of the first backward */
@@ -4878,7 +4888,7 @@ static void resbm__async_drop(resbm_stage *st) {
 
 /* The end of batch b on this stage: [sq_s .. sq_{S-1}, loss] back to stage s - 1; stage 0 keeps
    [total, loss] for the commit. */
-static int resbm__async_norms(resbm_stage *st, long b) {
+static int resbm__async_norms(resbm_stage *st, int64_t b) {
     resbm_model *m = st->model;
     float *v = st->norms;
     size_t nv = (size_t)(st->S - st->s + 1);
@@ -4902,8 +4912,8 @@ static int resbm__async_norms(resbm_stage *st, long b) {
 }
 
 /* Backward g of the stream; the batch before must be complete once the next one's begin. */
-static int resbm__async_bwd(resbm_stage *st, long g) {
-    long b = g / st->n;
+static int resbm__async_bwd(resbm_stage *st, int64_t g) {
+    int64_t b = g / st->n;
     if (b != st->gbatch) { /* batch b - 1 is complete: its gradient waits for its commit */
         if (st->pbatch >= 0 || b != st->gbatch + 1) return RESBM_ESTATE;
         RESBM__TRY(resbm__model_buf(st->model, st->pending, RESBM__GRADS_OUT));
@@ -4918,7 +4928,7 @@ static int resbm__async_bwd(resbm_stage *st, long g) {
 /* Batch b's update: stage 0 has its [total, loss], the others receive it and pass it on (ahead
    of the next activations on the same link), then apply it, keeping the weights it replaces for
    the backwards in flight that ran them. */
-static int resbm__async_commit(resbm_stage *st, long b) {
+static int resbm__async_commit(resbm_stage *st, int64_t b) {
     resbm_model *m = st->model;
     float back[2];
     double t0;
@@ -4953,16 +4963,16 @@ static int resbm__async_commit(resbm_stage *st, long b) {
         rc = resbm_model_zero_grad(m);
         st->gbatch = b + 1;
     }
+    if (!rc) st->step = (uint64_t)m->step; /* applied: an abort from here on says so */
     if (!rc && st->master) { /* batch b + 2 runs on w + predict (w - w before) */
         resbm__buf_job j;
-        rc = resbm__model_buf(m, st->master, RESBM__VALUES_OUT);
         j.m = m; j.buf = st->mprev; j.op = RESBM__EXTRAPOLATE; j.a = st->cfg.predict;
+        rc = resbm__model_buf(m, st->master, RESBM__VALUES_OUT);
+        st->predicted = !rc; /* from here master holds the weights, even if the rest fails */
         if (!rc) rc = resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__buf_range, &j);
-        st->predicted = 1; /* even half done: master holds the weights */
     }
     st->stats.compute_s += resbm__now() - t0;
     if (rc) return rc;
-    st->step = (uint64_t)m->step;
     st->last_loss = back[1];
     st->stats.loss_step = m->step - 1;
     return RESBM_OK;
@@ -4973,7 +4983,7 @@ static int resbm__async_commit(resbm_stage *st, long b) {
 static int resbm__async_step_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                                  float *loss) {
     resbm_model *m = st->model;
-    long c = st->calls, j;
+    int64_t c = st->calls, j;
     if (!m->in_stream) { /* a new stream */
         resbm__async_drop(st);
         st->base = st->step;
@@ -5003,7 +5013,7 @@ static int resbm__async_step_run(resbm_stage *st, const int32_t *tokens, const i
    its neighbours undo it (one update, as mid-stream), and no stage returns before every stage
    has applied both. */
 static int resbm__async_flush_run(resbm_stage *st) {
-    long C = st->calls, g, b;
+    int64_t C = st->calls, g, b;
     float ack[1] = {0.0f};
     for (g = RESBM__MAX(0, C * st->n - st->slots + 1); g < C * st->n; g++)
         RESBM__TRY(resbm__async_bwd(st, g));

@@ -232,9 +232,9 @@ def check():
 
 def depth_all(S, n, sched="exact"):
     """resbm_stage's depths with an unbounded act_budget_bytes: exact n - s, the last stage 1;
-    async n + 1 at stage 0 falling evenly to 1 (resbm__stage_depth)."""
+    async n at stage 0 falling evenly to 1 (resbm__stage_depth)."""
     if sched == "async":
-        return [max(min(S - s, n), 1 + (S - 1 - s) * n // (S - 1)) for s in range(S - 1)] + [1]
+        return [max(min(S - s, n), 1 + (S - 1 - s) * (n - 1) // (S - 1)) for s in range(S - 1)] + [1]
     return [n - s for s in range(S - 1)] + [1]
 
 

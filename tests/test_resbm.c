@@ -2434,8 +2434,8 @@ static void test_pipeline_async_equals_reference(void) {
             const resbm_param *pr = resbm_model_params(ref[s], NULL);
             resbm_stage_get_stats(a[s].st, &ss);
             if (cases[c].budget && s < S - 1)
-                CHECK(ss.in_flight == RESBM__MAX(RESBM__MIN(S - s, cases[c].n), 1 + (S - 1 - s) * cases[c].n / (S - 1)),
-                      "%s: stage %d in flight %d", cases[c].what, s, ss.in_flight); /* n + 1 falling evenly to 1 */
+                CHECK(ss.in_flight == RESBM__MAX(RESBM__MIN(S - s, cases[c].n), 1 + (S - 1 - s) * (cases[c].n - 1) / (S - 1)),
+                      "%s: stage %d in flight %d", cases[c].what, s, ss.in_flight); /* n falling evenly to 1 */
             CHECK(resbm_model_step_count(resbm_stage_model(a[s].st)) == ASYNC_STEPS, "%s: steps", cases[c].what);
             CHECK(a[s].save_rc == RESBM_ESTATE, "%s: a checkpoint with steps in flight: %s", cases[c].what,
                   resbm_strerror(a[s].save_rc));
@@ -2468,6 +2468,73 @@ static void test_pipeline_async_equals_reference(void) {
         for (s = 0; s < S; s++) { resbm_stage_free(a[s].st); resbm_model_free(ref[s]); }
     }
     async_predict = 2.0f;
+}
+
+/* A checkpoint loaded into stages with steps in flight (and a prediction in their parameters)
+   is what they hold afterwards: the stream is dropped, the loaded weights are not overwritten by
+   the weights proper of the dropped stream. */
+typedef struct { resbm_stage_config cfg; resbm_stage *st; int rc; float *want; size_t n; int same; } reload_arg;
+static void *reload_thread(void *p) {
+    reload_arg *a = (reload_arg *)p;
+    int32_t tok[256], tg[256];
+    int rows = a->cfg.n_micro * a->cfg.model.batch, k;
+    char path[64];
+    resbm_model *m;
+    size_t np, i, q = 0, e;
+    const resbm_param *pp;
+    float loss;
+    snprintf(path, sizeof(path), "/tmp/resbm_reload_%d_%d.safetensors", (int)getpid(), a->cfg.model.stage);
+    if ((a->rc = resbm_stage_init(&a->cfg, &a->st))) return NULL;
+    m = resbm_stage_model(a->st);
+    if ((a->rc = resbm_checkpoint_save(path, &m, 1, NULL, 0))) return NULL;
+    for (k = 0; k < 4 && !a->rc; k++) { /* four calls: two updates applied, a prediction in place */
+        pipe_batch(tok, tg, &a->cfg.model, rows, k);
+        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &loss);
+    }
+    if (!a->rc) a->rc = resbm_checkpoint_load(path, &m, 1, NULL, 0);
+    if (!a->rc) a->rc = resbm_stage_flush(a->st, &loss);
+    pp = resbm_model_params(m, &np);
+    a->same = 1;
+    for (i = 0; i < np; i++)
+        for (e = 0; e < pp[i].value.ne[0] * pp[i].value.ne[1]; e++, q++) a->same &= pp[i].value.data[e] == a->want[q];
+    a->same &= resbm_model_step_count(m) == 0;
+    remove(path);
+    return NULL;
+}
+
+static void test_pipeline_async_reload(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_inproc *hub;
+    reload_arg a[3];
+    pthread_t th[3];
+    int s;
+    CHECK_RC(resbm_inproc_init(3, 1 << 20, &hub), RESBM_OK);
+    for (s = 0; s < 3; s++) {
+        resbm_model *fresh;
+        size_t np, i, e, q = 0;
+        const resbm_param *pp;
+        memset(&a[s], 0, sizeof(a[s]));
+        a[s].cfg = resbm_stage_config_default();
+        a[s].cfg.model = mc; a[s].cfg.model.stage = s; a[s].cfg.n_micro = 3; a[s].cfg.timeout_ms = 10000;
+        a[s].cfg.schedule = RESBM_SCHEDULE_ASYNC; a[s].cfg.act_budget_bytes = (size_t)1 << 30;
+        resbm_inproc_transport(hub, s, &a[s].cfg.transport);
+        CHECK_RC(resbm_model_init(&a[s].cfg.model, &a[s].cfg.opt, &fresh), RESBM_OK); /* the weights at step 0 */
+        pp = resbm_model_params(fresh, &np);
+        a[s].n = delayed_floats(fresh);
+        a[s].want = (float *)malloc(a[s].n * sizeof(float));
+        for (i = 0; i < np; i++)
+            for (e = 0; e < pp[i].value.ne[0] * pp[i].value.ne[1]; e++, q++) a[s].want[q] = pp[i].value.data[e];
+        resbm_model_free(fresh);
+    }
+    for (s = 0; s < 3; s++) pthread_create(&th[s], NULL, reload_thread, &a[s]);
+    for (s = 0; s < 3; s++) pthread_join(th[s], NULL);
+    for (s = 0; s < 3; s++) {
+        CHECK(a[s].rc == RESBM_OK, "stage %d: %s", s, resbm_strerror(a[s].rc));
+        CHECK(a[s].same, "stage %d: not the loaded checkpoint after the flush", s);
+        resbm_stage_free(a[s].st);
+        free(a[s].want);
+    }
+    resbm_inproc_free(hub);
 }
 
 /* A forward of fewer rows than the slot holds (sampling, a short eval chunk) gives each row what
@@ -3766,7 +3833,7 @@ static int fault_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int
 }
 
 enum { RETRY_S = 3, RETRY_STEPS = 4 };
-typedef struct { resbm_stage *st; int steps, failures, rc, restarts; long restart[12]; } retry_arg;
+typedef struct { resbm_stage *st; int steps, failures, rc, restarts, bad_call; long restart[12]; } retry_arg;
 
 /* Each stage's host loop: step with the batch of its own step count; after a failure, again. */
 static void *retry_thread(void *p) {
@@ -3784,6 +3851,9 @@ static void *retry_thread(void *p) {
     return NULL;
 }
 
+static size_t retry_budget;                      /* act_budget_bytes of the next retry_run */
+static int retry_micro = 2, retry_bad_call = -1;  /* its n_micro; a call the last stage spoils */
+
 /* Async: step with batches 0, 1, ... and flush at the end; after a failure, the stream starts
    again from the batch of the step count (the steps before it landed on every stage). The step
    counts it restarted from are kept (rising: the points the stream really restarted from). */
@@ -3799,8 +3869,10 @@ static void *retry_async_thread(void *p) {
     a->restarts = 0;
     while (tries++ < 12) {
         if (next < a->steps) {
-            pipe_batch(tok, tg, c, 2 * c->batch, (int)next);
-            a->rc = resbm_stage_step(a->st, tok, tg, (size_t)(2 * c->batch), &loss);
+            int rows = retry_micro * c->batch;
+            pipe_batch(tok, tg, c, rows, (int)next);
+            if (next == a->bad_call && c->stage == c->stages - 1) { tg[0] = -1; a->bad_call = -1; } /* bad input, once */
+            a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &loss);
         } else if (!(a->rc = resbm_stage_flush(a->st, &loss))) {
             break;
         }
@@ -3828,16 +3900,18 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
     if (resbm_inproc_init(RETRY_S, 1 << 20, &hub)) return 1;
     for (s = 0; s < RETRY_S; s++) {
         resbm_stage_config c = resbm_stage_config_default();
-        c.model = mc; c.model.stage = s; c.n_micro = 2; c.timeout_ms = fault == FAULT_DROP ? 1500 : 4000;
+        c.model = mc; c.model.stage = s; c.n_micro = schedule == RESBM_SCHEDULE_ASYNC ? retry_micro : 2;
+        c.timeout_ms = fault == FAULT_DROP ? 1500 : 4000;
         c.opt.clip = 0.05f; /* the clip binds: the norm matters */
         c.schedule = schedule;
+        c.act_budget_bytes = retry_budget;
         memset(&link[s], 0, offsetof(fault_link, buf));
         resbm_inproc_transport(hub, s, &link[s].inner);
         link[s].to = s == from ? to : -1;
         link[s].kind = kind; link[s].nth = nth; link[s].fault = fault;
         c.transport.user = &link[s]; c.transport.send = fault_send; c.transport.recv = fault_recv;
         if (resbm_stage_init(&c, &st[s])) return 1;
-        a[s].st = st[s]; a[s].steps = RETRY_STEPS; a[s].failures = 0;
+        a[s].st = st[s]; a[s].steps = RETRY_STEPS; a[s].failures = 0; a[s].bad_call = retry_bad_call;
     }
     for (s = 0; s < RETRY_S; s++)
         pthread_create(&th[s], NULL, schedule == RESBM_SCHEDULE_ASYNC ? retry_async_thread : retry_thread, &a[s]);
@@ -3904,31 +3978,45 @@ static void test_fault_async_restart(void) {
         {"norms 1->0, batch 2", 1, 0, RESBM_KIND_CONTROL, 3},
         {"commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2},
         {"commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3}};
-    int fails[RETRY_S], w, fault, s, k, r;
+    int fails[RETRY_S], w, fault, s, k, r, deep, nw = (int)(sizeof(where) / sizeof(where[0]));
     size_t np, i;
-    for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
+    /* deep: 4 microbatches, every stage as deep as the rule allows (4/2/1), a subset of the
+       faults and a bad target on the last stage at step 2 (where two updates could separate) */
+    for (deep = 0; deep < 2; deep++)
+    for (w = 0; w < nw + deep; w++)
         for (fault = 0; fault < FAULT_N; fault++) {
             resbm_model *ref[RETRY_S];
             resbm_model_config mc = pipe_config();
             resbm_opt_config oc = resbm_opt_config_default();
             delayed_rule dr;
             int32_t tok[256], tg[256];
-            int rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, fault, fails,
-                               RESBM_SCHEDULE_ASYNC, out);
-            CHECK(rc == 0, "%s, %s: %s", where[w].what, fault_names[fault], rc == 2 ? "the fault never fired" : "a stage did not finish");
+            int rc, input = w == nw;
+            const char *what = input ? "a bad target on the last stage, step 2" : where[w].what;
+            const char *fname = input ? "once" : fault_names[fault];
+            if (deep && fault != FAULT_GARBAGE && fault != FAULT_NAN && fault != FAULT_DROP) continue;
+            if (input && fault != FAULT_GARBAGE) continue;
+            retry_micro = deep ? 4 : 2;
+            retry_budget = deep ? (size_t)1 << 30 : 0;
+            retry_bad_call = input ? 2 : -1;
+            rc = retry_run(st, input ? -1 : where[w].from, input ? -1 : where[w].to, input ? 0 : where[w].kind,
+                           input ? 0 : where[w].nth, input ? -1 : fault, fails, RESBM_SCHEDULE_ASYNC, out);
+            retry_micro = 2; retry_budget = 0; retry_bad_call = -1;
+            if (input) fault = FAULT_N - 1; /* one case */
+            CHECK(rc == 0, "%s%s, %s: %s", deep ? "deep: " : "", what, fname,
+                  rc == 2 ? "the fault never fired" : "a stage did not finish");
             CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed (%d %d %d)",
-                  where[w].what, fault_names[fault], fails[0], fails[1], fails[2]);
+                  what, fname, fails[0], fails[1], fails[2]);
             for (s = 1; s < RETRY_S && !rc; s++) {
                 CHECK(out[s].restarts == out[0].restarts, "%s, %s: stage %d restarted %d times, stage 0 %d",
-                      where[w].what, fault_names[fault], s, out[s].restarts, out[0].restarts);
+                      what, fname, s, out[s].restarts, out[0].restarts);
                 for (r = 0; r < out[0].restarts && r < out[s].restarts; r++)
                     CHECK(out[s].restart[r] == out[0].restart[r], "%s, %s: stage %d restarted from %ld, stage 0 from %ld",
-                          where[w].what, fault_names[fault], s, out[s].restart[r], out[0].restart[r]);
+                          what, fname, s, out[s].restart[r], out[0].restart[r]);
             }
             memset(&dr, 0, sizeof(dr));
             mc.stages = RETRY_S;
             oc.clip = 0.05f;
-            dr.S = RETRY_S; dr.n = 2; dr.rows = (size_t)mc.batch; dr.predict = 2.0f; /* the default */
+            dr.S = RETRY_S; dr.n = deep ? 4 : 2; dr.rows = (size_t)mc.batch; dr.predict = 2.0f; /* the default */
             for (s = 0; s < RETRY_S; s++) {
                 resbm_model_config c = mc;
                 c.stage = s;
@@ -3938,7 +4026,7 @@ static void test_fault_async_restart(void) {
             for (k = 0; k < RETRY_STEPS && !th_fail_now; k++) {
                 int flush = k + 1 == RETRY_STEPS;
                 for (r = 0; r < out[0].restarts; r++) flush |= out[0].restart[r] == k + 1;
-                pipe_batch(tok, tg, &mc, 2 * mc.batch, k);
+                pipe_batch(tok, tg, &mc, dr.n * mc.batch, k);
                 delayed_step(&dr, tok, tg, flush);
             }
             delayed_free(&dr);
@@ -3948,8 +4036,8 @@ static void test_fault_async_restart(void) {
                 CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS, "steps");
                 for (i = 0; i < np; i++)
                     CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
-                          "%s, %s: stage %d %s differs from the rule restarted at step %ld", where[w].what,
-                          fault_names[fault], s, pp[i].name, out[0].restarts ? out[0].restart[0] : -1L);
+                          "%s, %s: stage %d %s differs from the rule restarted at step %ld", what,
+                          fname, s, pp[i].name, out[0].restarts ? out[0].restart[0] : -1L);
             }
             for (s = 0; s < RETRY_S; s++) { resbm_stage_free(st[s]); resbm_model_free(ref[s]); }
             if (th_fail_now) w = 99, fault = FAULT_N;
@@ -4045,6 +4133,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_equals_sequential);
     RUN(test_pipeline_in_flight_depth);
     RUN(test_pipeline_async_equals_reference);
+    RUN(test_pipeline_async_reload);
     RUN(test_partial_rows_through_boundary);
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
