@@ -4992,7 +4992,7 @@ static int resbm__async_step_run(resbm_stage *st, const int32_t *tokens, const i
     st->lo = st->base + (uint64_t)(c >= 2 ? c - 2 : 0);
     if (c >= 2) RESBM__TRY(resbm__async_commit(st, c - 2));
     for (j = 0; j < st->n; j++) {
-        long g = c * st->n + j;
+        int64_t g = c * st->n + j;
         size_t off = (size_t)j * st->Nmb;
         float l;
         st->tag = st->base + (uint64_t)c;
