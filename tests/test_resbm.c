@@ -2142,6 +2142,17 @@ static void *pipe_thread(void *p) {
     return NULL;
 }
 
+/* Stage s of a pipeline test: the model, its optimizer, n microbatches a step, a 10 s timeout. */
+static resbm_stage_config pipe_stage_config(resbm_model_config mc, resbm_opt_config oc, int s, int n_micro) {
+    resbm_stage_config c = resbm_stage_config_default();
+    c.model = mc;
+    c.model.stage = s;
+    c.opt = oc;
+    c.n_micro = n_micro;
+    c.timeout_ms = 10000;
+    return c;
+}
+
 /* Runs S stages as threads over the in-process transport. Returns 0 when every stage succeeded. */
 static size_t pipe_budget; /* act_budget_bytes of the next run_pipeline */
 static int run_pipeline(pipe_arg *a, resbm_model_config mc, resbm_opt_config oc, int n_micro,
@@ -2152,14 +2163,9 @@ static int run_pipeline(pipe_arg *a, resbm_model_config mc, resbm_opt_config oc,
     if (resbm_inproc_init(S, 1 << 20, &hub)) return 1;
     for (s = 0; s < S; s++) {
         memset(&a[s], 0, sizeof(a[s]));
-        a[s].cfg = resbm_stage_config_default();
-        a[s].cfg.model = mc;
-        a[s].cfg.model.stage = s;
-        a[s].cfg.opt = oc;
-        a[s].cfg.n_micro = n_micro;
+        a[s].cfg = pipe_stage_config(mc, oc, s, n_micro);
         a[s].cfg.wire_fwd = wire_fwd;
         a[s].cfg.wire_bwd = wire_bwd;
-        a[s].cfg.timeout_ms = 10000;
         a[s].cfg.act_budget_bytes = pipe_budget;
         a[s].steps = steps;
         a[s].rows = n_micro * mc.batch;
@@ -2353,12 +2359,7 @@ static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, i
     if (resbm_inproc_init(S, 1 << 20, &hub)) return 1;
     for (s = 0; s < S; s++) {
         memset(&a[s], 0, sizeof(a[s]));
-        a[s].cfg = resbm_stage_config_default();
-        a[s].cfg.model = mc;
-        a[s].cfg.model.stage = s;
-        a[s].cfg.opt = oc;
-        a[s].cfg.n_micro = n_micro;
-        a[s].cfg.timeout_ms = 10000;
+        a[s].cfg = pipe_stage_config(mc, oc, s, n_micro);
         a[s].cfg.act_budget_bytes = budget;
         a[s].cfg.schedule = schedule;
         a[s].cfg.predict = async_predict;
@@ -2514,8 +2515,7 @@ static void test_pipeline_async_reload(void) {
         size_t np, i, e, q = 0;
         const resbm_param *pp;
         memset(&a[s], 0, sizeof(a[s]));
-        a[s].cfg = resbm_stage_config_default();
-        a[s].cfg.model = mc; a[s].cfg.model.stage = s; a[s].cfg.n_micro = 3; a[s].cfg.timeout_ms = 10000;
+        a[s].cfg = pipe_stage_config(mc, resbm_opt_config_default(), s, 3);
         a[s].cfg.schedule = RESBM_SCHEDULE_ASYNC; a[s].cfg.act_budget_bytes = (size_t)1 << 30;
         resbm_inproc_transport(hub, s, &a[s].cfg.transport);
         CHECK_RC(resbm_model_init(&a[s].cfg.model, &a[s].cfg.opt, &fresh), RESBM_OK); /* the weights at step 0 */
