@@ -1005,6 +1005,21 @@ static void resbm__dealloc(void *p, void *user) {
 #define RESBM__NC (8 * RESBM__NR)  /* tile columns: the packed op(B) block is KC x NC */
 #define RESBM__PACK_FLOATS ((size_t)RESBM__KC * RESBM__NC)
 
+typedef void (*resbm__range_fn)(void *ctx, size_t begin, size_t end);
+
+#ifdef RESBM_PROFILE
+/* bench/profile.c only: wall time per parallel dispatch, by task function (by range function for
+   resbm__parallel_for), and the part the caller spent waiting for the workers after its own
+   share: the fork-join cost. Off by default: it adds two clock reads per dispatch. */
+#define RESBM__PROF_SLOTS 64
+typedef struct {
+    resbm_task_fn task;
+    resbm__range_fn range;
+    double seconds, wait;
+    long calls;
+} resbm__prof_entry;
+#endif
+
 struct resbm_pool {
     int nthreads;
     int busy;           /* a caller is inside (atomic): a second one gets RESBM_ESTATE */
@@ -1025,7 +1040,35 @@ struct resbm_pool {
     int quit;
     int started;     /* workers successfully created */
 #endif
+#ifdef RESBM_PROFILE
+    resbm__prof_entry prof[RESBM__PROF_SLOTS];
+    resbm__range_fn prof_range; /* set by resbm__parallel_for around its dispatch */
+#endif
 };
+
+#ifdef RESBM_PROFILE
+static double resbm__prof_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static void resbm__prof_add(resbm_pool *p, resbm_task_fn fn, double t0, double t_own, double t1) {
+    int i;
+    for (i = 0; i < RESBM__PROF_SLOTS; i++) {
+        resbm__prof_entry *e = &p->prof[i];
+        if (!e->calls) { e->task = fn; e->range = p->prof_range; }
+        if (e->task == fn && e->range == p->prof_range) {
+            e->seconds += t1 - t0; e->wait += t1 - t_own; e->calls++;
+            return;
+        }
+    }
+}
+#define RESBM__PROF_T(t) double t = resbm__prof_now()
+#define RESBM__PROF_ADD(p, fn, t0, t_own) resbm__prof_add(p, fn, t0, t_own, resbm__prof_now())
+#else
+#define RESBM__PROF_T(t) (void)0
+#define RESBM__PROF_ADD(p, fn, t0, t_own) (void)0
+#endif
 
 #ifndef RESBM_NO_THREADS
 #define RESBM__SPIN 20000 /* polls before a waiting thread sleeps on its condition variable */
@@ -1184,6 +1227,8 @@ RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t n
     if (!fn) return RESBM_EINVAL;
     if (ntasks == 0) return RESBM_OK;
     if (p && !resbm__pool_claim(p)) return RESBM_ESTATE;
+    {
+    RESBM__PROF_T(t0);
 #ifndef RESBM_NO_THREADS
     if (p && p->nthreads > 1 && ntasks > 1) {
         int spin;
@@ -1197,6 +1242,8 @@ RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t n
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
         resbm__pool_work(p, 0);
+        {
+        RESBM__PROF_T(t_own);
         for (spin = 0; spin < RESBM__SPIN; spin++) {
             if (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) == 0) break;
             resbm__pause();
@@ -1207,17 +1254,22 @@ RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t n
                 pthread_cond_wait(&p->cv_done, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
+        RESBM__PROF_ADD(p, fn, t0, t_own);
+        }
         resbm__pool_release(p);
         return RESBM_OK;
     }
 #endif
     for (t = 0; t < ntasks; t++) fn(ctx, t, 0);
+#ifdef RESBM_PROFILE
+    if (p) RESBM__PROF_ADD(p, fn, t0, resbm__prof_now());
+#endif
+    }
     if (p) resbm__pool_release(p);
     return RESBM_OK;
 }
 
 /* Splits [0, n) into fixed chunks (independent of the thread count) and runs fn on each. */
-typedef void (*resbm__range_fn)(void *ctx, size_t begin, size_t end);
 typedef struct { resbm__range_fn fn; void *ctx; size_t n, chunk; } resbm__range_job;
 
 static void resbm__range_task(void *ctx, size_t task, int thread) {
@@ -1233,6 +1285,15 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
     if (n == 0) return RESBM_OK;
     if (chunk == 0) chunk = 1;
     j.fn = fn; j.ctx = ctx; j.n = n; j.chunk = chunk;
+#ifdef RESBM_PROFILE
+    if (pool) {
+        int rc;
+        pool->prof_range = fn;
+        rc = resbm_pool_run(pool, resbm__range_task, &j, (n + chunk - 1) / chunk);
+        pool->prof_range = NULL;
+        return rc;
+    }
+#endif
     return resbm_pool_run(pool, resbm__range_task, &j, (n + chunk - 1) / chunk);
 }
 
@@ -3154,36 +3215,87 @@ static int resbm__model_finite(resbm_model *m, int *ok) {
     return RESBM_OK;
 }
 
-static int resbm__model_apply(resbm_model *m, float grad_scale) {
-    float fac;
-    double bc1, bc2;
+/* One parameter's optimizer arguments for this step (fac, bc1, bc2: the step's schedule factor
+   and AdamW's bias corrections). */
+static resbm__opt_job resbm__opt_job_make(const resbm_model *m, resbm_param *p, float grad_scale,
+                                          float fac, double bc1, double bc2) {
+    float ps = strncmp(p->name, "bottleneck.", 11) ? 1.0f : m->opt.bottleneck_lr_scale;
+    resbm__opt_job j;
+    memset(&j, 0, sizeof(j));
+    j.p = p;
+    j.scale = grad_scale;
+    if (m->opt.kind == RESBM_OPT_SGD) {
+        j.lr = m->opt.lr * ps;
+    } else if (m->opt.kind == RESBM_OPT_MUON && p->kind == RESBM_PARAM_HIDDEN) {
+        j.lr = m->opt.muon_lr * fac * ps;
+    } else {
+        j.lr = m->opt.lr * fac * ps;
+        j.decay = p->kind == RESBM_PARAM_NORM ? 1.0f : 1.0f - j.lr * m->opt.weight_decay;
+        j.b1 = m->opt.beta1; j.b2 = m->opt.beta2; j.eps = m->opt.eps;
+        j.step_size = (float)(j.lr / bc1);
+        j.bc2_sqrt = (float)sqrt(bc2);
+    }
+    return j;
+}
+
+typedef struct { resbm_model *m; float scale, fac; double bc1, bc2; int *bad; } resbm__update_job;
+
+static void resbm__update_job_init(resbm__update_job *u, resbm_model *m, float grad_scale, int *bad) {
+    u->m = m;
+    u->scale = grad_scale;
+    u->fac = resbm_lr_factor(&m->opt, m->step);
+    u->bc1 = 1.0 - pow((double)m->opt.beta1, (double)(m->step + 1));
+    u->bc2 = 1.0 - pow((double)m->opt.beta2, (double)(m->step + 1));
+    u->bad = bad;
+}
+
+/* Muon: Newton-Schulz on the hidden matrices (a whole matrix at a time), AdamW on the rest. */
+static int resbm__model_apply_muon(resbm_model *m, float grad_scale) {
+    resbm__update_job u;
     size_t i;
-    fac = resbm_lr_factor(&m->opt, m->step);
-    bc1 = 1.0 - pow((double)m->opt.beta1, (double)(m->step + 1));
-    bc2 = 1.0 - pow((double)m->opt.beta2, (double)(m->step + 1));
+    resbm__update_job_init(&u, m, grad_scale, NULL);
     for (i = 0; i < m->nparams; i++) {
         resbm_param *p = &m->params[i];
         size_t n = p->value.ne[0] * p->value.ne[1];
-        float ps = strncmp(p->name, "bottleneck.", 11) ? 1.0f : m->opt.bottleneck_lr_scale;
-        resbm__opt_job j;
-        memset(&j, 0, sizeof(j));
-        j.p = p;
-        j.scale = grad_scale;
-        if (m->opt.kind == RESBM_OPT_SGD) {
-            j.lr = m->opt.lr * ps;
-            RESBM__TRY(resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__sgd_range, &j));
-        } else if (m->opt.kind == RESBM_OPT_MUON && p->kind == RESBM_PARAM_HIDDEN) {
-            RESBM__TRY(resbm__muon(m, p, grad_scale, m->opt.muon_lr * fac * ps));
-        } else {
-            j.lr = m->opt.lr * fac * ps;
-            j.decay = p->kind == RESBM_PARAM_NORM ? 1.0f : 1.0f - j.lr * m->opt.weight_decay;
-            j.b1 = m->opt.beta1; j.b2 = m->opt.beta2; j.eps = m->opt.eps;
-            j.step_size = (float)(j.lr / bc1);
-            j.bc2_sqrt = (float)sqrt(bc2);
-            RESBM__TRY(resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__adamw_range, &j));
-        }
+        resbm__opt_job j = resbm__opt_job_make(m, p, grad_scale, u.fac, u.bc1, u.bc2);
+        if (p->kind == RESBM_PARAM_HIDDEN) RESBM__TRY(resbm__muon(m, p, grad_scale, j.lr));
+        else RESBM__TRY(resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__adamw_range, &j));
     }
     return RESBM_OK;
+}
+
+/* AdamW and SGD update elementwise, so one pass over the parameters copies each block to the
+   backup, updates it and checks it while it is in cache: memory is read and written once, not
+   three times (copy, update, check). The arithmetic is the same, element for element. */
+#define RESBM__UPDATE_BLOCK 2048
+
+static void resbm__update_piece(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt) {
+    const resbm__update_job *u = (const resbm__update_job *)ctx;
+    resbm_model *m = u->m;
+    resbm__opt_job j = resbm__opt_job_make(m, p, u->scale, u->fac, u->bc1, u->bc2);
+    float *state = m->backup + m->nfloats;
+    size_t b, e, k;
+    int bad = 0;
+    for (b = at; b < at + n; b = e) {
+        e = RESBM__MIN(at + n, b + RESBM__UPDATE_BLOCK);
+        k = e - b;
+        memcpy(m->backup + virt + (b - at), p->value.data + b, k * sizeof(float));
+        if (m->opt.kind == RESBM_OPT_SGD) {
+            resbm__sgd_range(&j, b, e);
+        } else {
+            memcpy(state + (size_t)(p->m - m->omem) + b, p->m + b, k * sizeof(float));
+            memcpy(state + (size_t)(p->v - m->omem) + b, p->v + b, k * sizeof(float));
+            resbm__adamw_range(&j, b, e);
+            bad |= !resbm__all_finite(p->m + b, k) || !resbm__all_finite(p->v + b, k);
+        }
+        bad |= !resbm__all_finite(p->value.data + b, k);
+    }
+    if (bad) __atomic_store_n(u->bad, 1, __ATOMIC_RELAXED);
+}
+
+static void resbm__update_range(void *ctx, size_t b, size_t e) {
+    const resbm__update_job *u = (const resbm__update_job *)ctx;
+    resbm__walk(u->m, b, e, resbm__update_piece, ctx);
 }
 
 /* All or nothing: parameters and optimizer state are copied first; if the update fails or leaves
@@ -3194,9 +3306,19 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
     if (!m || !resbm__finite(grad_scale) || !(grad_scale >= 0.0f)) return RESBM_EINVAL;
     if (m->step >= RESBM__MAX_STEP) return RESBM_ESTATE;
     m->has_backup = 0;
-    RESBM__TRY(resbm__model_copy(m, 1));
-    rc = resbm__model_apply(m, grad_scale);
-    if (!rc) rc = resbm__model_finite(m, &ok);
+    if (m->opt.kind == RESBM_OPT_MUON) {
+        RESBM__TRY(resbm__model_copy(m, 1));
+        rc = resbm__model_apply_muon(m, grad_scale);
+        if (!rc) rc = resbm__model_finite(m, &ok);
+    } else {
+        resbm__update_job u;
+        int bad = 0;
+        resbm__update_job_init(&u, m, grad_scale, &bad);
+        /* fails only before any block ran (the pool is busy): nothing to restore */
+        RESBM__TRY(resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__update_range, &u));
+        rc = RESBM_OK;
+        ok = !bad;
+    }
     if (!rc && !ok) rc = RESBM_ENONFINITE;
     if (rc) {
         int rc2 = resbm__model_copy(m, 0);

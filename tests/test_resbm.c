@@ -3289,6 +3289,80 @@ static void test_checkpoint_write_fails_cleanly(void) {
     resbm_model_free(m);
 }
 
+/* Every parameter's values and optimizer state, concatenated (m and v where the optimizer has them). */
+static float *state_snapshot(const resbm_model *m, size_t *count) {
+    size_t np, i, n, off = 0;
+    const resbm_param *ps = resbm_model_params(m, &np);
+    float *snap = (float *)malloc(3 * resbm_model_num_floats(m) * sizeof(float) + 1);
+    for (i = 0; snap && i < np; i++) {
+        n = ps[i].value.ne[0] * ps[i].value.ne[1];
+        memcpy(snap + off, ps[i].value.data, n * sizeof(float)); off += n;
+        if (ps[i].m) { memcpy(snap + off, ps[i].m, n * sizeof(float)); off += n; }
+        if (ps[i].v) { memcpy(snap + off, ps[i].v, n * sizeof(float)); off += n; }
+    }
+    *count = off;
+    return snap;
+}
+
+/* An update is all or nothing for every value and every optimizer state element: a non-finite
+   result anywhere (here the last element of the last parameter, the end of the last block of the
+   one-pass update) leaves all of them as they were, and a rollback after a good update restores
+   them bit for bit. AdamW, SGD (one pass) and Muon (separate passes), 1 and 2 threads. */
+static void test_update_all_or_nothing(void) {
+    int kinds[3] = {RESBM_OPT_ADAMW, RESBM_OPT_SGD, RESBM_OPT_MUON}, k, threads;
+    for (threads = 1; threads <= 2; threads++)
+        for (k = 0; k < 3; k++) {
+            resbm_model_config c = tiny_config();
+            resbm_opt_config o = resbm_opt_config_default();
+            resbm_model *m = NULL;
+            resbm_param *ps, *last;
+            float *before, *after, loss, keep;
+            size_t np, n0, n1, nl;
+            int32_t tok[64], tg[64];
+            int s;
+            c.batch = 2; c.threads = threads;
+            o.kind = kinds[k];
+            if (o.kind == RESBM_OPT_SGD) o.lr = 0.1f;
+            CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_OK);
+            if (th_fail_now) return;
+            tiny_batch(tok, tg, 2 * (size_t)c.seq, c.vocab, 9);
+            for (s = 0; s < 2; s++) CHECK_RC(resbm_model_train_step(m, tok, tg, 2, 1, &loss), RESBM_OK);
+            ps = resbm_model_params_mut(m, &np);
+            last = &ps[np - 1];
+            nl = last->value.ne[0] * last->value.ne[1];
+            /* the last element's update goes to Inf: AdamW (and Muon's AdamW part) through a huge
+               first moment over a zero second one (so the step divides by eps), SGD through a huge
+               value its gradient pushes past the float range */
+            keep = last->value.data[nl - 1];
+            if (last->m && last->v) { last->m[nl - 1] = 3e38f; last->v[nl - 1] = 0.0f; last->grad.data[nl - 1] = 0.0f; }
+            else { last->value.data[nl - 1] = 3.4e38f; last->grad.data[nl - 1] = -3e38f; }
+            before = state_snapshot(m, &n0);
+            CHECK_RC(resbm_model_update(m, 1.0f), RESBM_ENONFINITE);
+            after = state_snapshot(m, &n1);
+            CHECK(before && after && n0 == n1 && !memcmp(before, after, n0 * sizeof(float)),
+                  "opt %d, %d threads: a refused update changed a value or a state element", kinds[k], threads);
+            CHECK(resbm_model_step_count(m) == 2, "the refused update counted as a step");
+            CHECK_RC(resbm_model_rollback(m), RESBM_ESTATE);
+            /* a good update, then its rollback: everything back, bit for bit */
+            if (last->m && last->v) { last->m[nl - 1] = 0.0f; last->v[nl - 1] = 0.0f; }
+            else last->grad.data[nl - 1] = 0.0f;
+            last->value.data[nl - 1] = keep;
+            free(before);
+            before = state_snapshot(m, &n0);
+            CHECK_RC(resbm_model_update(m, 1.0f), RESBM_OK);
+            free(after);
+            after = state_snapshot(m, &n1);
+            CHECK(after && memcmp(before, after, n0 * sizeof(float)), "opt %d: the good update changed nothing", kinds[k]);
+            CHECK_RC(resbm_model_rollback(m), RESBM_OK);
+            free(after);
+            after = state_snapshot(m, &n1);
+            CHECK(after && !memcmp(before, after, n0 * sizeof(float)),
+                  "opt %d, %d threads: the rollback left a value or a state element changed", kinds[k], threads);
+            free(before); free(after);
+            resbm_model_free(m);
+        }
+}
+
 /* ---- regression tests for the fail-safe issue's bug list --------------------------------------- */
 /* (2) Inf or absurd hyperparameters are refused at init; optimizer state outside its domain is
    refused at load or, when finite but absurd, makes the update fail with the model untouched. */
@@ -4114,6 +4188,7 @@ int main(int argc, char **argv) {
     RUN(test_checkpoint_corrupt);
     RUN(test_layer_args);
     RUN(test_poisoned_updates);
+    RUN(test_update_all_or_nothing);
     RUN(test_wire_i8_scale_and_sizes);
     RUN(test_config_bounds);
     RUN(test_checkpoint_writers);
