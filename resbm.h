@@ -1629,6 +1629,103 @@ static void resbm__axpy(float *y, float alpha, const float *x, size_t n) {
 
 static float resbm__silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* ---- vector math: exp, silu and softmax rows, 8 lanes at a time -------------------------------- */
+/* Every element goes through the same lanes (a tail is a masked vector, not a scalar loop), so an
+   element's result never depends on where a chunk or a thread's share begins. Sums over a row
+   keep 8 partial sums and add them in a fixed order: the rows start at fixed places, so the
+   result is the same for any thread count. Without AVX2 + FMA the scalar loops below them run. */
+#if defined(__AVX2__) && defined(__FMA__)
+#define RESBM__VMATH 1
+static __m256i resbm__lanes(size_t n) { /* lanes [0, min(n, 8)) */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)RESBM__MIN(n, 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts, so r is exact),
+   exp(r) by Cephes' degree-6 polynomial: within 2 ulp of expf on [-87.3, 88.0]. Below that 0
+   (no denormals), above +Inf (exp(88) is half of FLT_MAX; only silu(-x) goes there, where the
+   result is 0 either way); NaN stays NaN (max and min return their second operand for NaN). */
+static __m256 resbm__exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.02969f);
+    __m256 xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x)), n, r, p;
+    __m256i e;
+    n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    p = _mm256_blendv_ps(p, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    return _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+}
+
+static __m256 resbm__neg8(__m256 x) { return _mm256_xor_ps(x, _mm256_set1_ps(-0.0f)); }
+static __m256 resbm__sigmoid8(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, resbm__exp8(resbm__neg8(x))));
+}
+static __m256 resbm__silu8(__m256 x) {
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), resbm__exp8(resbm__neg8(x))));
+}
+static float resbm__hsum8(__m256 v) { /* fixed order: (0+4 + 1+5) + (2+6 + 3+7) */
+    float l[8];
+    _mm256_storeu_ps(l, v);
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+}
+#endif
+
+static float resbm__max_row(const float *x, size_t n) { /* n >= 1 */
+    float mx = x[0];
+    size_t i;
+#ifdef RESBM__VMATH
+    __m256 v = _mm256_set1_ps(x[0]);
+    float l[8];
+    for (i = 0; i < n; i += 8) { /* masked-off lanes repeat x[0] */
+        __m256i mk = resbm__lanes(n - i);
+        v = _mm256_max_ps(v, _mm256_blendv_ps(_mm256_set1_ps(x[0]), _mm256_maskload_ps(x + i, mk),
+                                              _mm256_castsi256_ps(mk)));
+    }
+    _mm256_storeu_ps(l, v);
+    for (i = 0; i < 8; i++) mx = l[i] > mx ? l[i] : mx;
+#else
+    for (i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+#endif
+    return mx;
+}
+
+/* dst[i] = exp(src[i] * scale - shift) for i < n (in place allowed); returns their sum */
+static float resbm__exp_row(float *dst, const float *src, size_t n, float scale, float shift) {
+    size_t i;
+#ifdef RESBM__VMATH
+    __m256 acc = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale), sh = _mm256_set1_ps(shift);
+    for (i = 0; i < n; i += 8) {
+        __m256i mk = resbm__lanes(n - i);
+        __m256 y = resbm__exp8(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(src + i, mk), sc), sh));
+        y = _mm256_and_ps(y, _mm256_castsi256_ps(mk)); /* masked-off lanes add 0 */
+        _mm256_maskstore_ps(dst + i, mk, y);
+        acc = _mm256_add_ps(acc, y);
+    }
+    return resbm__hsum8(acc);
+#else
+    float sum = 0.0f;
+    for (i = 0; i < n; i++) { dst[i] = expf(src[i] * scale - shift); sum += dst[i]; }
+    return sum;
+#endif
+}
+
+static void resbm__scale_row(float *x, size_t n, float s) {
+    size_t i = 0;
+#ifdef RESBM__VMATH
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(s)));
+#endif
+    for (; i < n; i++) x[i] *= s; /* the same product: a tail needs no mask */
+}
+
 /* ---- embedding -------------------------------------------------------------------------------- */
 RESBMDEF int resbm_embedding_forward(float *out, const int32_t *tok, const float *emb, size_t N,
                                      size_t d, size_t V) {
@@ -1875,13 +1972,12 @@ static void resbm__attn_fwd_blocked(void *ctx, size_t task, int thread) {
         size_t bq = RESBM__MIN((size_t)RESBM__BQ, T - t0), nk = t0 + bq;
         resbm__gemm_block(S, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack); /* Q K^T */
         for (i = 0; i < bq; i++) {
-            float *row = S + i * T, mx = -INFINITY, sum = 0.0f, inv;
+            float *row = S + i * T, mx, sum;
             size_t t = t0 + i;
-            for (u = 0; u <= t; u++) { row[u] *= scale; mx = row[u] > mx ? row[u] : mx; }
-            for (u = 0; u <= t; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
-            inv = 1.0f / sum;
-            for (u = 0; u <= t; u++) row[u] *= inv;
-            for (; u < nk; u++) row[u] = 0.0f;
+            mx = scale * resbm__max_row(row, t + 1); /* scale > 0: the max of the scaled row */
+            sum = resbm__exp_row(row, row, t + 1, scale, mx);
+            resbm__scale_row(row, t + 1, 1.0f / sum);
+            for (u = t + 1; u < nk; u++) row[u] = 0.0f;
             j->lse_out[(seq * T + t) * H + h] = mx + logf(sum);
         }
         resbm__gemm_block(j->out + off + t0 * d, d, S, T, 1, V, d, 1, bq, hd, nk, 0, pack); /* P V */
@@ -1908,7 +2004,19 @@ static void resbm__attn_bwd_blocked(void *ctx, size_t task, int thread) {
             size_t t = t0 + i;
             float L = j->lse[(seq * T + t) * H + h];
             float D = resbm__dot(dO + t * d, O + t * d, hd);
-            for (u = 0; u <= t; u++) {
+            u = 0;
+#ifdef RESBM__VMATH
+            for (; u <= t; u += 8) {
+                __m256i mk = resbm__lanes(t + 1 - u);
+                __m256 pu = resbm__exp8(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(p + u, mk),
+                                                                    _mm256_set1_ps(scale)), _mm256_set1_ps(L)));
+                __m256 du = _mm256_sub_ps(_mm256_maskload_ps(dp + u, mk), _mm256_set1_ps(D));
+                _mm256_maskstore_ps(p + u, mk, pu);
+                _mm256_maskstore_ps(dp + u, mk, _mm256_mul_ps(_mm256_mul_ps(pu, du), _mm256_set1_ps(scale)));
+            }
+            u = t + 1;
+#endif
+            for (; u <= t; u++) {
                 p[u] = expf(p[u] * scale - L);
                 dp[u] = p[u] * (dp[u] - D) * scale;
             }
@@ -1965,15 +2073,35 @@ typedef struct {
 
 static void resbm__swiglu_fwd_range(void *ctx, size_t b, size_t e) {
     const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
-    size_t i;
-    for (i = b; i < e; i++) j->out[i] = resbm__silu(j->h1[i]) * j->h3[i];
+    size_t i = b;
+#ifdef RESBM__VMATH
+    for (; i < e; i += 8) {
+        __m256i mk = resbm__lanes(e - i);
+        __m256 x = _mm256_maskload_ps(j->h1 + i, mk), g = _mm256_maskload_ps(j->h3 + i, mk);
+        _mm256_maskstore_ps(j->out + i, mk, _mm256_mul_ps(resbm__silu8(x), g));
+    }
+#endif
+    for (; i < e; i++) j->out[i] = resbm__silu(j->h1[i]) * j->h3[i];
 }
 
 /* silu'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
 static void resbm__swiglu_bwd_range(void *ctx, size_t b, size_t e) {
     const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
-    size_t i;
-    for (i = b; i < e; i++) {
+    size_t i = b;
+#ifdef RESBM__VMATH
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i < e; i += 8) {
+        __m256i mk = resbm__lanes(e - i);
+        __m256 x = _mm256_maskload_ps(j->h1 + i, mk), s = resbm__sigmoid8(x);
+        __m256 dy = _mm256_maskload_ps(j->dout + i, mk), g = _mm256_maskload_ps(j->h3 + i, mk);
+        __m256 d1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dy, g), s),
+                                  _mm256_add_ps(one, _mm256_mul_ps(x, _mm256_sub_ps(one, s))));
+        _mm256_maskstore_ps(j->dh1 + i, mk, _mm256_add_ps(_mm256_maskload_ps(j->dh1 + i, mk), d1));
+        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_add_ps(_mm256_maskload_ps(j->dh3 + i, mk),
+                                                          _mm256_mul_ps(_mm256_mul_ps(dy, x), s)));
+    }
+#endif
+    for (; i < e; i++) {
         float x = j->h1[i], s = 1.0f / (1.0f + expf(-x)), dy = j->dout[i];
         j->dh1[i] += dy * j->h3[i] * s * (1.0f + x * (1.0f - s));
         j->dh3[i] += dy * x * s;
@@ -2009,15 +2137,13 @@ typedef struct {
 
 static void resbm__xent_fwd_rows(void *ctx, size_t b, size_t e) {
     const resbm__xent_job *j = (const resbm__xent_job *)ctx;
-    size_t n, i, V = j->V;
+    size_t n, V = j->V;
     for (n = b; n < e; n++) {
         const float *l = j->logits + n * V;
-        float *p = j->probs + n * V, mx = l[0], sum = 0.0f, inv, lt = l[j->targets[n]];
-        for (i = 1; i < V; i++) mx = l[i] > mx ? l[i] : mx;
-        for (i = 0; i < V; i++) { p[i] = expf(l[i] - mx); sum += p[i]; }
+        float *p = j->probs + n * V, mx = resbm__max_row(l, V), sum, lt = l[j->targets[n]];
+        sum = resbm__exp_row(p, l, V, 1.0f, mx); /* l * 1 - mx: exactly l - mx */
         j->losses[n] = logf(sum) + mx - lt;
-        inv = 1.0f / sum;
-        for (i = 0; i < V; i++) p[i] *= inv;
+        resbm__scale_row(p, V, 1.0f / sum);
     }
 }
 
@@ -2065,15 +2191,31 @@ typedef struct { float *out; const float *in, *a; } resbm__silu_job;
 
 static void resbm__silu_fwd_range(void *ctx, size_t b, size_t e) {
     const resbm__silu_job *j = (const resbm__silu_job *)ctx;
-    size_t i;
-    for (i = b; i < e; i++) j->out[i] = resbm__silu(j->in[i]);
+    size_t i = b;
+#ifdef RESBM__VMATH
+    for (; i < e; i += 8) {
+        __m256i mk = resbm__lanes(e - i);
+        _mm256_maskstore_ps(j->out + i, mk, resbm__silu8(_mm256_maskload_ps(j->in + i, mk)));
+    }
+#endif
+    for (; i < e; i++) j->out[i] = resbm__silu(j->in[i]);
 }
 
 /* out = in * silu'(a), in place allowed */
 static void resbm__silu_bwd_range(void *ctx, size_t b, size_t e) {
     const resbm__silu_job *j = (const resbm__silu_job *)ctx;
-    size_t i;
-    for (i = b; i < e; i++) {
+    size_t i = b;
+#ifdef RESBM__VMATH
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i < e; i += 8) {
+        __m256i mk = resbm__lanes(e - i);
+        __m256 x = _mm256_maskload_ps(j->a + i, mk), sg = resbm__sigmoid8(x);
+        __m256 d = _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(j->in + i, mk), sg),
+                                 _mm256_add_ps(one, _mm256_mul_ps(x, _mm256_sub_ps(one, sg))));
+        _mm256_maskstore_ps(j->out + i, mk, d);
+    }
+#endif
+    for (; i < e; i++) {
         float x = j->a[i], sg = 1.0f / (1.0f + expf(-x));
         j->out[i] = j->in[i] * sg * (1.0f + x * (1.0f - sg));
     }
@@ -3101,8 +3243,23 @@ typedef struct {
 static void resbm__adamw_range(void *ctx, size_t b, size_t e) {
     const resbm__opt_job *j = (const resbm__opt_job *)ctx;
     float *w = j->p->value.data, *g = j->p->grad.data, *mm = j->p->m, *vv = j->p->v;
-    size_t i;
-    for (i = b; i < e; i++) {
+    size_t i = b;
+#ifdef RESBM__VMATH /* the loop below, 8 at a time: the same operations in the same order */
+    const __m256 b1 = _mm256_set1_ps(j->b1), c1 = _mm256_set1_ps(1.0f - j->b1);
+    const __m256 b2 = _mm256_set1_ps(j->b2), c2 = _mm256_set1_ps(1.0f - j->b2);
+    for (; i + 8 <= e; i += 8) {
+        __m256 gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), _mm256_set1_ps(j->scale));
+        __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(mm + i)), _mm256_mul_ps(c1, gi));
+        __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(vv + i)), _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));
+        __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), _mm256_set1_ps(j->bc2_sqrt)), _mm256_set1_ps(j->eps));
+        __m256 wi = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_set1_ps(j->decay)),
+                                  _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(j->step_size), mi), den));
+        _mm256_storeu_ps(mm + i, mi);
+        _mm256_storeu_ps(vv + i, vi);
+        _mm256_storeu_ps(w + i, wi);
+    }
+#endif
+    for (; i < e; i++) {
         float gi = g[i] * j->scale;
         mm[i] = j->b1 * mm[i] + (1.0f - j->b1) * gi;
         vv[i] = j->b2 * vv[i] + (1.0f - j->b2) * gi * gi;

@@ -1632,6 +1632,48 @@ static void put_crc(unsigned char *buf, size_t len) { /* recompute after a delib
     buf[38] = (unsigned char)(c >> 16); buf[39] = (unsigned char)(c >> 24);
 }
 
+/* The vector exp the softmaxes and silu use: within 3 ulp of exp (in double) over the range that
+   matters, exact at 0, 0 at -Inf and below the normal range, NaN kept; a row's elements are the
+   same wherever the row is cut (a tail is a masked vector, not another formula). */
+static void test_vector_exp(void) {
+    float row[40], out[40], part[40];
+    int i, k;
+#ifdef RESBM__VMATH
+    float xs[8], ys[8];
+    double worst = 0.0;
+    for (i = 0; i <= 2000000; i += 8) {
+        for (k = 0; k < 8; k++) xs[k] = -87.0f + 175.0f * (float)(i + k) / 2000000.0f;
+        _mm256_storeu_ps(ys, resbm__exp8(_mm256_loadu_ps(xs)));
+        for (k = 0; k < 8; k++) {
+            double t = exp((double)xs[k]), ulp = ldexp(1.0, ilogb(t) - 23);
+            if (fabs(ys[k] - t) / ulp > worst) worst = fabs(ys[k] - t) / ulp;
+        }
+    }
+    CHECK(worst <= 3.0, "exp8 is %.2f ulp off at worst", worst);
+    printf("    exp8: %.2f ulp at worst on [-87, 88]\n", worst);
+    xs[0] = 0.0f; xs[1] = -INFINITY; xs[2] = -100.0f; xs[3] = strtof("nan", NULL);
+    xs[4] = 100.0f; xs[5] = 1.0f; xs[6] = -1.0f; xs[7] = 88.0f;
+    _mm256_storeu_ps(ys, resbm__exp8(_mm256_loadu_ps(xs)));
+    CHECK(ys[0] == 1.0f && ys[1] == 0.0f && ys[2] == 0.0f && ys[3] != ys[3] && ys[4] == INFINITY,
+          "exp8 special values: %g %g %g %g %g", ys[0], ys[1], ys[2], ys[3], ys[4]);
+    CHECK(fabs(ys[7] - exp(88.0)) < 3e-7 * exp(88.0), "exp8(88) = %g", ys[7]);
+#endif
+    /* the row helpers (vector or scalar): each element as a longer row has it, sums and maxima */
+    for (i = 0; i < 40; i++) row[i] = 0.37f * (float)(i % 13) - 2.0f; /* rises to i = 12 */
+    resbm__exp_row(out, row, 40, 0.5f, 0.25f);
+    for (k = 1; k <= 40; k++) {
+        float s2 = resbm__exp_row(part, row, (size_t)k, 0.5f, 0.25f);
+        double ref = 0.0;
+        for (i = 0; i < k; i++) ref += exp(0.5 * row[i] - 0.25);
+        CHECK(!memcmp(out, part, (size_t)k * sizeof(float)), "a row of %d differs from the first %d of a longer one", k, k);
+        CHECK(fabs(s2 - ref) < 1e-5 * ref, "sum of %d: %g vs %g", k, s2, ref);
+        CHECK(resbm__max_row(row, (size_t)k) == row[k < 13 ? k - 1 : 12], "max of the first %d", k);
+    }
+    row[0] = -5.0f; row[1] = -7.0f; row[2] = -6.0f;
+    CHECK(resbm__max_row(row, 3) == -5.0f && resbm__max_row(row + 1, 2) == -6.0f,
+          "max of negatives (lanes past the end must not count as 0)");
+}
+
 static void test_crc32c(void) {
     unsigned char data[100];
     int i;
@@ -4197,6 +4239,7 @@ int main(int argc, char **argv) {
     RUN(test_generate_and_eval_oracles);
     RUN(test_checkpoint_write_fails_cleanly);
     RUN(test_crc32c);
+    RUN(test_vector_exp);
     RUN(test_wire_conversions);
     RUN(test_wire_roundtrip);
     RUN(test_wire_rejects);
