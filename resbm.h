@@ -1584,6 +1584,12 @@ RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, 
 }
 
 /* ---- small vector helpers: fixed summation order, so results never depend on threads ---------- */
+/* With AVX2 the elementwise loops below run 8 lanes at a time by hand (-O2 does not vectorize
+   them): the same operations in the same order per element, so the same bits as the scalar
+   loops, which remain for the tails and for other targets. */
+#if defined(__AVX2__) && defined(__FMA__)
+#define RESBM__VMATH 1
+#endif
 static uint32_t resbm__fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float resbm__bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static int resbm__finite(float f) { return (resbm__fbits(f) & 0x7f800000u) != 0x7f800000u; }
@@ -1613,6 +1619,11 @@ static float resbm__dot(const float *a, const float *b, size_t n) {
 #else
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
     size_t l;
+#ifdef RESBM__VMATH
+    __m256 v = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    _mm256_storeu_ps(acc, v);
+#endif
     for (; i + 8 <= n; i += 8)
         for (l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
     s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
@@ -1623,8 +1634,12 @@ static float resbm__dot(const float *a, const float *b, size_t n) {
 
 /* y += alpha * x */
 static void resbm__axpy(float *y, float alpha, const float *x, size_t n) {
-    size_t i;
-    for (i = 0; i < n; i++) y[i] += alpha * x[i];
+    size_t i = 0;
+#ifdef RESBM__VMATH
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(_mm256_set1_ps(alpha), _mm256_loadu_ps(x + i))));
+#endif
+    for (; i < n; i++) y[i] += alpha * x[i];
 }
 
 static float resbm__silu(float x) { return x / (1.0f + expf(-x)); }
@@ -1634,8 +1649,7 @@ static float resbm__silu(float x) { return x / (1.0f + expf(-x)); }
    element's result never depends on where a chunk or a thread's share begins. Sums over a row
    keep 8 partial sums and add them in a fixed order: the rows start at fixed places, so the
    result is the same for any thread count. Without AVX2 + FMA the scalar loops below them run. */
-#if defined(__AVX2__) && defined(__FMA__)
-#define RESBM__VMATH 1
+#ifdef RESBM__VMATH
 static __m256i resbm__lanes(size_t n) { /* lanes [0, min(n, 8)) */
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)RESBM__MIN(n, 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -1761,7 +1775,13 @@ static void resbm__rmsnorm_fwd_rows(void *ctx, size_t b, size_t e) {
         const float *x = j->x + n * d;
         float *o = j->out + n * d;
         float r = 1.0f / sqrtf(resbm__dot(x, x, d) / (float)d + RESBM__NORM_EPS);
-        for (i = 0; i < d; i++) o[i] = x[i] * r * j->g[i];
+        i = 0;
+#ifdef RESBM__VMATH
+        for (; i + 8 <= d; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(r)),
+                                                  _mm256_loadu_ps(j->g + i)));
+#endif
+        for (; i < d; i++) o[i] = x[i] * r * j->g[i];
         j->rstd[n] = r;
     }
 }
@@ -1783,10 +1803,28 @@ static void resbm__rmsnorm_bwd_rows(void *ctx, size_t b, size_t e) {
         const float *x = j->x + n * d, *dy = j->dout + n * d;
         float *dx = j->dx + n * d, r = j->rstd_in[n], s = 0.0f, c;
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (i = 0; i < d; i++) acc[i & 7] += j->g[i] * dy[i] * x[i];
+        i = 0;
+#ifdef RESBM__VMATH
+        {
+            __m256 v = _mm256_setzero_ps();
+            for (; i + 8 <= d; i += 8)
+                v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(j->g + i), _mm256_loadu_ps(dy + i)),
+                                                   _mm256_loadu_ps(x + i)));
+            _mm256_storeu_ps(acc, v);
+        }
+#endif
+        for (; i < d; i++) acc[i & 7] += j->g[i] * dy[i] * x[i];
         for (i = 0; i < 8; i++) s += acc[i];
         c = s * r * r * r / (float)d;
-        for (i = 0; i < d; i++) dx[i] += r * j->g[i] * dy[i] - x[i] * c;
+        i = 0;
+#ifdef RESBM__VMATH
+        for (; i + 8 <= d; i += 8) {
+            __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(r), _mm256_loadu_ps(j->g + i)), _mm256_loadu_ps(dy + i)),
+                                     _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(c)));
+            _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), t));
+        }
+#endif
+        for (; i < d; i++) dx[i] += r * j->g[i] * dy[i] - x[i] * c;
     }
 }
 
@@ -1799,7 +1837,13 @@ static void resbm__rmsnorm_bwd_cols(void *ctx, size_t b, size_t e) {
     for (n = 0; n < j->N; n++) {
         const float *x = j->x + n * d, *dy = j->dout + n * d;
         float r = j->rstd_in[n];
-        for (i = b; i < e; i++) acc[i - b] += dy[i] * x[i] * r;
+        i = b;
+#ifdef RESBM__VMATH
+        for (; i + 8 <= e; i += 8)
+            _mm256_storeu_ps(acc + (i - b), _mm256_add_ps(_mm256_loadu_ps(acc + (i - b)),
+                             _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(x + i)), _mm256_set1_ps(r))));
+#endif
+        for (; i < e; i++) acc[i - b] += dy[i] * x[i] * r;
     }
     for (i = b; i < e; i++) j->dg[i] += acc[i - b];
 }
@@ -1861,7 +1905,16 @@ static void resbm__rope_rows(void *ctx, size_t b, size_t e) {
         const float *c = j->c + (n % j->T) * half, *s = j->s + (n % j->T) * half;
         for (h = 0; h < j->H; h++) {
             float *x = j->x + n * j->d + h * hd;
-            for (i = 0; i < half; i++) {
+            i = 0;
+#ifdef RESBM__VMATH
+            for (; i + 8 <= half; i += 8) {
+                __m256 x1 = _mm256_loadu_ps(x + i), x2 = _mm256_loadu_ps(x + i + half), ci = _mm256_loadu_ps(c + i);
+                __m256 si = _mm256_mul_ps(_mm256_set1_ps(j->sign), _mm256_loadu_ps(s + i));
+                _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(x1, ci), _mm256_mul_ps(x2, si)));
+                _mm256_storeu_ps(x + i + half, _mm256_add_ps(_mm256_mul_ps(x2, ci), _mm256_mul_ps(x1, si)));
+            }
+#endif
+            for (; i < half; i++) {
                 float x1 = x[i], x2 = x[i + half], si = j->sign * s[i];
                 x[i] = x1 * c[i] - x2 * si;
                 x[i + half] = x2 * c[i] + x1 * si;
@@ -2153,7 +2206,11 @@ static void resbm__xent_bwd_rows(void *ctx, size_t b, size_t e) {
     for (n = b; n < e; n++) {
         const float *p = j->p + n * V;
         float *dl = j->dlogits + n * V;
-        for (i = 0; i < V; i++) dl[i] = p[i] * j->scale;
+        i = 0;
+#ifdef RESBM__VMATH
+        for (; i + 8 <= V; i += 8) _mm256_storeu_ps(dl + i, _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_set1_ps(j->scale)));
+#endif
+        for (; i < V; i++) dl[i] = p[i] * j->scale;
         dl[j->targets[n]] -= j->scale;
     }
 }
