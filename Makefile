@@ -14,7 +14,7 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null)
 HAVE_CBLAS  := $(shell pkg-config --exists openblas 2>/dev/null && echo yes)
 
-.PHONY: all examples mpi demo test check setup-test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-latency bench-speed bench-gemm bench-step bench-torch clean
+.PHONY: all examples mpi demo test check setup-test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-latency bench-speed bench-gemm bench-step bench-profile bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
 # threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
@@ -201,6 +201,11 @@ bench-gemm: $(BUILD)/bench_gemm_blas $(BUILD)/bench_peak
 bench-step: $(BUILD)/bench_step
 	$(BUILD)/bench_step --threads 1
 	$(BUILD)/bench_step --threads 2
+
+# Where a training step's time goes, kernel by kernel (bench/profile.c, RESBM_PROFILE), 1 and 2 threads.
+bench-profile: $(BUILD)/bench_profile
+	$(BUILD)/bench_profile --threads 1 --steps 10
+	$(BUILD)/bench_profile --threads 2 --steps 10
 
 bench-torch: $(BUILD)/bench_step
 	bash bench/step_torch.sh

@@ -1262,7 +1262,10 @@ RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t n
 #endif
     for (t = 0; t < ntasks; t++) fn(ctx, t, 0);
 #ifdef RESBM_PROFILE
-    if (p) RESBM__PROF_ADD(p, fn, t0, resbm__prof_now());
+    if (p) {
+        double t1 = resbm__prof_now();
+        resbm__prof_add(p, fn, t0, t1, t1); /* no workers, no wait */
+    }
 #endif
     }
     if (p) resbm__pool_release(p);
@@ -1497,6 +1500,41 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
                       g->pack + (size_t)thread * RESBM__PACK_FLOATS);
 }
 
+/* The job of C (+)= op(A) op(B) cut into at least `want` tiles where the shape allows; returns
+   the tile count. Tile size only decides who computes what, never the arithmetic: tiles shrink
+   until every thread has a few to take, along N first (that repacks nothing). */
+static size_t resbm__gemm_setup(resbm__gemm_job *g, int form, int accumulate, float *C, const float *A,
+                                const float *B, size_t M, size_t N, size_t K, size_t want) {
+    size_t tiles_m, tiles_n;
+    g->accumulate = accumulate; g->C = C; g->A = A; g->B = B;
+    g->M = M; g->N = N; g->K = K; g->pack = NULL;
+    g->ars = form == RESBM_GEMM_TN ? 1 : K;  /* op(A)(i,k) = A[i*ars + k*aks] */
+    g->aks = form == RESBM_GEMM_TN ? M : 1;
+    g->bks = form == RESBM_GEMM_NT ? 1 : N;  /* op(B)(k,j) = B[k*bks + j*bns] */
+    g->bns = form == RESBM_GEMM_NT ? K : 1;
+    g->tm = RESBM__MC; g->tn = RESBM__NC;
+    for (;;) {
+        tiles_m = (M + g->tm - 1) / g->tm;
+        tiles_n = (N + g->tn - 1) / g->tn;
+        if (tiles_m * tiles_n >= want) break;
+        if (g->tn >= 4 * RESBM__NR && g->tn / 2 < N) g->tn /= 2;
+        else if (g->tm >= 4 * RESBM__MR && g->tm / 2 < M) g->tm /= 2;
+        else break;
+    }
+    g->tiles_n = tiles_n;
+    return tiles_m * tiles_n;
+}
+
+/* The whole GEMM on the calling thread with its own packing buffer (a task of a batch of them):
+   the same bits as resbm_gemm on any pool. */
+static void resbm__gemm_serial(int form, float *C, const float *A, const float *B, size_t M,
+                               size_t N, size_t K, float *pack) {
+    resbm__gemm_job g;
+    size_t t, tiles = resbm__gemm_setup(&g, form, 0, C, A, B, M, N, K, 1);
+    g.pack = pack;
+    for (t = 0; t < tiles; t++) resbm__gemm_task(&g, t, 0);
+}
+
 static int resbm__gemm_check(int form, const float *C, const float *A, const float *B, size_t M,
                              size_t N, size_t K) {
     size_t t;
@@ -1524,43 +1562,27 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
 #endif
     {
         resbm__gemm_job g;
-        size_t want = pool && pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1, tiles_m, tiles_n;
-        g.accumulate = accumulate; g.C = C; g.A = A; g.B = B;
-        g.M = M; g.N = N; g.K = K; g.pack = pool ? pool->pack : NULL;
-        g.ars = form == RESBM_GEMM_TN ? 1 : K;  /* op(A)(i,k) = A[i*ars + k*aks] */
-        g.aks = form == RESBM_GEMM_TN ? M : 1;
-        g.bks = form == RESBM_GEMM_NT ? 1 : N;  /* op(B)(k,j) = B[k*bks + j*bns] */
-        g.bns = form == RESBM_GEMM_NT ? K : 1;
-        /* Tile size only decides who computes what, never the arithmetic: shrink tiles until
-           every thread has a few to take, along N first (that repacks nothing). */
-        g.tm = RESBM__MC; g.tn = RESBM__NC;
-        for (;;) {
-            tiles_m = (M + g.tm - 1) / g.tm;
-            tiles_n = (N + g.tn - 1) / g.tn;
-            if (tiles_m * tiles_n >= want) break;
-            if (g.tn >= 4 * RESBM__NR && g.tn / 2 < N) g.tn /= 2;
-            else if (g.tm >= 4 * RESBM__MR && g.tm / 2 < M) g.tm /= 2;
-            else break;
-        }
-        g.tiles_n = tiles_n;
+        size_t tiles = resbm__gemm_setup(&g, form, accumulate, C, A, B, M, N, K,
+                                         pool && pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1);
+        g.pack = pool ? pool->pack : NULL;
         /* a GEMM this small (the bottleneck's r-wide ones) costs less than waking a thread:
            run its tiles here (same tiles, same sums, so the result is the same bits) */
         if (!pool) { /* the calling thread alone, with a packing buffer of its own */
             size_t t;
             if (!(g.pack = (float *)resbm__alloc(RESBM__PACK_FLOATS * sizeof(float), NULL)))
                 return RESBM_ENOMEM;
-            for (t = 0; t < tiles_m * tiles_n; t++) resbm__gemm_task(&g, t, 0);
+            for (t = 0; t < tiles; t++) resbm__gemm_task(&g, t, 0);
             resbm__dealloc(g.pack, NULL);
             return RESBM_OK;
         }
         if ((double)M * (double)N * (double)K <= 262144.0) {
             size_t t;
             if (!resbm__pool_claim(pool)) return RESBM_ESTATE; /* it packs into thread 0's buffer */
-            for (t = 0; t < tiles_m * tiles_n; t++) resbm__gemm_task(&g, t, 0);
+            for (t = 0; t < tiles; t++) resbm__gemm_task(&g, t, 0);
             resbm__pool_release(pool);
             return RESBM_OK;
         }
-        return resbm_pool_run(pool, resbm__gemm_task, &g, tiles_m * tiles_n);
+        return resbm_pool_run(pool, resbm__gemm_task, &g, tiles);
     }
 }
 
@@ -2430,7 +2452,8 @@ struct resbm_model {
     float *g, *dh1, *dh3;             /* [N,f] */
     float *dlogits;                   /* [N,V] */
     float *bm1, *bm2;                 /* [N,m] bottleneck scratch */
-    float *ns_x, *ns_y, *ns_a, *ns_b; /* Muon Newton-Schulz scratch */
+    float *ns_x, *ns_y, *ns_a, *ns_b; /* Muon Newton-Schulz scratch, one set per pool thread */
+    size_t ns_mn, ns_kk;              /* floats per thread in x, y and in a, b */
     double *partials;                 /* [nchunks] squared-norm partial sums */
     size_t nchunks;
     long step;
@@ -2609,7 +2632,7 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     const resbm_model_config *c = &m->cfg;
     size_t d = (size_t)c->d, f = (size_t)c->ff, V = (size_t)c->vocab, H = (size_t)c->heads;
     size_t T = (size_t)c->seq, hd = d / H, N = (size_t)c->batch * T, L = (size_t)m->nblocks;
-    size_t i, off = 0, own = 0, ns_mn = 0, ns_kk = 0, nopt = 0, Lb, nx;
+    size_t i, off = 0, own = 0, ns_mn = 0, ns_kk = 0, nopt = 0, Lb, nx, nt;
     int builtin = !m->host && m->side < 0, half = m->has_enc || m->has_dec;
     float *omem;
     int s;
@@ -2645,10 +2668,12 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     m->nopt = nopt;
     m->backup = (float *)resbm_arena_push(a, off + nopt, sizeof(float));
     m->partials = (double *)resbm_arena_push(a, m->nchunks, sizeof(double));
-    m->ns_x = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
-    m->ns_y = (float *)resbm_arena_push(a, ns_mn, sizeof(float));
-    m->ns_a = (float *)resbm_arena_push(a, ns_kk, sizeof(float));
-    m->ns_b = (float *)resbm_arena_push(a, ns_kk, sizeof(float));
+    nt = (size_t)(c->pool ? resbm_pool_threads(c->pool) : c->threads); /* Muon: a matrix per thread */
+    m->ns_mn = ns_mn; m->ns_kk = ns_kk;
+    m->ns_x = (float *)resbm_arena_push(a, nt * ns_mn, sizeof(float));
+    m->ns_y = (float *)resbm_arena_push(a, nt * ns_mn, sizeof(float));
+    m->ns_a = (float *)resbm_arena_push(a, nt * ns_kk, sizeof(float));
+    m->ns_b = (float *)resbm_arena_push(a, nt * ns_kk, sizeof(float));
     m->rope_cos = (float *)resbm_arena_push(a, builtin ? T * (hd / 2) : 0, sizeof(float));
     m->rope_sin = (float *)resbm_arena_push(a, builtin ? T * (hd / 2) : 0, sizeof(float));
     m->slots = (resbm__acts *)resbm_arena_push(a, (size_t)c->act_slots, sizeof(resbm__acts));
@@ -3334,11 +3359,13 @@ static void resbm__sgd_range(void *ctx, size_t b, size_t e) {
 /* Muon: buf = mu buf + g; u = g + mu buf (Nesterov); X = u / |u|_F, transposed to be wide;
    5 quintic Newton-Schulz steps X = a X + (b A + c A A) X with A = X X^T; then
    p *= 1 - lr wd; p -= lr sqrt(max(1, rows/cols)) X. */
-static int resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr) {
+static void resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr, int thread) {
     const float ca = 3.4445f, cb = -4.7750f, cc = 2.0315f;
     size_t R = p->value.ne[0], C = p->value.ne[1], n = R * C, k = RESBM__MIN(R, C);
-    size_t wide = RESBM__MAX(R, C), i, j;
-    float *x = m->ns_x, *y = m->ns_y, *A = m->ns_a, *B = m->ns_b, *w = p->value.data;
+    size_t wide = RESBM__MAX(R, C), i, j, t = (size_t)thread;
+    float *x = m->ns_x + t * m->ns_mn, *y = m->ns_y + t * m->ns_mn, *w = p->value.data;
+    float *A = m->ns_a + t * m->ns_kk, *B = m->ns_b + t * m->ns_kk;
+    float *pack = m->pool->pack + t * RESBM__PACK_FLOATS;
     float mu = m->opt.muon_momentum, inv, f;
     double ss = 0.0;
     int it;
@@ -3356,10 +3383,10 @@ static int resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr) {
             for (j = 0; j < C; j++) x[j * R + i] = y[i * C + j] * inv;
     for (it = 0; it < m->opt.muon_ns_steps; it++) {
         float *t;
-        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NT, 0, A, x, x, k, k, wide)); /* A = X X^T */
-        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NN, 0, B, A, A, k, k, k));    /* B = A A */
+        resbm__gemm_serial(RESBM_GEMM_NT, A, x, x, k, k, wide, pack); /* A = X X^T */
+        resbm__gemm_serial(RESBM_GEMM_NN, B, A, A, k, k, k, pack);    /* B = A A */
         for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
-        RESBM__TRY(resbm_gemm(m->pool, RESBM_GEMM_NN, 0, y, B, x, k, wide, k)); /* Y = B X */
+        resbm__gemm_serial(RESBM_GEMM_NN, y, B, x, k, wide, k, pack); /* Y = B X */
         for (i = 0; i < n; i++) y[i] += ca * x[i];
         t = x; x = y; y = t;
     }
@@ -3369,7 +3396,6 @@ static int resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr) {
             float u = R <= C ? x[i * C + j] : x[j * R + i];
             w[i * C + j] = w[i * C + j] * (1.0f - lr * m->opt.weight_decay) - f * u;
         }
-    return RESBM_OK;
 }
 
 typedef struct { resbm_model *m; float *dst; const float *src; int to_backup, *bad; } resbm__copy_job;
@@ -3464,16 +3490,26 @@ static void resbm__update_job_init(resbm__update_job *u, resbm_model *m, float g
 }
 
 /* Muon: Newton-Schulz on the hidden matrices (a whole matrix at a time), AdamW on the rest. */
+/* One task per parameter; the hidden matrices' Newton-Schulz runs a whole matrix per thread
+   (its GEMMs are too small to split well across threads), so threads work on different
+   matrices at once. */
+static void resbm__muon_task(void *ctx, size_t task, int thread) {
+    const resbm__update_job *u = (const resbm__update_job *)ctx;
+    resbm_param *p = &u->m->params[task];
+    if (p->kind == RESBM_PARAM_HIDDEN)
+        resbm__muon(u->m, p, u->scale, resbm__opt_job_make(u->m, p, u->scale, u->fac, u->bc1, u->bc2).lr, thread);
+}
+
 static int resbm__model_apply_muon(resbm_model *m, float grad_scale) {
     resbm__update_job u;
     size_t i;
     resbm__update_job_init(&u, m, grad_scale, NULL);
-    for (i = 0; i < m->nparams; i++) {
+    RESBM__TRY(resbm_pool_run(m->pool, resbm__muon_task, &u, m->nparams));
+    for (i = 0; i < m->nparams; i++) { /* AdamW on the rest */
         resbm_param *p = &m->params[i];
-        size_t n = p->value.ne[0] * p->value.ne[1];
         resbm__opt_job j = resbm__opt_job_make(m, p, grad_scale, u.fac, u.bc1, u.bc2);
-        if (p->kind == RESBM_PARAM_HIDDEN) RESBM__TRY(resbm__muon(m, p, grad_scale, j.lr));
-        else RESBM__TRY(resbm__parallel_for(m->pool, n, RESBM__CHUNK, resbm__adamw_range, &j));
+        if (p->kind != RESBM_PARAM_HIDDEN)
+            RESBM__TRY(resbm__parallel_for(m->pool, p->value.ne[0] * p->value.ne[1], RESBM__CHUNK, resbm__adamw_range, &j));
     }
     return RESBM_OK;
 }

@@ -37,6 +37,12 @@ check "latency.sh runs" test $rc -eq 0
 check "latency.sh prints eight threads rows and two TCP rows (exact and async)" rows_ok "$dir/l.md" 10
 check "latency.sh TCP rows" grep -q '^| 32/16 | exact | all | tcp |' "$dir/l.md" && grep -q '^| 32/16 | async | all | tcp |' "$dir/l.md"
 check "latency.sh draws the fractions" grep -q '<polyline' "$dir/l/latency.svg"
+make -s build/bench_profile > "$dir/prof.err" 2>&1 && build/bench_profile --threads 2 --steps 1 --d 64 --layers 2 > "$dir/prof.md" 2>> "$dir/prof.err"
+rc=$?
+check "bench_profile runs" test $rc -eq 0
+prof_rows() { local r; for r in 'GEMM' 'attention backward' 'optimizer' 'outside the pool' '\*\*total'; do grep -q "^| $r" "$dir/prof.md" || return 1; done; }
+check "bench_profile splits the step: GEMM, attention, optimizer, outside, total" prof_rows
+check "bench_profile times are not negative" sh -c "! grep -q '| -[0-9]' '$dir/prof.md'"
 [ $fail -eq 0 ] || { cat "$dir"/*.err "$dir"/*.md; }
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
