@@ -203,9 +203,10 @@ bench-step: $(BUILD)/bench_step
 	$(BUILD)/bench_step --threads 2
 
 # Where a training step's time goes, kernel by kernel (bench/profile.c, RESBM_PROFILE), 1 and 2 threads.
-bench-profile: $(BUILD)/bench_profile
+bench-profile: $(BUILD)/bench_profile $(BUILD)/bench_update
 	$(BUILD)/bench_profile --threads 1 --steps 10
 	$(BUILD)/bench_profile --threads 2 --steps 10
+	for o in adamw muon; do for t in 1 2; do $(BUILD)/bench_update --threads $$t --opt $$o; done; done
 
 bench-torch: $(BUILD)/bench_step
 	bash bench/step_torch.sh
