@@ -1608,7 +1608,9 @@ RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, 
 /* ---- small vector helpers: fixed summation order, so results never depend on threads ---------- */
 /* With AVX2 the elementwise loops below run 8 lanes at a time by hand (-O2 does not vectorize
    them): the same operations in the same order per element, so the same bits as the scalar
-   loops, which remain for the tails and for other targets. */
+   loops, which remain for the tails and for other targets, as long as the compiler does not
+   fuse a scalar a * b + c into an FMA (gcc -std=c99 does not; clang needs -ffp-contract=off).
+   Either way results do not depend on the thread count. */
 #if defined(__AVX2__) && defined(__FMA__)
 #define RESBM__VMATH 1
 #endif
@@ -2802,6 +2804,12 @@ static int resbm__cmp_param_name(const void *a, const void *b) {
 
 /* The host's layer declaration: callbacks, and parameters that are unique, named, shaped, in
    memory and finite (checked by bits: no -ffast-math folding), of a plausible total size. */
+typedef struct { uintptr_t lo, hi; } resbm__span;
+static int resbm__cmp_span(const void *a, const void *b) {
+    uintptr_t x = ((const resbm__span *)a)->lo, y = ((const resbm__span *)b)->lo;
+    return x < y ? -1 : x > y;
+}
+
 static int resbm__layers_ok(const resbm_layers *h, void *alloc_user) {
     size_t i, total = 0;
     const char **names;
@@ -2833,6 +2841,21 @@ static int resbm__layers_ok(const resbm_layers *h, void *alloc_user) {
     for (i = 1; i < h->n_params && !rc; i++)
         if (!strncmp(names[i - 1], names[i], RESBM_NAME_MAX)) rc = RESBM_EINVAL;
     resbm__dealloc(names, alloc_user);
+    if (rc) return rc;
+    { /* no two values or gradients share memory: the update backs each one up and writes it once */
+        resbm__span *sp = (resbm__span *)resbm__alloc(2 * h->n_params * sizeof(resbm__span), alloc_user);
+        if (!sp) return RESBM_ENOMEM;
+        for (i = 0; i < h->n_params; i++) {
+            const resbm_param *p = &h->params[i];
+            size_t bytes = p->value.ne[0] * (p->value.ndim == 2 ? p->value.ne[1] : 1) * sizeof(float);
+            sp[2 * i].lo = (uintptr_t)p->value.data; sp[2 * i].hi = sp[2 * i].lo + bytes;
+            sp[2 * i + 1].lo = (uintptr_t)p->grad.data; sp[2 * i + 1].hi = sp[2 * i + 1].lo + bytes;
+        }
+        qsort(sp, 2 * h->n_params, sizeof(resbm__span), resbm__cmp_span);
+        for (i = 1; i < 2 * h->n_params && !rc; i++)
+            if (sp[i].lo < sp[i - 1].hi) rc = RESBM_EINVAL;
+        resbm__dealloc(sp, alloc_user);
+    }
     return rc;
 }
 
@@ -3383,10 +3406,18 @@ static void resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr, i
             for (j = 0; j < C; j++) x[j * R + i] = y[i * C + j] * inv;
     for (it = 0; it < m->opt.muon_ns_steps; it++) {
         float *t;
+#ifdef RESBM_USE_CBLAS /* the BLAS's own threads, one matrix at a time (see apply_muon) */
+        (void)pack;
+        resbm_gemm(NULL, RESBM_GEMM_NT, 0, A, x, x, k, k, wide);
+        resbm_gemm(NULL, RESBM_GEMM_NN, 0, B, A, A, k, k, k);
+        for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
+        resbm_gemm(NULL, RESBM_GEMM_NN, 0, y, B, x, k, wide, k);
+#else
         resbm__gemm_serial(RESBM_GEMM_NT, A, x, x, k, k, wide, pack); /* A = X X^T */
         resbm__gemm_serial(RESBM_GEMM_NN, B, A, A, k, k, k, pack);    /* B = A A */
         for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
         resbm__gemm_serial(RESBM_GEMM_NN, y, B, x, k, wide, k, pack); /* Y = B X */
+#endif
         for (i = 0; i < n; i++) y[i] += ca * x[i];
         t = x; x = y; y = t;
     }
@@ -3504,7 +3535,11 @@ static int resbm__model_apply_muon(resbm_model *m, float grad_scale) {
     resbm__update_job u;
     size_t i;
     resbm__update_job_init(&u, m, grad_scale, NULL);
+#ifdef RESBM_USE_CBLAS
+    RESBM__TRY(resbm_pool_run(NULL, resbm__muon_task, &u, m->nparams)); /* the BLAS threads inside */
+#else
     RESBM__TRY(resbm_pool_run(m->pool, resbm__muon_task, &u, m->nparams));
+#endif
     for (i = 0; i < m->nparams; i++) { /* AdamW on the rest */
         resbm_param *p = &m->params[i];
         resbm__opt_job j = resbm__opt_job_make(m, p, grad_scale, u.fac, u.bc1, u.bc2);

@@ -227,6 +227,12 @@ static void test_gpt2_declaration(void) {
     g->params[1].value.ne[0]++; /* grad and value disagree */
     CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
     g->params[1] = saved;
+    g->params[1].value.data = g->params[0].value.data + 1; /* overlaps another parameter's values */
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    g->params[1] = saved;
+    g->params[1].grad.data = g->params[1].value.data; /* its gradient is its value */
+    CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+    g->params[1] = saved;
     keep = g->params[1].value.data[0];
     memcpy(g->params[1].value.data, &(uint32_t){0x7fc00000u}, 4); /* NaN */
     CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_ENONFINITE);

@@ -3400,9 +3400,50 @@ static void test_update_all_or_nothing(void) {
             after = state_snapshot(m, &n1);
             CHECK(after && !memcmp(before, after, n0 * sizeof(float)),
                   "opt %d, %d threads: the rollback left a value or a state element changed", kinds[k], threads);
+            /* a gradient whose square overflows the second moment: the value stays finite, the
+               state would not, so the update is refused all the same */
+            if (last->m && last->v) {
+                CHECK_RC(resbm_model_zero_grad(m), RESBM_OK);
+                last->grad.data[0] = 1e20f;
+                free(before);
+                before = state_snapshot(m, &n0);
+                CHECK_RC(resbm_model_update(m, 1.0f), RESBM_ENONFINITE);
+                free(after);
+                after = state_snapshot(m, &n1);
+                CHECK(after && !memcmp(before, after, n0 * sizeof(float)),
+                      "opt %d, %d threads: an overflowing moment was committed", kinds[k], threads);
+            }
             free(before); free(after);
             resbm_model_free(m);
         }
+    { /* Muon on a shared pool wider than cfg.threads: one Newton-Schulz scratch per pool thread,
+         and the same bits as on a one-thread pool */
+        resbm_model_config c = tiny_config();
+        resbm_opt_config o = resbm_opt_config_default();
+        resbm_model *a = NULL, *b = NULL;
+        resbm_pool *wide = NULL;
+        int32_t tok[64], tg[64];
+        float la, lb, *sa, *sb;
+        size_t na, nb;
+        int s;
+        o.kind = RESBM_OPT_MUON;
+        c.batch = 2;
+        CHECK_RC(resbm_pool_init(4, &wide), RESBM_OK);
+        CHECK_RC(resbm_model_init(&c, &o, &a), RESBM_OK);
+        c.pool = wide; c.threads = 1;
+        CHECK_RC(resbm_model_init(&c, &o, &b), RESBM_OK);
+        if (th_fail_now) { resbm_model_free(a); resbm_model_free(b); resbm_pool_free(wide); return; }
+        tiny_batch(tok, tg, 2 * (size_t)c.seq, c.vocab, 4);
+        for (s = 0; s < 3; s++) {
+            CHECK_RC(resbm_model_train_step(a, tok, tg, 2, 1, &la), RESBM_OK);
+            CHECK_RC(resbm_model_train_step(b, tok, tg, 2, 1, &lb), RESBM_OK);
+        }
+        sa = state_snapshot(a, &na); sb = state_snapshot(b, &nb);
+        CHECK(sa && sb && na == nb && !memcmp(sa, sb, na * sizeof(float)) && la == lb,
+              "Muon on a 4-thread shared pool differs from one thread");
+        free(sa); free(sb);
+        resbm_model_free(a); resbm_model_free(b); resbm_pool_free(wide);
+    }
 }
 
 /* ---- regression tests for the fail-safe issue's bug list --------------------------------------- */
