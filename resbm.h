@@ -384,8 +384,9 @@ typedef struct resbm_layers {
        neighbours refuse each other when it differs (RESBM_EJOB), checkpoints record its hash. */
     const char *arch;
     /* This stage's parameters: name (unique, not "bottleneck.*"), kind, value and grad (1-D or
-       2-D, finite at init) in the host's memory; m and v are ignored (the library's). Copied at
-       init; the memory they point to must outlive the model. */
+       2-D, finite at init, no two values or gradients overlapping) in the host's memory; m and
+       v are ignored (the library's). Copied at init; the memory they point to must outlive
+       the model. */
     const resbm_param *params;
     size_t n_params;
     /* Forward of `rows` sequences into `slot`: tokens [N] on stage 0, else x [N,d] (the library's,
