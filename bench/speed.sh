@@ -2,7 +2,8 @@
 # speed.sh - resbm.h's speed against what a user would pick instead, at its best, in one sitting
 # (make bench-speed; run it alone on the machine):
 #   1. the fp32 FMA peak (bench_peak): the physical limit beside every figure;
-#   2. one training step's GEMM shapes against OpenBLAS (bench_gemm_blas), 1 and 2 threads;
+#   2. one training step's GEMM shapes against OpenBLAS (bench_gemm_blas), 1 and 2 threads, with
+#      the operands in cache and evicted before each call (--cold: what the step sees);
 #   3. paired training steps (d=256 L=8 T=128 batch 8), resbm.h then PyTorch, REPS pairs at 1 and
 #      at 2 threads. PyTorch runs in its best set-up measured here (OpenMP OpenBLAS,
 #      OMP_NUM_THREADS = threads; bench/step_torch.sh times the default pthreads BLAS too).
@@ -25,6 +26,7 @@ trap 'rm -rf "$tmp"' EXIT
 echo "# $(date -u +%F), $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; environment OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 "$build/bench_peak" | tee "$tmp/peak"
 "${anchor[@]}" "$build/bench_gemm_blas" | tee "$tmp/gemm"
+"${anchor[@]}" "$build/bench_gemm_blas" --cold | tee "$tmp/gemm_cold" # as the step sees them
 "$build/bench_step" --check-out "$tmp/check.safetensors"
 
 echo
