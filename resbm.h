@@ -1526,6 +1526,7 @@ static size_t resbm__gemm_setup(resbm__gemm_job *g, int form, int accumulate, fl
     return tiles_m * tiles_n;
 }
 
+#ifndef RESBM_USE_CBLAS /* (with a BLAS, Muon calls it instead) */
 /* The whole GEMM on the calling thread with its own packing buffer (a task of a batch of them):
    the same bits as resbm_gemm on any pool. */
 static void resbm__gemm_serial(int form, float *C, const float *A, const float *B, size_t M,
@@ -1535,6 +1536,7 @@ static void resbm__gemm_serial(int form, float *C, const float *A, const float *
     g.pack = pack;
     for (t = 0; t < tiles; t++) resbm__gemm_task(&g, t, 0);
 }
+#endif
 
 static int resbm__gemm_check(int form, const float *C, const float *A, const float *B, size_t M,
                              size_t N, size_t K) {

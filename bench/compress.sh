@@ -3,8 +3,15 @@
 # every row; one examples/train run per row. Prints a markdown table (wire factor measured, final
 # train loss, val bits/byte, gap to the uncompressed row) and writes an SVG of the val curves.
 #
-#   bash bench/compress.sh [--steps 1500] [--schedule-steps N] [--only NAME[,NAME...]]
-#                          [--out bench/compress] [--d 256] [--seed 1337] [--data FILE] [--smoke]
+#   bash bench/compress.sh [--steps 1500] [--schedule-steps N] [--only NAME[@LR][,NAME[@LR]...]]
+#                          [--lr X] [--sweep X,Y,...] [--out bench/compress] [--d 256] [--seed 1337]
+#                          [--data FILE] [--smoke]
+#
+# Learning rates: a row runs at the optimizer's default (AdamW 2e-3, Muon 0.02) unless --lr X
+# sets one for every row, NAME@LR in --only sets one for that run (named NAME@LR), or
+# --sweep X,Y,... runs every selected row at each of them (NAME@X, NAME@Y, ...). With several
+# learning rates of a row, the tables take each row at its best (lowest val bits/byte) and a
+# sweep table lists them all. The run's settings go to OUT/config.txt for bench/width.py.
 #
 # --schedule-steps N: the learning-rate schedule of an N-step run (a shorter run is then the
 # first --steps of the full one, evaluations included).
@@ -15,7 +22,7 @@
 # initialisation and the data order together. The bottleneck hidden width m is d unless a row
 # says otherwise (m = 256 at d = 256, as in the reference).
 set -euo pipefail
-steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337 sched=0
+steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337 sched=0 lr="" sweep=""
 while [ $# -gt 0 ]; do
   case $1 in
     --steps) steps=$2; shift 2 ;;
@@ -25,6 +32,8 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --d) d=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --lr) lr=$2; shift 2 ;;
+    --sweep) sweep=$2; shift 2 ;;
     --smoke) steps=6; evalrows=4; evalevery=3; shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
@@ -32,6 +41,7 @@ done
 [ -s "$data" ] || bash scripts/fetch_brown.sh "$data"
 make -s build/train
 mkdir -p "$out"
+printf 'd=%s\nseed=%s\nsteps=%s\nschedule_steps=%s\n' "$d" "$seed" "$steps" "$((sched > 0 ? sched : steps))" > "$out/config.txt"
 base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --schedule-steps $((sched > 0 ? sched : steps)) --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
 # name | flags
 rows="uncompressed|--r $d
@@ -54,11 +64,24 @@ uncompressed-async|--r $d --schedule async
 128x-async|--ratio 128 --m $d --schedule async
 uncompressed-async-plain|--r $d --schedule async --async-predict 0
 128x-async-plain|--ratio 128 --m $d --schedule async --async-predict 0"
+for tok in $(echo "$only" | tr ',' ' '); do # every NAME of --only must be a row
+  echo "$rows" | cut -d'|' -f1 | grep -qx "${tok%%@*}" || { echo "unknown row ${tok%%@*}" >&2; exit 2; }
+done
 echo "$rows" | while IFS='|' read -r name flags; do
-  if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then continue; fi
-  start=$(date +%s)
-  ./build/train $base $flags --log "$out/$name.csv" > "$out/$name.out" 2>&1 || { echo "$name failed:"; cat "$out/$name.out"; exit 1; }
-  echo "$name: $(tail -n 1 "$out/$name.out") ($(( $(date +%s) - start )) s)" >&2
+  lrs="-"                                              # "-": the default (or --lr)
+  if [ -n "$only" ]; then
+    picks=$(echo ",$only," | tr ',' '\n' | grep -E "^$name(@|\$)") || continue
+    at=$(echo "$picks" | { grep '@' || true; } | sed 's/.*@//' | tr '\n' ' ')
+    [ -n "$at" ] && lrs=$at
+  fi
+  [ -n "$sweep" ] && lrs=$(echo "$sweep" | tr ',' ' ')
+  for x in $lrs; do
+    run=$name lrflag=""
+    if [ "$x" != "-" ]; then run="$name@$x"; lrflag="--lr $x"; elif [ -n "$lr" ]; then lrflag="--lr $lr"; fi
+    start=$(date +%s)
+    ./build/train $base $flags $lrflag --log "$out/$run.csv" > "$out/$run.out" 2>&1 || { echo "$run failed:"; cat "$out/$run.out"; exit 1; }
+    echo "$run: $(tail -n 1 "$out/$run.out") ($(( $(date +%s) - start )) s)" >&2
+  done
 done
 # the table, from whatever rows have results
 /usr/bin/python3 - "$out" "$d" <<'PY'
@@ -73,8 +96,27 @@ for f in sorted(glob.glob(os.path.join(out, "*.out"))):
 order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon",
          "128x-r4-bf16", "128x-r7-i8", "128x-r7-i8-muon", "128x-m1024", "128x-m64",
          "128x-blr4", "128x-blr0.25"]
-names = [n for n in order if n in res] + sorted(n for n in res if n not in order)
-ref = res.get("uncompressed")
+# NAME@LR runs: each row at its best learning rate (lowest val bits/byte) in the main table
+base = lambda n: n.split("@")[0]
+runs = {}
+for n in res:
+    runs.setdefault(base(n), []).append(n)
+best = {b: min(v, key=lambda n: float(res[n]["val_bpb"])) for b, v in runs.items()}
+if any("@" in n for n in res):
+    print("Learning-rate sweep (val bits/byte; the best of each row in bold):\n")
+    lrs = sorted({n.split("@")[1] for n in res if "@" in n}, key=float)
+    print("| row | " + " | ".join("lr " + x for x in lrs) + " |")
+    print("|---|" + "--:|" * len(lrs))
+    for b in [o for o in order if o in runs] + sorted(b for b in runs if b not in order):
+        cells = []
+        for x in lrs:
+            n = b + "@" + x
+            cells.append(("**%.4f**" if n == best[b] else "%.4f") % float(res[n]["val_bpb"]) if n in res else "-")
+        print("| %s | %s |" % (b, " | ".join(cells)))
+    print()
+res = {(best[b] if "@" in best[b] else b): res[best[b]] for b in best}
+names = [best[n] for n in order if n in best] + sorted(best[n] for n in best if n not in order)
+ref = res.get(best.get("uncompressed", "uncompressed"))
 print("| row | wire factor | final train loss | val bits/byte | gap to uncompressed |")
 print("|---|--:|--:|--:|--:|")
 for n in names:

@@ -25,6 +25,16 @@ check "compress.sh prints three rows" rows_ok "$dir/c.md" 3
 check "compress.sh gap of the uncompressed row is +0.0%" grep -q '^| uncompressed | 1.0x .* +0.0% |$' "$dir/c.md"
 check "compress.sh draws the val curves" grep -q '<polyline' "$dir/c/val_curves.svg"
 
+bash bench/compress.sh --smoke --data resbm.h --only uncompressed,128x --sweep 1e-3,3e-3 --out "$dir/s" > "$dir/s.md" 2> "$dir/s.err"
+rc=$?
+check "compress.sh --sweep runs each row at each learning rate" test $rc -eq 0 -a -s "$dir/s/128x@1e-3.out" -a -s "$dir/s/uncompressed@3e-3.out"
+check "compress.sh --sweep prints the sweep, best in bold" grep -q '^| 128x | [*0-9.]* | [*0-9.]* |$' "$dir/s.md"
+check "compress.sh --sweep takes each row at its best" grep -q '^| uncompressed@[0-9e.-]* | 1.0x .* +0.0% |$' "$dir/s.md"
+bash bench/compress.sh --smoke --d 128 --data resbm.h --only uncompressed,128x@2e-3 --out "$dir/s128" > /dev/null 2>> "$dir/s.err"
+/usr/bin/python3 bench/width.py "$dir/s128" "$dir/s" --svg "$dir/w.svg" > "$dir/w.md" 2>> "$dir/s.err"
+check "width.py: a row per width, each at its best learning rate, and the SVG" \
+  sh -c "grep -q '^| 128 | 6 | [0-9.]* (default) | [0-9.]* (2e-3), [+-][0-9.]*% |$' '$dir/w.md' && grep -q '^| 256 | 6 |' '$dir/w.md' && grep -q '<polyline' '$dir/w.svg'"
+
 bash bench/pipeline.sh --smoke --data resbm.h --out "$dir/p" > "$dir/p.md" 2> "$dir/p.err"
 rc=$?
 check "pipeline.sh runs" test $rc -eq 0

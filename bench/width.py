@@ -1,0 +1,95 @@
+#!/usr/bin/python3
+"""width.py - the compression gap against model width, from bench/compress.sh output folders.
+
+    /usr/bin/python3 bench/width.py DIR [DIR ...] [--svg FILE]
+
+Each DIR is one `bench/compress.sh --d D --out DIR` run (its config.txt gives d, steps, seed);
+runs named NAME@LR (--sweep, or NAME@LR in --only) count as the same row at another learning
+rate, and every row is taken at its best (lowest final val bits/byte). Prints one table row per
+width: the uncompressed baseline and each compressed row with its learning rate and its gap to
+the baseline; --svg draws each row's gap against d.
+"""
+import glob
+import os
+import sys
+
+
+def load(folder):
+    cfg = dict(l.strip().split("=", 1) for l in open(os.path.join(folder, "config.txt")) if "=" in l)
+    best = {}
+    for f in sorted(glob.glob(os.path.join(folder, "*.out"))):
+        run = os.path.basename(f)[:-4]
+        lines = open(f).read().strip().splitlines()
+        if not lines or not lines[-1].startswith("result:"):
+            continue
+        r = dict(kv.split("=", 1) for kv in lines[-1].split()[1:])
+        row, _, lr = run.partition("@")
+        val = float(r["val_bpb"])
+        if row not in best or val < best[row][0]:
+            best[row] = (val, lr or "default", float(r["wire_ratio"]))
+    return int(cfg["d"]), cfg, best
+
+
+def main(argv):
+    svg = None
+    if "--svg" in argv:
+        i = argv.index("--svg")
+        svg = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if not argv:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    widths = sorted((load(f) for f in argv), key=lambda t: t[0])
+    rows = []
+    for _, _, best in widths:
+        rows += [r for r in best if r != "uncompressed" and r not in rows]
+    print("| d | steps | uncompressed val (lr) | " + " | ".join("%s val (lr), gap" % r for r in rows) + " |")
+    print("|--:|--:|--:|" + "--:|" * len(rows))
+    gaps = {r: [] for r in rows}
+    for d, cfg, best in widths:
+        ref = best.get("uncompressed")
+        cells = []
+        for r in rows:
+            if r not in best:
+                cells.append("-")
+                continue
+            val, lr, _ = best[r]
+            gap = 100.0 * (val / ref[0] - 1.0) if ref else None
+            if gap is not None:
+                gaps[r].append((d, gap))
+            cells.append("%.4f (%s), %s" % (val, lr, "%+.1f%%" % gap if gap is not None else "-"))
+        base = "%.4f (%s)" % (ref[0], ref[1]) if ref else "-"
+        print("| %d | %s | %s | %s |" % (d, cfg.get("steps", "?"), base, " | ".join(cells)))
+    if svg:
+        W, H, L, R, T, B = 640, 380, 60, 170, 30, 50
+        pts = [p for v in gaps.values() for p in v]
+        if not pts:
+            return 0
+        ds = sorted({d for d, _ in pts})
+        y0, y1 = min(0.0, min(g for _, g in pts)), max(g for _, g in pts)
+        y1 = y1 + 0.05 * (y1 - y0 + 1e-9)
+        X = lambda d: L + (W - L - R) * (ds.index(d) + 0.5) / len(ds)
+        Y = lambda g: H - B - (H - B - T) * (g - y0) / (y1 - y0 + 1e-9)
+        colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+        s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
+             '<rect width="100%" height="100%" fill="white"/>',
+             '<text x="%d" y="18">gap to the uncompressed model (val bits/byte, %%) against width d</text>' % L,
+             '<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#999"/>' % (L, Y(0), W - R, Y(0)),
+             '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, T, L, H - B)]
+        for i in range(5):
+            g = y0 + (y1 - y0) * i / 4
+            s.append('<text x="4" y="%.1f">%+.1f%%</text>' % (Y(g) + 4, g))
+        for d in ds:
+            s.append('<text x="%.1f" y="%d" text-anchor="middle">d=%d</text>' % (X(d), H - B + 18, d))
+        for k, (r, v) in enumerate((r, v) for r, v in gaps.items() if v):
+            c = colors[k % len(colors)]
+            s.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' %
+                     (c, " ".join("%.1f,%.1f" % (X(d), Y(g)) for d, g in v)))
+            s.append('<text x="%d" y="%d" fill="%s">%s</text>' % (W - R + 10, T + 16 * k + 10, c, r))
+        s.append("</svg>")
+        open(svg, "w").write("\n".join(s) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
