@@ -1536,6 +1536,34 @@ static void resbm__gemm_serial(int form, float *C, const float *A, const float *
     g.pack = pack;
     for (t = 0; t < tiles; t++) resbm__gemm_task(&g, t, 0);
 }
+
+/* C [n, n] = op(A) op(B) for a product known to be symmetric (X X^T, or S S for a symmetric S),
+   serially: the micro-tiles that reach the diagonal or above it, the rest mirrored, about half
+   the work. Each element is the same k-ordered sum of the same products as in the full product
+   (a product commutes; the order over k is the kernel's for every tile), so the bits are
+   resbm__gemm_serial's. */
+static void resbm__gemm_sym_serial(int form, float *C, const float *A, const float *B, size_t n,
+                                   size_t K, float *pack) {
+    resbm__gemm_job g;
+    size_t j0, k0, jr, ir, i, j;
+    resbm__gemm_setup(&g, form, 0, C, A, B, n, n, K, 1); /* the operands' strides */
+    for (j0 = 0; j0 < n; j0 += RESBM__NC) {
+        size_t nc = RESBM__MIN((size_t)RESBM__NC, n - j0);
+        for (k0 = 0; k0 < K; k0 += RESBM__KC) {
+            size_t kc = RESBM__MIN((size_t)RESBM__KC, K - k0);
+            resbm__pack_b(pack, B + k0 * g.bks + j0 * g.bns, g.bks, g.bns, nc, kc);
+            for (jr = 0; jr < nc; jr += RESBM__NR) {
+                size_t nr = RESBM__MIN(RESBM__NR, nc - jr), top = j0 + jr + nr;
+                for (ir = 0; ir < top; ir += RESBM__MR) /* rows i <= j of these columns, and a few more */
+                    resbm__kernel(kc, A + ir * g.ars + k0 * g.aks, g.ars, g.aks, pack + jr * kc,
+                                  RESBM__NR, C + ir * n + j0 + jr, n, RESBM__MIN(RESBM__MR, n - ir),
+                                  nr, k0 > 0);
+            }
+        }
+    }
+    for (i = 1; i < n; i++)
+        for (j = 0; j < i; j++) C[i * n + j] = C[j * n + i];
+}
 #endif
 
 static int resbm__gemm_check(int form, const float *C, const float *A, const float *B, size_t M,
@@ -3416,8 +3444,8 @@ static void resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr, i
         for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
         resbm_gemm(NULL, RESBM_GEMM_NN, 0, y, B, x, k, wide, k);
 #else
-        resbm__gemm_serial(RESBM_GEMM_NT, A, x, x, k, k, wide, pack); /* A = X X^T */
-        resbm__gemm_serial(RESBM_GEMM_NN, B, A, A, k, k, k, pack);    /* B = A A */
+        resbm__gemm_sym_serial(RESBM_GEMM_NT, A, x, x, k, wide, pack); /* A = X X^T */
+        resbm__gemm_sym_serial(RESBM_GEMM_NN, B, A, A, k, k, pack);    /* B = A A */
         for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
         resbm__gemm_serial(RESBM_GEMM_NN, y, B, x, k, wide, k, pack); /* Y = B X */
 #endif

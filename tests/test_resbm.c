@@ -281,6 +281,40 @@ static void test_gemm_shapes(void) {
     resbm_pool_free(p2);
 }
 
+#ifndef RESBM_USE_CBLAS
+/* Muon's symmetric products (X X^T, then S S of that symmetric S), half computed and mirrored:
+   the same bits as the full product, for sizes around every tile edge and past KC. */
+static void test_gemm_symmetric(void) {
+    static const size_t ns[] = {1, 5, 6, 7, 16, 17, 97, 128, 129, 256, 300};
+    static const size_t ks[] = {1, 6, 64, 257, 688};
+    float *pack = (float *)malloc(RESBM__PACK_FLOATS * sizeof(float));
+    size_t a, b, i, j;
+    int bad = 0, asym = 0;
+    for (a = 0; a < sizeof(ns) / sizeof(ns[0]); a++)
+        for (b = 0; b < sizeof(ks) / sizeof(ks[0]); b++) {
+            size_t n = ns[a], K = ks[b];
+            float *X = rand_floats(n * K, 1.0f, 7 + a + 11 * b);
+            float *S0 = (float *)malloc(n * n * 4), *S1 = (float *)malloc(n * n * 4);
+            float *Q0 = (float *)malloc(n * n * 4), *Q1 = (float *)malloc(n * n * 4);
+            for (i = 0; i < n * n; i++) S1[i] = Q1[i] = NAN; /* every element must be written */
+            resbm__gemm_serial(RESBM_GEMM_NT, S0, X, X, n, n, K, pack);
+            resbm__gemm_sym_serial(RESBM_GEMM_NT, S1, X, X, n, K, pack);
+            resbm__gemm_serial(RESBM_GEMM_NN, Q0, S0, S0, n, n, n, pack);
+            resbm__gemm_sym_serial(RESBM_GEMM_NN, Q1, S0, S0, n, n, pack);
+            if (memcmp(S0, S1, n * n * 4) || memcmp(Q0, Q1, n * n * 4)) {
+                printf("    n %zu K %zu: the half product differs from the full one\n", n, K);
+                bad++;
+            }
+            for (i = 0; i < n; i++)
+                for (j = 0; j < i; j++) asym += memcmp(&S0[i * n + j], &S0[j * n + i], 4) != 0;
+            free(X); free(S0); free(S1); free(Q0); free(Q1);
+        }
+    CHECK(bad == 0, "%d shapes differ", bad);
+    CHECK(asym == 0, "the full X X^T is not bitwise symmetric in %d places", asym);
+    free(pack);
+}
+#endif
+
 /* The shapes of a real step, against the reference, and bit-identical for 1, 2 and 3 threads. */
 static void test_gemm_large_threads(void) {
     size_t M = 512, N = 688, K = 256, i;
@@ -4238,6 +4272,9 @@ int main(int argc, char **argv) {
     RUN(test_arena);
     RUN(test_pool);
     RUN(test_gemm_shapes);
+#ifndef RESBM_USE_CBLAS
+    RUN(test_gemm_symmetric);
+#endif
     RUN(test_gemm_large_threads);
     RUN(test_gemm_args);
     RUN(test_grad_rmsnorm);
