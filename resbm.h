@@ -1019,6 +1019,13 @@ typedef struct {
     double seconds, wait;
     long calls;
 } resbm__prof_entry;
+#define RESBM__PROF_GEMMS 64
+typedef struct { /* resbm_gemm's calls on a pool by shape, pooled or run on the caller */
+    int form;
+    size_t M, N, K;
+    double seconds;
+    long calls;
+} resbm__prof_gemm;
 #endif
 
 struct resbm_pool {
@@ -1044,6 +1051,7 @@ struct resbm_pool {
 #ifdef RESBM_PROFILE
     resbm__prof_entry prof[RESBM__PROF_SLOTS];
     resbm__range_fn prof_range; /* set by resbm__parallel_for around its dispatch */
+    resbm__prof_gemm prof_gemm[RESBM__PROF_GEMMS];
 #endif
 };
 
@@ -1577,8 +1585,30 @@ static int resbm__gemm_check(int form, const float *C, const float *A, const flo
     return RESBM_OK;
 }
 
+static int resbm__gemm_run(resbm_pool *pool, int form, int accumulate, float *C, const float *A,
+                           const float *B, size_t M, size_t N, size_t K);
+
 RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, const float *A,
                         const float *B, size_t M, size_t N, size_t K) {
+#ifdef RESBM_PROFILE
+    double t0 = resbm__prof_now();
+    int rc = resbm__gemm_run(pool, form, accumulate, C, A, B, M, N, K), i;
+    for (i = 0; pool && i < RESBM__PROF_GEMMS; i++) {
+        resbm__prof_gemm *e = &pool->prof_gemm[i];
+        if (e->calls && (e->form != form || e->M != M || e->N != N || e->K != K)) continue;
+        e->form = form; e->M = M; e->N = N; e->K = K;
+        e->seconds += resbm__prof_now() - t0;
+        e->calls++;
+        break;
+    }
+    return rc;
+#else
+    return resbm__gemm_run(pool, form, accumulate, C, A, B, M, N, K);
+#endif
+}
+
+static int resbm__gemm_run(resbm_pool *pool, int form, int accumulate, float *C, const float *A,
+                           const float *B, size_t M, size_t N, size_t K) {
     int rc = resbm__gemm_check(form, C, A, B, M, N, K);
     if (rc) return rc;
     if (accumulate != 0 && accumulate != 1) return RESBM_EINVAL;

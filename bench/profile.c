@@ -3,7 +3,10 @@
    parallel dispatch by the kernel it runs. Each row is wall time on the calling thread per step;
    "fork-join wait" is the part of those rows the caller spent waiting for the workers after its
    own share; "outside the pool" is the step's time not inside any dispatch (memset, memcpy,
-   embedding, the loss sum, call overhead).
+   embedding, the loss sum, call overhead). A second table takes the GEMMs apart by shape: their
+   rate inside the step beside the same call alone, warm (operands in cache) and cold (a 64 MiB
+   write between calls evicts them), which says how much of the step's GEMM time is the kernel
+   and how much is the cache it finds.
    Usage: bench_profile [--threads N] [--steps S] [--d D] [--layers L] [--opt adamw|muon] */
 #define _POSIX_C_SOURCE 200809L
 #define RESBM_PROFILE
@@ -44,6 +47,57 @@ static const char *kind_of(const resbm__prof_entry *e) {
     return "other dispatches";
 }
 
+/* The best of 5 calls of one shape alone; cold: evict[] rewritten before each. */
+static double gemm_alone(resbm_pool *pool, const resbm__prof_gemm *g, float *evict, size_t nevict) {
+    size_t i, na = g->M * g->K, nb = g->K * g->N;
+    float *A = (float *)malloc(na * 4), *B = (float *)malloc(nb * 4), *C = (float *)malloc(g->M * g->N * 4);
+    double best = 1e30;
+    int k;
+    if (!A || !B || !C) { free(A); free(B); free(C); return 0.0; }
+    for (i = 0; i < na; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (i = 0; i < nb; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    resbm_gemm(pool, g->form, 0, C, A, B, g->M, g->N, g->K);
+    for (k = 0; k < 5; k++) {
+        double t0;
+        if (evict) for (i = 0; i < nevict; i++) evict[i] = (float)(i + (size_t)k);
+        t0 = now();
+        resbm_gemm(pool, g->form, 0, C, A, B, g->M, g->N, g->K);
+        t0 = now() - t0;
+        if (t0 < best) best = t0;
+    }
+    free(A); free(B); free(C);
+    return 2.0 * (double)g->M * (double)g->N * (double)g->K / best * 1e-9;
+}
+
+static void gemm_shapes(resbm_pool *pool, int steps) {
+    static const char *form[] = {"NT", "NN", "TN"}; /* RESBM_GEMM_* order */
+    resbm__prof_gemm g[RESBM__PROF_GEMMS];
+    size_t nevict = (size_t)16 << 20; /* 64 MiB: more than this machine's caches */
+    float *evict = (float *)malloc(nevict * 4);
+    double flops = 0.0, secs = 0.0, warm_s = 0.0, cold_s = 0.0;
+    int n = 0, i, j;
+    for (i = 0; i < RESBM__PROF_GEMMS && pool->prof_gemm[i].calls; i++) g[n++] = pool->prof_gemm[i];
+    for (i = 1; i < n; i++) { /* largest first */
+        resbm__prof_gemm t = g[i];
+        for (j = i; j > 0 && g[j - 1].seconds < t.seconds; j--) g[j] = g[j - 1];
+        g[j] = t;
+    }
+    printf("\n| GEMM (form M N K) | calls per step | ms per step | GFLOP/s in the step | alone, warm | alone, cold |\n");
+    printf("|---|--:|--:|--:|--:|--:|\n");
+    for (i = 0; i < n; i++) {
+        double f = 2.0 * (double)g[i].M * (double)g[i].N * (double)g[i].K * (double)g[i].calls;
+        double warm = gemm_alone(pool, &g[i], NULL, 0), cold = evict ? gemm_alone(pool, &g[i], evict, nevict) : 0.0;
+        printf("| %s %zu %zu %zu | %.0f | %.2f | %.1f | %.1f | %.1f |\n", form[g[i].form], g[i].M, g[i].N, g[i].K,
+               (double)g[i].calls / steps, g[i].seconds / steps * 1e3, f / g[i].seconds * 1e-9, warm, cold);
+        flops += f; secs += g[i].seconds;
+        if (warm > 0.0) warm_s += f / (warm * 1e9);
+        if (cold > 0.0) cold_s += f / (cold * 1e9);
+    }
+    printf("| **all** | | %.2f | %.1f | %.1f | %.1f |\n", secs / steps * 1e3, flops / secs * 1e-9,
+           warm_s > 0.0 ? flops / warm_s * 1e-9 : 0.0, cold_s > 0.0 ? flops / cold_s * 1e-9 : 0.0);
+    free(evict);
+}
+
 int main(int argc, char **argv) {
     resbm_model_config mc = resbm_model_config_default();
     resbm_opt_config oc = resbm_opt_config_default();
@@ -76,7 +130,7 @@ int main(int argc, char **argv) {
     for (s = -3; s < steps; s++) { /* three untimed steps first */
         double t0;
         for (k = 0; k < N; k++) { tok[k] = (int32_t)(resbm_rng_u32(&r) & 255); tg[k] = (int32_t)(resbm_rng_u32(&r) & 255); }
-        if (s == 0) memset(pool->prof, 0, sizeof(pool->prof));
+        if (s == 0) { memset(pool->prof, 0, sizeof(pool->prof)); memset(pool->prof_gemm, 0, sizeof(pool->prof_gemm)); }
         t0 = now();
         if ((rc = resbm_model_train_step(m, tok, tg, (size_t)mc.batch, 1, &loss))) {
             fprintf(stderr, "step: %s\n", resbm_strerror(rc));
@@ -116,6 +170,7 @@ int main(int argc, char **argv) {
            (total - inside) / steps * 1e3, 100.0 * (total - inside) / total);
     printf("| **total** | %.2f | 100%% | %.0f | %.2f (%.1f%%) |\n", total / steps * 1e3, (double)calls / steps,
            wait / steps * 1e3, 100.0 * wait / total);
+    gemm_shapes(pool, steps);
     printf("profile_summary: threads=%d ms=%.2f gemm_ms=%.2f rest_ms=%.2f wait_ms=%.2f dispatches=%.0f\n", mc.threads,
            total / steps * 1e3, gemm / steps * 1e3, (total - gemm) / steps * 1e3,
            wait / steps * 1e3, (double)calls / steps);
