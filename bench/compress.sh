@@ -63,7 +63,10 @@ uncompressed-muon|--r $d --opt muon
 uncompressed-async|--r $d --schedule async
 128x-async|--ratio 128 --m $d --schedule async
 uncompressed-async-plain|--r $d --schedule async --async-predict 0
-128x-async-plain|--ratio 128 --m $d --schedule async --async-predict 0"
+128x-async-plain|--ratio 128 --m $d --schedule async --async-predict 0
+uncompressed-muon-async|--r $d --opt muon --schedule async
+128x-muon-async|--ratio 128 --m $d --opt muon --schedule async
+128x-muon-async-plain|--ratio 128 --m $d --opt muon --schedule async --async-predict 0"
 for tok in $(echo "$only" | tr ',' ' '); do # every NAME of --only must be a row
   echo "$rows" | cut -d'|' -f1 | grep -qx "${tok%%@*}" || { echo "unknown row ${tok%%@*}" >&2; exit 2; }
 done
