@@ -1020,8 +1020,8 @@ typedef struct {
     long calls;
 } resbm__prof_entry;
 #define RESBM__PROF_GEMMS 64
-typedef struct { /* resbm_gemm's calls on a pool by shape, pooled or run on the caller */
-    int form;
+typedef struct { /* resbm_gemm's successful calls on a pool by shape, pooled or run on the caller */
+    int form, accumulate;
     size_t M, N, K;
     double seconds;
     long calls;
@@ -1314,10 +1314,11 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
    blocks of KC (always the same blocks, so every C element sums in the same order whatever the
    tiling or the thread count) and calls the register micro-kernel on every MR x NR piece.
    op(A) is read in place through strides (the kernel broadcasts one element per row, so any
-   layout works). op(B) is read in place when it is [K,N] and the kernel can mask its edge loads
-   (AVX-512); otherwise (B^T, or no masking) the task packs its KC x tile-width block into
-   NR-wide, zero-padded panels. Splitting work along N never repacks anything, so tiles are cut
-   along N first. */
+   layout works; packing a transposed op(A) was measured twice and gained nothing, RESULTS.md).
+   op(B) is read in place when it is [K,N] and the kernel can mask its edge loads (AVX-512);
+   otherwise (B^T, or no masking) the task packs its KC x tile-width block into NR-wide,
+   zero-padded panels. Splitting work along N never repacks anything, so tiles are cut along N
+   first. */
 
 /* c[mr, nr] (+)= sum_k a(i,k) b(k,j) with a(i,k) = a[i*ars + k*aks] and b(k,j) = b[k*ldb + j].
    Rows past mr repeat row mr-1 (computed, never stored), so no read leaves op(A). */
@@ -1545,9 +1546,9 @@ static void resbm__gemm_serial(int form, float *C, const float *A, const float *
     for (t = 0; t < tiles; t++) resbm__gemm_task(&g, t, 0);
 }
 
-/* C [n, n] = op(A) op(B) for a product known to be symmetric (X X^T, or S S for a symmetric S),
-   serially: the micro-tiles that reach the diagonal or above it, the rest mirrored, about half
-   the work. Each element is the same k-ordered sum of the same products as in the full product
+/* C [n, n] = op(A) op(B), K > 0, for a product known to be symmetric (X X^T, or S S for a
+   bitwise symmetric S, such as an X X^T from here), serially: the micro-tiles that reach the
+   diagonal or above it, the rest mirrored, about half the work. Each element is the same k-ordered sum of the same products as in the full product
    (a product commutes; the order over k is the kernel's for every tile), so the bits are
    resbm__gemm_serial's. */
 static void resbm__gemm_sym_serial(int form, float *C, const float *A, const float *B, size_t n,
@@ -1593,10 +1594,11 @@ RESBMDEF int resbm_gemm(resbm_pool *pool, int form, int accumulate, float *C, co
 #ifdef RESBM_PROFILE
     double t0 = resbm__prof_now();
     int rc = resbm__gemm_run(pool, form, accumulate, C, A, B, M, N, K), i;
-    for (i = 0; pool && i < RESBM__PROF_GEMMS; i++) {
+    for (i = 0; pool && !rc && i < RESBM__PROF_GEMMS; i++) { /* one caller per pool: no lock */
         resbm__prof_gemm *e = &pool->prof_gemm[i];
-        if (e->calls && (e->form != form || e->M != M || e->N != N || e->K != K)) continue;
-        e->form = form; e->M = M; e->N = N; e->K = K;
+        if (e->calls && (e->form != form || e->accumulate != accumulate || e->M != M || e->N != N || e->K != K))
+            continue;
+        e->form = form; e->accumulate = accumulate; e->M = M; e->N = N; e->K = K;
         e->seconds += resbm__prof_now() - t0;
         e->calls++;
         break;

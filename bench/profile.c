@@ -6,7 +6,8 @@
    embedding, the loss sum, call overhead). A second table takes the GEMMs apart by shape: their
    rate inside the step beside the same call alone, warm (operands in cache) and cold (a 64 MiB
    write between calls evicts them), which says how much of the step's GEMM time is the kernel
-   and how much is the cache it finds.
+   and how much is the cache it finds (resbm_gemm's calls only: attention's blocked products and
+   Muon's Newton-Schulz are in their own rows; "+=" shapes are timed alone accumulating too).
    Usage: bench_profile [--threads N] [--steps S] [--d D] [--layers L] [--opt adamw|muon] */
 #define _POSIX_C_SOURCE 200809L
 #define RESBM_PROFILE
@@ -56,12 +57,13 @@ static double gemm_alone(resbm_pool *pool, const resbm__prof_gemm *g, float *evi
     if (!A || !B || !C) { free(A); free(B); free(C); return 0.0; }
     for (i = 0; i < na; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
     for (i = 0; i < nb; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
-    resbm_gemm(pool, g->form, 0, C, A, B, g->M, g->N, g->K);
+    memset(C, 0, g->M * g->N * 4);
+    resbm_gemm(pool, g->form, g->accumulate, C, A, B, g->M, g->N, g->K);
     for (k = 0; k < 5; k++) {
         double t0;
         if (evict) for (i = 0; i < nevict; i++) evict[i] = (float)(i + (size_t)k);
         t0 = now();
-        resbm_gemm(pool, g->form, 0, C, A, B, g->M, g->N, g->K);
+        resbm_gemm(pool, g->form, g->accumulate, C, A, B, g->M, g->N, g->K);
         t0 = now() - t0;
         if (t0 < best) best = t0;
     }
@@ -82,13 +84,13 @@ static void gemm_shapes(resbm_pool *pool, int steps) {
         for (j = i; j > 0 && g[j - 1].seconds < t.seconds; j--) g[j] = g[j - 1];
         g[j] = t;
     }
-    printf("\n| GEMM (form M N K) | calls per step | ms per step | GFLOP/s in the step | alone, warm | alone, cold |\n");
+    printf("\n| GEMM (form M N K, += when accumulating) | calls per step | ms per step | GFLOP/s in the step | alone, warm | alone, cold |\n");
     printf("|---|--:|--:|--:|--:|--:|\n");
     for (i = 0; i < n; i++) {
         double f = 2.0 * (double)g[i].M * (double)g[i].N * (double)g[i].K * (double)g[i].calls;
         double warm = gemm_alone(pool, &g[i], NULL, 0), cold = evict ? gemm_alone(pool, &g[i], evict, nevict) : 0.0;
-        printf("| %s %zu %zu %zu | %.0f | %.2f | %.1f | %.1f | %.1f |\n", form[g[i].form], g[i].M, g[i].N, g[i].K,
-               (double)g[i].calls / steps, g[i].seconds / steps * 1e3, f / g[i].seconds * 1e-9, warm, cold);
+        printf("| %s %zu %zu %zu%s | %.0f | %.2f | %.1f | %.1f | %.1f |\n", form[g[i].form], g[i].M, g[i].N, g[i].K,
+               g[i].accumulate ? " +=" : "", (double)g[i].calls / steps, g[i].seconds / steps * 1e3, f / g[i].seconds * 1e-9, warm, cold);
         flops += f; secs += g[i].seconds;
         if (warm > 0.0) warm_s += f / (warm * 1e9);
         if (cold > 0.0) cold_s += f / (cold * 1e9);
