@@ -1548,9 +1548,9 @@ static void resbm__gemm_serial(int form, float *C, const float *A, const float *
 
 /* C [n, n] = op(A) op(B), K > 0, for a product known to be symmetric (X X^T, or S S for a
    bitwise symmetric S, such as an X X^T from here), serially: the micro-tiles that reach the
-   diagonal or above it, the rest mirrored, about half the work. Each element is the same k-ordered sum of the same products as in the full product
-   (a product commutes; the order over k is the kernel's for every tile), so the bits are
-   resbm__gemm_serial's. */
+   diagonal or above it, the rest mirrored, about half the work. Each element is the same
+   k-ordered sum of the same products as in the full product (a product commutes; the order over
+   k is the kernel's for every tile), so the bits are resbm__gemm_serial's. */
 static void resbm__gemm_sym_serial(int form, float *C, const float *A, const float *B, size_t n,
                                    size_t K, float *pack) {
     resbm__gemm_job g;
