@@ -5,7 +5,10 @@
 
 Each DIR is one `bench/compress.sh --d D --out DIR` run (its config.txt gives d, steps, seed);
 runs named NAME@LR (--sweep, or NAME@LR in --only) count as the same row at another learning
-rate, and every row is taken at its best (lowest final val bits/byte). Prints one table row per
+rate, and every row is taken at its best (lowest final val bits/byte), its gap measured against
+the uncompressed run of the same optimizer and schedule where there is one (NAME-muon against
+uncompressed-muon); folders of the same d
+(and steps and seed) are merged, so a sweep may span several runs. Prints one table row per
 width: the uncompressed baseline and each compressed row with its learning rate and its gap to
 the baseline; --svg draws each row's gap against d.
 """
@@ -30,6 +33,17 @@ def load(folder):
     return int(cfg["d"]), cfg, best
 
 
+def baseline(row, best):
+    """The uncompressed row a row is measured against: the one with the same optimizer and
+    schedule suffix (128x-r7-i8-muon against uncompressed-muon, 128x-async against
+    uncompressed-async) where that run exists, else the plain uncompressed row."""
+    if not row.startswith("uncompressed"):
+        for i, c in enumerate(row):
+            if c == "-" and "uncompressed" + row[i:] in best:
+                return "uncompressed" + row[i:]
+    return "uncompressed"
+
+
 def main(argv):
     svg = None
     if "--svg" in argv:
@@ -39,7 +53,21 @@ def main(argv):
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    widths = sorted((load(f) for f in argv), key=lambda t: t[0])
+    merged = {}  # folders of one width (a sweep run in several sittings) are one row set
+    for d, cfg, best in (load(f) for f in argv):
+        if d not in merged:
+            merged[d] = (d, cfg, best)
+            continue
+        _, mcfg, mbest = merged[d]
+        for key in ("steps", "seed", "schedule_steps"):
+            if mcfg.get(key) != cfg.get(key):
+                print("width.py: two folders of d=%d differ in %s (%s, %s)" % (d, key, mcfg.get(key), cfg.get(key)),
+                      file=sys.stderr)
+                return 2
+        for row, v in best.items():
+            if row not in mbest or v[0] < mbest[row][0]:
+                mbest[row] = v
+    widths = sorted(merged.values(), key=lambda t: t[0])
     rows = []
     for _, _, best in widths:
         rows += [r for r in best if r != "uncompressed" and r not in rows]
@@ -54,10 +82,13 @@ def main(argv):
                 cells.append("-")
                 continue
             val, lr, _ = best[r]
-            gap = 100.0 * (val / ref[0] - 1.0) if ref else None
+            base = baseline(r, best)
+            rv = best.get(base)
+            gap = 100.0 * (val / rv[0] - 1.0) if rv else None
             if gap is not None:
                 gaps[r].append((d, gap))
-            cells.append("%.4f (%s), %s" % (val, lr, "%+.1f%%" % gap if gap is not None else "-"))
+            cells.append("%.4f (%s), %s%s" % (val, lr, "%+.1f%%" % gap if gap is not None else "-",
+                                             "" if base == "uncompressed" else " vs " + base))
         base = "%.4f (%s)" % (ref[0], ref[1]) if ref else "-"
         print("| %d | %s | %s | %s |" % (d, cfg.get("steps", "?"), base, " | ".join(cells)))
     if svg:

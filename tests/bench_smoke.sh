@@ -35,6 +35,10 @@ bash bench/compress.sh --smoke --d 128 --data resbm.h --only uncompressed,128x@2
 check "width.py: a row per width, each at its best learning rate, and the SVG" \
   sh -c "grep -q '^| 128 | 6 | [0-9.]* (default) | [0-9.]* (2e-3), [+-][0-9.]*% |$' '$dir/w.md' && grep -q '^| 256 | 6 |' '$dir/w.md' && grep -q '<polyline' '$dir/w.svg'"
 
+bash bench/compress.sh --smoke --data resbm.h --only uncompressed@5e-4,uncompressed-muon,128x-muon --out "$dir/s2" > /dev/null 2>> "$dir/s.err"
+/usr/bin/python3 bench/width.py "$dir/s" "$dir/s2" > "$dir/w2.md" 2>> "$dir/s.err"
+check "width.py merges folders of one width and measures a Muon row against the Muon baseline" \
+  sh -c "[ \$(grep -c '^| 256 |' '$dir/w2.md') -eq 1 ] && grep -q '(default), [+-][0-9.]*% vs uncompressed-muon' '$dir/w2.md'"
 bash bench/pipeline.sh --smoke --data resbm.h --out "$dir/p" > "$dir/p.md" 2> "$dir/p.err"
 rc=$?
 check "pipeline.sh runs" test $rc -eq 0
