@@ -1548,27 +1548,18 @@ static void resbm__gemm_serial(int form, float *C, const float *A, const float *
 
 /* C [n, n] = op(A) op(B), K > 0, for a product known to be symmetric (X X^T, or S S for a
    bitwise symmetric S, such as an X X^T from here), serially: the micro-tiles that reach the
-   diagonal or above it, the rest mirrored, about half the work. Each element is the same
-   k-ordered sum of the same products as in the full product (a product commutes; the order over
-   k is the kernel's for every tile), so the bits are resbm__gemm_serial's. */
+   diagonal or above it (resbm__gemm_block on each column panel), the rest mirrored, about half
+   the work. Each element is the same k-ordered sum of the same products as in the full product
+   (a product commutes; the order over k is the kernel's for every tile), so the bits are
+   resbm__gemm_serial's. */
 static void resbm__gemm_sym_serial(int form, float *C, const float *A, const float *B, size_t n,
                                    size_t K, float *pack) {
     resbm__gemm_job g;
-    size_t j0, k0, jr, ir, i, j;
+    size_t c0, i, j;
     resbm__gemm_setup(&g, form, 0, C, A, B, n, n, K, 1); /* the operands' strides */
-    for (j0 = 0; j0 < n; j0 += RESBM__NC) {
-        size_t nc = RESBM__MIN((size_t)RESBM__NC, n - j0);
-        for (k0 = 0; k0 < K; k0 += RESBM__KC) {
-            size_t kc = RESBM__MIN((size_t)RESBM__KC, K - k0);
-            resbm__pack_b(pack, B + k0 * g.bks + j0 * g.bns, g.bks, g.bns, nc, kc);
-            for (jr = 0; jr < nc; jr += RESBM__NR) {
-                size_t nr = RESBM__MIN(RESBM__NR, nc - jr), top = j0 + jr + nr;
-                for (ir = 0; ir < top; ir += RESBM__MR) /* rows i <= j of these columns, and a few more */
-                    resbm__kernel(kc, A + ir * g.ars + k0 * g.aks, g.ars, g.aks, pack + jr * kc,
-                                  RESBM__NR, C + ir * n + j0 + jr, n, RESBM__MIN(RESBM__MR, n - ir),
-                                  nr, k0 > 0);
-            }
-        }
+    for (c0 = 0; c0 < n; c0 += RESBM__NR) { /* each NR-column panel, rows 0 to its last column */
+        size_t nr = RESBM__MIN(RESBM__NR, n - c0);
+        resbm__gemm_block(C + c0, n, A, g.ars, g.aks, B + c0 * g.bns, g.bks, g.bns, c0 + nr, nr, K, 0, pack);
     }
     for (i = 1; i < n; i++)
         for (j = 0; j < i; j++) C[i * n + j] = C[j * n + i];

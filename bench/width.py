@@ -7,8 +7,8 @@ Each DIR is one `bench/compress.sh --d D --out DIR` run (its config.txt gives d,
 runs named NAME@LR (--sweep, or NAME@LR in --only) count as the same row at another learning
 rate, and every row is taken at its best (lowest final val bits/byte), its gap measured against
 the uncompressed run of the same optimizer and schedule where there is one (NAME-muon against
-uncompressed-muon); folders of the same d
-(and steps and seed) are merged, so a sweep may span several runs. Prints one table row per
+uncompressed-muon); folders of the same d (and steps and seed) are merged, so a sweep may span
+several runs. Prints one table row per
 width: the uncompressed baseline and each compressed row with its learning rate and its gap to
 the baseline; --svg draws each row's gap against d.
 """
