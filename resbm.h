@@ -97,9 +97,10 @@
        and a fixed summation order, so results are bit-identical whatever the thread count.
 
    CHANGES
-       0.4  the async schedule (resbm_stage_config.schedule, .predict; resbm_stage_flush;
-            stats.loss_step): overlapping steps, one step stale, weight versions and
-            prediction, even in-flight depths; exact mode unchanged, bit for bit
+       0.4  the async schedule (resbm_stage_config.schedule, .predict, .async_warmup;
+            resbm_stage_flush; stats.loss_step): overlapping steps, one step stale, weight
+            versions and prediction, even in-flight depths, exact warm-up steps; exact mode
+            unchanged, bit for bit
        0.3  host layers in resbm_model/resbm_stage (resbm_layers), resbm_boundary, grouped bottleneck
             kernels, a NULL pool everywhere; job agreement, abort frames, all-or-nothing steps with
             rollback and retry in place, the transport contract and resbm_transport_check.
@@ -696,6 +697,11 @@ typedef struct resbm_stage_config {
        0: the plain delayed rule. Default 2 (resbm_stage_config_default): with AdamW at 2e-3 the
        plain rule ended +0.25 bits/byte behind exact, 1 +0.11, 2 +0.06 (bench/RESULTS.md). */
     float predict;
+    /* Async: the steps before this update count run exact, then the stream starts (0: from the
+       first step). Early on a bottleneck learns what to send through its few channels, and a
+       one-step-stale gradient there sets it back for good: 128x at AdamW 1e-3 ended +0.059
+       bits/byte behind exact from step 0, about even after 200 exact steps (bench/RESULTS.md). */
+    int async_warmup;
 } resbm_stage_config;
 
 enum { RESBM_SCHEDULE_EXACT = 0, RESBM_SCHEDULE_ASYNC = 1 };
@@ -4595,7 +4601,7 @@ enum { RESBM__JOB_STAGES, RESBM__JOB_VOCAB, RESBM__JOB_D, RESBM__JOB_LAYERS, RES
        RESBM__JOB_OPT, RESBM__JOB_LR, RESBM__JOB_MIN_LR, RESBM__JOB_WARMUP, RESBM__JOB_TOTAL,
        RESBM__JOB_BETA1, RESBM__JOB_BETA2, RESBM__JOB_EPS, RESBM__JOB_WD, RESBM__JOB_CLIP,
        RESBM__JOB_MUON_LR, RESBM__JOB_MUON_MOM, RESBM__JOB_MUON_NS, RESBM__JOB_BLR,
-       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_EXTRA, RESBM__JOB_SCHEDULE, RESBM__JOB_PREDICT, RESBM__JOB_STEP_HI,
+       RESBM__JOB_SEED_HI, RESBM__JOB_SEED_LO, RESBM__JOB_INIT_STD, RESBM__JOB_ARCH_HI, RESBM__JOB_ARCH_LO, RESBM__JOB_EXTRA, RESBM__JOB_SCHEDULE, RESBM__JOB_PREDICT, RESBM__JOB_ASYNC_WARMUP, RESBM__JOB_STEP_HI,
        RESBM__JOB_STEP_LO, RESBM__JOB_N };
 static const char *const resbm__job_names[RESBM__JOB_N] = {
     "stages", "vocab", "d", "layers", "heads", "ff", "seq", "batch (rows per microbatch)",
@@ -4603,7 +4609,7 @@ static const char *const resbm__job_names[RESBM__JOB_N] = {
     "warmup", "total_steps", "beta1", "beta2", "eps", "weight_decay", "clip", "muon_lr",
     "muon_momentum", "muon_ns_steps", "bottleneck_lr_scale", "seed (high 32 bits)", "seed",
     "init_std", "host layers' architecture (hash, high 32 bits)", "host layers' architecture (hash)",
-    "forwards in flight beyond 1F1B (act_budget_bytes)", "schedule (0 exact, 1 async)", "predict",
+    "forwards in flight beyond 1F1B (act_budget_bytes)", "schedule (0 exact, 1 async)", "predict", "async_warmup (exact steps first)",
     "step (high 32 bits)", "step"};
 /* which of them are floats (printed as such in a mismatch) */
 #define RESBM__JOB_IS_FLOAT(i)                                                                     \
@@ -4702,6 +4708,7 @@ static void resbm__stage_job(resbm_stage *st) {
     j[RESBM__JOB_SCHEDULE] = (uint32_t)st->cfg.schedule;
     j[RESBM__JOB_PREDICT] = resbm__fbits(st->cfg.schedule == RESBM_SCHEDULE_ASYNC && st->cfg.predict > 0.0f
                                          ? st->cfg.predict : 0.0f); /* -0 is 0 */
+    j[RESBM__JOB_ASYNC_WARMUP] = st->cfg.schedule == RESBM_SCHEDULE_ASYNC ? (uint32_t)st->cfg.async_warmup : 0;
     j[RESBM__JOB_STEP_HI] = (uint32_t)((uint64_t)st->model->step >> 32);
     j[RESBM__JOB_STEP_LO] = (uint32_t)(uint64_t)st->model->step;
 }
@@ -4799,7 +4806,7 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
         cfg->wire_fwd > RESBM_WIRE_I8 || cfg->wire_bwd < RESBM_WIRE_F32 ||
         cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 || !resbm__finite_d(cfg->link_bytes_per_sec) ||
         (cfg->schedule != RESBM_SCHEDULE_EXACT && cfg->schedule != RESBM_SCHEDULE_ASYNC) ||
-        !resbm__finite(cfg->predict) || !(cfg->predict >= 0.0f && cfg->predict <= 16.0f) ||
+        !resbm__finite(cfg->predict) || !(cfg->predict >= 0.0f && cfg->predict <= 16.0f) || cfg->async_warmup < 0 ||
         !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
         return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
@@ -5522,8 +5529,10 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
                 (m->last && !targets)))
         rc = RESBM_EINVAL;
     if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
-    if (!rc) rc = st->cfg.schedule == RESBM_SCHEDULE_ASYNC ? resbm__async_step_run(st, tokens, targets, loss)
-                                                          : resbm__stage_step_run(st, tokens, targets, loss);
+    if (!rc) /* async's warm-up steps run exact (on its depths, which never rise down the pipeline) */
+        rc = st->cfg.schedule == RESBM_SCHEDULE_ASYNC && st->step >= (uint64_t)st->cfg.async_warmup
+                 ? resbm__async_step_run(st, tokens, targets, loss)
+                 : resbm__stage_step_run(st, tokens, targets, loss);
     return resbm__stage_end(st, rc);
 }
 

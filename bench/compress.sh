@@ -64,6 +64,8 @@ uncompressed-async|--r $d --schedule async
 128x-async|--ratio 128 --m $d --schedule async
 uncompressed-async-plain|--r $d --schedule async --async-predict 0
 128x-async-plain|--ratio 128 --m $d --schedule async --async-predict 0
+uncompressed-async-w200|--r $d --schedule async --async-warmup 200
+128x-async-w200|--ratio 128 --m $d --schedule async --async-warmup 200
 uncompressed-muon-async|--r $d --opt muon --schedule async
 128x-muon-async|--ratio 128 --m $d --opt muon --schedule async
 128x-muon-async-plain|--ratio 128 --m $d --opt muon --schedule async --async-predict 0"

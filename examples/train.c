@@ -39,7 +39,7 @@ typedef struct {
     const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers, *secret_file;
     int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
-    int schedule; /* RESBM_SCHEDULE_* */
+    int schedule, async_warmup; /* RESBM_SCHEDULE_*; async: exact steps first */
     int stage, timeout_ms, sample_len, quiet;
     float lr, bottleneck_lr;
     double bandwidth_mbps, latency_ms, link_mbps, act_budget_mb, predict;
@@ -67,7 +67,7 @@ static void usage(FILE *f) {
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
         "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact|async] [--async-predict X]\n"
-        "             [--act-budget-mb MB] [--quiet]\n"
+        "             [--async-warmup N] [--act-budget-mb MB] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
 
@@ -155,6 +155,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         INT_FLAG("--stage", stage, 0, 4095)
         INT_FLAG("--timeout-ms", timeout_ms, 1, 1 << 30)
         INT_FLAG("--sample", sample_len, 0, 1 << 20)
+        INT_FLAG("--async-warmup", async_warmup, 0, 1 << 30)
 #undef INT_FLAG
         else if (!strcmp(a, "--seed")) {
             char *e;
@@ -571,6 +572,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.act_budget_bytes = (size_t)(o->act_budget_mb * 1048576.0); /* deeper in flight on slow links */
     c.schedule = o->schedule;
     if (o->predict >= 0.0) c.predict = (float)o->predict; /* else the library's default */
+    c.async_warmup = o->async_warmup;
     return c;
 }
 

@@ -2427,6 +2427,7 @@ static void *async_thread(void *p) {
 }
 
 static float async_predict = 2.0f; /* predict of the next run_async and async_reference */
+static int async_warmup = 0;       /* and their exact steps first */
 static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, int n_micro, size_t budget,
                      int steps, int flush_at, int schedule) {
     resbm_inproc *hub;
@@ -2439,6 +2440,7 @@ static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, i
         a[s].cfg.act_budget_bytes = budget;
         a[s].cfg.schedule = schedule;
         a[s].cfg.predict = async_predict;
+        a[s].cfg.async_warmup = async_warmup;
         a[s].steps = steps;
         a[s].flush_at = flush_at;
         resbm_inproc_transport(hub, s, &a[s].cfg.transport);
@@ -2452,7 +2454,8 @@ static int run_async(async_arg *a, resbm_model_config mc, resbm_opt_config oc, i
     return bad;
 }
 
-/* The rule (tests/delayed.h) on fresh stage models, flushing where the pipeline did. */
+/* The rule (tests/delayed.h) on fresh stage models, flushing where the pipeline did (an exact
+   warm-up step is a batch flushed at once: a stream of one). */
 static void async_reference(resbm_model **ref, resbm_model_config mc, const resbm_opt_config *oc, int n,
                             int steps, int flush_at, float *losses) {
     delayed_rule r;
@@ -2468,7 +2471,7 @@ static void async_reference(resbm_model **ref, resbm_model_config mc, const resb
     }
     for (k = 0; k < steps; k++) {
         pipe_batch(tok, tg, &mc, n * mc.batch, k);
-        losses[k] = delayed_step(&r, tok, tg, k + 1 == flush_at || k + 1 == steps);
+        losses[k] = delayed_step(&r, tok, tg, k < async_warmup || k + 1 == flush_at || k + 1 == steps);
     }
     delayed_free(&r);
 }
@@ -2476,15 +2479,18 @@ static void async_reference(resbm_model **ref, resbm_model_config mc, const resb
 /* Async S stages as threads == the delayed-update rule run one stage after another: every
    reported loss, the flushed losses and every parameter bit for bit, at 1F1B's depth and with
    every stage as deep as the rule allows, AdamW (the clip binding) and Muon, 1 and 2 threads, one
-   stage and a flush mid-run; checkpoints refused while steps are in flight; not exact's bits. */
+   stage and a flush mid-run, exact warm-up steps first; checkpoints refused while steps are in
+   flight; not exact's bits. */
 static void test_pipeline_async_equals_reference(void) {
-    struct { const char *what; int stages, n, opt, threads, flush_at; size_t budget; float predict; } cases[] = {
-        {"3 stages, 1F1B depth, AdamW", 3, 4, RESBM_OPT_ADAMW, 1, 0, 0, 2.0f},
-        {"3 stages, deepest, Muon, 2 threads", 3, 4, RESBM_OPT_MUON, 2, 0, (size_t)1 << 30, 2.0f},
-        {"3 stages, deepest, flush after step 4", 3, 3, RESBM_OPT_ADAMW, 1, 4, (size_t)1 << 30, 1.0f},
-        {"3 stages, deepest, the plain rule (predict 0)", 3, 4, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 0.0f},
-        {"2 stages, 1 microbatch, deepest", 2, 1, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 2.0f},
-        {"1 stage", 1, 2, RESBM_OPT_ADAMW, 1, 3, 0, 2.0f}};
+    struct { const char *what; int stages, n, opt, threads, flush_at; size_t budget; float predict; int warmup; } cases[] = {
+        {"3 stages, 1F1B depth, AdamW", 3, 4, RESBM_OPT_ADAMW, 1, 0, 0, 2.0f, 0},
+        {"3 stages, deepest, Muon, 2 threads", 3, 4, RESBM_OPT_MUON, 2, 0, (size_t)1 << 30, 2.0f, 0},
+        {"3 stages, deepest, flush after step 4", 3, 3, RESBM_OPT_ADAMW, 1, 4, (size_t)1 << 30, 1.0f, 0},
+        {"3 stages, deepest, the plain rule (predict 0)", 3, 4, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 0.0f, 0},
+        {"2 stages, 1 microbatch, deepest", 2, 1, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 2.0f, 0},
+        {"1 stage", 1, 2, RESBM_OPT_ADAMW, 1, 3, 0, 2.0f, 0},
+        {"4 stages, 6 microbatches, deepest, 2 exact steps first", 4, 6, RESBM_OPT_ADAMW, 1, 0, (size_t)1 << 30, 2.0f, 2},
+        {"3 stages, 1F1B depth, Muon, 2 exact steps first, flush after step 5", 3, 4, RESBM_OPT_MUON, 1, 5, 0, 2.0f, 2}};
     async_arg a[PIPE_MAX], x[PIPE_MAX];
     resbm_model *ref[PIPE_MAX];
     float losses[ASYNC_STEPS];
@@ -2501,6 +2507,7 @@ static void test_pipeline_async_equals_reference(void) {
         oc.kind = cases[c].opt;
         oc.clip = 0.05f; oc.warmup = 2;
         async_predict = cases[c].predict;
+        async_warmup = cases[c].warmup;
         CHECK(run_async(a, mc, oc, cases[c].n, cases[c].budget, ASYNC_STEPS, fa, RESBM_SCHEDULE_ASYNC) == 0,
               "%s: the pipeline", cases[c].what);
         if (th_fail_now) return;
@@ -2517,11 +2524,12 @@ static void test_pipeline_async_equals_reference(void) {
             CHECK(a[s].save_rc == RESBM_ESTATE, "%s: a checkpoint with steps in flight: %s", cases[c].what,
                   resbm_strerror(a[s].save_rc));
             for (k = 0; k < ASYNC_STEPS; k++) { /* call k of a stream reports the loss of k - 2 */
-                int in = fa && k >= fa ? k - fa : k;
-                CHECK(in >= 2 ? a[s].loss[k] == losses[k - 2] && a[s].loss_step[k] == k - 2
+                int wu = cases[c].warmup, in = fa && k >= fa ? k - fa : k - wu;
+                CHECK(k < wu ? a[s].loss[k] == losses[k] && a[s].loss_step[k] == k /* exact's own */
+                      : in >= 2 ? a[s].loss[k] == losses[k - 2] && a[s].loss_step[k] == k - 2
                               : a[s].loss[k] == 0.0f,
                       "%s: stage %d call %d loss %.9g (step %ld), want %.9g", cases[c].what, s, k, a[s].loss[k],
-                      a[s].loss_step[k], in >= 2 ? losses[k - 2] : 0.0);
+                      a[s].loss_step[k], k < wu ? losses[k] : in >= 2 ? losses[k - 2] : 0.0);
             }
             CHECK(a[s].flushed[fa ? 1 : 0] == losses[ASYNC_STEPS - 1] && (!fa || a[s].flushed[0] == losses[fa - 1]),
                   "%s: stage %d flushed loss %.9g, want %.9g", cases[c].what, s, a[s].flushed[fa ? 1 : 0],
@@ -2545,6 +2553,7 @@ static void test_pipeline_async_equals_reference(void) {
         for (s = 0; s < S; s++) { resbm_stage_free(a[s].st); resbm_model_free(ref[s]); }
     }
     async_predict = 2.0f;
+    async_warmup = 0;
 }
 
 /* A checkpoint loaded into stages with steps in flight (and a prediction in their parameters)
@@ -2923,7 +2932,7 @@ static void test_pipeline_timeout_scales(void) {
         for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
         resbm_inproc_free(hub);
     }
-    { /* a bandwidth that is not a number is refused */
+    { /* a bandwidth that is not a number is refused, so are a negative warm-up and a wild prediction */
         resbm_stage_config c = resbm_stage_config_default();
         resbm_inproc *hub;
         resbm_stage *st = NULL;
@@ -2933,6 +2942,13 @@ static void test_pipeline_timeout_scales(void) {
         c.link_bytes_per_sec = -1.0;
         CHECK_RC(resbm_stage_init(&c, &st), RESBM_EINVAL);
         c.link_bytes_per_sec = strtod("nan", NULL);
+        CHECK_RC(resbm_stage_init(&c, &st), RESBM_EINVAL);
+        c.link_bytes_per_sec = 0.0;
+        c.schedule = RESBM_SCHEDULE_ASYNC;
+        c.async_warmup = -1;
+        CHECK_RC(resbm_stage_init(&c, &st), RESBM_EINVAL);
+        c.async_warmup = 0;
+        c.predict = 17.0f;
         CHECK_RC(resbm_stage_init(&c, &st), RESBM_EINVAL);
         CHECK(st == NULL, "out touched on failure");
         resbm_inproc_free(hub);
@@ -3878,7 +3894,7 @@ static void *eval_abort_thread(void *p) {
     return NULL;
 }
 static void test_job_agreement(void) {
-    const char *fields[] = {"seq", "d", "layers", "vocab", "no_identity", "stages", "optimizer", "clip", "r", "lr", "n_micro", "schedule"};
+    const char *fields[] = {"seq", "d", "layers", "vocab", "no_identity", "stages", "optimizer", "clip", "r", "lr", "n_micro", "schedule", "async_warmup", "predict"};
     int k, s;
     for (k = 0; k < (int)(sizeof(fields) / sizeof(fields[0])); k++) {
         resbm_inproc *hub;
@@ -3903,7 +3919,10 @@ static void test_job_agreement(void) {
                 if (k == 9) c.opt.lr = 1e-3f;
                 if (k == 10) c.n_micro = 1;
                 if (k == 11) c.schedule = RESBM_SCHEDULE_ASYNC;
+                if (k == 12) c.async_warmup = 5;
+                if (k == 13) c.predict = 1.0f;
             }
+            if (k >= 12) c.schedule = RESBM_SCHEDULE_ASYNC; /* both async, one detail apart */
             a[s].rows = (size_t)c.model.batch * (size_t)c.n_micro;
             resbm_inproc_transport(hub, s, &c.transport);
             CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
