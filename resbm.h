@@ -731,7 +731,8 @@ RESBMDEF void resbm_stage_free(resbm_stage *st);
 RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
 /* rows = n_micro * model.batch sequences (tokens/targets [rows*T] on the first/last stage).
    *loss (optional) = the step's mean loss, on every stage. Async: the loss of the step whose
-   update the call applied (two steps back; stats.loss_step), 0 before there is one. A failure
+   update the call applied (two steps back; stats.loss_step), 0 before there is one; a warm-up
+   step (step count below async_warmup) is an exact step and reports its own. A failure
    drops the steps in flight on every stage: the weights are those of the first
    resbm_model_step_count(model) steps, and the next call starts a new stream from there. */
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,

@@ -2419,7 +2419,8 @@ static void *async_thread(void *p) {
         a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &a->loss[k]);
         resbm_stage_get_stats(a->st, &ss);
         a->loss_step[k] = ss.loss_step;
-        if (!a->rc && k == 2) a->save_rc = resbm_checkpoint_save(path, &m, 1, NULL, 0); /* steps in flight */
+        if (!a->rc && k == a->cfg.async_warmup + 2) /* steps in flight */
+            a->save_rc = resbm_checkpoint_save(path, &m, 1, NULL, 0);
         if (!a->rc && (k + 1 == a->flush_at || k + 1 == a->steps)) a->rc = resbm_stage_flush(a->st, &a->flushed[f++]);
     }
     remove(path);
@@ -4062,6 +4063,7 @@ static void *retry_thread(void *p) {
 }
 
 static size_t retry_budget;                      /* act_budget_bytes of the next retry_run */
+static int retry_warmup;                         /* async_warmup of the next async retry_run */
 static int retry_micro = 2, retry_bad_call = -1;  /* its n_micro; a call the last stage spoils */
 
 /* Async: step with batches 0, 1, ... and flush at the end; after a failure, the stream starts
@@ -4115,6 +4117,7 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
         c.opt.clip = 0.05f; /* the clip binds: the norm matters */
         c.schedule = schedule;
         c.act_budget_bytes = retry_budget;
+        c.async_warmup = schedule == RESBM_SCHEDULE_ASYNC ? retry_warmup : 0;
         memset(&link[s], 0, offsetof(fault_link, buf));
         resbm_inproc_transport(hub, s, &link[s].inner);
         link[s].to = s == from ? to : -1;
@@ -4188,11 +4191,13 @@ static void test_fault_async_restart(void) {
         {"norms 1->0, batch 2", 1, 0, RESBM_KIND_CONTROL, 3},
         {"commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2},
         {"commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3}};
-    int fails[RETRY_S], w, fault, s, k, r, deep, nw = (int)(sizeof(where) / sizeof(where[0]));
+    int fails[RETRY_S], w, fault, s, k, r, deep, wu, nw = (int)(sizeof(where) / sizeof(where[0]));
     size_t np, i;
     /* deep: 4 microbatches, every stage as deep as the rule allows (4/2/1), a subset of the
-       faults and a bad target on the last stage at step 2 (where two updates could separate) */
-    for (deep = 0; deep < 2; deep++)
+       faults and a bad target on the last stage at step 2 (where two updates could separate);
+       wu 2: the first two steps exact (faults in them, and in the stream that starts after) */
+    for (wu = 0; wu <= 2; wu += 2)
+    for (deep = 0; deep < (wu ? 1 : 2); deep++)
     for (w = 0; w < nw + deep; w++)
         for (fault = 0; fault < FAULT_N; fault++) {
             resbm_model *ref[RETRY_S];
@@ -4203,16 +4208,17 @@ static void test_fault_async_restart(void) {
             int rc, input = w == nw;
             const char *what = input ? "a bad target on the last stage, step 2" : where[w].what;
             const char *fname = input ? "once" : fault_names[fault];
-            if (deep && fault != FAULT_GARBAGE && fault != FAULT_NAN && fault != FAULT_DROP) continue;
+            if ((deep || wu) && fault != FAULT_GARBAGE && fault != FAULT_NAN && fault != FAULT_DROP) continue;
             if (input && fault != FAULT_GARBAGE) continue;
+            retry_warmup = wu;
             retry_micro = deep ? 4 : 2;
             retry_budget = deep ? (size_t)1 << 30 : 0;
             retry_bad_call = input ? 2 : -1;
             rc = retry_run(st, input ? -1 : where[w].from, input ? -1 : where[w].to, input ? 0 : where[w].kind,
                            input ? 0 : where[w].nth, input ? -1 : fault, fails, RESBM_SCHEDULE_ASYNC, out);
-            retry_micro = 2; retry_budget = 0; retry_bad_call = -1;
+            retry_micro = 2; retry_budget = 0; retry_bad_call = -1; retry_warmup = 0;
             if (input) fault = FAULT_N - 1; /* one case */
-            CHECK(rc == 0, "%s%s, %s: %s", deep ? "deep: " : "", what, fname,
+            CHECK(rc == 0, "%s%s, %s: %s", deep ? "deep: " : wu ? "warm-up 2: " : "", what, fname,
                   rc == 2 ? "the fault never fired" : "a stage did not finish");
             CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed (%d %d %d)",
                   what, fname, fails[0], fails[1], fails[2]);
@@ -4234,7 +4240,7 @@ static void test_fault_async_restart(void) {
                 dr.stage[s] = ref[s];
             }
             for (k = 0; k < RETRY_STEPS && !th_fail_now; k++) {
-                int flush = k + 1 == RETRY_STEPS;
+                int flush = k + 1 == RETRY_STEPS || k < wu; /* a warm-up step: a stream of one */
                 for (r = 0; r < out[0].restarts; r++) flush |= out[0].restart[r] == k + 1;
                 pipe_batch(tok, tg, &mc, dr.n * mc.batch, k);
                 delayed_step(&dr, tok, tg, flush);
