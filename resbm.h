@@ -1012,6 +1012,7 @@ static void resbm__dealloc(void *p, void *user) {
 #define RESBM__MC (32 * RESBM__MR) /* tile rows: op(A) block MC x KC stays in L2 */
 #define RESBM__NC (8 * RESBM__NR)  /* tile columns: the packed op(B) block is KC x NC */
 #define RESBM__PACK_FLOATS ((size_t)RESBM__KC * RESBM__NC)
+#define RESBM__PF_K 16 /* k steps ahead a strided op(A) is prefetched */
 
 typedef void (*resbm__range_fn)(void *ctx, size_t begin, size_t end);
 
@@ -1321,7 +1322,8 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
    blocks of KC (always the same blocks, so every C element sums in the same order whatever the
    tiling or the thread count) and calls the register micro-kernel on every MR x NR piece.
    op(A) is read in place through strides (the kernel broadcasts one element per row, so any
-   layout works; packing a transposed op(A) was measured twice and gained nothing, RESULTS.md).
+   layout works; packing a transposed op(A) was measured twice and gained nothing, prefetching
+   it and C's lines gained about 15% inside a step, RESULTS.md).
    op(B) is read in place when it is [K,N] and the kernel can mask its edge loads (AVX-512);
    otherwise (B^T, or no masking) the task packs its KC x tile-width block into NR-wide,
    zero-padded panels. Splitting work along N never repacks anything, so tiles are cut along N
@@ -1388,10 +1390,22 @@ static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars,
        indices (a loop over an accumulator array keeps it in memory: 3x slower). */
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    /* Inside a step the operands come from memory (bench_profile: the step's GEMMs run at their
+       cold rate), so ask early for what the hardware prefetcher misses: C's lines, read or
+       written only after the k loop, and a strided op(A) (A^T: one line per k, M floats apart)
+       RESBM__PF_K steps ahead. Prefetches never fault; the addresses are formed as integers. */
+    uintptr_t pa = (uintptr_t)ar[0], pz = (uintptr_t)ar[RESBM__MR - 1];
+    uintptr_t pstep = aks > 1 ? aks * sizeof(float) : 0, pahead = RESBM__PF_K * pstep;
+    for (i = 0; i < mr; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)((uintptr_t)(c + i * ldc) + (nr - 1) * sizeof(float)), _MM_HINT_T0);
+    }
     for (k = 0; k < kc; k++) {
         const float *bk = b + k * ldb;
         size_t ak = k * aks;
         __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8), ai;
+        _mm_prefetch((const char *)(pa + pahead + k * pstep), _MM_HINT_T0);
+        _mm_prefetch((const char *)(pz + pahead + k * pstep), _MM_HINT_T0);
         ai = _mm256_broadcast_ss(ar[0] + ak);
         c00 = _mm256_fmadd_ps(ai, b0, c00); c01 = _mm256_fmadd_ps(ai, b1, c01);
         ai = _mm256_broadcast_ss(ar[1] + ak);
