@@ -82,15 +82,15 @@ def main(argv):
                 cells.append("-")
                 continue
             val, lr, _ = best[r]
-            base = baseline(r, best)
-            rv = best.get(base)
+            against = baseline(r, best)
+            rv = best.get(against)
             gap = 100.0 * (val / rv[0] - 1.0) if rv else None
             if gap is not None:
                 gaps[r].append((d, gap))
             cells.append("%.4f (%s), %s%s" % (val, lr, "%+.1f%%" % gap if gap is not None else "-",
-                                             "" if base == "uncompressed" else " vs " + base))
-        base = "%.4f (%s)" % (ref[0], ref[1]) if ref else "-"
-        print("| %d | %s | %s | %s |" % (d, cfg.get("steps", "?"), base, " | ".join(cells)))
+                                             "" if against == "uncompressed" else " vs " + against))
+        ref_cell = "%.4f (%s)" % (ref[0], ref[1]) if ref else "-"
+        print("| %d | %s | %s | %s |" % (d, cfg.get("steps", "?"), ref_cell, " | ".join(cells)))
     if svg:
         W, H, L, R, T, B = 640, 380, 60, 170, 30, 50
         pts = [p for v in gaps.values() for p in v]
