@@ -1009,8 +1009,8 @@ static void resbm__dealloc(void *p, void *user) {
 #define RESBM__NR 8
 #endif
 #define RESBM__KC 256 /* fixed: it decides the summation order, so it never depends on threads */
-#define RESBM__MC (32 * RESBM__MR) /* tile rows: op(A) block MC x KC stays in L2 */
-#define RESBM__NC (8 * RESBM__NR)  /* tile columns: the packed op(B) block is KC x NC */
+#define RESBM__MC (32 * RESBM__MR) /* op(A) block MC x KC stays in L2 */
+#define RESBM__NC (8 * RESBM__NR)  /* the packed op(B) block is KC x NC */
 #define RESBM__PACK_FLOATS ((size_t)RESBM__KC * RESBM__NC)
 #define RESBM__PF_K 16 /* k steps ahead a strided op(A) is prefetched */
 
@@ -1495,25 +1495,30 @@ static void resbm__pack_b(float *dst, const float *B, size_t bks, size_t bns, si
 }
 
 /* Serial C[M,N] (+)= op(A) op(B) on one thread, op(A)(i,k) = A[i*ars + k*aks],
-   op(B)(k,j) = B[k*bks + j*bns], C rows ldc apart; pack holds RESBM__PACK_FLOATS. K > 0. */
+   op(B)(k,j) = B[k*bks + j*bns], C rows ldc apart; pack holds RESBM__PACK_FLOATS. K > 0.
+   A packed op(B) block serves all M rows, MC at a time (that op(A) block stays in L2 while
+   each B panel of it is read from L1). */
 static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
                               const float *B, size_t bks, size_t bns, size_t M, size_t N, size_t K,
                               int accumulate, float *pack) {
     int direct = RESBM__DIRECT_B && bns == 1;
-    size_t j0, k0, jr, ir;
+    size_t j0, k0, i0, jr, ir;
     for (j0 = 0; j0 < N; j0 += RESBM__NC) {
         size_t nc = RESBM__MIN((size_t)RESBM__NC, N - j0);
         for (k0 = 0; k0 < K; k0 += RESBM__KC) {
             size_t kc = RESBM__MIN((size_t)RESBM__KC, K - k0);
             int add = accumulate || k0 > 0;
             if (!direct) resbm__pack_b(pack, B + k0 * bks + j0 * bns, bks, bns, nc, kc);
-            for (jr = 0; jr < nc; jr += RESBM__NR) {
-                const float *b = direct ? B + k0 * bks + j0 + jr : pack + jr * kc;
-                size_t ldb = direct ? bks : RESBM__NR;
-                for (ir = 0; ir < M; ir += RESBM__MR)
-                    resbm__kernel(kc, A + ir * ars + k0 * aks, ars, aks, b, ldb,
-                                  C + ir * ldc + j0 + jr, ldc, RESBM__MIN(RESBM__MR, M - ir),
-                                  RESBM__MIN(RESBM__NR, nc - jr), add);
+            for (i0 = 0; i0 < M; i0 += RESBM__MC) {
+                size_t i1 = RESBM__MIN(M, i0 + RESBM__MC);
+                for (jr = 0; jr < nc; jr += RESBM__NR) {
+                    const float *b = direct ? B + k0 * bks + j0 + jr : pack + jr * kc;
+                    size_t ldb = direct ? bks : RESBM__NR;
+                    for (ir = i0; ir < i1; ir += RESBM__MR)
+                        resbm__kernel(kc, A + ir * ars + k0 * aks, ars, aks, b, ldb,
+                                      C + ir * ldc + j0 + jr, ldc, RESBM__MIN(RESBM__MR, i1 - ir),
+                                      RESBM__MIN(RESBM__NR, nc - jr), add);
+                }
             }
         }
     }
@@ -1542,8 +1547,10 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
 }
 
 /* The job of C (+)= op(A) op(B) cut into at least `want` tiles where the shape allows; returns
-   the tile count. Tile size only decides who computes what, never the arithmetic: tiles shrink
-   until every thread has a few to take, along N first (that repacks nothing). */
+   the tile count. Tile size only decides who computes what, never the arithmetic. A tile packs
+   each op(B) block once for all its rows, so with one K block a tile starts whole along M; with
+   more, its C block is revisited once per K block, so it starts at MC rows to stay in L2. Tiles
+   then shrink, taller than wide, until every thread has a few to take. */
 static size_t resbm__gemm_setup(resbm__gemm_job *g, int form, int accumulate, float *C, const float *A,
                                 const float *B, size_t M, size_t N, size_t K, size_t want) {
     size_t tiles_m, tiles_n;
@@ -1553,13 +1560,15 @@ static size_t resbm__gemm_setup(resbm__gemm_job *g, int form, int accumulate, fl
     g->aks = form == RESBM_GEMM_TN ? M : 1;
     g->bks = form == RESBM_GEMM_NT ? 1 : N;  /* op(B)(k,j) = B[k*bks + j*bns] */
     g->bns = form == RESBM_GEMM_NT ? K : 1;
-    g->tm = RESBM__MC; g->tn = RESBM__NC;
+    g->tm = K <= RESBM__KC ? M : RESBM__MIN(M, (size_t)RESBM__MC); g->tn = RESBM__NC;
     for (;;) {
+        int rows = g->tm >= 4 * RESBM__MR, cols = g->tn >= 4 * RESBM__NR && g->tn / 2 < N;
         tiles_m = (M + g->tm - 1) / g->tm;
         tiles_n = (N + g->tn - 1) / g->tn;
         if (tiles_m * tiles_n >= want) break;
-        if (g->tn >= 4 * RESBM__NR && g->tn / 2 < N) g->tn /= 2;
-        else if (g->tm >= 4 * RESBM__MR && g->tm / 2 < M) g->tm /= 2;
+        if (rows && (g->tm >= 2 * g->tn || !cols)) /* halve, rounded up to whole micro-tiles */
+            g->tm = (g->tm / 2 + RESBM__MR - 1) / RESBM__MR * RESBM__MR;
+        else if (cols) g->tn /= 2;
         else break;
     }
     g->tiles_n = tiles_n;
