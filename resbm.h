@@ -1485,7 +1485,41 @@ static void resbm__pack_b(float *dst, const float *B, size_t bks, size_t bns, si
     for (p = 0; p < nc; p += RESBM__NR) { /* a transpose: source row j is column j of a panel */
         size_t nr = RESBM__MIN(RESBM__NR, nc - p);
         float *d = dst + p * kc;
-        for (j = 0; j < nr; j++) {
+        j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        if (bks == 1) /* 8 source rows x 8 k at a time, transposed in registers */
+            for (; j + 8 <= nr; j += 8) {
+                const float *src = B + (p + j) * bns;
+                for (k = 0; k + 8 <= kc; k += 8) {
+                    __m256 r0 = _mm256_loadu_ps(src + k), r1 = _mm256_loadu_ps(src + bns + k);
+                    __m256 r2 = _mm256_loadu_ps(src + 2 * bns + k), r3 = _mm256_loadu_ps(src + 3 * bns + k);
+                    __m256 r4 = _mm256_loadu_ps(src + 4 * bns + k), r5 = _mm256_loadu_ps(src + 5 * bns + k);
+                    __m256 r6 = _mm256_loadu_ps(src + 6 * bns + k), r7 = _mm256_loadu_ps(src + 7 * bns + k);
+                    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                    float *o = d + k * RESBM__NR + j;
+                    _mm256_storeu_ps(o + 0 * RESBM__NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+                    _mm256_storeu_ps(o + 1 * RESBM__NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+                    _mm256_storeu_ps(o + 2 * RESBM__NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+                    _mm256_storeu_ps(o + 3 * RESBM__NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+                    _mm256_storeu_ps(o + 4 * RESBM__NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+                    _mm256_storeu_ps(o + 5 * RESBM__NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+                    _mm256_storeu_ps(o + 6 * RESBM__NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+                    _mm256_storeu_ps(o + 7 * RESBM__NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+                }
+                for (; k < kc; k++) {
+                    size_t q;
+                    for (q = 0; q < 8; q++) d[k * RESBM__NR + j + q] = src[q * bns + k];
+                }
+            }
+#endif
+        for (; j < nr; j++) {
             const float *src = B + (p + j) * bns;
             for (k = 0; k < kc; k++) d[k * RESBM__NR + j] = src[k * bks];
         }
