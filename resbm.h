@@ -1322,12 +1322,11 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
    blocks of KC (always the same blocks, so every C element sums in the same order whatever the
    tiling or the thread count) and calls the register micro-kernel on every MR x NR piece.
    op(A) is read in place through strides (the kernel broadcasts one element per row, so any
-   layout works; packing a transposed op(A) was measured twice and gained nothing; prefetching
-   it and C's lines cut the GEMMs' time inside a step by about 15%, RESULTS.md).
+   layout works; packing a transposed op(A) was measured three times and gained nothing;
+   prefetching it and C's lines cut the GEMMs' time inside a step by about 15%, RESULTS.md).
    op(B) is read in place when it is [K,N] and the kernel can mask its edge loads (AVX-512);
-   otherwise (B^T, or no masking) the task packs its KC x tile-width block into NR-wide,
-   zero-padded panels. Splitting work along N never repacks anything, so tiles are cut along N
-   first. */
+   otherwise (B^T, or no masking) the task packs each KC x NC block of its columns into NR-wide,
+   zero-padded panels, once for all the tile's rows (resbm__gemm_setup says how tiles are cut). */
 
 /* c[mr, nr] (+)= sum_k a(i,k) b(k,j) with a(i,k) = a[i*ars + k*aks] and b(k,j) = b[k*ldb + j].
    Rows past mr repeat row mr-1 (computed, never stored), so no read leaves op(A). */
