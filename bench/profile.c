@@ -36,8 +36,9 @@ static const char *kind_of(const resbm__prof_entry *e) {
     if (r == resbm__rmsnorm_fwd_rows) return "rmsnorm forward";
     if (r == resbm__rmsnorm_bwd_rows || r == resbm__rmsnorm_bwd_cols) return "rmsnorm backward";
     if (r == resbm__rope_rows) return "RoPE (forward and backward)";
-    if (r == resbm__swiglu_fwd_range) return "SwiGLU forward (and its recompute in backward)";
-    if (r == resbm__swiglu_bwd_range) return "SwiGLU backward";
+    if (r == resbm__swiglu_fwd_range) return "SwiGLU forward";
+    if (r == resbm__swiglu_bwd_range || r == resbm__swiglu_mlp_bwd_range)
+        return "SwiGLU backward (with the gate's recompute)";
     if (r == resbm__xent_fwd_rows || r == resbm__xent_bwd_rows) return "cross-entropy";
     if (r == resbm__silu_fwd_range || r == resbm__silu_bwd_range) return "bottleneck silu";
     if (r == resbm__sqnorm_range) return "gradient norm";
