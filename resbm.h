@@ -1527,13 +1527,29 @@ static void resbm__pack_b(float *dst, const float *B, size_t bks, size_t bns, si
     }
 }
 
+/* Attention's products inside a block of queries t0.. (query t sees keys u <= t) have a causal
+   shape that lets micro-tiles be skipped or their k loop shortened with the same bits: a kernel
+   sum starts at +0 and is never -0, so dropping products of an exact zero op(A) element before
+   the first or after the last nonzero one changes nothing. With i a row of the call's C:
+   COLS:  C(i,j) is read only for j <= t0 + i; tiles wholly past that are not computed.
+   K_MAX: op(A)(i,k) = 0 for k > t0 + i (P and dS rows); the k loop stops after the tile's last.
+   K_MIN: op(A)(i,k) = 0 for t0 + k < i (P^T and dS^T); the k loop starts at the tile's first. */
+enum { RESBM__DENSE, RESBM__CAUSAL_COLS, RESBM__CAUSAL_K_MAX, RESBM__CAUSAL_K_MIN };
+typedef struct { int kind; size_t t0; } resbm__shape;
+static const resbm__shape resbm__dense = { RESBM__DENSE, 0 };
+static resbm__shape resbm__causal(int kind, size_t t0) {
+    resbm__shape sh;
+    sh.kind = kind; sh.t0 = t0;
+    return sh;
+}
+
 /* Serial C[M,N] (+)= op(A) op(B) on one thread, op(A)(i,k) = A[i*ars + k*aks],
    op(B)(k,j) = B[k*bks + j*bns], C rows ldc apart; pack holds RESBM__PACK_FLOATS. K > 0.
    A packed op(B) block serves all M rows, MC at a time (that op(A) block stays in L2 while
    each B panel of it is read from L1). */
 static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
                               const float *B, size_t bks, size_t bns, size_t M, size_t N, size_t K,
-                              int accumulate, float *pack) {
+                              int accumulate, float *pack, resbm__shape sh) {
     int direct = RESBM__DIRECT_B && bns == 1;
     size_t j0, k0, i0, jr, ir;
     for (j0 = 0; j0 < N; j0 += RESBM__NC) {
@@ -1547,10 +1563,18 @@ static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, 
                 for (jr = 0; jr < nc; jr += RESBM__NR) {
                     const float *b = direct ? B + k0 * bks + j0 + jr : pack + jr * kc;
                     size_t ldb = direct ? bks : RESBM__NR;
-                    for (ir = i0; ir < i1; ir += RESBM__MR)
-                        resbm__kernel(kc, A + ir * ars + k0 * aks, ars, aks, b, ldb,
-                                      C + ir * ldc + j0 + jr, ldc, RESBM__MIN(RESBM__MR, i1 - ir),
+                    for (ir = i0; ir < i1; ir += RESBM__MR) {
+                        size_t mr = RESBM__MIN(RESBM__MR, i1 - ir), kb = 0, ke = kc;
+                        if (sh.kind == RESBM__CAUSAL_COLS && j0 + jr > sh.t0 + ir + mr - 1) continue;
+                        if (sh.kind == RESBM__CAUSAL_K_MAX) /* last nonzero k: t0 + ir + mr - 1 */
+                            ke = sh.t0 + ir + mr > k0 ? RESBM__MIN(kc, sh.t0 + ir + mr - k0) : 0;
+                        if (sh.kind == RESBM__CAUSAL_K_MIN && ir > sh.t0 + k0) /* first: ir - t0 */
+                            kb = RESBM__MIN(ke, ir - sh.t0 - k0);
+                        if (kb == ke && add) continue; /* nothing to add (kc 0 stores zeros) */
+                        resbm__kernel(ke - kb, A + ir * ars + (k0 + kb) * aks, ars, aks, b + kb * ldb,
+                                      ldb, C + ir * ldc + j0 + jr, ldc, mr,
                                       RESBM__MIN(RESBM__NR, nc - jr), add);
+                    }
                 }
             }
         }
@@ -1576,7 +1600,7 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
     }
     resbm__gemm_block(g->C + i0 * g->N + j0, g->N, g->A + i0 * g->ars, g->ars, g->aks,
                       g->B + j0 * g->bns, g->bks, g->bns, mc, nc, g->K, g->accumulate,
-                      g->pack + (size_t)thread * RESBM__PACK_FLOATS);
+                      g->pack + (size_t)thread * RESBM__PACK_FLOATS, resbm__dense);
 }
 
 /* The job of C (+)= op(A) op(B) cut into at least `want` tiles where the shape allows; returns
@@ -1632,7 +1656,8 @@ static void resbm__gemm_sym_serial(int form, float *C, const float *A, const flo
     resbm__gemm_setup(&g, form, 0, C, A, B, n, n, K, 1); /* the operands' strides */
     for (c0 = 0; c0 < n; c0 += RESBM__NR) { /* each NR-column panel, rows 0 to its last column */
         size_t nr = RESBM__MIN(RESBM__NR, n - c0);
-        resbm__gemm_block(C + c0, n, A, g.ars, g.aks, B + c0 * g.bns, g.bks, g.bns, c0 + nr, nr, K, 0, pack);
+        resbm__gemm_block(C + c0, n, A, g.ars, g.aks, B + c0 * g.bns, g.bks, g.bns, c0 + nr, nr, K, 0, pack,
+                          resbm__dense);
     }
     for (i = 1; i < n; i++)
         for (j = 0; j < i; j++) C[i * n + j] = C[j * n + i];
@@ -2174,7 +2199,9 @@ static void resbm__attn_fwd_blocked(void *ctx, size_t task, int thread) {
     float scale = 1.0f / sqrtf((float)hd);
     for (t0 = 0; t0 < T; t0 += RESBM__BQ) {
         size_t bq = RESBM__MIN((size_t)RESBM__BQ, T - t0), nk = t0 + bq;
-        resbm__gemm_block(S, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack); /* Q K^T */
+        resbm__shape cols = resbm__causal(RESBM__CAUSAL_COLS, t0);
+        resbm__shape kmax = resbm__causal(RESBM__CAUSAL_K_MAX, t0);
+        resbm__gemm_block(S, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack, cols); /* Q K^T */
         for (i = 0; i < bq; i++) {
             float *row = S + i * T, mx, sum;
             size_t t = t0 + i;
@@ -2184,7 +2211,7 @@ static void resbm__attn_fwd_blocked(void *ctx, size_t task, int thread) {
             for (u = t + 1; u < nk; u++) row[u] = 0.0f;
             j->lse_out[(seq * T + t) * H + h] = mx + logf(sum);
         }
-        resbm__gemm_block(j->out + off + t0 * d, d, S, T, 1, V, d, 1, bq, hd, nk, 0, pack); /* P V */
+        resbm__gemm_block(j->out + off + t0 * d, d, S, T, 1, V, d, 1, bq, hd, nk, 0, pack, kmax); /* P V */
     }
 }
 
@@ -2201,8 +2228,10 @@ static void resbm__attn_bwd_blocked(void *ctx, size_t task, int thread) {
     float scale = 1.0f / sqrtf((float)hd);
     for (t0 = 0; t0 < T; t0 += RESBM__BQ) {
         size_t bq = RESBM__MIN((size_t)RESBM__BQ, T - t0), nk = t0 + bq;
-        resbm__gemm_block(P, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack);   /* Q K^T */
-        resbm__gemm_block(dP, T, dO + t0 * d, d, 1, V, 1, d, bq, nk, hd, 0, pack); /* dO V^T */
+        resbm__shape cols = resbm__causal(RESBM__CAUSAL_COLS, t0);
+        resbm__shape kmax = resbm__causal(RESBM__CAUSAL_K_MAX, t0);
+        resbm__gemm_block(P, T, Q + t0 * d, d, 1, K, 1, d, bq, nk, hd, 0, pack, cols);   /* Q K^T */
+        resbm__gemm_block(dP, T, dO + t0 * d, d, 1, V, 1, d, bq, nk, hd, 0, pack, cols); /* dO V^T */
         for (i = 0; i < bq; i++) {
             float *p = P + i * T, *dp = dP + i * T;
             size_t t = t0 + i;
@@ -2226,9 +2255,11 @@ static void resbm__attn_bwd_blocked(void *ctx, size_t task, int thread) {
             }
             for (; u < nk; u++) p[u] = dp[u] = 0.0f;
         }
-        resbm__gemm_block(j->dq + off + t0 * d, d, dP, T, 1, K, d, 1, bq, hd, nk, 1, pack);
-        resbm__gemm_block(j->dk + off, d, dP, 1, T, Q + t0 * d, d, 1, nk, hd, bq, 1, pack);
-        resbm__gemm_block(j->dv + off, d, P, 1, T, dO + t0 * d, d, 1, nk, hd, bq, 1, pack);
+        resbm__gemm_block(j->dq + off + t0 * d, d, dP, T, 1, K, d, 1, bq, hd, nk, 1, pack, kmax);
+        resbm__gemm_block(j->dk + off, d, dP, 1, T, Q + t0 * d, d, 1, nk, hd, bq, 1, pack,
+                          resbm__causal(RESBM__CAUSAL_K_MIN, t0));
+        resbm__gemm_block(j->dv + off, d, P, 1, T, dO + t0 * d, d, 1, nk, hd, bq, 1, pack,
+                          resbm__causal(RESBM__CAUSAL_K_MIN, t0));
     }
 }
 
