@@ -1529,8 +1529,9 @@ static void resbm__pack_b(float *dst, const float *B, size_t bks, size_t bns, si
 
 /* Attention's products inside a block of queries t0.. (query t sees keys u <= t) have a causal
    shape that lets micro-tiles be skipped or their k loop shortened with the same bits: a kernel
-   sum starts at +0 and is never -0, so dropping products of an exact zero op(A) element before
-   the first or after the last nonzero one changes nothing. With i a row of the call's C:
+   sum starts at +0 and is never -0, so dropping products of an exact zero op(A) element with a
+   finite op(B) one, before the first or after the last nonzero one, changes nothing (with an
+   Inf or NaN in K or V the step fails its finite check either way). With i a row of the call's C:
    COLS:  C(i,j) is read only for j <= t0 + i; tiles wholly past that are not computed.
    K_MAX: op(A)(i,k) = 0 for k > t0 + i (P and dS rows); the k loop stops after the tile's last.
    K_MIN: op(A)(i,k) = 0 for t0 + k < i (P^T and dS^T); the k loop starts at the tile's first. */
