@@ -1528,13 +1528,14 @@ static void resbm__pack_b(float *dst, const float *B, size_t bks, size_t bns, si
 }
 
 /* Attention's products inside a block of queries t0.. (query t sees keys u <= t) have a causal
-   shape that lets micro-tiles be skipped or their k loop shortened with the same bits: a kernel
-   sum starts at +0 and is never -0, so dropping products of an exact zero op(A) element with a
-   finite op(B) one, before the first or after the last nonzero one, changes nothing (with an
-   Inf or NaN in K or V the step fails its finite check either way). With i a row of the call's C:
+   shape that lets micro-tiles be skipped or their k loop shortened. With i a row of the call's C:
    COLS:  C(i,j) is read only for j <= t0 + i; tiles wholly past that are not computed.
-   K_MAX: op(A)(i,k) = 0 for k > t0 + i (P and dS rows); the k loop stops after the tile's last.
-   K_MIN: op(A)(i,k) = 0 for t0 + k < i (P^T and dS^T); the k loop starts at the tile's first. */
+   K_MAX: op(A)(i,k) = +0 for k > t0 + i (P and dS rows); the k loop stops after the tile's last.
+   K_MIN: op(A)(i,k) = +0 for t0 + k < i (P^T and dS^T); the k loop starts at the tile's first.
+   For finite operands the bits stay: a kernel sum starts at +0, leading +0 * b products leave it
+   +0, and trailing ones add zero to it. The one exception (K_MAX): an FMA sum is -0 only if every
+   product in it was -0 or a negative one that underflowed, and trailing +0 * b terms could turn
+   such a -0 into +0; an output exactly zero through total underflow may now keep its -0. */
 enum { RESBM__DENSE, RESBM__CAUSAL_COLS, RESBM__CAUSAL_K_MAX, RESBM__CAUSAL_K_MIN };
 typedef struct { int kind; size_t t0; } resbm__shape;
 static const resbm__shape resbm__dense = { RESBM__DENSE, 0 };
@@ -2345,9 +2346,10 @@ static void resbm__swiglu_bwd_range(void *ctx, size_t b, size_t e) {
 }
 
 /* The model's MLP backward in one pass: on entry dh1 holds dL/dgate; on return out holds the gate
-   (recomputed, for w2's gradient) and dh1, dh3 the gradients, written not added. The same
-   per-element arithmetic as the forward and the backward above, so the same bits, with one pass
-   instead of three over h1, h3 and the gradients and no memset of dh1, dh3. */
+   (recomputed, for w2's gradient) and dh1, dh3 the gradients. The same per-element arithmetic as
+   the forward and the backward above, so the same bits (the gradients are added to +0 as they
+   were added to a zeroed buffer: that turns a -0 into +0), with one pass instead of three over
+   h1, h3 and the gradients and no memset of dh1, dh3. */
 static void resbm__swiglu_mlp_bwd_range(void *ctx, size_t b, size_t e) {
     const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
     size_t i = b;
@@ -2360,15 +2362,16 @@ static void resbm__swiglu_mlp_bwd_range(void *ctx, size_t b, size_t e) {
         __m256 d1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dy, g), s),
                                   _mm256_add_ps(one, _mm256_mul_ps(x, _mm256_sub_ps(one, s))));
         _mm256_maskstore_ps(j->out + i, mk, _mm256_mul_ps(resbm__silu8(x), g));
-        _mm256_maskstore_ps(j->dh1 + i, mk, d1);
-        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_mul_ps(_mm256_mul_ps(dy, x), s));
+        _mm256_maskstore_ps(j->dh1 + i, mk, _mm256_add_ps(_mm256_setzero_ps(), d1));
+        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_add_ps(_mm256_setzero_ps(),
+                                                          _mm256_mul_ps(_mm256_mul_ps(dy, x), s)));
     }
 #endif
     for (; i < e; i++) {
         float x = j->h1[i], s = 1.0f / (1.0f + expf(-x)), dy = j->dh1[i];
         j->out[i] = resbm__silu(x) * j->h3[i];
-        j->dh1[i] = dy * j->h3[i] * s * (1.0f + x * (1.0f - s));
-        j->dh3[i] = dy * x * s;
+        j->dh1[i] = 0.0f + dy * j->h3[i] * s * (1.0f + x * (1.0f - s));
+        j->dh3[i] = 0.0f + dy * x * s;
     }
 }
 
