@@ -2132,8 +2132,22 @@ typedef struct {
     float *out, *lse_out, *dq, *dk, *dv;
     const float *q, *k, *v, *dout, *o, *lse;
     size_t T, d, H;
+    int overwrite; /* backward: each task zeroes its dq, dk, dv slices first (the model's call) */
     resbm_pool *pool;
 } resbm__attn_job;
+
+/* A task's [T, hd] slices of dq, dk, dv to +0, while they are about to be used: the same start as
+   a memset of the whole buffers, without a pass of its own over memory. */
+static void resbm__attn_zero_grads(const resbm__attn_job *j, size_t seq, size_t h) {
+    size_t hd = j->d / j->H, t;
+    if (!j->overwrite) return;
+    for (t = 0; t < j->T; t++) {
+        size_t row = (seq * j->T + t) * j->d + h * hd;
+        memset(j->dq + row, 0, hd * sizeof(float));
+        memset(j->dk + row, 0, hd * sizeof(float));
+        memset(j->dv + row, 0, hd * sizeof(float));
+    }
+}
 
 static void resbm__attn_fwd_plain(void *ctx, size_t task, int thread) {
     const resbm__attn_job *j = (const resbm__attn_job *)ctx;
@@ -2172,6 +2186,7 @@ static void resbm__attn_bwd_plain(void *ctx, size_t task, int thread) {
     size_t base = seq * j->T;
     float scale = 1.0f / sqrtf((float)hd);
     (void)thread;
+    resbm__attn_zero_grads(j, seq, h);
     for (t = 0; t < j->T; t++) {
         size_t row = (base + t) * d + h * hd;
         const float *q = j->q + row, *dout = j->dout + row;
@@ -2228,6 +2243,7 @@ static void resbm__attn_bwd_blocked(void *ctx, size_t task, int thread) {
     float *P = j->pool->work + (size_t)thread * j->pool->work_floats, *dP = P + RESBM__BQ * T;
     float *pack = j->pool->pack + (size_t)thread * RESBM__PACK_FLOATS;
     float scale = 1.0f / sqrtf((float)hd);
+    resbm__attn_zero_grads(j, seq, h);
     for (t0 = 0; t0 < T; t0 += RESBM__BQ) {
         size_t bq = RESBM__MIN((size_t)RESBM__BQ, T - t0), nk = t0 + bq;
         resbm__shape cols = resbm__causal(RESBM__CAUSAL_COLS, t0);
@@ -2287,19 +2303,27 @@ RESBMDEF int resbm_attention_forward(resbm_pool *pool, float *out, float *lse, c
                                                              : resbm__attn_fwd_plain, &j, (N / T) * H);
 }
 
-RESBMDEF int resbm_attention_backward(resbm_pool *pool, float *dq, float *dk, float *dv,
-                                      const float *dout, const float *q, const float *k,
-                                      const float *v, const float *out, const float *lse, size_t N,
-                                      size_t T, size_t d, size_t H) {
+/* overwrite: dq, dk, dv are written (as if zeroed first) instead of added to */
+static int resbm__attention_backward(resbm_pool *pool, float *dq, float *dk, float *dv,
+                                     const float *dout, const float *q, const float *k,
+                                     const float *v, const float *out, const float *lse, size_t N,
+                                     size_t T, size_t d, size_t H, int overwrite) {
     resbm__attn_job j;
     if (!dq || !dk || !dv || !dout || !q || !k || !v || !out || !lse ||
         resbm__attn_check(N, T, d, H))
         return RESBM_EINVAL;
     memset(&j, 0, sizeof(j));
     j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.q = q; j.k = k; j.v = v; j.o = out;
-    j.lse = lse; j.T = T; j.d = d; j.H = H; j.pool = pool;
+    j.lse = lse; j.T = T; j.d = d; j.H = H; j.pool = pool; j.overwrite = overwrite;
     return resbm_pool_run(pool, resbm__attn_blocked(pool, T) ? resbm__attn_bwd_blocked
                                                              : resbm__attn_bwd_plain, &j, (N / T) * H);
+}
+
+RESBMDEF int resbm_attention_backward(resbm_pool *pool, float *dq, float *dk, float *dv,
+                                      const float *dout, const float *q, const float *k,
+                                      const float *v, const float *out, const float *lse, size_t N,
+                                      size_t T, size_t d, size_t H) {
+    return resbm__attention_backward(pool, dq, dk, dv, dout, q, k, v, out, lse, N, T, d, H, 0);
 }
 
 /* ---- SwiGLU gate ------------------------------------------------------------------------------ */
@@ -3241,11 +3265,8 @@ static int resbm__block_backward(resbm_model *m, const resbm__acts *s, int l, si
                                       p->mlp_norm->value.data, s->rstd2 + l * N, N, d));
     /* attention */
     RESBM__TRY(resbm_linear_backward(pool, dtmp, p->wo->grad.data, dres, att, p->wo->value.data, N, d, d, 0));
-    memset(m->dq, 0, Nd * sizeof(float));
-    memset(m->dk, 0, Nd * sizeof(float));
-    memset(m->dv, 0, Nd * sizeof(float));
-    RESBM__TRY(resbm_attention_backward(pool, m->dq, m->dk, m->dv, dtmp, q, k, v, att,
-                                        s->lse + l * N * H, N, T, d, H));
+    RESBM__TRY(resbm__attention_backward(pool, m->dq, m->dk, m->dv, dtmp, q, k, v, att,
+                                         s->lse + l * N * H, N, T, d, H, 1));
     RESBM__TRY(resbm_rope_backward(pool, m->dq, m->rope_cos, m->rope_sin, N, T, d, H));
     RESBM__TRY(resbm_rope_backward(pool, m->dk, m->rope_cos, m->rope_sin, N, T, d, H));
     RESBM__TRY(resbm_linear_backward(pool, dtmp, p->wq->grad.data, m->dq, a, p->wq->value.data, N, d, d, 0));
