@@ -2345,57 +2345,69 @@ static void resbm__swiglu_fwd_range(void *ctx, size_t b, size_t e) {
     for (; i < e; i++) j->out[i] = resbm__silu(j->h1[i]) * j->h3[i];
 }
 
-/* silu'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
+/* SwiGLU's gradients for dgate = dy: d1 = dy g silu'(x), d3 = dy silu(x), with silu'(x) =
+   s (1 + x (1 - s)), s = sigmoid(x). One definition for both passes below, so they give the same
+   bits. */
+#ifdef RESBM__VMATH
+static void resbm__swiglu_grad8(__m256 x, __m256 g, __m256 dy, __m256 *d1, __m256 *d3) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 s = resbm__sigmoid8(x);
+    *d1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dy, g), s),
+                        _mm256_add_ps(one, _mm256_mul_ps(x, _mm256_sub_ps(one, s))));
+    *d3 = _mm256_mul_ps(_mm256_mul_ps(dy, x), s);
+}
+#endif
+static void resbm__swiglu_grad(float x, float g, float dy, float *d1, float *d3) {
+    float s = 1.0f / (1.0f + expf(-x));
+    *d1 = dy * g * s * (1.0f + x * (1.0f - s));
+    *d3 = dy * x * s;
+}
+
 static void resbm__swiglu_bwd_range(void *ctx, size_t b, size_t e) {
     const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
     size_t i = b;
+    float d1, d3;
 #ifdef RESBM__VMATH
-    const __m256 one = _mm256_set1_ps(1.0f);
     for (; i < e; i += 8) {
         __m256i mk = resbm__lanes(e - i);
-        __m256 x = _mm256_maskload_ps(j->h1 + i, mk), s = resbm__sigmoid8(x);
-        __m256 dy = _mm256_maskload_ps(j->dout + i, mk), g = _mm256_maskload_ps(j->h3 + i, mk);
-        __m256 d1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dy, g), s),
-                                  _mm256_add_ps(one, _mm256_mul_ps(x, _mm256_sub_ps(one, s))));
-        _mm256_maskstore_ps(j->dh1 + i, mk, _mm256_add_ps(_mm256_maskload_ps(j->dh1 + i, mk), d1));
-        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_add_ps(_mm256_maskload_ps(j->dh3 + i, mk),
-                                                          _mm256_mul_ps(_mm256_mul_ps(dy, x), s)));
+        __m256 v1, v3;
+        resbm__swiglu_grad8(_mm256_maskload_ps(j->h1 + i, mk), _mm256_maskload_ps(j->h3 + i, mk),
+                            _mm256_maskload_ps(j->dout + i, mk), &v1, &v3);
+        _mm256_maskstore_ps(j->dh1 + i, mk, _mm256_add_ps(_mm256_maskload_ps(j->dh1 + i, mk), v1));
+        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_add_ps(_mm256_maskload_ps(j->dh3 + i, mk), v3));
     }
 #endif
     for (; i < e; i++) {
-        float x = j->h1[i], s = 1.0f / (1.0f + expf(-x)), dy = j->dout[i];
-        j->dh1[i] += dy * j->h3[i] * s * (1.0f + x * (1.0f - s));
-        j->dh3[i] += dy * x * s;
+        resbm__swiglu_grad(j->h1[i], j->h3[i], j->dout[i], &d1, &d3);
+        j->dh1[i] += d1;
+        j->dh3[i] += d3;
     }
 }
 
 /* The model's MLP backward in one pass: on entry dh1 holds dL/dgate; on return out holds the gate
-   (recomputed, for w2's gradient) and dh1, dh3 the gradients. The same per-element arithmetic as
-   the forward and the backward above, so the same bits (the gradients are added to +0 as they
-   were added to a zeroed buffer: that turns a -0 into +0), with one pass instead of three over
-   h1, h3 and the gradients and no memset of dh1, dh3. */
+   (recomputed, for w2's gradient) and dh1, dh3 the gradients. The forward's and the backward's
+   arithmetic, so the same bits (the gradients are added to +0 as they were added to a zeroed
+   buffer: that turns a -0 into +0), with one pass instead of three over h1, h3 and the gradients
+   and no memset of dh1, dh3. */
 static void resbm__swiglu_mlp_bwd_range(void *ctx, size_t b, size_t e) {
     const resbm__swiglu_job *j = (const resbm__swiglu_job *)ctx;
     size_t i = b;
+    float d1, d3;
 #ifdef RESBM__VMATH
-    const __m256 one = _mm256_set1_ps(1.0f);
     for (; i < e; i += 8) {
         __m256i mk = resbm__lanes(e - i);
-        __m256 x = _mm256_maskload_ps(j->h1 + i, mk), g = _mm256_maskload_ps(j->h3 + i, mk);
-        __m256 dy = _mm256_maskload_ps(j->dh1 + i, mk), s = resbm__sigmoid8(x);
-        __m256 d1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dy, g), s),
-                                  _mm256_add_ps(one, _mm256_mul_ps(x, _mm256_sub_ps(one, s))));
+        __m256 x = _mm256_maskload_ps(j->h1 + i, mk), g = _mm256_maskload_ps(j->h3 + i, mk), v1, v3;
+        resbm__swiglu_grad8(x, g, _mm256_maskload_ps(j->dh1 + i, mk), &v1, &v3);
         _mm256_maskstore_ps(j->out + i, mk, _mm256_mul_ps(resbm__silu8(x), g));
-        _mm256_maskstore_ps(j->dh1 + i, mk, _mm256_add_ps(_mm256_setzero_ps(), d1));
-        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_add_ps(_mm256_setzero_ps(),
-                                                          _mm256_mul_ps(_mm256_mul_ps(dy, x), s)));
+        _mm256_maskstore_ps(j->dh1 + i, mk, _mm256_add_ps(_mm256_setzero_ps(), v1));
+        _mm256_maskstore_ps(j->dh3 + i, mk, _mm256_add_ps(_mm256_setzero_ps(), v3));
     }
 #endif
     for (; i < e; i++) {
-        float x = j->h1[i], s = 1.0f / (1.0f + expf(-x)), dy = j->dh1[i];
-        j->out[i] = resbm__silu(x) * j->h3[i];
-        j->dh1[i] = 0.0f + dy * j->h3[i] * s * (1.0f + x * (1.0f - s));
-        j->dh3[i] = 0.0f + dy * x * s;
+        resbm__swiglu_grad(j->h1[i], j->h3[i], j->dh1[i], &d1, &d3);
+        j->out[i] = resbm__silu(j->h1[i]) * j->h3[i];
+        j->dh1[i] = 0.0f + d1;
+        j->dh3[i] = 0.0f + d3;
     }
 }
 
