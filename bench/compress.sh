@@ -21,6 +21,11 @@
 # the width at a fixed head width of 64 (H = d/64, f = 8d/3 rounded up to 16); --seed changes the
 # initialisation and the data order together. The bottleneck hidden width m is d unless a row
 # says otherwise (m = 256 at d = 256, as in the reference).
+#
+# 128x-r7-i8 is the d = 256 recipe (r = 7 in i8, 134.9x) at any width; 128x-bytes-i8 spends
+# 128x's bytes at any width the same way: r = d/128 f32 channels are 4d/128 bytes a token, and i8
+# costs 17 bytes per 16 values (a 4-byte scale per block of 64), so r = 64d/2176 rounded down
+# (7 at d = 256, 15 at 512, 22 at 768).
 set -euo pipefail
 steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337 sched=0 lr="" sweep=""
 while [ $# -gt 0 ]; do
@@ -56,6 +61,7 @@ uncompressed-muon|--r $d --opt muon
 128x-r4-bf16|--r 4 --m $d --wire bf16
 128x-r7-i8|--r 7 --m $d --wire i8
 128x-r7-i8-muon|--r 7 --m $d --wire i8 --opt muon
+128x-bytes-i8|--r $((d * 64 / 2176)) --m $d --wire i8
 128x-m1024|--ratio 128 --m 1024
 128x-m64|--ratio 128 --m 64
 128x-blr4|--ratio 128 --m $d --bottleneck-lr-scale 4
@@ -99,7 +105,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.out"))):
     if last.startswith("result:"):
         res[name] = dict(kv.split("=") for kv in last.split()[1:])
 order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon",
-         "128x-r4-bf16", "128x-r7-i8", "128x-r7-i8-muon", "128x-m1024", "128x-m64",
+         "128x-r4-bf16", "128x-r7-i8", "128x-r7-i8-muon", "128x-bytes-i8", "128x-m1024", "128x-m64",
          "128x-blr4", "128x-blr0.25"]
 # NAME@LR runs: each row at its best learning rate (lowest val bits/byte) in the main table
 base = lambda n: n.split("@")[0]
