@@ -44,6 +44,20 @@ int main(int argc, char **argv) {
         best = t0 < best ? t0 : best;
         if ((rc = resbm_model_rollback(m))) { fprintf(stderr, "rollback: %s\n", resbm_strerror(rc)); return 1; }
     }
+    if (oc.kind == RESBM_OPT_MUON) {
+        /* Newton-Schulz's arithmetic per update: per hidden matrix (k = the shorter side, w = the
+           longer) and step, A = X X^T and A A computed on and above the diagonal only (k (k+1) / 2
+           outputs each, a sum of w and of k products) and B X whole (k w outputs, k products). */
+        double flops = 0.0;
+        for (i = 0; i < np; i++) {
+            double a = (double)ps[i].value.ne[0], b = (double)ps[i].value.ne[1];
+            double kk = a < b ? a : b, w = a < b ? b : a;
+            if (ps[i].kind == RESBM_PARAM_HIDDEN)
+                flops += oc.muon_ns_steps * (kk * (kk + 1.0) * w + kk * (kk + 1.0) * kk + 2.0 * kk * kk * w);
+        }
+        printf("newton_schulz: gflop=%.2f gflops_over_whole_update=%.1f\n", flops * 1e-9,
+               flops * 1e-9 / best);
+    }
     printf("update_summary: opt=%s threads=%d floats=%zu best_ms=%.1f\n", oc.kind == RESBM_OPT_MUON ? "muon" : "adamw",
            mc.threads, resbm_model_num_floats(m), best * 1e3);
     resbm_model_free(m);
