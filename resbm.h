@@ -154,6 +154,7 @@ enum {
     RESBM_ERANGE = -3,     /* a token id or index is outside its range */
     RESBM_ENONFINITE = -4, /* a NaN or Inf where finite values are required */
     RESBM_ENOSPACE = -5,   /* an output buffer is smaller than the result needs */
+    RESBM_ENOTSUP = -6,    /* a mode this build does not have (bf16 GEMMs without AVX512_BF16) */
     /* memory */
     RESBM_ENOMEM = -10,    /* an allocation failed */
     RESBM_EOVERFLOW = -11, /* a size computation overflowed */
@@ -236,6 +237,15 @@ RESBMDEF int resbm_pool_reserve(resbm_pool *pool, size_t floats_per_thread);
    calling thread at a time: a call while another thread's call runs returns RESBM_ESTATE (so
    does every kernel given that pool) instead of racing on its buffers. */
 RESBMDEF int resbm_pool_run(resbm_pool *pool, resbm_task_fn fn, void *ctx, size_t ntasks);
+/* The precision of resbm_gemm on this pool (every layer and model GEMM given it; attention's
+   products and Muon stay f32). RESBM_PRECISION_BF16, an opt-in: A and B are rounded to bf16
+   (nearest even) inside the GEMM and their products summed in f32 (AVX512_BF16 dot products),
+   C stays f32; about twice the arithmetic rate, about 3 significant digits per operand. Still
+   bit-identical across thread counts. RESBM_ENOTSUP in builds without it (the pool keeps f32);
+   not while the pool runs. */
+enum { RESBM_PRECISION_F32 = 0, RESBM_PRECISION_BF16 = 1 };
+RESBMDEF int resbm_pool_set_precision(resbm_pool *pool, int precision);
+RESBMDEF int resbm_pool_precision(const resbm_pool *pool); /* F32 for a NULL pool */
 
 /* ---- GEMM: C[M,N] (+)= op(A) op(B), row-major, contiguous --------------------------------------- */
 enum {
@@ -419,6 +429,8 @@ typedef struct resbm_model_config {
     int m;              /* bottleneck hidden width, default max(1, d/4) (see bench/RESULTS.md) */
     int no_identity;    /* 1 = ablation without the identity path */
     int threads;        /* kernel threads (own pool) when pool is NULL, default 1 */
+    int gemm_bf16;      /* 1 = opt-in bf16 GEMMs (resbm_pool_set_precision on the model's pool,
+                           a shared one too; RESBM_ENOTSUP in builds without it), default 0 */
     uint64_t seed;      /* default 1337 */
     float init_std;     /* default 0.02 */
     resbm_pool *pool;   /* optional shared pool; not owned */
@@ -872,6 +884,7 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_ERANGE: return "token id or index out of range";
     case RESBM_ENONFINITE: return "NaN or Inf where finite values are required";
     case RESBM_ENOSPACE: return "an output buffer is smaller than the result needs";
+    case RESBM_ENOTSUP: return "not supported by this build (bf16 GEMMs need AVX512_BF16 and no CBLAS)";
     case RESBM_ENOMEM: return "out of memory";
     case RESBM_EOVERFLOW: return "size computation overflowed";
     case RESBM_ETHREAD: return "could not create a thread, mutex or condition variable";
@@ -1009,6 +1022,9 @@ static void resbm__dealloc(void *p, void *user) {
 #define RESBM__NR 8
 #endif
 #define RESBM__KC 256 /* fixed: it decides the summation order, so it never depends on threads */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__) && !defined(RESBM_USE_CBLAS)
+#define RESBM__BF16 1 /* bf16 GEMMs available (resbm_pool_set_precision) */
+#endif
 #define RESBM__MC (32 * RESBM__MR) /* op(A) block MC x KC stays in L2 */
 #define RESBM__NC (8 * RESBM__NR)  /* the packed op(B) block is KC x NC */
 #define RESBM__PACK_FLOATS ((size_t)RESBM__KC * RESBM__NC)
@@ -1040,6 +1056,7 @@ struct resbm_pool {
     int nthreads;
     int busy;           /* a caller is inside (atomic): a second one gets RESBM_ESTATE */
     int stage_attached; /* a resbm_stage uses this pool (atomic): a second one is refused */
+    int precision;      /* RESBM_PRECISION_*, of resbm_gemm on this pool */
     float *pack; /* [nthreads][RESBM__PACK_FLOATS] GEMM packing buffers */
     float *work; /* [nthreads][work_floats] kernel scratch, see resbm_pool_reserve */
     size_t work_floats;
@@ -1237,6 +1254,19 @@ RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out) {
 }
 
 RESBMDEF int resbm_pool_threads(const resbm_pool *pool) { return pool ? pool->nthreads : 1; }
+
+RESBMDEF int resbm_pool_set_precision(resbm_pool *pool, int precision) {
+    if (!pool || (precision != RESBM_PRECISION_F32 && precision != RESBM_PRECISION_BF16)) return RESBM_EINVAL;
+#ifndef RESBM__BF16
+    if (precision == RESBM_PRECISION_BF16) return RESBM_ENOTSUP;
+#endif
+    if (!resbm__pool_claim(pool)) return RESBM_ESTATE;
+    pool->precision = precision;
+    resbm__pool_release(pool);
+    return RESBM_OK;
+}
+
+RESBMDEF int resbm_pool_precision(const resbm_pool *pool) { return pool ? pool->precision : RESBM_PRECISION_F32; }
 
 
 RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t ntasks) {
@@ -1583,12 +1613,132 @@ static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, 
     }
 }
 
+#ifdef RESBM__BF16
+/* bf16 GEMMs (resbm_pool_set_precision). Both operands are packed: W-lane panels (W = MR rows of
+   op(A) or NR columns of op(B)) of k-pairs, one 32-bit word per lane and pair holding its
+   elements at k = 2p (low half) and 2p + 1 (high half), rounded to bf16 by the hardware
+   (nearest even), an odd kc padded with a zero. VDPBF16PS then adds both products of a pair to
+   an f32 lane. Every conversion goes through the same instruction, so the packed bits do not
+   depend on the tiling; with the fixed K blocks the sums do not either. */
+static __m512i resbm__bf16_pairs(__m512 even, __m512 odd) { /* lane j: (even[j], odd[j]) */
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+}
+
+/* dst: ceil(lanes / W) panels of ceil(kc / 2) x W words; x(l, k) = X[l*ls + k*ks], where
+   ls == 1 or ks == 1 (every GEMM form has one of them). W = 8 or 32. */
+static void resbm__pack_bf16(uint32_t *dst, const float *X, size_t ls, size_t ks, size_t lanes,
+                             size_t kc, size_t W) {
+    size_t np = (kc + 1) / 2, q, p, l, h;
+    for (q = 0; q < lanes; q += W) {
+        size_t nl = RESBM__MIN(W, lanes - q);
+        uint32_t *d = dst + q * np;
+        if (ls == 1) { /* lanes contiguous: a pair row of 16 lanes from two masked loads */
+            for (p = 0; p < np; p++)
+                for (h = 0; h < W; h += 16) {
+                    __mmask16 mk = (__mmask16)(nl >= h + 16 ? 0xffff : nl > h ? (1u << (nl - h)) - 1 : 0);
+                    __m512 ev = _mm512_setzero_ps(), od = ev;
+                    if (mk) {
+                        const float *x0 = X + q + h + 2 * p * ks;
+                        ev = _mm512_maskz_loadu_ps(mk, x0);
+                        if (2 * p + 1 < kc) od = _mm512_maskz_loadu_ps(mk, x0 + ks);
+                    }
+                    _mm512_mask_storeu_epi32(d + p * W + h, (__mmask16)(W - h >= 16 ? 0xffff : (1u << (W - h)) - 1),
+                                             resbm__bf16_pairs(ev, od));
+                }
+            continue;
+        }
+        for (l = 0; l < W; l++) { /* k contiguous: 32 k of a lane convert to 16 pairs in order */
+            if (l >= nl) {
+                for (p = 0; p < np; p++) d[p * W + l] = 0;
+                continue;
+            }
+            for (p = 0; p < np; p += 16) {
+                size_t nk = RESBM__MIN(32, kc - 2 * p), j;
+                const float *x0 = X + (q + l) * ls + 2 * p;
+                __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(nk >= 16 ? 0xffff : (1u << nk) - 1), x0);
+                __m512 hi = nk > 16 ? _mm512_maskz_loadu_ps((__mmask16)(nk >= 32 ? 0xffff : (1u << (nk - 16)) - 1), x0 + 16)
+                                    : _mm512_setzero_ps();
+                uint32_t t[16];
+                _mm512_storeu_si512((void *)t, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                for (j = 0; j < 16 && p + j < np; j++) d[(p + j) * W + l] = t[j];
+            }
+        }
+    }
+}
+
+/* c[mr, nr] (+)= the packed panels' product: a = MR words per pair, b = NR words per pair. */
+static RESBM__NOINLINE void resbm__kernel_bf16(size_t np, const uint32_t *a, const uint32_t *b, float *c,
+                                               size_t ldc, size_t mr, size_t nr, int add) {
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xffff : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
+    __m512 c0[8], c1[8];
+    size_t p;
+    c0[0] = c0[1] = c0[2] = c0[3] = c0[4] = c0[5] = c0[6] = c0[7] = _mm512_setzero_ps();
+    c1[0] = c1[1] = c1[2] = c1[3] = c1[4] = c1[5] = c1[6] = c1[7] = _mm512_setzero_ps();
+    for (p = 0; p < np; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(b + p * 32));
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + p * 32 + 16));
+        const uint32_t *ap = a + p * 8;
+#define RESBM__DP(i)                                                                               \
+        {                                                                                          \
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[i]);                                 \
+            c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);                                               \
+            c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);                                               \
+        }
+        RESBM__DP(0) RESBM__DP(1) RESBM__DP(2) RESBM__DP(3) RESBM__DP(4) RESBM__DP(5) RESBM__DP(6) RESBM__DP(7)
+#undef RESBM__DP
+    }
+#define RESBM__STORE_ROW(i)                                                                        \
+    if ((i) < mr) {                                                                                \
+        float *ci = c + (i) * ldc;                                                                 \
+        __m512 x0 = c0[i], x1 = c1[i];                                                             \
+        if (add) {                                                                                 \
+            x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), x0);                                 \
+            x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), x1);                            \
+        }                                                                                          \
+        _mm512_mask_storeu_ps(ci, m0, x0);                                                         \
+        _mm512_mask_storeu_ps(ci + 16, m1, x1);                                                    \
+    }
+    RESBM__STORE_ROW(0) RESBM__STORE_ROW(1) RESBM__STORE_ROW(2) RESBM__STORE_ROW(3)
+    RESBM__STORE_ROW(4) RESBM__STORE_ROW(5) RESBM__STORE_ROW(6) RESBM__STORE_ROW(7)
+#undef RESBM__STORE_ROW
+}
+
+/* resbm__gemm_block in bf16 (dense shapes): the packing buffer holds op(B)'s KC x NC block and
+   op(A)'s MC x KC block, each half the size of the f32 block. */
+static void resbm__gemm_block_bf16(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
+                                   const float *B, size_t bks, size_t bns, size_t M, size_t N, size_t K,
+                                   int accumulate, float *pack) {
+    uint32_t *pb = (uint32_t *)pack, *pa = pb + (size_t)RESBM__NC * (RESBM__KC / 2);
+    size_t j0, k0, i0, jr, ir;
+    for (j0 = 0; j0 < N; j0 += RESBM__NC) {
+        size_t nc = RESBM__MIN((size_t)RESBM__NC, N - j0);
+        for (k0 = 0; k0 < K; k0 += RESBM__KC) {
+            size_t kc = RESBM__MIN((size_t)RESBM__KC, K - k0), np = (kc + 1) / 2;
+            int add = accumulate || k0 > 0;
+            resbm__pack_bf16(pb, B + k0 * bks + j0 * bns, bns, bks, nc, kc, RESBM__NR);
+            for (i0 = 0; i0 < M; i0 += RESBM__MC) {
+                size_t i1 = RESBM__MIN(M, i0 + RESBM__MC);
+                resbm__pack_bf16(pa, A + i0 * ars + k0 * aks, ars, aks, i1 - i0, kc, RESBM__MR);
+                for (jr = 0; jr < nc; jr += RESBM__NR)
+                    for (ir = i0; ir < i1; ir += RESBM__MR)
+                        resbm__kernel_bf16(np, pa + (ir - i0) * np, pb + jr * np, C + ir * ldc + j0 + jr, ldc,
+                                           RESBM__MIN(RESBM__MR, i1 - ir), RESBM__MIN(RESBM__NR, nc - jr), add);
+            }
+        }
+    }
+}
+#endif
+
 typedef struct {
     int accumulate;
     float *C;
     const float *A, *B;
     size_t M, N, K, ars, aks, bks, bns, tm, tn, tiles_n;
     float *pack;
+    int bf16; /* RESBM_PRECISION_BF16 (RESBM__BF16 builds only) */
 } resbm__gemm_job;
 
 static void resbm__gemm_task(void *ctx, size_t task, int thread) {
@@ -1600,6 +1750,14 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
             for (i = 0; i < mc; i++) memset(g->C + (i0 + i) * g->N + j0, 0, nc * sizeof(float));
         return;
     }
+#ifdef RESBM__BF16
+    if (g->bf16) {
+        resbm__gemm_block_bf16(g->C + i0 * g->N + j0, g->N, g->A + i0 * g->ars, g->ars, g->aks,
+                               g->B + j0 * g->bns, g->bks, g->bns, mc, nc, g->K, g->accumulate,
+                               g->pack + (size_t)thread * RESBM__PACK_FLOATS);
+        return;
+    }
+#endif
     resbm__gemm_block(g->C + i0 * g->N + j0, g->N, g->A + i0 * g->ars, g->ars, g->aks,
                       g->B + j0 * g->bns, g->bks, g->bns, mc, nc, g->K, g->accumulate,
                       g->pack + (size_t)thread * RESBM__PACK_FLOATS, resbm__dense);
@@ -1614,7 +1772,7 @@ static size_t resbm__gemm_setup(resbm__gemm_job *g, int form, int accumulate, fl
                                 const float *B, size_t M, size_t N, size_t K, size_t want) {
     size_t tiles_m, tiles_n;
     g->accumulate = accumulate; g->C = C; g->A = A; g->B = B;
-    g->M = M; g->N = N; g->K = K; g->pack = NULL;
+    g->M = M; g->N = N; g->K = K; g->pack = NULL; g->bf16 = 0;
     g->ars = form == RESBM_GEMM_TN ? 1 : K;  /* op(A)(i,k) = A[i*ars + k*aks] */
     g->aks = form == RESBM_GEMM_TN ? M : 1;
     g->bks = form == RESBM_GEMM_NT ? 1 : N;  /* op(B)(k,j) = B[k*bks + j*bns] */
@@ -1719,6 +1877,14 @@ static int resbm__gemm_run(resbm_pool *pool, int form, int accumulate, float *C,
         size_t tiles = resbm__gemm_setup(&g, form, accumulate, C, A, B, M, N, K,
                                          pool && pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1);
         g.pack = pool ? pool->pack : NULL;
+        g.bf16 = pool && pool->precision == RESBM_PRECISION_BF16;
+        if (g.bf16) { /* both operands are packed per tile: tiles split N only, so each packs its
+                         own op(B) columns once, and op(A) once per tile (a few per GEMM) */
+            size_t want = pool->nthreads > 1 ? 2 * (size_t)pool->nthreads : 1;
+            g.tm = M; g.tn = RESBM__NC;
+            while (g.tn > 2 * RESBM__NR && (N + g.tn - 1) / g.tn < want) g.tn /= 2;
+            g.tiles_n = tiles = (N + g.tn - 1) / g.tn;
+        }
         /* a GEMM this small (the bottleneck's r-wide ones) costs less than waking a thread:
            run its tiles here (same tiles, same sums, so the result is the same bits) */
         if (!pool) { /* the calling thread alone, with a packing buffer of its own */
@@ -2739,7 +2905,8 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o, int builti
     if (c->vocab < 1 || c->d < 2 || c->layers < 1 || c->heads < 1 || c->ff < 1 || c->seq < 1 ||
         c->batch < 1 || c->stages < 1 || c->stage < 0 || c->stage >= c->stages ||
         c->stages > c->layers || c->act_slots < 1 || c->threads < 1 || c->threads > 1024 ||
-        c->r < 1 || c->r > c->d || c->m < 1 || (c->no_identity != 0 && c->no_identity != 1))
+        c->r < 1 || c->r > c->d || c->m < 1 || (c->no_identity != 0 && c->no_identity != 1) ||
+        (c->gemm_bf16 != 0 && c->gemm_bf16 != 1))
         return RESBM_EINVAL;
     if (builtin && (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM))
         return RESBM_EINVAL;
@@ -3176,7 +3343,8 @@ static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_co
         m->own_pool = 1;
         m->bytes += sizeof(resbm_pool) + (size_t)m->cfg.threads * RESBM__PACK_FLOATS * sizeof(float);
     }
-    if ((rc = resbm_pool_reserve(m->pool, RESBM_ATTENTION_WORK(m->cfg.seq)))) {
+    if ((rc = resbm_pool_reserve(m->pool, RESBM_ATTENTION_WORK(m->cfg.seq))) ||
+        (m->cfg.gemm_bf16 && (rc = resbm_pool_set_precision(m->pool, RESBM_PRECISION_BF16)))) {
         resbm_model_free(m);
         return rc;
     }

@@ -62,6 +62,7 @@ uncompressed-muon|--r $d --opt muon
 128x-r7-i8|--r 7 --m $d --wire i8
 128x-r7-i8-muon|--r 7 --m $d --wire i8 --opt muon
 128x-bytes-i8|--r $((d * 64 / 2176)) --m $d --wire i8
+uncompressed-gemm-bf16|--r $d --gemm bf16
 128x-m1024|--ratio 128 --m 1024
 128x-m64|--ratio 128 --m 64
 128x-blr4|--ratio 128 --m $d --bottleneck-lr-scale 4
@@ -105,7 +106,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.out"))):
     if last.startswith("result:"):
         res[name] = dict(kv.split("=") for kv in last.split()[1:])
 order = ["uncompressed", "16x", "64x", "128x", "128x-bf16", "128x-i8", "128x-noid", "uncompressed-muon", "128x-muon",
-         "128x-r4-bf16", "128x-r7-i8", "128x-r7-i8-muon", "128x-bytes-i8", "128x-m1024", "128x-m64",
+         "128x-r4-bf16", "128x-r7-i8", "128x-r7-i8-muon", "128x-bytes-i8", "uncompressed-gemm-bf16", "128x-m1024", "128x-m64",
          "128x-blr4", "128x-blr0.25"]
 # NAME@LR runs: each row at its best learning rate (lowest val bits/byte) in the main table
 base = lambda n: n.split("@")[0]

@@ -5,7 +5,8 @@
    --check-out FILE writes the initial parameters, one batch, and the loss and gradient norm
    resbm.h computes for it, so bench/step_torch.py --check FILE can prove the anchor computes the
    same step before it is timed.
-   Usage: bench_step [--threads N] [--steps S] [--micro M] [--d D] [--layers L] [--check-out FILE] */
+   Usage: bench_step [--threads N] [--steps S] [--micro M] [--d D] [--layers L] [--check-out FILE]
+                     [--gemm f32|bf16] */
 #define _POSIX_C_SOURCE 200809L
 #define RESBM_IMPLEMENTATION
 #include "../resbm.h"
@@ -118,6 +119,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--d")) mc.d = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--layers")) mc.layers = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--check-out")) check_out = argv[i + 1];
+        else if (!strcmp(argv[i], "--gemm")) mc.gemm_bf16 = !strcmp(argv[i + 1], "bf16");
         else { fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
     }
     mc.batch = 8;
@@ -139,8 +141,8 @@ int main(int argc, char **argv) {
         resbm_model_config full = mc;
         med_m = run(full, RESBM_OPT_MUON, steps, micro, &best_m, &bytes_m);
     }
-    printf("d=%d L=%d f=%d T=%d batch=%d threads=%d steps=%d (median, best)\n", mc.d, mc.layers,
-           (int)f, mc.seq, mc.batch, mc.threads, steps);
+    printf("d=%d L=%d f=%d T=%d batch=%d threads=%d steps=%d gemm=%s (median, best)\n", mc.d, mc.layers,
+           (int)f, mc.seq, mc.batch, mc.threads, steps, mc.gemm_bf16 ? "bf16" : "f32");
     printf("  AdamW step: %.1f ms, %.1f ms  -> %.0f tokens/s, %.1f GFLOP/s (best %.0f tokens/s)\n",
            med_a * 1e3, best_a * 1e3, tokens / med_a, flops / med_a * 1e-9, tokens / best_a);
     printf("  Muon  step: %.1f ms, %.1f ms  -> Newton-Schulz + momentum cost %.1f ms per step (%.0f%%)\n",

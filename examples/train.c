@@ -37,7 +37,7 @@
 typedef struct host_engine host_engine;
 typedef struct {
     const char *data, *tokens_bin, *save, *load, *save_init, *log, *plot, *listen, *peers, *secret_file;
-    int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity;
+    int d, layers, heads, ff, seq, batch, micro, stages, ratio, r, m, no_identity, gemm_bf16;
     int wire_fwd, wire_bwd, opt, steps, schedule_steps, threads, eval_every, eval_rows, save_every;
     int schedule, async_warmup; /* RESBM_SCHEDULE_*; async: exact steps first */
     int stage, timeout_ms, sample_len, quiet;
@@ -67,7 +67,7 @@ static void usage(FILE *f) {
         "             [--threads T] [--bandwidth-mbps B] [--latency-ms L] [--link-mbps B] [--eval-every K]\n"
         "             [--eval-rows R] [--save FILE] [--save-every K] [--load FILE] [--save-init FILE]\n"
         "             [--log FILE.csv] [--plot FILE.svg] [--sample N] [--timeout-ms MS] [--schedule exact|async] [--async-predict X]\n"
-        "             [--async-warmup N] [--act-budget-mb MB] [--quiet]\n"
+        "             [--async-warmup N] [--act-budget-mb MB] [--gemm f32|bf16] [--quiet]\n"
         "             [--stage s --listen HOST:PORT --peers H0:P0,H1:P1,... [--secret-file F]]   (one process per stage)\n");
 }
 
@@ -170,6 +170,10 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         else if (!strcmp(a, "--async-predict")) { if (!parse_double(v, 0.0, 16.0, &o->predict)) return die_usage("--async-predict: '%s' is not in [0, 16]", v); }
         else if (!strcmp(a, "--act-budget-mb")) { if (!parse_double(v, 0.0, 1e7, &o->act_budget_mb)) return die_usage("--act-budget-mb: '%s' is not in [0, 1e7]", v); }
         else if (!strcmp(a, "--latency-ms")) { if (!parse_double(v, 0.0, 1e5, &o->latency_ms)) return die_usage("--latency-ms: '%s' is not in [0, 1e5]", v); }
+        else if (!strcmp(a, "--gemm")) {
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) return die_usage("--gemm: '%s' is not f32 or bf16", v);
+            o->gemm_bf16 = !strcmp(v, "bf16");
+        }
         else if (!strcmp(a, "--wire")) { if ((o->wire_fwd = parse_wire(v)) < 0) return die_usage("--wire: '%s' is not f32, bf16, f16 or i8", v); }
         else if (!strcmp(a, "--wire-bwd")) { if ((o->wire_bwd = parse_wire(v)) < 0) return die_usage("--wire-bwd: '%s' is not f32, bf16, f16 or i8", v); }
         else if (!strcmp(a, "--opt")) {
@@ -559,6 +563,7 @@ static resbm_stage_config stage_config(const options *o, int s, const resbm_tran
     c.model.seq = o->seq; c.model.batch = o->batch / o->micro; c.model.stages = o->stages;
     c.model.stage = s; c.model.r = o->r == o->d ? 0 : o->r; c.model.m = o->m;
     c.model.no_identity = o->no_identity; c.model.threads = o->threads; c.model.seed = o->seed;
+    c.model.gemm_bf16 = o->gemm_bf16;
     c.opt.kind = o->opt;
     if (o->lr > 0.0f) { if (o->opt == RESBM_OPT_MUON) c.opt.muon_lr = o->lr; else c.opt.lr = o->lr; }
     c.opt.bottleneck_lr_scale = o->bottleneck_lr; /* 0 = the default, 1 */
@@ -699,6 +704,7 @@ static void describe(const options *o, const resbm_stage *st0) {
            o->no_identity ? ", no identity path" : "", o->batch, o->micro,
            o->opt == RESBM_OPT_MUON ? "muon" : o->opt == RESBM_OPT_SGD ? "sgd" : "adamw", wire_name(o->wire_fwd), wire_name(o->wire_bwd));
     if (o->bandwidth_mbps > 0 || o->latency_ms > 0) printf(" | link %.1f Mbit/s, %.1f ms", o->bandwidth_mbps, o->latency_ms);
+    if (o->gemm_bf16) printf(" | bf16 GEMMs");
     printf(" | stage 0: %d in flight, %.1f MiB each, %.1f MiB in all\n", ss.in_flight, ss.slot_bytes / 1048576.0,
            ss.memory_bytes / 1048576.0);
 }

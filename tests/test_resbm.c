@@ -106,7 +106,7 @@ static int near_all(const char *name, const float *a, const double *b, size_t n,
 /* ---- basics ----------------------------------------------------------------------------------- */
 static void test_strerror(void) {
     int codes[] = {RESBM_OK, RESBM_EINVAL, RESBM_ESTATE, RESBM_ERANGE, RESBM_ENONFINITE,
-                   RESBM_ENOSPACE, RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT,
+                   RESBM_ENOSPACE, RESBM_ENOTSUP, RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT,
                    RESBM_ETRUNC, RESBM_EMAGIC, RESBM_EVERSION, RESBM_EKIND, RESBM_EDTYPE, RESBM_ESTAGE,
                    RESBM_ESTEP, RESBM_EMICRO, RESBM_ESHAPE, RESBM_ESIZE, RESBM_ECRC, RESBM_ETIMEDOUT,
                    RESBM_ECLOSED, RESBM_ETRANSPORT, RESBM_EMSGSIZE, RESBM_EPEER, RESBM_EJOB};
@@ -903,6 +903,148 @@ static void test_model_stage_split(void) {
 }
 
 /* Same seed and data with 1, 2 and 3 kernel threads: bit-identical parameters after 3 steps. */
+#ifdef RESBM__BF16
+/* bf16 rounding to nearest even, for finite values (what the hardware does for them). */
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+#endif
+
+/* The opt-in bf16 GEMM: where the build has it, every form and edge shape (odd K, partial
+   micro-tiles, more than one K, M and N block) equals the exact sum of the bf16-rounded products
+   to f32 summation error, is not the f32 result (it does round), is bit-identical for 1, 2 and 3
+   threads, and propagates a NaN; without it, the pool refuses and stays f32. */
+static void test_gemm_bf16(void) {
+    resbm_pool *p[3];
+    int nt;
+    for (nt = 0; nt < 3; nt++) CHECK_RC(resbm_pool_init(nt + 1, &p[nt]), RESBM_OK);
+    if (th_fail_now) return;
+    CHECK_RC(resbm_pool_set_precision(NULL, RESBM_PRECISION_BF16), RESBM_EINVAL);
+    CHECK_RC(resbm_pool_set_precision(p[0], 2), RESBM_EINVAL);
+    CHECK(resbm_pool_precision(p[0]) == RESBM_PRECISION_F32 && resbm_pool_precision(NULL) == RESBM_PRECISION_F32,
+          "the default precision is f32");
+#ifndef RESBM__BF16
+    CHECK_RC(resbm_pool_set_precision(p[0], RESBM_PRECISION_BF16), RESBM_ENOTSUP);
+    CHECK(resbm_pool_precision(p[0]) == RESBM_PRECISION_F32, "a refused precision changed the pool");
+    CHECK(strstr(resbm_strerror(RESBM_ENOTSUP), "bf16") != NULL, "strerror: %s", resbm_strerror(RESBM_ENOTSUP));
+    {
+        resbm_model_config cfg = tiny_config();
+        resbm_model *m = NULL;
+        cfg.gemm_bf16 = 1;
+        CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_ENOTSUP);
+        CHECK(m == NULL, "a refused model was returned");
+    }
+#else
+    static const size_t shapes[][3] = {{1, 1, 1}, {8, 32, 2}, {13, 45, 37}, {7, 300, 513},
+                                       {300, 33, 688}, {257, 70, 1}, {64, 256, 256}};
+    int form, acc;
+    size_t si, i, k;
+    for (nt = 0; nt < 3; nt++) CHECK_RC(resbm_pool_set_precision(p[nt], RESBM_PRECISION_BF16), RESBM_OK);
+    for (si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+        for (form = 0; form < 3; form++)
+            for (acc = 0; acc < 2; acc++) {
+                size_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+                float *A = rand_floats(M * K, 1.0f, 31 + si), *B = rand_floats(N * K, 1.0f, 37 + si);
+                float *C0 = rand_floats(M * N, 1.0f, 41 + si), *C[3], *F = (float *)malloc(M * N * 4);
+                double worst = 0.0, far = 0.0;
+                for (nt = 0; nt < 3; nt++) {
+                    C[nt] = (float *)malloc(M * N * 4);
+                    memcpy(C[nt], C0, M * N * 4);
+                    CHECK_RC(resbm_gemm(p[nt], form, acc, C[nt], A, B, M, N, K), RESBM_OK);
+                }
+                memcpy(F, C0, M * N * 4);
+                CHECK_RC(resbm_gemm(NULL, form, acc, F, A, B, M, N, K), RESBM_OK); /* f32 */
+                for (i = 0; i < M; i++) {
+                    size_t j;
+                    for (j = 0; j < N; j++) {
+                        double exact = acc ? C0[i * N + j] : 0.0, mag = fabs(exact), e;
+                        for (k = 0; k < K; k++) {
+                            float a = form == RESBM_GEMM_TN ? A[k * M + i] : A[i * K + k];
+                            float b = form == RESBM_GEMM_NT ? B[j * K + k] : B[k * N + j];
+                            double pr = (double)bf16_round(a) * (double)bf16_round(b);
+                            exact += pr; mag += fabs(pr);
+                        }
+                        e = fabs(C[0][i * N + j] - exact) / (mag + 1e-30);
+                        worst = e > worst ? e : worst;
+                        e = fabs(F[i * N + j] - C[0][i * N + j]) / (mag + 1e-30);
+                        far = e > far ? e : far;
+                    }
+                }
+                /* an f32 sum of K + 1 terms errs by at most about K ulps of the magnitude */
+                CHECK(worst <= 1.2e-7 * (double)(K + 2), "M %zu N %zu K %zu form %d acc %d: error %.3g of the magnitude",
+                      M, N, K, form, acc, worst);
+                if (K >= 37) CHECK(far > 1e-4, "M %zu N %zu K %zu form %d: bf16 equals f32 (%.3g): nothing was rounded", M, N, K, form, far);
+                CHECK(!memcmp(C[0], C[1], M * N * 4) && !memcmp(C[0], C[2], M * N * 4),
+                      "M %zu N %zu K %zu form %d acc %d: thread counts differ", M, N, K, form, acc);
+                for (nt = 0; nt < 3; nt++) free(C[nt]);
+                free(A); free(B); free(C0); free(F);
+            }
+    { /* a NaN in A reaches exactly its row of C */
+        size_t M = 16, N = 40, K = 20;
+        float *A = rand_floats(M * K, 1.0f, 3), *B = rand_floats(N * K, 1.0f, 4), *C = (float *)malloc(M * N * 4);
+        int bad = 0;
+        A[5 * K + 3] = NAN;
+        CHECK_RC(resbm_gemm(p[1], RESBM_GEMM_NT, 0, C, A, B, M, N, K), RESBM_OK);
+        for (i = 0; i < M * N; i++) bad += (i / N == 5) != (C[i] != C[i]);
+        CHECK(bad == 0, "%d elements wrong about the NaN", bad);
+        free(A); free(B); free(C);
+    }
+    CHECK_RC(resbm_pool_set_precision(p[0], RESBM_PRECISION_F32), RESBM_OK);
+    CHECK(resbm_pool_precision(p[0]) == RESBM_PRECISION_F32, "back to f32");
+#endif
+    for (nt = 0; nt < 3; nt++) resbm_pool_free(p[nt]);
+}
+
+#ifdef RESBM__BF16
+/* A model with bf16 GEMMs: loss and gradients close to the f32 model's (bf16 keeps about 3
+   digits per operand), bit-identical across thread counts, and it trains. */
+static void test_model_bf16(void) {
+    resbm_model_config cfg = tiny_config();
+    resbm_model *m[3];
+    int32_t tok[64], tg[64];
+    size_t np, i, N = 3 * (size_t)cfg.seq;
+    float loss[3];
+    int t, step;
+    double dot = 0.0, n0 = 0.0, n1 = 0.0;
+    cfg.d = 64; cfg.heads = 2; cfg.ff = 80; cfg.batch = 3; cfg.vocab = 40; cfg.init_std = 0.05f;
+    for (t = 0; t < 3; t++) {
+        cfg.threads = t == 2 ? 2 : 1;
+        cfg.gemm_bf16 = t > 0;
+        CHECK_RC(resbm_model_init(&cfg, NULL, &m[t]), RESBM_OK);
+    }
+    if (th_fail_now) return;
+    CHECK(resbm_pool_precision(NULL) == RESBM_PRECISION_F32, "f32");
+    tiny_batch(tok, tg, N, cfg.vocab, 7);
+    for (t = 0; t < 3; t++) {
+        CHECK_RC(resbm_model_forward(m[t], 0, tok, NULL, tg, 3, NULL, &loss[t]), RESBM_OK);
+        CHECK_RC(resbm_model_backward(m[t], 0, NULL, NULL, 1.0f), RESBM_OK);
+    }
+    CHECK(fabs(loss[1] - loss[0]) < 1e-2 * fabs(loss[0]), "loss f32 %.7g bf16 %.7g", loss[0], loss[1]);
+    CHECK(loss[1] == loss[2], "bf16 losses on 1 and 2 threads %.9g %.9g", loss[1], loss[2]);
+    {
+        const resbm_param *p0 = resbm_model_params(m[0], &np), *p1 = resbm_model_params(m[1], NULL);
+        const resbm_param *p2 = resbm_model_params(m[2], NULL);
+        for (i = 0; i < np; i++) {
+            size_t n = p0[i].value.ne[0] * p0[i].value.ne[1], j;
+            CHECK(!memcmp(p1[i].grad.data, p2[i].grad.data, n * 4), "%s: bf16 gradients differ across threads", p0[i].name);
+            for (j = 0; j < n; j++) {
+                dot += (double)p0[i].grad.data[j] * p1[i].grad.data[j];
+                n0 += (double)p0[i].grad.data[j] * p0[i].grad.data[j];
+                n1 += (double)p1[i].grad.data[j] * p1[i].grad.data[j];
+            }
+        }
+    }
+    CHECK(dot / sqrt(n0 * n1) > 0.999, "gradient cosine bf16 / f32 %.6f", dot / sqrt(n0 * n1));
+    for (step = 0; step < 40; step++) CHECK_RC(resbm_model_train_step(m[1], tok, tg, 3, 3, &loss[1]), RESBM_OK);
+    CHECK(loss[1] < 0.5f * loss[0], "bf16 training: loss %.4g from %.4g", loss[1], loss[0]);
+    for (t = 0; t < 3; t++) resbm_model_free(m[t]);
+}
+#endif
+
 static void test_model_threads_bitwise(void) {
     resbm_model_config cfg = tiny_config();
     resbm_model *m[3];
@@ -4301,6 +4443,10 @@ int main(int argc, char **argv) {
     RUN(test_gemm_symmetric);
 #endif
     RUN(test_gemm_large_threads);
+    RUN(test_gemm_bf16);
+#ifdef RESBM__BF16
+    RUN(test_model_bf16);
+#endif
     RUN(test_gemm_args);
     RUN(test_grad_rmsnorm);
     RUN(test_grad_linear);
