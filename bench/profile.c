@@ -8,7 +8,8 @@
    write between calls evicts them), which says how much of the step's GEMM time is the kernel
    and how much is the cache it finds (resbm_gemm's calls only: attention's blocked products and
    Muon's Newton-Schulz are in their own rows; "+=" shapes are timed alone accumulating too).
-   Usage: bench_profile [--threads N] [--steps S] [--d D] [--layers L] [--opt adamw|muon] */
+   Usage: bench_profile [--threads N] [--steps S] [--d D] [--layers L] [--opt adamw|muon]
+                        [--gemm f32|bf16] */
 #define _POSIX_C_SOURCE 200809L
 #define RESBM_PROFILE
 #define RESBM_IMPLEMENTATION
@@ -121,6 +122,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--d")) mc.d = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--layers")) mc.layers = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--opt")) oc.kind = strcmp(argv[i + 1], "muon") ? RESBM_OPT_ADAMW : RESBM_OPT_MUON;
+        else if (!strcmp(argv[i], "--gemm")) mc.gemm_bf16 = !strcmp(argv[i + 1], "bf16");
         else { fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
     }
     if (steps < 1) { fprintf(stderr, "--steps must be >= 1\n"); return 2; }

@@ -214,6 +214,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--check", metavar="FILE", help="bench_step --check-out FILE: verify first")
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward and backward under torch.autocast('cpu', bfloat16): PyTorch's own "
+                         "bf16 mixed precision, the anchor of bench_step --gemm bf16 (fp32 master weights)")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.d % args.heads or (args.d // args.heads) % 2:
         ap.error("need steps >= 1, warmup >= 0 and an even head width d/heads")
@@ -237,8 +240,9 @@ def main():
         targets = torch.randint(0, V, (B, T), generator=gen)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(tokens, targets)
-        loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(tokens, targets)
+        loss.float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return time.perf_counter() - t0, loss.item()
@@ -255,16 +259,16 @@ def main():
     median, best = statistics.median(times), min(times)
     tps, gflops = tokens / median, flops / median / 1e9
     blas_short, blas_long = loaded_blas()
-    print("torch %s, %d threads, %s (OPENBLAS_CORETYPE=%s)" % (
+    print("torch %s, %d threads, %s (OPENBLAS_CORETYPE=%s)%s" % (
         torch.__version__, torch.get_num_threads(), blas_long,
-        os.environ.get("OPENBLAS_CORETYPE", "unset")))
+        os.environ.get("OPENBLAS_CORETYPE", "unset"), ", autocast bf16" if args.bf16 else ""))
     print("d=%d L=%d H=%d ff=%d V=%d T=%d B=%d: %d steps (+%d warmup), median %.1f ms, best %.1f ms, "
           "%.0f tokens/s, %.2f GFLOP/s (%.3f GFLOP/step), last loss %.4f"
           % (d, L, H, f, V, T, B, args.steps, args.warmup, median * 1e3, best * 1e3, tps, gflops,
              flops / 1e9, loss))
     print("torch_step: tokens_per_s=%.1f gflops=%.3f median_ms=%.3f best_ms=%.3f threads=%d "
-          "torch=%s blas=%s" % (tps, gflops, median * 1e3, best * 1e3, torch.get_num_threads(),
-                                torch.__version__, blas_short))
+          "torch=%s blas=%s precision=%s" % (tps, gflops, median * 1e3, best * 1e3, torch.get_num_threads(),
+                                             torch.__version__, blas_short, "bf16" if args.bf16 else "f32"))
 
 
 if __name__ == "__main__":
