@@ -225,6 +225,12 @@ mkfifo "$dir/fifo"
 expect_fail "a FIFO as data (no writer): refused, not a hang" 1 "not a regular file" --data "$dir/fifo"
 expect_fail "bad wire" 2 "--wire" $tiny --wire f8
 expect_fail "seed 0" 2 "--seed" $tiny --seed 0
+expect_fail "bad --gemm" 2 "--gemm" $tiny --gemm f8
+# opt-in bf16 GEMMs: a result where the build has AVX512_BF16, else a clear error naming bf16
+"$train" $tiny --stages 2 --steps 4 --gemm bf16 > "$dir/bf.out" 2> "$dir/bf.err"
+rc=$?
+check "--gemm bf16: trains, or says the build lacks it" \
+  "{ [ $rc = 0 ] && tail -n 1 '$dir/bf.out' | grep -Eq '$result_re' && grep -q 'bf16 GEMMs' '$dir/bf.out'; } || { [ $rc != 0 ] && grep -q 'bf16' '$dir/bf.err'; }"
 "$train" $tiny --stages 2 --steps 0 > "$dir/zero.out" 2>&1
 check "--steps 0: evaluates, says nothing was trained" "[ $? = 0 ] && grep -q 'train_loss=nan' '$dir/zero.out' && grep -q 'wire_ratio=nan' '$dir/zero.out'"
 expect_fail "stage without peers" 2 "--listen" $tiny --stage 0
