@@ -1365,6 +1365,25 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
 #else
 #define RESBM__NOINLINE
 #endif
+#if defined(__AVX512F__)
+/* The 8 x 32 AVX-512 kernels' (f32 and bf16) accumulators c0/c1 into C's mr rows under the
+   column masks m0/m1, added to C when add; constant indices only, so c0/c1 stay in registers
+   (a variable index would spill them). */
+#define RESBM__STORE_ROW_512(i)                                                                    \
+    if ((i) < mr) {                                                                                \
+        float *ci = c + (i) * ldc;                                                                 \
+        __m512 x0 = c0[i], x1 = c1[i];                                                             \
+        if (add) {                                                                                 \
+            x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), x0);                                 \
+            x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), x1);                            \
+        }                                                                                          \
+        _mm512_mask_storeu_ps(ci, m0, x0);                                                         \
+        _mm512_mask_storeu_ps(ci + 16, m1, x1);                                                    \
+    }
+#define RESBM__STORE_ROWS_512                                                                      \
+    RESBM__STORE_ROW_512(0) RESBM__STORE_ROW_512(1) RESBM__STORE_ROW_512(2) RESBM__STORE_ROW_512(3) \
+    RESBM__STORE_ROW_512(4) RESBM__STORE_ROW_512(5) RESBM__STORE_ROW_512(6) RESBM__STORE_ROW_512(7)
+#endif
 /* Kept out of line: inlined into its callers it loses registers to their loop state. */
 static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars, size_t aks,
                                           const float *b, size_t ldb, float *c, size_t ldc,
@@ -1396,21 +1415,7 @@ static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars,
         c0[6] = _mm512_fmadd_ps(a2, b0, c0[6]); c1[6] = _mm512_fmadd_ps(a2, b1, c1[6]);
         c0[7] = _mm512_fmadd_ps(a3, b0, c0[7]); c1[7] = _mm512_fmadd_ps(a3, b1, c1[7]);
     }
-    /* Constant indices only, so c0/c1 stay in registers (a variable index would spill them). */
-#define RESBM__STORE_ROW(i)                                                                        \
-    if ((i) < mr) {                                                                                \
-        float *ci = c + (i) * ldc;                                                                 \
-        __m512 x0 = c0[i], x1 = c1[i];                                                             \
-        if (add) {                                                                                 \
-            x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), x0);                                 \
-            x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), x1);                            \
-        }                                                                                          \
-        _mm512_mask_storeu_ps(ci, m0, x0);                                                         \
-        _mm512_mask_storeu_ps(ci + 16, m1, x1);                                                    \
-    }
-    RESBM__STORE_ROW(0) RESBM__STORE_ROW(1) RESBM__STORE_ROW(2) RESBM__STORE_ROW(3)
-    RESBM__STORE_ROW(4) RESBM__STORE_ROW(5) RESBM__STORE_ROW(6) RESBM__STORE_ROW(7)
-#undef RESBM__STORE_ROW
+    RESBM__STORE_ROWS_512
 #else
     float tile[RESBM__MR * RESBM__NR];
     size_t j;
@@ -1690,20 +1695,7 @@ static RESBM__NOINLINE void resbm__kernel_bf16(size_t np, const uint32_t *a, con
         RESBM__DP(0) RESBM__DP(1) RESBM__DP(2) RESBM__DP(3) RESBM__DP(4) RESBM__DP(5) RESBM__DP(6) RESBM__DP(7)
 #undef RESBM__DP
     }
-#define RESBM__STORE_ROW(i)                                                                        \
-    if ((i) < mr) {                                                                                \
-        float *ci = c + (i) * ldc;                                                                 \
-        __m512 x0 = c0[i], x1 = c1[i];                                                             \
-        if (add) {                                                                                 \
-            x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), x0);                                 \
-            x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), x1);                            \
-        }                                                                                          \
-        _mm512_mask_storeu_ps(ci, m0, x0);                                                         \
-        _mm512_mask_storeu_ps(ci + 16, m1, x1);                                                    \
-    }
-    RESBM__STORE_ROW(0) RESBM__STORE_ROW(1) RESBM__STORE_ROW(2) RESBM__STORE_ROW(3)
-    RESBM__STORE_ROW(4) RESBM__STORE_ROW(5) RESBM__STORE_ROW(6) RESBM__STORE_ROW(7)
-#undef RESBM__STORE_ROW
+    RESBM__STORE_ROWS_512
 }
 
 /* resbm__gemm_block in bf16 (dense shapes): the packing buffer holds op(B)'s KC x NC block and
