@@ -17,9 +17,10 @@ HAVE_CBLAS  := $(shell pkg-config --exists openblas 2>/dev/null && echo yes)
 .PHONY: all examples mpi demo test check setup-test check-compile sanitize tsan valgrind fuzz fuzz-seeds bench bench-overhead bench-compress bench-pipeline bench-latency bench-speed bench-gemm bench-step bench-profile bench-torch clean
 
 # The unit suite is also built for every other kernel path: AVX2+FMA, portable scalar, no
-# threads, and GEMM through OpenBLAS (that one runs the gradient tests only: a BLAS is not
+# threads, bf16 GEMMs on AVX512_BF16 where the machine has AMX (noamx: the bf16 tests only), and GEMM
+# through OpenBLAS (that one runs the gradient tests only: a BLAS is not
 # bit-identical across thread counts).
-VARIANTS = $(BUILD)/test_resbm_avx2 $(BUILD)/test_resbm_scalar $(BUILD)/test_resbm_nothreads
+VARIANTS = $(BUILD)/test_resbm_avx2 $(BUILD)/test_resbm_scalar $(BUILD)/test_resbm_nothreads $(BUILD)/test_resbm_noamx
 ifeq ($(HAVE_CBLAS),yes)
 VARIANTS += $(BUILD)/test_resbm_cblas
 endif
@@ -55,6 +56,7 @@ $(BUILD)/test_resbm_avx2: SIMD = -mavx2 -mfma
 $(BUILD)/test_resbm_scalar: SIMD =
 $(BUILD)/test_resbm_nothreads: DEFS = -DRESBM_NO_THREADS
 $(BUILD)/test_resbm_nothreads: LIBS = -lm
+$(BUILD)/test_resbm_noamx: DEFS = -DRESBM_NO_AMX
 $(BUILD)/test_resbm_cblas: DEFS = -DRESBM_USE_CBLAS $(BLAS_CFLAGS)
 $(BUILD)/test_resbm_cblas: EXTRA_LIBS = $(BLAS_LIBS)
 $(BUILD)/bench_gemm_blas: DEFS = -DBENCH_WITH_CBLAS $(BLAS_CFLAGS)
@@ -111,7 +113,7 @@ test:
 	@bash tests/run.sh $(BUILD)
 
 # The edit-test loop: the unit suite and the TCP adapter tests, well under a minute.
-check: $(BUILD)/test_resbm $(BUILD)/test_tcp
+check: $(BUILD)/test_resbm $(BUILD)/test_gpt2 $(BUILD)/test_tcp
 	@bash tests/run.sh $(BUILD) quick
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.

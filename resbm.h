@@ -239,13 +239,17 @@ RESBMDEF int resbm_pool_reserve(resbm_pool *pool, size_t floats_per_thread);
 RESBMDEF int resbm_pool_run(resbm_pool *pool, resbm_task_fn fn, void *ctx, size_t ntasks);
 /* The precision of resbm_gemm on this pool (every layer and model GEMM given it; attention's
    products and Muon stay f32). RESBM_PRECISION_BF16, an opt-in: A and B are rounded to bf16
-   (nearest even) inside the GEMM and their products summed in f32 (AVX512_BF16 dot products),
-   C stays f32; about twice the arithmetic rate, about 3 significant digits per operand. Still
+   (nearest even) inside the GEMM and their products summed in f32 (AVX512_BF16 dot products,
+   or AMX tiles where there are), C stays f32; about 3 significant digits per operand. Still
    bit-identical across thread counts. RESBM_ENOTSUP in builds without it (the pool keeps f32);
    not while the pool runs. */
 enum { RESBM_PRECISION_F32 = 0, RESBM_PRECISION_BF16 = 1 };
 RESBMDEF int resbm_pool_set_precision(resbm_pool *pool, int precision);
 RESBMDEF int resbm_pool_precision(const resbm_pool *pool); /* F32 for a NULL pool */
+/* What runs this pool's GEMMs, for logs and benchmarks: "f32 avx512", "f32 avx2", "f32 scalar",
+   "f32 cblas", "bf16 avx512" (AVX512_BF16 dot products) or "bf16 amx" (AMX tiles, where the
+   build targets them and the OS grants them; RESBM_NO_AMX leaves them out). */
+RESBMDEF const char *resbm_pool_kernel(const resbm_pool *pool);
 
 /* ---- GEMM: C[M,N] (+)= op(A) op(B), row-major, contiguous --------------------------------------- */
 enum {
@@ -1024,6 +1028,10 @@ static void resbm__dealloc(void *p, void *user) {
 #define RESBM__KC 256 /* fixed: it decides the summation order, so it never depends on threads */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__) && !defined(RESBM_USE_CBLAS)
 #define RESBM__BF16 1 /* bf16 GEMMs available (resbm_pool_set_precision) */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__) && \
+    !defined(RESBM_NO_AMX)
+#define RESBM__AMX 1 /* ... and on AMX tiles where the kernel grants them (resbm__amx_enable) */
+#endif
 #endif
 #define RESBM__MC (32 * RESBM__MR) /* op(A) block MC x KC stays in L2 */
 #define RESBM__NC (8 * RESBM__NR)  /* the packed op(B) block is KC x NC */
@@ -1057,6 +1065,7 @@ struct resbm_pool {
     int busy;           /* a caller is inside (atomic): a second one gets RESBM_ESTATE */
     int stage_attached; /* a resbm_stage uses this pool (atomic): a second one is refused */
     int precision;      /* RESBM_PRECISION_*, of resbm_gemm on this pool */
+    int amx;            /* bf16 GEMMs run on AMX tiles (the kernel granted them) */
     float *pack; /* [nthreads][RESBM__PACK_FLOATS] GEMM packing buffers */
     float *work; /* [nthreads][work_floats] kernel scratch, see resbm_pool_reserve */
     size_t work_floats;
@@ -1255,6 +1264,18 @@ RESBMDEF int resbm_pool_init(int nthreads, resbm_pool **out) {
 
 RESBMDEF int resbm_pool_threads(const resbm_pool *pool) { return pool ? pool->nthreads : 1; }
 
+#ifdef RESBM__AMX
+/* Linux hands out AMX's tile registers (XTILEDATA, feature 18) per process, on request
+   (arch_prctl ARCH_REQ_XCOMP_PERM): an old kernel or a hypervisor that hides them says no, and
+   the bf16 GEMMs then run on AVX512_BF16. The system call is made directly (x86-64's number
+   158), since libc declares syscall() only outside strict POSIX. */
+static int resbm__amx_enable(void) {
+    long rc;
+    __asm__ volatile("syscall" : "=a"(rc) : "a"(158L), "D"(0x1023L), "S"(18L) : "rcx", "r11", "memory");
+    return rc == 0;
+}
+#endif
+
 RESBMDEF int resbm_pool_set_precision(resbm_pool *pool, int precision) {
     if (!pool || (precision != RESBM_PRECISION_F32 && precision != RESBM_PRECISION_BF16)) return RESBM_EINVAL;
 #ifndef RESBM__BF16
@@ -1262,8 +1283,24 @@ RESBMDEF int resbm_pool_set_precision(resbm_pool *pool, int precision) {
 #endif
     if (!resbm__pool_claim(pool)) return RESBM_ESTATE;
     pool->precision = precision;
+#ifdef RESBM__AMX
+    pool->amx = precision == RESBM_PRECISION_BF16 && resbm__amx_enable();
+#endif
     resbm__pool_release(pool);
     return RESBM_OK;
+}
+
+RESBMDEF const char *resbm_pool_kernel(const resbm_pool *pool) {
+    if (pool && pool->precision == RESBM_PRECISION_BF16) return pool->amx ? "bf16 amx" : "bf16 avx512";
+#if defined(RESBM_USE_CBLAS)
+    return "f32 cblas";
+#elif defined(__AVX512F__)
+    return "f32 avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "f32 avx2";
+#else
+    return "f32 scalar";
+#endif
 }
 
 RESBMDEF int resbm_pool_precision(const resbm_pool *pool) { return pool ? pool->precision : RESBM_PRECISION_F32; }
@@ -1722,6 +1759,157 @@ static void resbm__gemm_block_bf16(float *C, size_t ldc, const float *A, size_t 
         }
     }
 }
+
+#ifdef RESBM__AMX
+/* bf16 GEMMs on AMX tiles. A tile is 16 rows of 64 bytes; TDPBF16PS adds to a 16 x 16 f32 tile
+   of C the products of an A tile (16 rows of op(A), each 32 k as 16 bf16 pairs) and a B tile
+   (16 k-pairs, each the 16 columns' pairs). Both operands are packed into such 1 KB blocks,
+   zero-padded to whole tiles, so every shape runs the one kernel; C tiles at the edges go through
+   a buffer. The pairs are the same rounded bits as the AVX512_BF16 path's; each C element sums
+   its K blocks in order, 32 k per instruction, whatever the tiling. */
+/* 16 x 16 words, in registers. (The all-lanes maskz forms compile to the plain instructions; g++
+   12 -O2 warns of the plain forms' undefined pass-through lanes.) */
+#define RESBM__UNPACK(op, x, y) _mm512_maskz_##op((__mmask16)0xffff, x, y)
+#define RESBM__UNPACK64(op, x, y) _mm512_maskz_##op((__mmask8)0xff, x, y)
+#define RESBM__LANES(x, y, imm) _mm512_maskz_shuffle_i32x4((__mmask16)0xffff, x, y, imm)
+static void resbm__transpose16(__m512i r[16]) {
+    __m512i a[16], b[16];
+    int i, j;
+    for (i = 0; i < 16; i += 2) {
+        a[i] = RESBM__UNPACK(unpacklo_epi32, r[i], r[i + 1]);
+        a[i + 1] = RESBM__UNPACK(unpackhi_epi32, r[i], r[i + 1]);
+    }
+    for (i = 0; i < 16; i += 4) { /* b[i + j], 128-bit lane L: column 4L + j of rows i..i+3 */
+        b[i] = RESBM__UNPACK64(unpacklo_epi64, a[i], a[i + 2]);
+        b[i + 1] = RESBM__UNPACK64(unpackhi_epi64, a[i], a[i + 2]);
+        b[i + 2] = RESBM__UNPACK64(unpacklo_epi64, a[i + 1], a[i + 3]);
+        b[i + 3] = RESBM__UNPACK64(unpackhi_epi64, a[i + 1], a[i + 3]);
+    }
+    for (j = 0; j < 4; j++) { /* row 4L + j gathers lane L of b[j], b[4 + j], b[8 + j], b[12 + j] */
+        __m512i c0 = RESBM__LANES(b[j], b[4 + j], 0x44), c1 = RESBM__LANES(b[j], b[4 + j], 0xee);
+        __m512i c2 = RESBM__LANES(b[8 + j], b[12 + j], 0x44), c3 = RESBM__LANES(b[8 + j], b[12 + j], 0xee);
+        r[j] = RESBM__LANES(c0, c2, 0x88);
+        r[4 + j] = RESBM__LANES(c0, c2, 0xdd);
+        r[8 + j] = RESBM__LANES(c1, c3, 0x88);
+        r[12 + j] = RESBM__LANES(c1, c3, 0xdd);
+    }
+}
+#undef RESBM__UNPACK
+#undef RESBM__UNPACK64
+#undef RESBM__LANES
+
+/* One 1 KB block: nl <= 16 lanes by nk <= 32 k of x(l, k) = X[l*ls + k*ks] (ls == 1 or
+   ks == 1), as 16 x 16 pair words, zero beyond nl and nk: rows by lane (an A tile) or by pair
+   (a B tile). */
+static void resbm__amx_block(uint32_t *dst, const float *X, size_t ls, size_t ks, size_t nl, size_t nk,
+                             int rows_by_lane) {
+    __m512i v[16];
+    size_t i;
+    int by_lane = ks == 1 && ls != 1; /* v[i] holds lane i's pairs (else pair i's lanes) */
+    if (by_lane) {
+        __mmask16 lo = (__mmask16)(nk >= 16 ? 0xffff : (1u << nk) - 1);
+        __mmask16 hi = (__mmask16)(nk >= 32 ? 0xffff : nk > 16 ? (1u << (nk - 16)) - 1 : 0);
+        for (i = 0; i < 16; i++)
+            v[i] = i < nl ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, X + i * ls + 16),
+                                                         _mm512_maskz_loadu_ps(lo, X + i * ls))
+                          : _mm512_setzero_si512();
+    } else {
+        __mmask16 mk = (__mmask16)(nl >= 16 ? 0xffff : (1u << nl) - 1);
+        for (i = 0; i < 16; i++) {
+            __m512 ev = 2 * i < nk ? _mm512_maskz_loadu_ps(mk, X + 2 * i * ks) : _mm512_setzero_ps();
+            __m512 od = 2 * i + 1 < nk ? _mm512_maskz_loadu_ps(mk, X + (2 * i + 1) * ks) : _mm512_setzero_ps();
+            v[i] = resbm__bf16_pairs(ev, od);
+        }
+    }
+    if (by_lane != rows_by_lane) resbm__transpose16(v);
+    for (i = 0; i < 16; i++) _mm512_storeu_si512((void *)(dst + 16 * i), v[i]);
+}
+
+/* A (ls, ks) or B panel set of `lanes` x kc: blocks [lane block][k chunk], each 1 KB, the lane
+   blocks padded with zeros to an even count (the kernel takes them two at a time). */
+static void resbm__amx_pack(uint32_t *dst, const float *X, size_t ls, size_t ks, size_t lanes, size_t kc,
+                            int rows_by_lane) {
+    size_t nb = (lanes + 15) / 16, nkc = (kc + 31) / 32, q, c;
+    for (q = 0; q < nb; q++)
+        for (c = 0; c < nkc; c++)
+            resbm__amx_block(dst + (q * nkc + c) * 256, X + q * 16 * ls + c * 32 * ks, ls, ks,
+                             RESBM__MIN(16, lanes - q * 16), RESBM__MIN(32, kc - c * 32), rows_by_lane);
+    if (nb % 2) memset(dst + nb * nkc * 256, 0, nkc * 1024);
+}
+
+/* C[mc, nc] (+)= the packed blocks' product, 32 x 32 at a time in tiles 0-3 (A in 4-5, B in 6-7). */
+static void resbm__amx_kernel(float *C, size_t ldc, const uint32_t *pa, const uint32_t *pb, size_t mc,
+                              size_t nc, size_t kc, int add) {
+    size_t nkc = (kc + 31) / 32, i, j, c, r;
+    float edge[4][256];
+    for (i = 0; i < mc; i += 32)
+        for (j = 0; j < nc; j += 32) {
+            const uint32_t *a = pa + (i / 16) * nkc * 256, *b = pb + (j / 16) * nkc * 256;
+            int whole = i + 32 <= mc && j + 32 <= nc, t;
+            if (whole && add) {
+                _tile_loadd(0, C + i * ldc + j, ldc * 4); _tile_loadd(1, C + i * ldc + j + 16, ldc * 4);
+                _tile_loadd(2, C + (i + 16) * ldc + j, ldc * 4); _tile_loadd(3, C + (i + 16) * ldc + j + 16, ldc * 4);
+            } else if (add) { /* the edge: C's part in the 32 x 32 block, zeros around it */
+                for (t = 0; t < 4; t++)
+                    for (r = 0; r < 16; r++) {
+                        size_t ci = i + (size_t)(t / 2) * 16 + r, cj = j + (size_t)(t % 2) * 16, n = 0;
+                        if (ci < mc && cj < nc) n = RESBM__MIN(16, nc - cj);
+                        if (n) memcpy(edge[t] + r * 16, C + ci * ldc + cj, n * 4);
+                        memset(edge[t] + r * 16 + n, 0, (16 - n) * 4);
+                    }
+                _tile_loadd(0, edge[0], 64); _tile_loadd(1, edge[1], 64);
+                _tile_loadd(2, edge[2], 64); _tile_loadd(3, edge[3], 64);
+            } else {
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            }
+            for (c = 0; c < nkc; c++) {
+                _tile_loadd(4, a + c * 256, 64); _tile_loadd(5, a + (nkc + c) * 256, 64);
+                _tile_loadd(6, b + c * 256, 64); _tile_loadd(7, b + (nkc + c) * 256, 64);
+                _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+            }
+            if (whole) {
+                _tile_stored(0, C + i * ldc + j, ldc * 4); _tile_stored(1, C + i * ldc + j + 16, ldc * 4);
+                _tile_stored(2, C + (i + 16) * ldc + j, ldc * 4); _tile_stored(3, C + (i + 16) * ldc + j + 16, ldc * 4);
+                continue;
+            }
+            _tile_stored(0, edge[0], 64); _tile_stored(1, edge[1], 64);
+            _tile_stored(2, edge[2], 64); _tile_stored(3, edge[3], 64);
+            for (t = 0; t < 4; t++)
+                for (r = 0; r < 16; r++) {
+                    size_t ci = i + (size_t)(t / 2) * 16 + r, cj = j + (size_t)(t % 2) * 16;
+                    if (ci < mc && cj < nc) memcpy(C + ci * ldc + cj, edge[t] + r * 16, RESBM__MIN(16, nc - cj) * 4);
+                }
+        }
+}
+
+/* resbm__gemm_block_bf16 on AMX: the same blocks (op(B) KC x NC, op(A) MC x KC, each 128 KB
+   packed), each thread's tiles configured for the call and released after it. */
+static void resbm__gemm_block_amx(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
+                                  const float *B, size_t bks, size_t bns, size_t M, size_t N, size_t K,
+                                  int accumulate, float *pack) {
+    uint32_t *pb = (uint32_t *)pack, *pa = pb + (size_t)RESBM__NC * (RESBM__KC / 2);
+    unsigned char cfg[64];
+    size_t j0, k0, i0, t;
+    memset(cfg, 0, sizeof(cfg));
+    cfg[0] = 1; /* palette 1: eight tiles, here each 16 rows of 64 bytes */
+    for (t = 0; t < 8; t++) { cfg[16 + 2 * t] = 64; cfg[48 + t] = 16; }
+    _tile_loadconfig(cfg);
+    for (j0 = 0; j0 < N; j0 += RESBM__NC) {
+        size_t nc = RESBM__MIN((size_t)RESBM__NC, N - j0);
+        for (k0 = 0; k0 < K; k0 += RESBM__KC) {
+            size_t kc = RESBM__MIN((size_t)RESBM__KC, K - k0);
+            resbm__amx_pack(pb, B + k0 * bks + j0 * bns, bns, bks, nc, kc, 0);
+            for (i0 = 0; i0 < M; i0 += RESBM__MC) {
+                size_t mc = RESBM__MIN((size_t)RESBM__MC, M - i0);
+                resbm__amx_pack(pa, A + i0 * ars + k0 * aks, ars, aks, mc, kc, 1);
+                resbm__amx_kernel(C + i0 * ldc + j0, ldc, pa, pb, mc, nc, kc, accumulate || k0 > 0);
+            }
+        }
+    }
+    _tile_release();
+}
+#endif
 #endif
 
 typedef struct {
@@ -1730,7 +1918,7 @@ typedef struct {
     const float *A, *B;
     size_t M, N, K, ars, aks, bks, bns, tm, tn, tiles_n;
     float *pack;
-    int bf16; /* RESBM_PRECISION_BF16 (RESBM__BF16 builds only) */
+    int bf16; /* RESBM_PRECISION_BF16 (RESBM__BF16 builds only): 1 AVX512_BF16, 2 AMX */
 } resbm__gemm_job;
 
 static void resbm__gemm_task(void *ctx, size_t task, int thread) {
@@ -1742,6 +1930,14 @@ static void resbm__gemm_task(void *ctx, size_t task, int thread) {
             for (i = 0; i < mc; i++) memset(g->C + (i0 + i) * g->N + j0, 0, nc * sizeof(float));
         return;
     }
+#ifdef RESBM__AMX
+    if (g->bf16 == 2) {
+        resbm__gemm_block_amx(g->C + i0 * g->N + j0, g->N, g->A + i0 * g->ars, g->ars, g->aks,
+                              g->B + j0 * g->bns, g->bks, g->bns, mc, nc, g->K, g->accumulate,
+                              g->pack + (size_t)thread * RESBM__PACK_FLOATS);
+        return;
+    }
+#endif
 #ifdef RESBM__BF16
     if (g->bf16) {
         resbm__gemm_block_bf16(g->C + i0 * g->N + j0, g->N, g->A + i0 * g->ars, g->ars, g->aks,
@@ -1869,13 +2065,18 @@ static int resbm__gemm_run(resbm_pool *pool, int form, int accumulate, float *C,
         size_t tiles = resbm__gemm_setup(&g, form, accumulate, C, A, B, M, N, K,
                                          pool && pool->nthreads > 1 ? (size_t)pool->nthreads * 4 : 1);
         g.pack = pool ? pool->pack : NULL;
-        g.bf16 = pool && pool->precision == RESBM_PRECISION_BF16;
-        if (g.bf16) { /* both operands are packed per tile: tiles split N only, so each packs its
-                         own op(B) columns once, and op(A) once per tile (a few per GEMM) */
+        g.bf16 = pool && pool->precision == RESBM_PRECISION_BF16 ? 1 + pool->amx : 0;
+        if (g.bf16 == 1) { /* both operands are packed per tile: tiles split N only, so each packs
+                              its own op(B) columns once, and op(A) once per tile (a few per GEMM) */
             size_t want = pool->nthreads > 1 ? 2 * (size_t)pool->nthreads : 1;
             g.tm = M; g.tn = RESBM__NC;
             while (g.tn > 2 * RESBM__NR && (N + g.tn - 1) / g.tn < want) g.tn /= 2;
             g.tiles_n = tiles = (N + g.tn - 1) / g.tn;
+        } else if (g.bf16 == 2) { /* AMX computes several times faster than it packs: one tile
+                                     per thread, whole along N, packs op(A) only once in all */
+            size_t w = (size_t)pool->nthreads;
+            g.tn = N; g.tm = ((M + w - 1) / w + 31) / 32 * 32;
+            g.tiles_n = 1; tiles = (M + g.tm - 1) / g.tm;
         }
         /* a GEMM this small (the bottleneck's r-wide ones) costs less than waking a thread:
            run its tiles here (same tiles, same sums, so the result is the same bits) */

@@ -160,8 +160,9 @@ int main(int argc, char **argv) {
     }
     L = mc.layers; d = mc.d; f = ((8 * mc.d / 3 + 15) / 16) * 16; V = 256; tokens = (double)N;
     gemm_flops = tokens * 6 * (L * (4 * d * d + 3 * d * f) + V * d);
-    printf("# d=%d L=%d T=%d batch=%d threads=%d, %s, %d steps: %.1f ms per step (%.0f tokens/s), %.0f dispatches per step\n",
-           mc.d, mc.layers, mc.seq, mc.batch, mc.threads, oc.kind == RESBM_OPT_MUON ? "Muon" : "AdamW", steps,
+    printf("# d=%d L=%d T=%d batch=%d threads=%d, %s, GEMMs %s, %d steps: %.1f ms per step (%.0f tokens/s), %.0f dispatches per step\n",
+           mc.d, mc.layers, mc.seq, mc.batch, mc.threads, oc.kind == RESBM_OPT_MUON ? "Muon" : "AdamW",
+           resbm_pool_kernel(pool), steps,
            total / steps * 1e3, tokens * steps / total, (double)calls / steps);
     printf("| part of the step | ms per step | share | dispatches per step | of which fork-join wait (ms) |\n");
     printf("|---|--:|--:|--:|--:|\n");

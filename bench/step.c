@@ -141,8 +141,17 @@ int main(int argc, char **argv) {
         resbm_model_config full = mc;
         med_m = run(full, RESBM_OPT_MUON, steps, micro, &best_m, &bytes_m);
     }
-    printf("d=%d L=%d f=%d T=%d batch=%d threads=%d steps=%d gemm=%s (median, best)\n", mc.d, mc.layers,
-           (int)f, mc.seq, mc.batch, mc.threads, steps, mc.gemm_bf16 ? "bf16" : "f32");
+    {
+        resbm_pool *kp = NULL; /* what runs the GEMMs, as the models' pools set it up */
+        const char *kernel = "?";
+        if (resbm_pool_init(1, &kp) == RESBM_OK) {
+            if (!mc.gemm_bf16 || resbm_pool_set_precision(kp, RESBM_PRECISION_BF16) == RESBM_OK)
+                kernel = resbm_pool_kernel(kp);
+            resbm_pool_free(kp);
+        }
+        printf("d=%d L=%d f=%d T=%d batch=%d threads=%d steps=%d gemm=%s (%s; median, best)\n", mc.d, mc.layers,
+               (int)f, mc.seq, mc.batch, mc.threads, steps, mc.gemm_bf16 ? "bf16" : "f32", kernel);
+    }
     printf("  AdamW step: %.1f ms, %.1f ms  -> %.0f tokens/s, %.1f GFLOP/s (best %.0f tokens/s)\n",
            med_a * 1e3, best_a * 1e3, tokens / med_a, flops / med_a * 1e-9, tokens / best_a);
     printf("  Muon  step: %.1f ms, %.1f ms  -> Newton-Schulz + momentum cost %.1f ms per step (%.0f%%)\n",

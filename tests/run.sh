@@ -42,6 +42,8 @@ for v in avx2 scalar nothreads; do
   echo "== the same suite, $v kernels"
   out=$("$build/test_resbm_$v" 2>&1); tally "$out" $? "$v"
 done
+echo "== the bf16 tests with AMX left out (RESBM_NO_AMX: AVX512_BF16 dot products)"
+out=$("$build/test_resbm_noamx" --filter bf16 2>&1); tally "$out" $? noamx
 if [ -x "$build/test_resbm_cblas" ]; then
   echo "== gradient tests with GEMM through OpenBLAS (RESBM_USE_CBLAS)"
   out=$("$build/test_resbm_cblas" --filter grad 2>&1); tally "$out" $? cblas

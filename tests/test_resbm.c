@@ -943,7 +943,14 @@ static void test_gemm_bf16(void) {
                                        {300, 33, 688}, {257, 70, 1}, {64, 256, 256}};
     int form, acc;
     size_t si, i, k;
+    CHECK(!strncmp(resbm_pool_kernel(p[0]), "f32 ", 4) && !strncmp(resbm_pool_kernel(NULL), "f32 ", 4),
+          "an f32 pool's kernel: %s", resbm_pool_kernel(p[0]));
     for (nt = 0; nt < 3; nt++) CHECK_RC(resbm_pool_set_precision(p[nt], RESBM_PRECISION_BF16), RESBM_OK);
+    for (nt = 0; nt < 3; nt++) /* AMX where the build has it and the OS grants it, the same for every pool */
+        CHECK(!strcmp(resbm_pool_kernel(p[nt]), "bf16 amx") || !strcmp(resbm_pool_kernel(p[nt]), "bf16 avx512"),
+              "a bf16 pool's kernel: %s", resbm_pool_kernel(p[nt]));
+    CHECK(!strcmp(resbm_pool_kernel(p[1]), resbm_pool_kernel(p[0])), "pools differ: %s, %s",
+          resbm_pool_kernel(p[0]), resbm_pool_kernel(p[1]));
     for (si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
         for (form = 0; form < 3; form++)
             for (acc = 0; acc < 2; acc++) {
