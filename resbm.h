@@ -1391,8 +1391,8 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
    op(A) is read in place through strides (the kernel broadcasts one element per row, so any
    layout works; packing a transposed op(A) was measured three times and gained nothing;
    prefetching it and C's lines cut the GEMMs' time inside a step by about 15%, RESULTS.md).
-   op(B) is read in place when it is [K,N] and the kernel can mask its edge loads (AVX-512);
-   otherwise (B^T, or no masking) the task packs each KC x NC block of its columns into NR-wide,
+   op(B) is read in place when it is [K,N], op(A) is not transposed and the kernel can mask its
+   edge loads (AVX-512); otherwise the task packs each KC x NC block of its columns into NR-wide,
    zero-padded panels, once for all the tile's rows (resbm__gemm_setup says how tiles are cut). */
 
 /* c[mr, nr] (+)= sum_k a(i,k) b(k,j) with a(i,k) = a[i*ars + k*aks] and b(k,j) = b[k*ldb + j].
@@ -1624,7 +1624,10 @@ static resbm__shape resbm__causal(int kind, size_t t0) {
 static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
                               const float *B, size_t bks, size_t bns, size_t M, size_t N, size_t K,
                               int accumulate, float *pack, resbm__shape sh) {
-    int direct = RESBM__DIRECT_B && bns == 1;
+    /* op(B) in place only beside a contiguous op(A): with op(A) strided too (A^T, the weight
+       gradients), the two strided streams, a power of two apart per k, evict each other's lines
+       from L1, and packing op(B) was measured 2-4% faster over a step's GEMMs (RESULTS.md). */
+    int direct = RESBM__DIRECT_B && bns == 1 && aks == 1;
     size_t j0, k0, i0, jr, ir;
     for (j0 = 0; j0 < N; j0 += RESBM__NC) {
         size_t nc = RESBM__MIN((size_t)RESBM__NC, N - j0);
