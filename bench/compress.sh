@@ -25,7 +25,9 @@
 # 128x-r7-i8 is the d = 256 recipe (r = 7 in i8, 134.9x) at any width; 128x-bytes-i8 spends
 # 128x's bytes at any width the same way: r = d/128 f32 channels are 4d/128 bytes a token, and i8
 # costs 17 bytes per 16 values (a 4-byte scale per block of 64), so r = 64d/2176 rounded down
-# (7 at d = 256, 15 at 512, 22 at 768).
+# (7 at d = 256, 15 at 512, 22 at 768). rN, rN-i8 and rN-bf16 (in --only) are r = N channels
+# in f32, i8 or bf16 at any width, to find the fewest bytes that stay within a given gap.
+# Runs get a one-hour peer timeout, so a run paused (SIGSTOP) for a benchmark beside it goes on.
 set -euo pipefail
 steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337 sched=0 lr="" sweep=""
 while [ $# -gt 0 ]; do
@@ -47,7 +49,7 @@ done
 make -s build/train
 mkdir -p "$out"
 printf 'd=%s\nseed=%s\nsteps=%s\nschedule_steps=%s\n' "$d" "$seed" "$steps" "$((sched > 0 ? sched : steps))" > "$out/config.txt"
-base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --schedule-steps $((sched > 0 ? sched : steps)) --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet"
+base="--data $data --d $d --layers 8 --heads $((d / 64)) --stages 4 --seq 128 --batch 8 --micro 4 --steps $steps --schedule-steps $((sched > 0 ? sched : steps)) --seed $seed --eval-every $evalevery --eval-rows $evalrows --sample 0 --quiet --timeout-ms 3600000"
 # name | flags
 rows="uncompressed|--r $d
 16x|--ratio 16 --m $d
@@ -76,6 +78,13 @@ uncompressed-async-w200|--r $d --schedule async --async-warmup 200
 uncompressed-muon-async|--r $d --opt muon --schedule async
 128x-muon-async|--ratio 128 --m $d --opt muon --schedule async
 128x-muon-async-plain|--ratio 128 --m $d --opt muon --schedule async --async-predict 0"
+for tok in $(echo "$only" | tr ',' ' '); do # rN[-i8|-bf16]: r = N channels, for any N
+  name=${tok%%@*}
+  if [[ $name =~ ^r([0-9]+)(-i8|-bf16)?$ ]] && ! echo "$rows" | cut -d'|' -f1 | grep -qx "$name"; then
+    rows="$rows
+$name|--r ${BASH_REMATCH[1]} --m $d${BASH_REMATCH[2]:+ --wire ${BASH_REMATCH[2]#-}}"
+  fi
+done
 for tok in $(echo "$only" | tr ',' ' '); do # every NAME of --only must be a row
   echo "$rows" | cut -d'|' -f1 | grep -qx "${tok%%@*}" || { echo "unknown row ${tok%%@*}" >&2; exit 2; }
 done
