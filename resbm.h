@@ -2003,15 +2003,16 @@ static void resbm__gemm_serial(int form, float *C, const float *A, const float *
 static void resbm__gemm_sym_serial(int form, float *C, const float *A, const float *B, size_t n,
                                    size_t K, float *pack) {
     resbm__gemm_job g;
-    size_t c0, i, j;
+    size_t c0, i0, i, j;
     resbm__gemm_setup(&g, form, 0, C, A, B, n, n, K, 1); /* the operands' strides */
     for (c0 = 0; c0 < n; c0 += RESBM__NR) { /* each NR-column panel, rows 0 to its last column */
         size_t nr = RESBM__MIN(RESBM__NR, n - c0);
         resbm__gemm_block(C + c0, n, A, g.ars, g.aks, B + c0 * g.bns, g.bks, g.bns, c0 + nr, nr, K, 0, pack,
                           resbm__dense);
     }
-    for (i = 1; i < n; i++)
-        for (j = 0; j < i; j++) C[i * n + j] = C[j * n + i];
+    for (i0 = 0; i0 < n; i0 += 16) /* mirrored 16 x 16 blocks at a time: a column-order copy */
+        for (j = 0; j < i0 + 16 && j < n; j++) /* of the whole matrix missed cache on every read */
+            for (i = RESBM__MAX(i0, j + 1); i < i0 + 16 && i < n; i++) C[i * n + j] = C[j * n + i];
 }
 #endif
 
@@ -2175,11 +2176,31 @@ static float resbm__dot(const float *a, const float *b, size_t n) {
 /* y += alpha * x */
 static void resbm__axpy(float *y, float alpha, const float *x, size_t n) {
     size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(y + i), _mm512_mul_ps(_mm512_set1_ps(alpha), _mm512_loadu_ps(x + i))));
+#endif
 #ifdef RESBM__VMATH
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(_mm256_set1_ps(alpha), _mm256_loadu_ps(x + i))));
 #endif
     for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+/* y = a * x + b * y (two products, then their sum: no FMA, so every lane gives the scalar bits) */
+static void resbm__axpby(float *y, float a, const float *x, float b, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(a), _mm512_loadu_ps(x + i)),
+                                              _mm512_mul_ps(_mm512_set1_ps(b), _mm512_loadu_ps(y + i))));
+#endif
+#ifdef RESBM__VMATH
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(a), _mm256_loadu_ps(x + i)),
+                                              _mm256_mul_ps(_mm256_set1_ps(b), _mm256_loadu_ps(y + i))));
+#endif
+    for (; i < n; i++) y[i] = a * x[i] + b * y[i];
 }
 
 static float resbm__silu(float x) { return x / (1.0f + expf(-x)); }
@@ -3997,15 +4018,15 @@ static void resbm__muon(resbm_model *m, resbm_param *p, float scale, float lr, i
         (void)pack;
         resbm_gemm(NULL, RESBM_GEMM_NT, 0, A, x, x, k, k, wide);
         resbm_gemm(NULL, RESBM_GEMM_NN, 0, B, A, A, k, k, k);
-        for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
+        resbm__axpby(B, cb, A, cc, k * k);
         resbm_gemm(NULL, RESBM_GEMM_NN, 0, y, B, x, k, wide, k);
 #else
         resbm__gemm_sym_serial(RESBM_GEMM_NT, A, x, x, k, wide, pack); /* A = X X^T */
         resbm__gemm_sym_serial(RESBM_GEMM_NN, B, A, A, k, k, pack);    /* B = A A */
-        for (i = 0; i < k * k; i++) B[i] = cb * A[i] + cc * B[i];
+        resbm__axpby(B, cb, A, cc, k * k);                             /* B = b A + c A A */
         resbm__gemm_serial(RESBM_GEMM_NN, y, B, x, k, wide, k, pack); /* Y = B X */
 #endif
-        for (i = 0; i < n; i++) y[i] += ca * x[i];
+        resbm__axpy(y, ca, x, n);
         t = x; x = y; y = t;
     }
     f = lr * sqrtf(RESBM__MAX(1.0f, (float)R / (float)C));
