@@ -93,6 +93,22 @@ def main(argv):
                                              "" if against == "uncompressed" else " vs " + against))
         ref_cell = "%.4f (%s)" % (ref[0], ref[1]) if ref else "-"
         print("| %d | %s | %s | %s |" % (d, cfg.get("steps", "?"), ref_cell, " | ".join(cells)))
+    # Per width, every row by wire factor (measured): which saves the most bytes within 3%?
+    for d, cfg, best in widths:
+        print("\nd = %d: rows by bytes saved (wire factor measured against f32 at r = d)\n" % d)
+        print("| row | wire factor | val (lr) | gap | within 3% |")
+        print("|---|--:|--:|--:|:-:|")
+        within = None
+        for r in sorted(best, key=lambda r: -best[r][2]):
+            val, lr, factor = best[r]
+            rv = best.get(baseline(r, best))
+            gap = 100.0 * (val / rv[0] - 1.0) if rv else None
+            ok = gap is not None and gap <= 3.0
+            if ok and within is None and factor > 1.0:
+                within = r
+            print("| %s | %.1fx | %.4f (%s) | %s | %s |" % (r, factor, val, lr, "%+.1f%%" % gap if gap is not None else "-",
+                                                         "yes" if ok else "no" if gap is not None else "-"))
+        print("\nthe most bytes-saving row within 3%%: %s" % ("%s (%.1fx)" % (within, best[within][2]) if within else "none run"))
     if svg:
         W, H, L, R, T, B = 640, 380, 60, 170, 30, 50
         pts = [p for v in gaps.values() for p in v]
