@@ -1626,7 +1626,7 @@ static void resbm__gemm_block(float *C, size_t ldc, const float *A, size_t ars, 
                               int accumulate, float *pack, resbm__shape sh) {
     /* op(B) in place only beside a contiguous op(A): with op(A) strided too (A^T, the weight
        gradients), the two strided streams, a power of two apart per k, evict each other's lines
-       from L1, and packing op(B) was measured 2-4% faster over a step's GEMMs (RESULTS.md). */
+       from L1; packing op(B) there cut a step's GEMM time by 2-10% on 1 thread (RESULTS.md). */
     int direct = RESBM__DIRECT_B && bns == 1 && aks == 1;
     size_t j0, k0, i0, jr, ir;
     for (j0 = 0; j0 < N; j0 += RESBM__NC) {
@@ -2126,8 +2126,8 @@ RESBMDEF int resbm_gemm_ref(int form, int accumulate, float *C, const float *A, 
 /* With AVX2 the elementwise loops below run 8 lanes at a time by hand (-O2 does not vectorize
    them): the same operations in the same order per element, so the same bits as the scalar
    loops, which remain for the tails and for other targets, as long as the compiler does not
-   fuse a scalar a * b + c into an FMA (gcc -std=c99 does not; clang needs -ffp-contract=off).
-   Either way results do not depend on the thread count. */
+   fuse a * b + c into an FMA, scalar or written with intrinsics (gcc -std=c99 does not; gnu modes,
+   C++ and clang need -ffp-contract=off). Either way results do not depend on the thread count. */
 #if defined(__AVX2__) && defined(__FMA__)
 #define RESBM__VMATH 1
 #endif

@@ -80,7 +80,8 @@ uncompressed-muon-async|--r $d --opt muon --schedule async
 128x-muon-async-plain|--ratio 128 --m $d --opt muon --schedule async --async-predict 0"
 for tok in $(echo "$only" | tr ',' ' '); do # rN[-i8|-bf16]: r = N channels, for any N
   name=${tok%%@*}
-  if [[ $name =~ ^r([0-9]+)(-i8|-bf16)?$ ]] && ! echo "$rows" | cut -d'|' -f1 | grep -qx "$name"; then
+  if [[ $name =~ ^r([1-9][0-9]*)(-i8|-bf16)?$ ]] && ! echo "$rows" | cut -d'|' -f1 | grep -qx "$name"; then
+    [ "${BASH_REMATCH[1]}" -le "$d" ] || { echo "row $name: r must be at most d = $d" >&2; exit 2; }
     rows="$rows
 $name|--r ${BASH_REMATCH[1]} --m $d${BASH_REMATCH[2]:+ --wire ${BASH_REMATCH[2]#-}}"
   fi
