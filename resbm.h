@@ -2010,8 +2010,10 @@ static void resbm__gemm_sym_serial(int form, float *C, const float *A, const flo
         resbm__gemm_block(C + c0, n, A, g.ars, g.aks, B + c0 * g.bns, g.bks, g.bns, c0 + nr, nr, K, 0, pack,
                           resbm__dense);
     }
-    for (i0 = 0; i0 < n; i0 += 16) /* mirrored 16 x 16 blocks at a time: a column-order copy */
-        for (j = 0; j < i0 + 16 && j < n; j++) /* of the whole matrix missed cache on every read */
+    /* the lower triangle, 16 rows at a time (read in column order over the whole matrix, the
+       upper triangle missed cache on every element) */
+    for (i0 = 0; i0 < n; i0 += 16)
+        for (j = 0; j < i0 + 16 && j < n; j++)
             for (i = RESBM__MAX(i0, j + 1); i < i0 + 16 && i < n; i++) C[i * n + j] = C[j * n + i];
 }
 #endif
