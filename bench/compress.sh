@@ -78,16 +78,14 @@ uncompressed-async-w200|--r $d --schedule async --async-warmup 200
 uncompressed-muon-async|--r $d --opt muon --schedule async
 128x-muon-async|--ratio 128 --m $d --opt muon --schedule async
 128x-muon-async-plain|--ratio 128 --m $d --opt muon --schedule async --async-predict 0"
-for tok in $(echo "$only" | tr ',' ' '); do # rN[-i8|-bf16]: r = N channels, for any N
+for tok in $(echo "$only" | tr ',' ' '); do # every NAME of --only must be a row; rN[-i8|-bf16] is one
   name=${tok%%@*}
   if [[ $name =~ ^r([1-9][0-9]*)(-i8|-bf16)?$ ]] && ! echo "$rows" | cut -d'|' -f1 | grep -qx "$name"; then
     [ "${BASH_REMATCH[1]}" -le "$d" ] || { echo "row $name: r must be at most d = $d" >&2; exit 2; }
     rows="$rows
 $name|--r ${BASH_REMATCH[1]} --m $d${BASH_REMATCH[2]:+ --wire ${BASH_REMATCH[2]#-}}"
   fi
-done
-for tok in $(echo "$only" | tr ',' ' '); do # every NAME of --only must be a row
-  echo "$rows" | cut -d'|' -f1 | grep -qx "${tok%%@*}" || { echo "unknown row ${tok%%@*}" >&2; exit 2; }
+  echo "$rows" | cut -d'|' -f1 | grep -qx "$name" || { echo "unknown row $name" >&2; exit 2; }
 done
 echo "$rows" | while IFS='|' read -r name flags; do
   lrs="-"                                              # "-": the default (or --lr)

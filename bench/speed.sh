@@ -43,9 +43,9 @@ for t in 1 2; do
     o=$(sed 's/.*tokens_per_s=\([0-9.]*\).*/\1/' <<< "$ours")
     og=$(sed 's/.* gflops=\([0-9.]*\).*/\1/' <<< "$ours")
     p=$(sed 's/.*tokens_per_s=\([0-9.]*\).*/\1/' <<< "$theirs")
-    awk -v t="$t" -v r="$rep" -v o="$o" -v p="$p" -v g="$og" -v pk="$peak" \
-      'BEGIN { printf "| %d | %d | %.0f | %.0f | %.2fx | %.1f | %.0f%% |\n", t, r, o, p, o / p, g, 100 * g / pk }'
-    awk -v o="$o" -v p="$p" 'BEGIN { printf "%.4f\n", o / p }' >> "$tmp/ratios$t"
+    awk -v t="$t" -v r="$rep" -v o="$o" -v p="$p" -v g="$og" -v pk="$peak" -v f="$tmp/ratios$t" \
+      'BEGIN { printf "| %d | %d | %.0f | %.0f | %.2fx | %.1f | %.0f%% |\n", t, r, o, p, o / p, g, 100 * g / pk
+               printf "%.4f\n", o / p >> f }'
   done
 done
 for t in 1 2; do # the median pair, the figure to quote (pairs on a shared machine spread widely)
