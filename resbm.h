@@ -3917,14 +3917,47 @@ static void resbm__sqnorm_piece(void *ctx, resbm_param *p, size_t at, size_t n, 
     for (i = 0; i < n; i++) *s += (double)g[i] * (double)g[i];
 }
 
+/* A chunk that lies inside one parameter: its floats and their count. */
+typedef struct { const float *g; size_t n; int pieces; } resbm__chunk_span;
+static void resbm__span_piece(void *ctx, resbm_param *p, size_t at, size_t n, size_t virt) {
+    resbm__chunk_span *sp = (resbm__chunk_span *)ctx;
+    (void)virt;
+    if (sp->pieces++ == 0) { sp->g = p->grad.data + at; sp->n = n; }
+}
+
+/* Each chunk's sum is one chain of dependent double adds, so a chunk alone runs at the adder's
+   latency; four chunks of one piece and one length run their chains side by side, each in its own
+   order: the same bits as one at a time, 30% less time (RESULTS.md). Other chunks go one at a
+   time. Tasks of four chunks (resbm_model_grad_sqnorm) give the groups. */
 static void resbm__sqnorm_range(void *ctx, size_t b, size_t e) {
     resbm_model *m = (resbm_model *)ctx;
-    size_t c;
-    for (c = b; c < e; c++) {
+    size_t c = b, g, i;
+    while (c < e) {
+        resbm__chunk_span sp[4];
         double s = 0.0;
+        for (g = 0; g < 4 && c + g < e; g++) {
+            sp[g].pieces = 0;
+            resbm__walk(m, (c + g) * RESBM__CHUNK, RESBM__MIN((c + g + 1) * RESBM__CHUNK, m->nfloats),
+                        resbm__span_piece, &sp[g]);
+            if (sp[g].pieces != 1 || sp[g].n != sp[0].n) break;
+        }
+        if (g == 4) {
+            const float *g0 = sp[0].g, *g1 = sp[1].g, *g2 = sp[2].g, *g3 = sp[3].g;
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+            for (i = 0; i < sp[0].n; i++) {
+                s0 += (double)g0[i] * (double)g0[i];
+                s1 += (double)g1[i] * (double)g1[i];
+                s2 += (double)g2[i] * (double)g2[i];
+                s3 += (double)g3[i] * (double)g3[i];
+            }
+            m->partials[c] = s0; m->partials[c + 1] = s1;
+            m->partials[c + 2] = s2; m->partials[c + 3] = s3;
+            c += 4;
+            continue;
+        }
         resbm__walk(m, c * RESBM__CHUNK, RESBM__MIN((c + 1) * RESBM__CHUNK, m->nfloats),
                     resbm__sqnorm_piece, &s);
-        m->partials[c] = s;
+        m->partials[c++] = s;
     }
 }
 
@@ -3932,7 +3965,7 @@ RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out) {
     size_t c;
     double s = 0.0;
     if (!m || !out) return RESBM_EINVAL;
-    RESBM__TRY(resbm__parallel_for(m->pool, m->nchunks, 1, resbm__sqnorm_range, m));
+    RESBM__TRY(resbm__parallel_for(m->pool, m->nchunks, 4, resbm__sqnorm_range, m));
     for (c = 0; c < m->nchunks; c++) s += m->partials[c];
     *out = s;
     return RESBM_OK;

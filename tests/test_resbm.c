@@ -1371,6 +1371,52 @@ static void test_muon_by_hand(void) {
     resbm_model_free(m);
 }
 
+/* The squared gradient norm: per RESBM__CHUNK floats of the padded concatenation of all
+   parameters, one double sum in element order, then the chunks' sums in order. Checked bit for bit
+   against that definition (written out here with the model's offsets) at 1, 2 and 3 threads, on
+   gradients whose magnitudes span 2^-20..2^20 so that any other order shows in the bits. The
+   model has both kinds of chunk: runs of four inside one large weight, and chunks shared by
+   small parameters and padding. */
+static void test_grad_sqnorm(void) {
+    resbm_model_config cfg = resbm_model_config_default();
+    resbm_opt_config o = resbm_opt_config_default();
+    double got[3];
+    int t;
+    cfg.vocab = 64; cfg.d = 256; cfg.layers = 1; cfg.heads = 4; cfg.ff = 688; cfg.seq = 8; cfg.batch = 1;
+    for (t = 0; t < 3; t++) {
+        resbm_model *m;
+        const resbm_param *ps;
+        resbm_rng r;
+        size_t np, i, e, c;
+        double want = 0.0, *part;
+        cfg.threads = t + 1;
+        CHECK_RC(resbm_model_init(&cfg, &o, &m), RESBM_OK);
+        if (th_fail_now) return;
+        ps = resbm_model_params(m, &np);
+        resbm_rng_seed(&r, 7, 11);
+        for (i = 0; i < np; i++)
+            for (e = 0; e < ps[i].value.ne[0] * ps[i].value.ne[1]; e++)
+                ps[i].grad.data[e] = ldexpf(resbm_rng_normal(&r), (int)(resbm_rng_u32(&r) % 41) - 20);
+        CHECK_RC(resbm_model_grad_sqnorm(m, &got[t]), RESBM_OK);
+        CHECK(m->nchunks >= 8, "only %zu chunks", m->nchunks);
+        part = (double *)calloc(m->nchunks, sizeof(double));
+        CHECK(part != NULL, "out of memory");
+        if (th_fail_now) { resbm_model_free(m); return; }
+        for (i = 0; i < np; i++) /* offsets rise with i and e: each chunk sums in element order */
+            for (e = 0; e < ps[i].value.ne[0] * ps[i].value.ne[1]; e++)
+                part[(m->voff[i] + e) / RESBM__CHUNK] += (double)ps[i].grad.data[e] * (double)ps[i].grad.data[e];
+        for (c = 0; c < m->nchunks; c++) {
+            CHECK(m->partials[c] == part[c], "threads %d, chunk %zu: %.17g, by definition %.17g",
+                  t + 1, c, m->partials[c], part[c]);
+            want += part[c];
+        }
+        free(part);
+        CHECK(got[t] == want, "threads %d: %.17g, by definition %.17g", t + 1, got[t], want);
+        resbm_model_free(m);
+    }
+    CHECK(got[0] == got[1] && got[1] == got[2], "threads differ: %.17g %.17g %.17g", got[0], got[1], got[2]);
+}
+
 /* train_step == zero_grad + forward/backward per microbatch + clip + update, and microbatching
    gives the gradient of the mean over all tokens. */
 static void test_train_step_composition(void) {
@@ -4477,6 +4523,7 @@ int main(int argc, char **argv) {
     RUN(test_sgd_by_hand);
     RUN(test_muon_by_hand);
     RUN(test_train_step_composition);
+    RUN(test_grad_sqnorm);
     RUN(test_step_allocates_nothing);
     RUN(test_failing_allocator);
     RUN(test_safetensors_write);
