@@ -1389,7 +1389,7 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
    blocks of KC (always the same blocks, so every C element sums in the same order whatever the
    tiling or the thread count) and calls the register micro-kernel on every MR x NR piece.
    op(A) is read in place through strides (the kernel broadcasts one element per row, so any
-   layout works; packing a transposed op(A) was measured three times and gained nothing;
+   layout works; packing a transposed op(A) was measured four times and gained nothing;
    prefetching it and C's lines cut the GEMMs' time inside a step by about 15%, RESULTS.md).
    op(B) is read in place when it is [K,N], op(A) is not transposed and the kernel can mask its
    edge loads (AVX-512); otherwise the task packs each KC x NC block of its columns into NR-wide,
