@@ -3931,17 +3931,17 @@ static void resbm__span_piece(void *ctx, resbm_param *p, size_t at, size_t n, si
    time. Tasks of four chunks (resbm_model_grad_sqnorm) give the groups. */
 static void resbm__sqnorm_range(void *ctx, size_t b, size_t e) {
     resbm_model *m = (resbm_model *)ctx;
-    size_t c = b, g, i;
+    size_t c = b, q, i;
     while (c < e) {
         resbm__chunk_span sp[4];
         double s = 0.0;
-        for (g = 0; g < 4 && c + g < e; g++) {
-            sp[g].pieces = 0;
-            resbm__walk(m, (c + g) * RESBM__CHUNK, RESBM__MIN((c + g + 1) * RESBM__CHUNK, m->nfloats),
-                        resbm__span_piece, &sp[g]);
-            if (sp[g].pieces != 1 || sp[g].n != sp[0].n) break;
+        for (q = 0; q < 4 && c + q < e; q++) {
+            sp[q].pieces = 0;
+            resbm__walk(m, (c + q) * RESBM__CHUNK, RESBM__MIN((c + q + 1) * RESBM__CHUNK, m->nfloats),
+                        resbm__span_piece, &sp[q]);
+            if (sp[q].pieces != 1 || sp[q].n != sp[0].n) break;
         }
-        if (g == 4) {
+        if (q == 4) {
             const float *g0 = sp[0].g, *g1 = sp[1].g, *g2 = sp[2].g, *g3 = sp[3].g;
             double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
             for (i = 0; i < sp[0].n; i++) {
