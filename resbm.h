@@ -1390,7 +1390,8 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
    tiling or the thread count) and calls the register micro-kernel on every MR x NR piece.
    op(A) is read in place through strides (the kernel broadcasts one element per row, so any
    layout works; packing a transposed op(A) was measured four times and gained nothing;
-   prefetching it and C's lines cut the GEMMs' time inside a step by about 15%, RESULTS.md).
+   prefetching it and C's lines cut the AVX2 kernel's time inside a step by about 15%, and C's
+   lines alone the AVX-512 kernel's by about 6%, RESULTS.md).
    op(B) is read in place when it is [K,N], op(A) is not transposed and the kernel can mask its
    edge loads (AVX-512); otherwise the task packs each KC x NC block of its columns into NR-wide,
    zero-padded panels, once for all the tile's rows (resbm__gemm_setup says how tiles are cut). */
@@ -1435,6 +1436,12 @@ static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars,
     __m512 c0[RESBM__MR], c1[RESBM__MR];
     c0[0] = c0[1] = c0[2] = c0[3] = c0[4] = c0[5] = c0[6] = c0[7] = _mm512_setzero_ps();
     c1[0] = c1[1] = c1[2] = c1[3] = c1[4] = c1[5] = c1[6] = c1[7] = _mm512_setzero_ps();
+    /* C's lines, used only after the k loop, are asked for now (as in the AVX2 kernel below; a
+       strided op(A) prefetched too made the step slower on a Zen 5, RESULTS.md) */
+    for (i = 0; i < mr; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)((uintptr_t)(c + i * ldc) + (nr - 1) * sizeof(float)), _MM_HINT_T0);
+    }
     for (k = 0; k < kc; k++) {
         const float *bk = b + k * ldb;
         size_t ak = k * aks;
