@@ -1422,6 +1422,19 @@ static int resbm__parallel_for(resbm_pool *pool, size_t n, size_t chunk, resbm__
     RESBM__STORE_ROW_512(0) RESBM__STORE_ROW_512(1) RESBM__STORE_ROW_512(2) RESBM__STORE_ROW_512(3) \
     RESBM__STORE_ROW_512(4) RESBM__STORE_ROW_512(5) RESBM__STORE_ROW_512(6) RESBM__STORE_ROW_512(7)
 #endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+/* Asks for C's mr rows' first and last lines, which the kernels read or write only after their k
+   loop: inside a step they come from memory (bench_profile: the step's GEMMs run at their cold
+   rate). Prefetches never fault; the addresses are formed as integers. */
+static void resbm__prefetch_c(const float *c, size_t ldc, size_t mr, size_t nr) {
+    size_t i;
+    for (i = 0; i < mr; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)((uintptr_t)(c + i * ldc) + (nr - 1) * sizeof(float)), _MM_HINT_T0);
+    }
+}
+#endif
+
 /* Kept out of line: inlined into its callers it loses registers to their loop state. */
 static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars, size_t aks,
                                           const float *b, size_t ldb, float *c, size_t ldc,
@@ -1436,12 +1449,7 @@ static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars,
     __m512 c0[RESBM__MR], c1[RESBM__MR];
     c0[0] = c0[1] = c0[2] = c0[3] = c0[4] = c0[5] = c0[6] = c0[7] = _mm512_setzero_ps();
     c1[0] = c1[1] = c1[2] = c1[3] = c1[4] = c1[5] = c1[6] = c1[7] = _mm512_setzero_ps();
-    /* C's lines, used only after the k loop, are asked for now (as in the AVX2 kernel below; a
-       strided op(A) prefetched too made the step slower on a Zen 5, RESULTS.md) */
-    for (i = 0; i < mr; i++) {
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)((uintptr_t)(c + i * ldc) + (nr - 1) * sizeof(float)), _MM_HINT_T0);
-    }
+    resbm__prefetch_c(c, ldc, mr, nr); /* not op(A) too: slower here on a Zen 5 (RESULTS.md) */
     for (k = 0; k < kc; k++) {
         const float *bk = b + k * ldb;
         size_t ak = k * aks;
@@ -1468,16 +1476,11 @@ static RESBM__NOINLINE void resbm__kernel(size_t kc, const float *a, size_t ars,
        indices (a loop over an accumulator array keeps it in memory: 3x slower). */
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    /* Inside a step the operands come from memory (bench_profile: the step's GEMMs run at their
-       cold rate), so ask early for what the hardware prefetcher misses: C's lines, read or
-       written only after the k loop, and a strided op(A) (A^T: one line per k, M floats apart)
-       RESBM__PF_K steps ahead. Prefetches never fault; the addresses are formed as integers. */
+    /* Ask early for what the hardware prefetcher misses: C's lines, and a strided op(A) (A^T:
+       one line per k, M floats apart) RESBM__PF_K steps ahead. */
     uintptr_t pa = (uintptr_t)ar[0], pz = (uintptr_t)ar[RESBM__MR - 1];
     uintptr_t pstep = aks > 1 ? aks * sizeof(float) : 0, pahead = RESBM__PF_K * pstep;
-    for (i = 0; i < mr; i++) {
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)((uintptr_t)(c + i * ldc) + (nr - 1) * sizeof(float)), _MM_HINT_T0);
-    }
+    resbm__prefetch_c(c, ldc, mr, nr);
     for (k = 0; k < kc; k++) {
         const float *bk = b + k * ldb;
         size_t ak = k * aks;
