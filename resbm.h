@@ -151,7 +151,7 @@ enum {
     /* arguments and state */
     RESBM_EINVAL = -1,     /* an argument is NULL, zero, out of range or inconsistent */
     RESBM_ESTATE = -2,     /* the object is not in a state that allows this call */
-    RESBM_ERANGE = -3,     /* a token id or index is outside its range */
+    RESBM_ERANGE = -3,     /* a token id, index or value is outside its range */
     RESBM_ENONFINITE = -4, /* a NaN or Inf where finite values are required */
     RESBM_ENOSPACE = -5,   /* an output buffer is smaller than the result needs */
     RESBM_ENOTSUP = -6,    /* a mode this build does not have (bf16 GEMMs without AVX512_BF16) */
@@ -201,6 +201,7 @@ RESBMDEF void resbm_rng_seed(resbm_rng *rng, uint64_t seed, uint64_t stream);
 RESBMDEF uint32_t resbm_rng_u32(resbm_rng *rng);
 RESBMDEF float resbm_rng_uniform(resbm_rng *rng); /* [0, 1), 24 random bits */
 RESBMDEF float resbm_rng_normal(resbm_rng *rng);  /* N(0, 1), Box-Muller in double */
+/* (with rng NULL: seed does nothing, the draws return 0) */
 
 /* ---- arena: size first (base == NULL counts), then allocate once and carve ---------------------- */
 typedef struct resbm_arena {
@@ -398,10 +399,10 @@ typedef struct resbm_layers {
     /* The whole job's architecture in one line, the same on every stage ("gpt2 d=256 L=8 ..."):
        neighbours refuse each other when it differs (RESBM_EJOB), checkpoints record its hash. */
     const char *arch;
-    /* This stage's parameters: name (unique, not "bottleneck.*"), kind, value and grad (1-D or
-       2-D, finite at init, no two values or gradients overlapping) in the host's memory; m and
-       v are ignored (the library's). Copied at init; the memory they point to must outlive
-       the model. */
+    /* This stage's parameters: name (unique, not "bottleneck.*", "opt.*" or "__metadata__",
+       which checkpoints use), kind, value and grad (1-D or 2-D, finite at init, no two values or
+       gradients overlapping) in the host's memory; m and v are ignored (the library's). Copied
+       at init; the memory they point to must outlive the model. */
     const resbm_param *params;
     size_t n_params;
     /* Forward of `rows` sequences into `slot`: tokens [N] on stage 0, else x [N,d] (the library's,
@@ -568,7 +569,8 @@ RESBMDEF int resbm_boundary_load(resbm_boundary *b, const char *path, char *why,
      magic "RBM1" | u16 version | u8 kind | u8 dtype | u16 from_stage | u16 to_stage | u64 step
      | u32 microbatch | u32 rows | u32 cols | u32 payload_bytes | u32 crc32c | payload
    The CRC (Castagnoli) covers the header without its own field, then the payload. i8 payloads
-   are blocks of 64 values (the last may be shorter): an f32 scale (absmax/127), then the int8s. */
+   are blocks of 64 values (the last may be shorter): an f32 scale (absmax/127), then the int8s,
+   -127..127 (a -128, which that scale never gives, is refused: RESBM_ERANGE). */
 #define RESBM_WIRE_VERSION 1
 #define RESBM_FRAME_HEADER 40
 enum { RESBM_KIND_ACT = 1, RESBM_KIND_GRAD = 2, RESBM_KIND_CONTROL = 3 };
@@ -587,7 +589,8 @@ RESBMDEF uint32_t resbm_crc32c(uint32_t crc, const void *buf, size_t len); /* cr
 /* Payload size of rows x cols values in dtype. */
 RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_t *out);
 /* Encodes rows*cols values as one frame into buf[cap]; *len = frame bytes. Values must be finite
-   (RESBM_ENONFINITE) and, for f16/bf16, representable (RESBM_ERANGE). A cap too small is
+   (RESBM_ENONFINITE) and representable in the dtype (RESBM_ERANGE: f16 and bf16 have a smaller
+   range; in i8, +-FLT_MAX is out, since 127 x its scale rounds to Inf). A cap too small is
    RESBM_ENOSPACE with *len = the bytes needed. */
 RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_frame_info *info,
                                 const float *values);
@@ -788,7 +791,9 @@ typedef struct resbm_st_entry {
 /* Writes entries and string metadata (meta_kv: key0, value0, key1, value1, ...) atomically and
    durably: a temp file of its own beside the target (created exclusively), fsync, rename, fsync
    of the directory. Concurrent writers to one path never mix: one whole file wins. On RESBM_EIO,
-   errno says why (ENOSPC, EROFS, EACCES, ...). */
+   errno says why (ENOSPC, EROFS, EACCES, ...). A file the reader below would refuse is never
+   written: repeated tensor names or metadata keys, or a tensor named __metadata__, are
+   RESBM_EINVAL; sizes past the reader's limits RESBM_EOVERFLOW. */
 RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *entries, size_t n,
                                      const char *const *meta_kv, size_t n_meta);
 
@@ -810,9 +815,10 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
    One safetensors file for any set of stage models (all of them, or one per process): every
    parameter under its design name, F32; optimizer state as "opt.<name>.m" and "opt.<name>.v"
    (AdamW moments; Muon's momentum is .m); metadata "format" = "resbm-checkpoint-1", "step" (updates
-   applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs.
-   RESBM_ENONFINITE when a parameter or optimizer value is NaN or Inf (nothing is written: the
-   last good file stays); RESBM_EIO with errno set when the file cannot be written. */
+   applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs, whose
+   keys differ from these four and from each other (else RESBM_EINVAL, as for one model given
+   twice). RESBM_ENONFINITE when a parameter or optimizer value is NaN or Inf (nothing is written:
+   the last good file stays); RESBM_EIO with errno set when the file cannot be written. */
 RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
                                    const char *const *meta_kv, size_t n_meta);
 /* Loads into every model the tensors it owns (others in the file are ignored): each must be
@@ -885,7 +891,7 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_OK: return "success";
     case RESBM_EINVAL: return "invalid argument (NULL, zero, out of range or inconsistent)";
     case RESBM_ESTATE: return "object not in a state that allows this call";
-    case RESBM_ERANGE: return "token id or index out of range";
+    case RESBM_ERANGE: return "token id, index or value out of range";
     case RESBM_ENONFINITE: return "NaN or Inf where finite values are required";
     case RESBM_ENOSPACE: return "an output buffer is smaller than the result needs";
     case RESBM_ENOTSUP: return "not supported by this build (bf16 GEMMs need AVX512_BF16 and no CBLAS)";
@@ -930,10 +936,25 @@ RESBMDEF int resbm_size_add(size_t *out, size_t a, size_t b) {
     return RESBM_OK;
 }
 
+static int resbm__cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Whether n strings (sorted in place) are all different. */
+static int resbm__unique(const char **s, size_t n) {
+    size_t i;
+    qsort((void *)s, n, sizeof(*s), resbm__cmp_str);
+    for (i = 1; i < n; i++)
+        if (!strcmp(s[i - 1], s[i])) return 0;
+    return 1;
+}
+
 /* ---- random numbers: PCG32 ------------------------------------------------------------------- */
 RESBMDEF uint32_t resbm_rng_u32(resbm_rng *rng) {
-    uint64_t old = rng->state;
+    uint64_t old;
     uint32_t xorshifted, rot;
+    if (!rng) return 0;
+    old = rng->state;
     rng->state = old * 6364136223846793005ULL + rng->inc;
     xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
     rot = (uint32_t)(old >> 59u);
@@ -941,6 +962,7 @@ RESBMDEF uint32_t resbm_rng_u32(resbm_rng *rng) {
 }
 
 RESBMDEF void resbm_rng_seed(resbm_rng *rng, uint64_t seed, uint64_t stream) {
+    if (!rng) return;
     rng->state = 0;
     rng->inc = (stream << 1u) | 1u;
     resbm_rng_u32(rng);
@@ -955,8 +977,10 @@ RESBMDEF float resbm_rng_uniform(resbm_rng *rng) {
 RESBMDEF float resbm_rng_normal(resbm_rng *rng) {
     /* Box-Muller with u1 in (0, 1]: one normal per pair of draws, so a stream is a pure function
        of its seed and position. */
-    double u1 = ((double)resbm_rng_u32(rng) + 1.0) / 4294967296.0;
-    double u2 = (double)resbm_rng_u32(rng) / 4294967296.0;
+    double u1, u2;
+    if (!rng) return 0.0f;
+    u1 = ((double)resbm_rng_u32(rng) + 1.0) / 4294967296.0;
+    u2 = (double)resbm_rng_u32(rng) / 4294967296.0;
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
@@ -1189,11 +1213,12 @@ RESBMDEF int resbm_pool_reserve(resbm_pool *p, size_t floats_per_thread) {
     float *w;
     if (!p || floats_per_thread == 0) return RESBM_EINVAL;
     if (floats_per_thread <= p->work_floats) return RESBM_OK;
-    if (!resbm__pool_claim(p)) return RESBM_ESTATE; /* its tasks may be using the old buffer */
+    if (floats_per_thread > (size_t)-1 - 15) return RESBM_EOVERFLOW;
     floats_per_thread = (floats_per_thread + 15) & ~(size_t)15; /* each thread's slice aligned */
     if (resbm_size_mul(&n, floats_per_thread, (size_t)p->nthreads) ||
         resbm_size_mul(&n, n, sizeof(float)))
         return RESBM_EOVERFLOW;
+    if (!resbm__pool_claim(p)) return RESBM_ESTATE; /* its tasks may be using the old buffer */
     w = (float *)resbm__alloc(n, NULL);
     if (!w) { resbm__pool_release(p); return RESBM_ENOMEM; }
     resbm__dealloc(p->work, NULL);
@@ -3420,10 +3445,6 @@ static void resbm__model_init_params(resbm_model *m) {
     }
 }
 
-static int resbm__cmp_param_name(const void *a, const void *b) {
-    return strncmp(*(const char *const *)a, *(const char *const *)b, RESBM_NAME_MAX);
-}
-
 /* The host's layer declaration: callbacks, and parameters that are unique, named, shaped, in
    memory and finite (checked by bits: no -ffast-math folding), of a plausible total size. */
 typedef struct { uintptr_t lo, hi; } resbm__span;
@@ -3443,7 +3464,8 @@ static int resbm__layers_ok(const resbm_layers *h, void *alloc_user) {
         const resbm_param *p = &h->params[i];
         size_t n;
         if (!memchr(p->name, 0, RESBM_NAME_MAX) || !p->name[0] || !strncmp(p->name, "bottleneck.", 11) ||
-            !strncmp(p->name, "opt.", 4) || p->kind < RESBM_PARAM_NORM || p->kind > RESBM_PARAM_HIDDEN ||
+            !strncmp(p->name, "opt.", 4) || !strcmp(p->name, "__metadata__") ||
+            p->kind < RESBM_PARAM_NORM || p->kind > RESBM_PARAM_HIDDEN ||
             !p->value.data || !p->grad.data || (p->value.ndim != 1 && p->value.ndim != 2) ||
             p->grad.ndim != p->value.ndim || p->grad.ne[0] != p->value.ne[0] ||
             p->value.ne[0] == 0 || p->value.ne[0] > RESBM__MAX_DIM ||
@@ -3456,13 +3478,10 @@ static int resbm__layers_ok(const resbm_layers *h, void *alloc_user) {
         if (!resbm__all_finite(p->value.data, n)) return RESBM_ENONFINITE;
     }
     if (h->n_params < 2) return RESBM_OK;
-    /* unique names: sorted, neighbours compared */
     if (!(names = (const char **)resbm__alloc(h->n_params * sizeof(char *), alloc_user))) return RESBM_ENOMEM;
-    for (i = 0; i < h->n_params; i++) names[i] = h->params[i].name;
-    qsort(names, h->n_params, sizeof(char *), resbm__cmp_param_name);
-    for (i = 1; i < h->n_params && !rc; i++)
-        if (!strncmp(names[i - 1], names[i], RESBM_NAME_MAX)) rc = RESBM_EINVAL;
-    resbm__dealloc(names, alloc_user);
+    for (i = 0; i < h->n_params; i++) names[i] = h->params[i].name; /* each ends inside RESBM_NAME_MAX */
+    if (!resbm__unique(names, h->n_params)) rc = RESBM_EINVAL;
+    resbm__dealloc((void *)names, alloc_user);
     if (rc) return rc;
     { /* no two values or gradients share memory: the update backs each one up and writes it once */
         resbm__span *sp = (resbm__span *)resbm__alloc(2 * h->n_params * sizeof(resbm__span), alloc_user);
@@ -4122,6 +4141,7 @@ static int resbm__model_copy(resbm_model *m, int to_backup) {
     resbm_pool *pool = to_backup ? m->pool : NULL;
     j.m = m; j.bad = NULL; j.to_backup = to_backup; j.dst = NULL; j.src = NULL;
     RESBM__TRY(resbm__parallel_for(pool, m->nfloats, 4 * RESBM__CHUNK, resbm__copy_range, &j));
+    if (to_backup) m->has_backup = 0; /* overwritten (the pool refuses only before any task ran) */
     j.dst = to_backup ? m->backup + m->nfloats : m->omem;
     j.src = to_backup ? m->omem : m->backup + m->nfloats;
     return resbm__parallel_for(pool, m->nopt, 4 * RESBM__CHUNK, resbm__state_copy_range, &j);
@@ -4243,7 +4263,7 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
     int rc, ok = 0;
     if (!m || !resbm__finite(grad_scale) || !(grad_scale >= 0.0f)) return RESBM_EINVAL;
     if (m->step >= RESBM__MAX_STEP) return RESBM_ESTATE;
-    m->has_backup = 0;
+    /* a call refused before anything is written (the pool busy) keeps the last update's backup */
     if (m->opt.kind == RESBM_OPT_MUON) {
         RESBM__TRY(resbm__model_copy(m, 1));
         rc = resbm__model_apply_muon(m, grad_scale);
@@ -4254,6 +4274,7 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
         resbm__update_job_init(&u, m, grad_scale, &bad);
         /* fails only before any block ran (the pool is busy): nothing to restore */
         RESBM__TRY(resbm__parallel_for(m->pool, m->nfloats, 4 * RESBM__CHUNK, resbm__update_range, &u));
+        m->has_backup = 0; /* it holds this update's before-state now */
         rc = RESBM_OK;
         ok = !bad;
     }
@@ -4575,6 +4596,8 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
         if (info->dtype == RESBM_WIRE_F16 && (resbm__to_f16(x[i]) & 0x7c00u) == 0x7c00u) return RESBM_ERANGE;
         if (info->dtype == RESBM_WIRE_BF16 && (resbm__to_bf16(x[i]) & 0x7f80u) == 0x7f80u) return RESBM_ERANGE;
+        if (info->dtype == RESBM_WIRE_I8 && !resbm__finite(127.0f * (fabsf(x[i]) / 127.0f)))
+            return RESBM_ERANGE; /* +-FLT_MAX: 127 x its scale would decode to Inf */
     }
     memcpy(p, "RBM1", 4);
     resbm__put16(p + 4, RESBM_WIRE_VERSION);
@@ -4702,11 +4725,13 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
         size_t b0;
         const unsigned char *r = q;
         for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
-            /* a scale is absmax / 127: finite, not negative, and 127 x scale must stay finite */
+            /* a scale is absmax / 127: not negative, and 127 x scale finite; a value is -127..127
+               (-128 x the largest scale would be -Inf) */
             float scale = resbm__bitsf(resbm__get32(r));
-            if (!resbm__finite(scale) || !(fabsf(scale) <= FLT_MAX / 127.0f)) return RESBM_ENONFINITE;
-            if (scale < 0.0f) return RESBM_ERANGE;
-            r += 4 + RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
+            size_t bn = RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
+            if (!resbm__finite(scale) || !resbm__finite(127.0f * scale)) return RESBM_ENONFINITE;
+            if (scale < 0.0f || memchr(r + 4, 0x80, bn)) return RESBM_ERANGE;
+            r += 4 + bn;
         }
         for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
             size_t bn = RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
@@ -5593,6 +5618,15 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
     return RESBM_OK;
 }
 
+/* Squared gradient norms from a peer (finite: the decoder checked): none negative, or the clip
+   would take the root of a negative total and silently not clip. */
+static int resbm__sqnorms_ok(const float *sq, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (!(sq[i] >= 0.0f)) return RESBM_ERANGE;
+    return RESBM_OK;
+}
+
 /* A neighbour failed: [code, stage where it happened]. For this step's attempt (or a later
    one) this call fails too; for the step this stage already applied, that update is undone
    (another stage could not apply it). Anything older is left over and dropped. */
@@ -5832,11 +5866,12 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     }
     for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
     RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
-    if (!m->last) /* the norms of the stages after this one, and the loss */
+    if (!m->last) { /* the norms of the stages after this one, and the loss */
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1,
                                      (size_t)nv - 1, v + 1));
-    else
+        RESBM__TRY(resbm__sqnorms_ok(v + 1, (size_t)nv - 2));
+    } else
         v[1] = (float)(loss_sum / st->n);
     v[0] = (float)sq;
     if (!m->first) {
@@ -5844,6 +5879,7 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, (size_t)nv, v));
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
+        RESBM__TRY(resbm__sqnorms_ok(back, 1));
     } else {
         back[0] = v[0];
         for (i = 1; i < st->S; i++) back[0] = back[0] + v[i]; /* stage order, as one process sums */
@@ -5956,10 +5992,11 @@ static int resbm__async_norms(resbm_stage *st, int64_t b) {
     double sq;
     int i;
     RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
-    if (!m->last)
+    if (!m->last) {
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, nv - 1, v + 1));
-    else
+        RESBM__TRY(resbm__sqnorms_ok(v + 1, nv - 2));
+    } else
         v[1] = (float)(st->loss_acc / st->n);
     v[0] = (float)sq;
     if (!m->first)
@@ -6001,6 +6038,7 @@ static int resbm__async_commit(resbm_stage *st, int64_t b) {
     } else {
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
+        RESBM__TRY(resbm__sqnorms_ok(back, 1));
     }
     if (!m->last)
         RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
@@ -6236,7 +6274,7 @@ static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, siz
         resbm_model_release(m, 0);
         if (rc) return rc;
         RESBM__TRY(resbm__stage_back(st, micro, v, 1));
-        if (!(v[0] >= 0.0f && v[0] < (float)V)) return RESBM_ERANGE; /* from a peer: check it */
+        if (!(v[0] >= 0.0f && v[0] < (float)V && v[0] == floorf(v[0]))) return RESBM_ERANGE; /* from a peer */
         out[i] = (int32_t)v[0];
     }
     return RESBM_OK;
@@ -6259,6 +6297,8 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------ */
+#define RESBM__ST_HEADER_MAX ((size_t)100 << 20) /* a longer JSON header is refused, read or written */
+
 typedef struct { char *buf; size_t len, cap; int err; } resbm__sb;
 
 static void resbm__sb_put(resbm__sb *b, const char *s, size_t n) {
@@ -6321,6 +6361,39 @@ static int resbm__write_le32(int fd, const void *data, size_t n) {
     return k ? resbm__write_all(fd, buf, k) : RESBM_OK;
 }
 
+/* Everything the reader checks is checked here first: a file it would refuse (repeated names or
+   metadata keys, a tensor named like the metadata, sizes past its limits) is never written. */
+static int resbm__st_write_ok(const resbm_st_entry *entries, size_t n, const char *const *meta_kv,
+                              size_t n_meta) {
+    const char **s;
+    size_t i, off = 0;
+    int k, ok;
+    for (i = 0; i < n; i++) {
+        uint64_t cnt = 1;
+        if (!entries[i].name || !entries[i].data || entries[i].ndim < 1 || entries[i].ndim > 4 ||
+            (entries[i].dtype != RESBM_DT_F32 && entries[i].dtype != RESBM_DT_I32) ||
+            !strcmp(entries[i].name, "__metadata__"))
+            return RESBM_EINVAL;
+        for (k = 0; k < entries[i].ndim; k++) {
+            uint64_t dim = (uint64_t)entries[i].shape[k];
+            if (dim && cnt > ((uint64_t)1 << 50) / dim) return RESBM_EOVERFLOW;
+            cnt *= dim;
+        }
+        if (4 * cnt > (uint64_t)((size_t)-1 - off)) return RESBM_EOVERFLOW;
+        off += (size_t)(4 * cnt);
+    }
+    for (i = 0; i < 2 * n_meta; i++)
+        if (!meta_kv[i]) return RESBM_EINVAL;
+    if (n + n_meta < 2) return RESBM_OK;
+    if (!(s = (const char **)resbm__alloc((n > n_meta ? n : n_meta) * sizeof(*s), NULL))) return RESBM_ENOMEM;
+    for (i = 0; i < n; i++) s[i] = entries[i].name;
+    ok = resbm__unique(s, n);
+    for (i = 0; i < n_meta; i++) s[i] = meta_kv[2 * i];
+    ok = ok && resbm__unique(s, n_meta);
+    resbm__dealloc((void *)s, NULL);
+    return ok ? RESBM_OK : RESBM_EINVAL;
+}
+
 RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *entries, size_t n,
                                      const char *const *meta_kv, size_t n_meta) {
     resbm__sb hb;
@@ -6330,16 +6403,7 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
     int fd, rc = RESBM_OK, k, err = 0;
     if (!path || (!entries && n) || (!meta_kv && n_meta)) return RESBM_EINVAL;
     if (strlen(path) + 8 >= sizeof(tmp) || !path[0]) return RESBM_EINVAL;
-    for (i = 0; i < n; i++) {
-        size_t cnt = 1;
-        if (!entries[i].name || !entries[i].data || entries[i].ndim < 1 || entries[i].ndim > 4 ||
-            (entries[i].dtype != RESBM_DT_F32 && entries[i].dtype != RESBM_DT_I32))
-            return RESBM_EINVAL;
-        for (k = 0; k < entries[i].ndim; k++)
-            if (resbm_size_mul(&cnt, cnt, entries[i].shape[k])) return RESBM_EOVERFLOW;
-    }
-    for (i = 0; i < 2 * n_meta; i++)
-        if (!meta_kv[i]) return RESBM_EINVAL;
+    RESBM__TRY(resbm__st_write_ok(entries, n, meta_kv, n_meta));
     memset(&hb, 0, sizeof(hb));
     resbm__sb_str(&hb, "{");
     if (n_meta) {
@@ -6370,6 +6434,7 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
     }
     resbm__sb_str(&hb, "}");
     while (!hb.err && hb.len % 8) resbm__sb_str(&hb, " "); /* data starts 8-byte aligned */
+    if (!hb.err && hb.len > RESBM__ST_HEADER_MAX) hb.err = RESBM_EOVERFLOW; /* the reader's limit */
     if (hb.err) { RESBM_FREE(hb.buf, NULL); return hb.err; }
     plen = hb.len;
     for (k = 0; k < 8; k++) len8[k] = (unsigned char)(((unsigned long long)plen >> (8 * k)) & 0xff);
@@ -6610,9 +6675,6 @@ static int resbm__cmp_entry(const void *a, const void *b) {
 static int resbm__cmp_name(const void *a, const void *b) {
     return strcmp(((const resbm_st_entry *)a)->name, ((const resbm_st_entry *)b)->name);
 }
-static int resbm__cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
 
 RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out) {
     const unsigned char *b = (const unsigned char *)buf;
@@ -6624,7 +6686,7 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
     if (!buf || !out) return RESBM_EINVAL;
     if (len < 8) return RESBM_EFORMAT;
     for (k = 0; k < 8; k++) hl |= (uint64_t)b[k] << (8 * k);
-    if (hl < 2 || hl > len - 8 || hl > ((uint64_t)100 << 20)) return RESBM_EFORMAT;
+    if (hl < 2 || hl > len - 8 || hl > RESBM__ST_HEADER_MAX) return RESBM_EFORMAT;
     /* the file copy and the unescaped strings (never longer than the header) */
     if (resbm_size_add(&total, sizeof(resbm_st_file) + 16, len) ||
         resbm_size_add(&total, total, (size_t)hl + 1))

@@ -2026,6 +2026,30 @@ static void test_wire_rejects(void) {
     for (i = 0; i < 12; i++) out[i] = 42.0f;
     CHECK_RC(resbm_frame_decode(out, 12, good, len, &f), RESBM_ENONFINITE);
     CHECK(out[0] == 42.0f, "output touched");
+    /* The largest value i8 carries: FLT_MAX itself is out (127 x FLT_MAX / 127 rounds to Inf),
+       the float below it encodes and decodes finite. A scale whose 127 x is Inf is refused, and
+       so is -128, which absmax/127 never gives (with the largest scale it would be -Inf). */
+    x[11] = FLT_MAX;
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &len, &f, x), RESBM_ERANGE);
+    x[11] = -nextafterf(FLT_MAX, 0.0f);
+    CHECK_RC(resbm_frame_encode(good, sizeof(good), &len, &f, x), RESBM_OK);
+    CHECK_RC(resbm_frame_decode(out, 12, good, len, &f), RESBM_OK);
+    CHECK(resbm__finite(out[11]) && out[11] < -3e38f, "the largest i8 value decoded to %g", out[11]);
+    memcpy(bad, good, len);
+    bad[44 + 11] = 0x80;
+    put_crc(bad, len);
+    for (i = 0; i < 12; i++) out[i] = 42.0f;
+    CHECK_RC(resbm_frame_decode(out, 12, bad, len, &f), RESBM_ERANGE);
+    {
+        float s = FLT_MAX / 127.0f;
+        uint32_t u;
+        memcpy(&u, &s, 4);
+        memcpy(bad, good, len);
+        for (i = 0; i < 4; i++) bad[40 + i] = (unsigned char)(u >> (8 * i));
+        put_crc(bad, len);
+        CHECK_RC(resbm_frame_decode(out, 12, bad, len, &f), RESBM_ENONFINITE);
+    }
+    CHECK(out[0] == 42.0f && out[11] == 42.0f, "output touched");
 }
 
 /* ---- transports ------------------------------------------------------------------------------- */
@@ -3327,6 +3351,68 @@ static void test_hostile_peer(void) {
 #endif
 
 #ifndef RESBM_NO_THREADS
+static int send_frame(const resbm_transport *t, int to, const resbm_frame_info *f, const float *v) {
+    unsigned char buf[1024];
+    size_t len;
+    int rc = resbm_frame_encode(buf, sizeof(buf), &len, f, v);
+    return rc ? rc : t->send(t->user, to, buf, len);
+}
+
+/* Values a peer sends that decode as finite floats but cannot be right are refused with nothing
+   applied: a negative squared gradient norm (either way: it would turn the clip off) and a
+   generated token that is not a whole number. Two stages, one of them played by the test. */
+static void test_peer_values_checked(void) {
+    resbm_model_config mc = pipe_config();
+    resbm_inproc *hub;
+    resbm_stage *st[2];
+    resbm_transport peer = {NULL, NULL, NULL};
+    resbm_frame_info f;
+    float z[8 * 4], bad_commit[2] = {-0.5f, 1.0f}, bad_norms[2] = {-1.0f, 1.0f}, half = 2.5f, loss, *fp;
+    int32_t tok[8], tg[8], prompt[1] = {1}, out[1] = {-7};
+    size_t i;
+    int s, rc, real;
+    mc.stages = 2; mc.layers = 2;
+    pipe_batch(tok, tg, &mc, 1, 0);
+    for (i = 0; i < 32; i++) z[i] = 0.125f * (float)i - 2.0f;
+    for (real = 0; real < 3; real++) { /* 0: stage 0 gets bad norms; 1: stage 1 a bad commit; 2: a bad token */
+        int fake = real == 1 ? 0 : 1, me = 1 - fake;
+        CHECK_RC(two_stages(&hub, st, 1 << 18, 300), RESBM_OK);
+        if (th_fail_now) return;
+        resbm_inproc_transport(hub, fake, &peer);
+        fp = params_snapshot(resbm_stage_model(st[me]));
+        CHECK_RC(resbm__stage_hello(st[fake], me, 0), RESBM_OK); /* the fake stage's hello */
+        memset(&f, 0, sizeof(f));
+        f.from_stage = (unsigned)fake; f.to_stage = (unsigned)me; f.rows = 8; f.cols = 4;
+        if (real == 0) {
+            f.kind = RESBM_KIND_GRAD; f.dtype = RESBM_WIRE_F32;
+            CHECK_RC(send_frame(&peer, me, &f, z), RESBM_OK);
+            f.kind = RESBM_KIND_CONTROL; f.rows = 1; f.cols = 2; /* [stage 1's norm, the loss] */
+            CHECK_RC(send_frame(&peer, me, &f, bad_norms), RESBM_OK);
+            rc = resbm_stage_step(st[me], tok, NULL, 1, &loss);
+        } else if (real == 1) {
+            f.kind = RESBM_KIND_ACT; f.dtype = RESBM_WIRE_F32;
+            CHECK_RC(send_frame(&peer, me, &f, z), RESBM_OK);
+            f.kind = RESBM_KIND_CONTROL; f.rows = 1; f.cols = 2; f.micro = 1; /* the commit [total, loss] */
+            CHECK_RC(send_frame(&peer, me, &f, bad_commit), RESBM_OK);
+            rc = resbm_stage_step(st[me], NULL, tg, 1, &loss);
+        } else {
+            f.kind = RESBM_KIND_CONTROL; f.dtype = RESBM_WIRE_F32; f.rows = 1; f.cols = 1;
+            f.micro = RESBM__MICRO(0, RESBM__FOR_GEN, 0);
+            CHECK_RC(send_frame(&peer, me, &f, &half), RESBM_OK);
+            rc = resbm_stage_generate(st[me], prompt, 1, 1, 1.0f, 3, out);
+            CHECK(out[0] == -7, "the output was written: %d", (int)out[0]);
+        }
+        CHECK(rc == RESBM_ERANGE, "case %d: %s (%s)", real, resbm_strerror(rc), resbm_stage_why(st[me]));
+        CHECK(params_changed(resbm_stage_model(st[me]), fp) == NULL &&
+              resbm_model_step_count(resbm_stage_model(st[me])) == 0, "case %d: the stage moved", real);
+        free(fp);
+        for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+        resbm_inproc_free(hub);
+    }
+}
+#endif
+
+#ifndef RESBM_NO_THREADS
 /* The conformance check passes on the in-process transport and on the shaper around it, and
    catches a transport that breaks the contract (one that reports the wrong code for a message
    too large for the buffer). */
@@ -3590,6 +3676,102 @@ static float *state_snapshot(const resbm_model *m, size_t *count) {
     }
     *count = off;
     return snap;
+}
+
+/* Whole bytes of a file (NULL if it cannot be read); *len its size. */
+static unsigned char *file_bytes(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    unsigned char *b = NULL;
+    long n;
+    *len = 0;
+    if (!fp) return NULL;
+    if (!fseek(fp, 0, SEEK_END) && (n = ftell(fp)) >= 0 && !fseek(fp, 0, SEEK_SET) &&
+        (b = (unsigned char *)malloc((size_t)n + 1)) != NULL && fread(b, 1, (size_t)n, fp) == (size_t)n)
+        *len = (size_t)n;
+    fclose(fp);
+    return b;
+}
+
+static void pool_nop(void *ctx, size_t t, int thread) { (void)ctx; (void)t; (void)thread; }
+typedef struct { resbm_model *m; int rc; } update_inside_arg;
+static void update_inside(void *ctx, size_t t, int thread) { /* while the model's pool is busy */
+    update_inside_arg *a = (update_inside_arg *)ctx;
+    (void)t; (void)thread;
+    a->rc = resbm_model_update(a->m, 1.0f);
+}
+
+/* Calls refused for what they were given leave everything as it was: a pool asked for an
+   impossible work buffer stays usable; an update refused on a busy pool keeps the last update's
+   undo; a checkpoint the loader would refuse (repeated names or metadata keys) is never written
+   over the good one; a tensor too large to describe is refused before any byte is written. */
+static void test_refusals_leave_state(void) {
+    const char *path = tmp_path("resbm_test_refusals.safetensors");
+    resbm_model_config c = tiny_config();
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_pool *pool = NULL;
+    resbm_model *m = NULL, *twice[2];
+    int32_t tok[64], tg[64];
+    float loss, *before, *after, x = 1.0f;
+    size_t n0, n1, la, lb;
+    unsigned char *fa, *fb;
+    resbm_st_entry e[2];
+    const char *dup_key[] = {"step", "7"}, *twin_keys[] = {"a", "1", "a", "2"};
+    int k;
+    CHECK_RC(resbm_pool_init(1, &pool), RESBM_OK);
+    if (th_fail_now) return;
+    CHECK_RC(resbm_pool_reserve(pool, ((size_t)-1) / 2), RESBM_EOVERFLOW);
+    CHECK_RC(resbm_pool_reserve(pool, (size_t)-1), RESBM_EOVERFLOW); /* rounding up would wrap */
+    CHECK_RC(resbm_pool_run(pool, pool_nop, NULL, 3), RESBM_OK);
+    CHECK_RC(resbm_pool_reserve(pool, 100), RESBM_OK);
+    for (k = 0; k < 2; k++) { /* AdamW, Muon */
+        update_inside_arg a;
+        o.kind = k ? RESBM_OPT_MUON : RESBM_OPT_ADAMW;
+        c.batch = 2; c.pool = pool; c.threads = 1;
+        CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_OK);
+        if (th_fail_now) { resbm_pool_free(pool); return; }
+        tiny_batch(tok, tg, 2 * (size_t)c.seq, c.vocab, 3);
+        CHECK_RC(resbm_model_train_step(m, tok, tg, 2, 1, &loss), RESBM_OK);
+        before = state_snapshot(m, &n0);
+        CHECK_RC(resbm_model_train_step(m, tok, tg, 2, 1, &loss), RESBM_OK);
+        a.m = m; a.rc = 0;
+        CHECK_RC(resbm_pool_run(pool, update_inside, &a, 1), RESBM_OK);
+        CHECK(a.rc == RESBM_ESTATE, "opt %d: an update on a busy pool: %s", o.kind, resbm_strerror(a.rc));
+        CHECK(resbm_model_step_count(m) == 2, "the refused update counted");
+        CHECK_RC(resbm_model_rollback(m), RESBM_OK); /* the second step's undo survived */
+        after = state_snapshot(m, &n1);
+        CHECK(before && after && n0 == n1 && !memcmp(before, after, n0 * sizeof(float)),
+              "opt %d: the rollback after a refused update did not restore the first step", o.kind);
+        free(before); free(after);
+        resbm_model_free(m);
+    }
+    o.kind = RESBM_OPT_ADAMW;
+    c.pool = NULL;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_OK);
+    if (th_fail_now) { resbm_pool_free(pool); return; }
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK);
+    fa = file_bytes(path, &la);
+    CHECK_RC(resbm_model_train_step(m, tok, tg, 2, 1, &loss), RESBM_OK); /* so a new file would differ */
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, dup_key, 1), RESBM_EINVAL); /* the library's own key */
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, twin_keys, 2), RESBM_EINVAL);
+    twice[0] = twice[1] = m;
+    CHECK_RC(resbm_checkpoint_save(path, twice, 2, NULL, 0), RESBM_EINVAL); /* every name twice */
+    fb = file_bytes(path, &lb);
+    CHECK(fa && fb && la == lb && !memcmp(fa, fb, la), "a refused save changed the last good file");
+    free(fa); free(fb);
+    memset(e, 0, sizeof(e));
+    e[0].name = "a"; e[0].dtype = RESBM_DT_F32; e[0].ndim = 1; e[0].shape[0] = 1; e[0].data = &x;
+    e[1] = e[0];
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EINVAL);
+    e[1].name = "__metadata__";
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EINVAL);
+    e[1].name = "b"; e[1].shape[0] = (size_t)-1 / 4 + 1; /* 4 bytes x this wraps to 0 */
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EOVERFLOW);
+    fb = file_bytes(path, &lb);
+    CHECK(fb && lb == la, "a refused write changed the file");
+    free(fb);
+    remove(path);
+    resbm_model_free(m);
+    resbm_pool_free(pool);
 }
 
 /* An update is all or nothing for every value and every optimizer state element: a non-finite
@@ -4534,6 +4716,7 @@ int main(int argc, char **argv) {
     RUN(test_layer_args);
     RUN(test_poisoned_updates);
     RUN(test_update_all_or_nothing);
+    RUN(test_refusals_leave_state);
     RUN(test_wire_i8_scale_and_sizes);
     RUN(test_config_bounds);
     RUN(test_checkpoint_writers);
@@ -4561,6 +4744,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_failures);
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
+    RUN(test_peer_values_checked);
     RUN(test_fault_retry_in_place);
     RUN(test_fault_async_restart);
     RUN(test_pool_one_caller);
