@@ -5592,10 +5592,14 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
     e.kind = RESBM_KIND_CONTROL; e.dtype = RESBM_WIRE_F32; e.rows = 1; e.cols = RESBM__JOB_FLOATS;
     if ((rc = resbm_frame_decode(v, RESBM__JOB_FLOATS, st->rbuf, len, &e))) return rc;
     resbm__stage_job(st);
+    /* on a mismatch this side is not agreed any more, and the next call says hello again: the
+       neighbour may fix its side (reload) after it consumed our last hello, and then waits for
+       a new one */
     for (i = 0; i < RESBM__JOB_FLOATS; i++)
         if (!(v[i] >= 0.0f && v[i] <= 65535.0f && v[i] == (float)(int)v[i]) ||
             (i < 2 && v[i] > (i ? (float)RESBM__MAX_ATTEMPT : 1.0f))) {
             snprintf(st->why, sizeof(st->why), "stage %d sent a malformed job description", from);
+            st->agreed[side] = 0; st->hello_sent = 0;
             return RESBM_EJOB;
         }
     /* a neighbour that restarted waits for our answer, match or not: so it too learns the truth */
@@ -5610,6 +5614,7 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
             else
                 snprintf(st->why, sizeof(st->why), "stages %d and %d run different jobs: %s is %lu here, %lu at stage %d",
                          st->s, from, resbm__job_names[i], (unsigned long)st->job[i], (unsigned long)theirs, from);
+            st->agreed[side] = 0; st->hello_sent = 0;
             return RESBM_EJOB;
         }
     }

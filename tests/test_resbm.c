@@ -4378,6 +4378,53 @@ static void test_job_agreement(void) {
 #endif
 
 #ifndef RESBM_NO_THREADS
+/* After a job mismatch the stages agree again once the job is fixed on either side: here stage
+   1 reloads an older checkpoint (both refuse the next step: the steps differ), then stage 0
+   reloads its own from the same step, and the next step runs on both. (Stage 1 had sent its one
+   hello before stage 0's reload, so without a new one stage 0 would wait for it forever.) */
+static void test_job_recovers_after_reload(void) {
+    resbm_inproc *hub;
+    resbm_stage *st[2];
+    resbm_model *m[2];
+    job_arg a[2];
+    pthread_t th[2];
+    const char *path[2];
+    char why[256];
+    int s, round;
+    int want[4] = {RESBM_OK, RESBM_OK, RESBM_EJOB, RESBM_OK};
+    long steps[4] = {1, 2, 0, 1};
+    path[0] = tmp_path("resbm_test_job_reload0.safetensors");
+    path[1] = tmp_path("resbm_test_job_reload1.safetensors");
+    resbm_inproc_init(2, 1 << 20, &hub);
+    for (s = 0; s < 2; s++) {
+        resbm_stage_config c = resbm_stage_config_default();
+        c.model = pipe_config(); c.model.stages = 2; c.model.layers = 2; c.model.stage = s;
+        c.model.batch = 2; c.n_micro = 2; c.timeout_ms = 3000;
+        a[s].rows = 4;
+        resbm_inproc_transport(hub, s, &c.transport);
+        CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
+        if (th_fail_now) { resbm_inproc_free(hub); return; }
+        m[s] = resbm_stage_model(st[s]);
+        CHECK_RC(resbm_checkpoint_save(path[s], &m[s], 1, NULL, 0), RESBM_OK);
+    }
+    for (round = 0; round < 4; round++) {
+        if (round == 2) CHECK_RC(resbm_checkpoint_load(path[1], &m[1], 1, why, sizeof(why)), RESBM_OK);
+        if (round == 3) CHECK_RC(resbm_checkpoint_load(path[0], &m[0], 1, why, sizeof(why)), RESBM_OK);
+        for (s = 0; s < 2; s++) { a[s].st = st[s]; a[s].bad_targets = 0; pthread_create(&th[s], NULL, job_thread, &a[s]); }
+        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        for (s = 0; s < 2; s++) {
+            CHECK(a[s].rc == want[round], "round %d, stage %d: %s (%s)", round, s, resbm_strerror(a[s].rc),
+                  resbm_stage_why(st[s]));
+            CHECK(resbm_model_step_count(m[s]) == steps[round] + (round == 2 && s == 0 ? 2 : 0),
+                  "round %d, stage %d at step %ld", round, s, resbm_model_step_count(m[s]));
+        }
+    }
+    for (s = 0; s < 2; s++) { resbm_stage_free(st[s]); remove(path[s]); }
+    resbm_inproc_free(hub);
+}
+#endif
+
+#ifndef RESBM_NO_THREADS
 /* ---- a fault mid-run, a retry in place, and the same parameters as without it ------------------- */
 enum { FAULT_GARBAGE, FAULT_TRUNC, FAULT_FLIP, FAULT_STEP, FAULT_MICRO, FAULT_KIND, FAULT_DTYPE,
        FAULT_SHAPE, FAULT_HUGE, FAULT_NAN, FAULT_DROP, FAULT_N };
@@ -4751,6 +4798,7 @@ int main(int argc, char **argv) {
     RUN(test_shaper_distrust);
     RUN(test_transport_codes);
     RUN(test_job_agreement);
+    RUN(test_job_recovers_after_reload);
     RUN(test_transport_check);
     RUN(test_pipeline_eval_generate);
 #endif
