@@ -19,7 +19,8 @@
      sends a hello (magic "RBMT", version, mesh size, its rank, the job digest, a fresh nonce).
      The acceptor checks it -- a bad one is dropped and it keeps waiting -- and answers with its
      own hello and HMAC-SHA256(secret, both hellos); the caller checks the answer and the tag
-     and proves the secret the same way; only then does the acceptor take the link. A stranger
+     and proves the secret the same way; only then does the acceptor take the link, and it
+     says so (4 bytes), so an open never succeeds on a link the other side dropped. A stranger
      on the network (no secret), or a peer of another job (another digest), is refused. The
      secret never crosses the wire, but nothing is encrypted: across the internet, run the mesh
      inside a VPN or a TLS tunnel. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
@@ -70,11 +71,12 @@
 #define TCPDEF static
 #endif
 
-#define TCP_MESH_VERSION 2u
+#define TCP_MESH_VERSION 3u
 #define TCP_MESH_HELLO 40  /* "RBMT" | u32 version | u32 mesh size | u32 rank | u64 job | nonce[16] */
 #define TCP_MESH_ANSWER (TCP_MESH_HELLO + 32) /* the acceptor's hello, then its tag */
 #define TCP_MESH_PROOF 32  /* the caller's tag */
-#define TCP_MESH_PENDING 8 /* unfinished handshakes held at once while opening */
+#define TCP_MESH_ACK "RBMK" /* the acceptor's last word: the link is taken */
+#define TCP_MESH_PENDING 8 /* unfinished handshakes held beyond one per lower rank */
 
 typedef struct tcp_peer {
     int fd;                /* -1 for ourselves */
@@ -425,80 +427,97 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
 }
 
 /* Accepts the lower ranks until each has sent a good hello and proved the secret; answers each
-   hello with ours and our tag. Bad hellos or proofs, unknown or duplicate ranks and closed
-   callers are dropped. Unfinished handshakes wait side by side (the oldest is dropped when there
-   are too many), so a silent caller holds no one up. */
+   hello with ours and our tag, and a good proof with the acknowledgement. Bad hellos or proofs,
+   unknown or duplicate ranks and closed callers are dropped. Unfinished handshakes wait side by
+   side, with room for every lower rank at once (each sends its proof only after its own
+   accepts, so all of them may wait together) and TCP_MESH_PENDING more; when full, the oldest
+   caller that has not yet sent a good hello is dropped (a stranger, or a rank that then sees its
+   link closed and fails), never one that has, so idle connections cannot push real ranks out. */
+typedef struct {
+    int fd, rank;
+    size_t got, want;  /* bytes read of the message being read, and its size */
+    unsigned long seq; /* accept order */
+    unsigned char hello[TCP_MESH_HELLO], answer[TCP_MESH_ANSWER], proof[TCP_MESH_PROOF];
+} tcp__handshake;
+
 static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
-    struct {
-        int fd, rank;
-        size_t got, want; /* bytes read of the message being read, and its size */
-        unsigned char hello[TCP_MESH_HELLO], answer[TCP_MESH_ANSWER], proof[TCP_MESH_PROOF];
-    } hs[TCP_MESH_PENDING];
-    struct pollfd p[TCP_MESH_PENDING + 1];
-    int missing = t->me, i, rc = RESBM_OK, victim = 0;
-    for (i = 0; i < TCP_MESH_PENDING; i++) hs[i].fd = -1;
+    int cap = t->me + TCP_MESH_PENDING, missing = t->me, i, rc = RESBM_OK;
+    tcp__handshake *hs = (tcp__handshake *)calloc((size_t)cap, sizeof(*hs));
+    struct pollfd *p = (struct pollfd *)calloc((size_t)cap + 1, sizeof(*p));
+    unsigned long seq = 0;
+    if (!hs || !p) { free(hs); free(p); return RESBM_ENOMEM; }
+    for (i = 0; i < cap; i++) hs[i].fd = -1;
     while (missing > 0) {
         int k;
         p[0].fd = lfd;
         p[0].events = POLLIN;
         p[0].revents = 0;
-        for (i = 0; i < TCP_MESH_PENDING; i++) {
+        for (i = 0; i < cap; i++) {
             p[i + 1].fd = hs[i].fd; /* poll skips -1 */
             p[i + 1].events = POLLIN;
             p[i + 1].revents = 0;
         }
-        k = poll(p, TCP_MESH_PENDING + 1, tcp__left(deadline));
+        k = poll(p, (nfds_t)cap + 1, tcp__left(deadline));
         if (k < 0 && errno == EINTR) continue;
         if (k < 0) { rc = RESBM_ETRANSPORT; break; }
         if (k == 0) { rc = RESBM_ETIMEDOUT; break; }
-        for (i = 0; i < TCP_MESH_PENDING; i++) { /* hellos and proofs arriving */
-            unsigned char *dst = hs[i].want == TCP_MESH_HELLO ? hs[i].hello : hs[i].proof, tag[32];
+        for (i = 0; i < cap; i++) { /* hellos and proofs arriving */
+            tcp__handshake *h = &hs[i];
+            unsigned char *dst = h->want == TCP_MESH_HELLO ? h->hello : h->proof, tag[32];
             uint32_t rank;
             ssize_t got;
-            if (hs[i].fd < 0 || !p[i + 1].revents) continue;
-            got = recv(hs[i].fd, dst + hs[i].got, hs[i].want - hs[i].got, 0);
+            if (h->fd < 0 || !p[i + 1].revents) continue;
+            got = recv(h->fd, dst + h->got, h->want - h->got, 0);
             if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-            if (got > 0 && (hs[i].got += (size_t)got) < hs[i].want) continue;
-            if (got > 0 && hs[i].want == TCP_MESH_HELLO && tcp__hello_ok(t, hs[i].hello, &rank) &&
+            if (got > 0 && (h->got += (size_t)got) < h->want) continue;
+            if (got > 0 && h->want == TCP_MESH_HELLO && tcp__hello_ok(t, h->hello, &rank) &&
                 rank < (uint32_t)t->me && t->peer[rank].fd < 0) {
-                tcp__hello(hs[i].answer, t);
-                tcp__tag(t, 'A', hs[i].hello, hs[i].answer, TCP_MESH_HELLO, hs[i].answer + TCP_MESH_HELLO);
-                if (tcp__io_full(hs[i].fd, hs[i].answer, TCP_MESH_ANSWER, deadline, 1) == RESBM_OK) {
-                    hs[i].rank = (int)rank;
-                    hs[i].want = TCP_MESH_PROOF;
-                    hs[i].got = 0;
+                tcp__hello(h->answer, t);
+                tcp__tag(t, 'A', h->hello, h->answer, TCP_MESH_HELLO, h->answer + TCP_MESH_HELLO);
+                if (tcp__io_full(h->fd, h->answer, TCP_MESH_ANSWER, deadline, 1) == RESBM_OK) {
+                    h->rank = (int)rank;
+                    h->want = TCP_MESH_PROOF;
+                    h->got = 0;
                     continue;
                 }
-            } else if (got > 0 && hs[i].want == TCP_MESH_PROOF) {
-                tcp__tag(t, 'C', hs[i].hello, hs[i].answer, TCP_MESH_ANSWER, tag);
-                if (tcp__same(tag, hs[i].proof, sizeof(tag)) && t->peer[hs[i].rank].fd < 0) {
-                    t->peer[hs[i].rank].fd = hs[i].fd;
-                    hs[i].fd = -1;
+            } else if (got > 0 && h->want == TCP_MESH_PROOF) {
+                unsigned char ack[4];
+                memcpy(ack, TCP_MESH_ACK, 4);
+                tcp__tag(t, 'C', h->hello, h->answer, TCP_MESH_ANSWER, tag);
+                if (tcp__same(tag, h->proof, sizeof(tag)) && t->peer[h->rank].fd < 0 &&
+                    tcp__io_full(h->fd, ack, 4, deadline, 1) == RESBM_OK) {
+                    t->peer[h->rank].fd = h->fd;
+                    h->fd = -1;
                     missing--;
                     continue;
                 }
             }
-            close(hs[i].fd); /* closed, broken, or not one of ours: keep waiting for the rest */
-            hs[i].fd = -1;
+            close(h->fd); /* closed, broken, or not one of ours: keep waiting for the rest */
+            h->fd = -1;
         }
         if (p[0].revents) { /* new callers */
             int fd;
             while ((fd = accept(lfd, NULL, NULL)) >= 0) {
+                int slot = -1, pass;
                 if (tcp__setup(fd)) { close(fd); continue; }
-                for (i = 0; i < TCP_MESH_PENDING && hs[i].fd >= 0; i++) {}
-                if (i == TCP_MESH_PENDING) { /* full: drop the longest waiting */
-                    i = victim;
-                    victim = (victim + 1) % TCP_MESH_PENDING;
-                    close(hs[i].fd);
-                }
-                hs[i].fd = fd;
-                hs[i].got = 0;
-                hs[i].want = TCP_MESH_HELLO;
+                for (i = 0; i < cap && slot < 0; i++)
+                    if (hs[i].fd < 0) slot = i;
+                for (pass = 0; pass < 2 && slot < 0; pass++) /* full: the oldest without a good */
+                    for (i = 0; i < cap; i++)                /* hello, else the oldest of all */
+                        if ((pass || hs[i].want == TCP_MESH_HELLO) && (slot < 0 || hs[i].seq < hs[slot].seq))
+                            slot = i;
+                if (hs[slot].fd >= 0) close(hs[slot].fd);
+                hs[slot].fd = fd;
+                hs[slot].got = 0;
+                hs[slot].want = TCP_MESH_HELLO;
+                hs[slot].seq = seq++;
             }
         }
     }
-    for (i = 0; i < TCP_MESH_PENDING; i++)
+    for (i = 0; i < cap; i++)
         if (hs[i].fd >= 0) close(hs[i].fd);
+    free(hs);
+    free(p);
     return rc;
 }
 
@@ -552,6 +571,10 @@ TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *
             tcp__tag(t, 'C', mine, b, TCP_MESH_ANSWER, tag);
             rc = tcp__io_full(t->peer[j].fd, tag, sizeof(tag), deadline, 1);
         }
+        /* the acknowledgement: rank j took this link (it may have dropped it, say for a
+           duplicate or when out of room, and then this open fails here, not at the first send) */
+        if (!rc) rc = tcp__io_full(t->peer[j].fd, b, 4, deadline, 0);
+        if (!rc && memcmp(b, TCP_MESH_ACK, 4)) rc = RESBM_ETRANSPORT;
     }
     if (lfd >= 0) close(lfd);
     free(hellos);

@@ -596,16 +596,16 @@ static void test_bad_handshake_ignored(void) {
     EXPECT(bad[4] >= 0 && silent >= 0 && partial >= 0, "cannot reach the acceptor");
     if (!g_why[0]) {
         hello(h, "XBMT", 2, 2, 0); EXPECT(raw_write(bad[0], h, TCP_MESH_HELLO) == 0, "write"); /* magic */
-        hello(h, "RBMT", 1, 2, 0); EXPECT(raw_write(bad[1], h, TCP_MESH_HELLO) == 0, "write"); /* version */
-        hello(h, "RBMT", 2, 3, 0); EXPECT(raw_write(bad[2], h, TCP_MESH_HELLO) == 0, "write"); /* mesh size */
-        hello(h, "RBMT", 2, 2, 7); EXPECT(raw_write(bad[3], h, TCP_MESH_HELLO) == 0, "write"); /* rank */
-        hello(h, "RBMT", 2, 2, 1); EXPECT(raw_write(bad[4], h, TCP_MESH_HELLO) == 0, "write"); /* itself */
-        hello(h, "RBMT", 2, 2, 0); h[16] = 9;                                                   /* another job */
+        hello(h, "RBMT", TCP_MESH_VERSION - 1, 2, 0); EXPECT(raw_write(bad[1], h, TCP_MESH_HELLO) == 0, "write"); /* version */
+        hello(h, "RBMT", TCP_MESH_VERSION, 3, 0); EXPECT(raw_write(bad[2], h, TCP_MESH_HELLO) == 0, "write"); /* mesh size */
+        hello(h, "RBMT", TCP_MESH_VERSION, 2, 7); EXPECT(raw_write(bad[3], h, TCP_MESH_HELLO) == 0, "write"); /* rank */
+        hello(h, "RBMT", TCP_MESH_VERSION, 2, 1); EXPECT(raw_write(bad[4], h, TCP_MESH_HELLO) == 0, "write"); /* itself */
+        hello(h, "RBMT", TCP_MESH_VERSION, 2, 0); h[16] = 9;                                                   /* another job */
         EXPECT(raw_write(bad[5], h, TCP_MESH_HELLO) == 0, "write");
-        hello(h, "RBMT", 2, 2, 0); EXPECT(raw_write(bad[6], h, TCP_MESH_HELLO) == 0, "write"); /* a stranger: */
+        hello(h, "RBMT", TCP_MESH_VERSION, 2, 0); EXPECT(raw_write(bad[6], h, TCP_MESH_HELLO) == 0, "write"); /* a stranger: */
         EXPECT(raw_read(bad[6], h, TCP_MESH_ANSWER, 3000) == 0, "the answer");                   /* answered, */
         memset(h, 0x5a, TCP_MESH_PROOF); EXPECT(raw_write(bad[6], h, TCP_MESH_PROOF) == 0, "write"); /* no proof */
-        hello(h, "RBMT", 2, 2, 0); EXPECT(raw_write(partial, h, 8) == 0, "write");              /* half */
+        hello(h, "RBMT", TCP_MESH_VERSION, 2, 0); EXPECT(raw_write(partial, h, 8) == 0, "write");              /* half */
         for (k = 0; k < 7; k++) EXPECT(closed_by_peer(bad[k], 3000), "bad hello %d was not dropped", k);
         EXPECT(!closed_by_peer(silent, 50), "a silent caller was dropped before its time");
         /* the real rank 0 still gets in */
@@ -631,6 +631,47 @@ static void test_bad_handshake_ignored(void) {
     if (partial >= 0) close(partial);
     if (!acc.rc) tcp_mesh_close(acc.mesh);
     tcp_mesh_close(m0);
+}
+
+/* Twelve ranks, the last starting late: every lower rank's handshake waits at the last one at
+   the same time (more than TCP_MESH_PENDING of them), and all of them get in; then every pair
+   talks, both ways. */
+static void test_mesh_many_ranks_late(void) {
+    enum { N = 12 };
+    char addrs[N][32], buf[8];
+    const char *ap[N];
+    open_arg a[N];
+    pthread_t th[N];
+    resbm_transport t[N];
+    size_t len;
+    int k, j;
+    take_ports(N, addrs, NULL);
+    for (k = 0; k < N; k++) ap[k] = addrs[k];
+    for (k = 0; k < N; k++) {
+        memset(&a[k], 0, sizeof(a[k]));
+        a[k].me = k; a[k].n = N; a[k].addrs = ap; a[k].deadline_ms = 15000;
+        if (k == N - 1) sleep_ms(300);
+        pthread_create(&th[k], NULL, open_thread, &a[k]);
+    }
+    for (k = 0; k < N; k++) pthread_join(th[k], NULL);
+    for (k = 0; k < N; k++) EXPECT(a[k].rc == RESBM_OK, "rank %d: %s", k, resbm_strerror(a[k].rc));
+    if (!g_why[0]) {
+        for (k = 0; k < N; k++) tcp_mesh_transport(a[k].mesh, &t[k]);
+        for (k = 0; k < N; k++)
+            for (j = 0; j < N; j++) {
+                unsigned char msg[2];
+                msg[0] = (unsigned char)k; msg[1] = (unsigned char)j;
+                if (j != k) EXPECT_RC(t[k].send(t[k].user, j, msg, 2), RESBM_OK);
+            }
+        for (j = 0; j < N; j++)
+            for (k = 0; k < N; k++) {
+                if (j == k) continue;
+                len = 0;
+                EXPECT_RC(t[j].recv(t[j].user, k, buf, sizeof(buf), &len, 5000), RESBM_OK);
+                EXPECT(len == 2 && buf[0] == (char)k && buf[1] == (char)j, "%d -> %d: %zu bytes", k, j, len);
+            }
+    }
+    for (k = 0; k < N; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
 }
 
 /* ---- opening against no one: an error within the deadline ------------------------------------- */
@@ -828,6 +869,7 @@ int main(void) {
     run("closed_peer", test_closed_peer);
     run("conformance", test_conformance);
     run("bad_handshake_ignored", test_bad_handshake_ignored);
+    run("mesh_many_ranks_late", test_mesh_many_ranks_late);
     run("secret_and_job", test_secret_and_job);
     run("unreachable_peer", test_unreachable_peer);
     run("localhost_names", test_localhost_names);
