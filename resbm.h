@@ -182,7 +182,9 @@ enum {
     RESBM_EMSGSIZE = -63,  /* a message larger than the receive buffer (it stays queued) */
     /* the pipeline */
     RESBM_EPEER = -70,     /* another stage failed this step (resbm_stage_why says which and why) */
-    RESBM_EJOB = -71       /* the neighbouring stage runs a different job (resbm_stage_why: the field) */
+    RESBM_EJOB = -71,      /* the neighbouring stage runs a different job (resbm_stage_why: the field) */
+    /* host layers */
+    RESBM_EHOST = -80      /* a resbm_layers callback failed with a code that is not a RESBM_E* one */
 };
 
 RESBMDEF const char *resbm_strerror(int code);
@@ -411,10 +413,15 @@ typedef struct resbm_layers {
     int (*forward)(void *user, int slot, size_t rows, const int32_t *tokens, const float *x,
                    float *out);
     /* Backward of `slot`: dout = dL/dout (scratch for the layers afterwards); dx = dL/dx [N,d],
-       overwritten (NULL on stage 0; it may be dout itself). Parameter gradients accumulate. */
+       overwritten (NULL on stage 0; it may be dout itself). Parameter gradients accumulate.
+       forward and backward return 0 or a RESBM_E* code, which fails the call (the step, eval or
+       generate) with nothing applied; the runtime's own codes (RESBM_EPEER, RESBM_EJOB, the
+       frame codes) and codes that are not RESBM_E* ones become RESBM_EHOST. Non-finite values
+       in out are RESBM_ENONFINITE. */
     int (*backward)(void *user, int slot, float *dout, float *dx);
-    /* The slot's forward is dropped without a backward (eval, generate, a failed step). May be
-       NULL. */
+    /* The slot's forward is dropped without a backward (eval, generate, a failed step or
+       backward): called once for each forward that gets no finished backward, never for an idle
+       slot. May be NULL. */
     void (*release)(void *user, int slot);
 } resbm_layers;
 
@@ -561,7 +568,8 @@ RESBMDEF int resbm_boundary_update(resbm_boundary *b, float grad_scale);
 RESBMDEF int resbm_boundary_rollback(resbm_boundary *b);
 RESBMDEF long resbm_boundary_step_count(const resbm_boundary *b);
 /* The checkpoint format (tensors under their names, optimizer state, step); a file written by a
-   boundary of the same shape loads. */
+   boundary of the same shape loads, and a load drops the forwards in flight (their backward
+   would run on other weights). */
 RESBMDEF int resbm_boundary_save(resbm_boundary *b, const char *path);
 RESBMDEF int resbm_boundary_load(resbm_boundary *b, const char *path, char *why, size_t why_len);
 
@@ -917,6 +925,7 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_EMSGSIZE: return "message larger than the receive buffer";
     case RESBM_EPEER: return "another stage failed this step";
     case RESBM_EJOB: return "a neighbouring stage runs a different job";
+    case RESBM_EHOST: return "the host's layers failed (their callback returned a code outside RESBM_E*)";
     default: return "unknown error code";
     }
 }
@@ -3811,8 +3820,23 @@ static float *resbm__slot_out(const resbm_model *m, const resbm__acts *s, size_t
 }
 
 static void resbm__slot_drop(resbm_model *m, int slot) {
+    int held = m->slots[slot].rows != 0;
     m->slots[slot].rows = 0;
-    if (m->layers.release) m->layers.release(m->layers.user, slot);
+    if (held && m->layers.release) m->layers.release(m->layers.user, slot);
+}
+
+/* A layers callback's code: one that says what failed in a computation or its I/O stays; the
+   runtime's own (an EPEER this stage never received would be taken for a neighbour's abort,
+   frame codes for a peer's bad frame) and anything unknown become RESBM_EHOST, so a public call
+   never returns a positive or unknown code. */
+static int resbm__host_rc(int rc) {
+    switch (rc) {
+    case RESBM_OK: case RESBM_EINVAL: case RESBM_ESTATE: case RESBM_ERANGE: case RESBM_ENONFINITE:
+    case RESBM_ENOSPACE: case RESBM_ENOTSUP: case RESBM_ENOMEM: case RESBM_EOVERFLOW:
+    case RESBM_ETHREAD: case RESBM_EIO: case RESBM_EFORMAT: case RESBM_ETIMEDOUT:
+    case RESBM_ECLOSED: case RESBM_ETRANSPORT: return rc;
+    default: return RESBM_EHOST;
+    }
 }
 
 /* One code path for the built-in and the host's layers: decoder, layers, then the loss or the
@@ -3846,8 +3870,9 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
     }
     out = m->last ? s->probs : resbm__slot_out(m, s, N);
     s->rows = rows; /* held from here on: a failure below drops it */
-    rc = m->layers.forward(m->layers.user, slot, rows, m->first ? tokens : NULL,
-                           m->first ? NULL : s->xin, out);
+    rc = resbm__host_rc(m->layers.forward(m->layers.user, slot, rows, m->first ? tokens : NULL,
+                                          m->first ? NULL : s->xin, out));
+    if (!rc && !resbm__all_finite(out, N * (m->last ? V : d))) rc = RESBM_ENONFINITE;
     if (!rc && m->last) {
         double sum = 0.0;
         memcpy(s->targets, targets, N * sizeof(int32_t));
@@ -3890,7 +3915,7 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
         memcpy(m->dres, dh_out, N * d * sizeof(float));
         dout = m->dres;
     }
-    rc = m->layers.backward(m->layers.user, slot, dout, m->first ? NULL : m->dres);
+    rc = resbm__host_rc(m->layers.backward(m->layers.user, slot, dout, m->first ? NULL : m->dres));
     if (!rc && !m->first && m->has_dec) rc = resbm__dec_bwd(m, s, N, m->dres, dx_in);
     else if (!rc && !m->first) memcpy(dx_in, m->dres, N * d * sizeof(float));
     if (rc) {
@@ -5727,6 +5752,7 @@ static void resbm__async_drop(resbm_stage *st);
 static int resbm__stage_begin(resbm_stage *st) {
     int side;
     st->why[0] = 0;
+    st->abort_code = 0; /* no neighbour's abort heard in this call yet */
     if (st->model->loads != st->synced_loads) { /* loaded in between: prove the job again */
         st->predicted = 0; /* the loaded values are the weights proper */
         if (st->model->in_stream) resbm__async_drop(st); /* its steps ran on other weights */
@@ -5764,7 +5790,9 @@ static int resbm__stage_begin(resbm_stage *st) {
 static int resbm__stage_end(resbm_stage *st, int rc) {
     int side, code = rc, origin = st->s, skip = -1;
     if (!rc) return RESBM_OK;
-    if (rc == RESBM_EPEER) { code = st->abort_code; origin = st->abort_origin; skip = st->abort_from; }
+    if (rc == RESBM_EPEER && st->abort_code) { /* a neighbour's failure: passed on, not back */
+        code = st->abort_code; origin = st->abort_origin; skip = st->abort_from;
+    }
     if (st->model->in_stream) resbm__async_drop(st); /* every stage drops its steps in flight */
     st->tag = st->step;
     if (!st->why[0])

@@ -8,6 +8,7 @@
 #include "harness.h"
 #include "delayed.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -426,6 +427,157 @@ static void test_gpt2_update_all_or_nothing(void) {
     gpt2_free(g);
 }
 
+/* gpt2's callbacks behind a wrapper that fails on demand and checks when release is called. */
+typedef struct {
+    resbm_layers inner;     /* gpt2's own */
+    int fail_fwd, fail_bwd; /* the code the next forward / backward returns instead (0: none) */
+    int nan_out;            /* the next forward writes NaN into its output */
+    int held[16], releases, stray_releases;
+} faulty;
+
+static int faulty_forward(void *u, int slot, size_t rows, const int32_t *tokens, const float *x, float *out) {
+    faulty *f = (faulty *)u;
+    int rc = f->fail_fwd;
+    f->held[slot] = 1;
+    f->fail_fwd = 0;
+    if (!rc) rc = f->inner.forward(f->inner.user, slot, rows, tokens, x, out);
+    if (!rc && f->nan_out) { out[3] = NAN; f->nan_out = 0; }
+    return rc;
+}
+static int faulty_backward(void *u, int slot, float *dout, float *dx) {
+    faulty *f = (faulty *)u;
+    int rc = f->fail_bwd;
+    f->fail_bwd = 0;
+    if (!rc) rc = f->inner.backward(f->inner.user, slot, dout, dx);
+    if (!rc) f->held[slot] = 0;
+    return rc;
+}
+static void faulty_release(void *u, int slot) {
+    faulty *f = (faulty *)u;
+    f->releases++;
+    f->stray_releases += !f->held[slot];
+    f->held[slot] = 0;
+    f->inner.release(f->inner.user, slot);
+}
+
+typedef struct { resbm_stage *st; int rc, rows, seq, step; double seconds; } fthread;
+static void *fthread_main(void *p) {
+    fthread *a = (fthread *)p;
+    int32_t tok[256], tg[256];
+    float loss;
+    double t0 = resbm__now();
+    gbatch(tok, tg, (size_t)a->rows * (size_t)a->seq, a->step);
+    a->rc = resbm_stage_step(a->st, tok, tg, (size_t)a->rows, &loss);
+    a->seconds = resbm__now() - t0;
+    return NULL;
+}
+
+/* What the host's callbacks return is distrusted: a code outside RESBM_E* (or the runtime's own
+   RESBM_EPEER) fails the call as RESBM_EHOST, and in a pipeline the neighbour hears at once
+   (an EPEER from a host used to be taken for a neighbour's abort, so the neighbour waited out
+   its timeout); NaN in the host's output fails eval and generate too, not just training; release
+   is called only for a slot that holds a forward; after each failure the next honest call works. */
+static void test_gpt2_callback_failures(void) {
+    gcase c1 = {32, 2, 8, 2, 1, 1, 1, 5}, c2 = {32, 2, 8, 4, 2, 1, 1, 6};
+    faulty f[2];
+    gpt2 *g[2];
+    resbm_layers L[2];
+    resbm_stage *st[2];
+    resbm_inproc *hub;
+    int32_t tok[64], tg[64], out[4];
+    float loss;
+    int s, k, slots;
+    struct { int fwd, bwd; } codes[] = {{1, 0}, {0, INT_MIN}, {RESBM_EPEER, 0}, {0, RESBM_EFORMAT}};
+    /* one stage */
+    {
+        resbm_stage_config sc = gcfg(&c1, 0, NULL);
+        sc.model.r = c1.d;
+        CHECK_RC(resbm_stage_slots(&sc, &slots), RESBM_OK);
+        g[0] = gnew(&c1, 0, slots);
+        CHECK(g[0] != NULL, "gpt2_new");
+        if (!g[0]) return;
+        memset(&f[0], 0, sizeof(f[0]));
+        f[0].inner = g[0]->layers;
+        L[0] = g[0]->layers;
+        L[0].user = &f[0]; L[0].forward = faulty_forward; L[0].backward = faulty_backward; L[0].release = faulty_release;
+        sc = gcfg(&c1, 0, g[0]);
+        sc.model.host = &L[0];
+        sc.model.r = c1.d; /* one stage: no boundary */
+        CHECK_RC(resbm_inproc_init(1, 1 << 16, &hub), RESBM_OK);
+        resbm_inproc_transport(hub, 0, &sc.transport);
+        CHECK_RC(resbm_stage_init(&sc, &st[0]), RESBM_OK);
+        if (th_fail_now) return;
+        gbatch(tok, tg, 8, 0);
+        for (k = 0; k < 4; k++) {
+            int rc, want = k == 3 ? RESBM_EFORMAT : RESBM_EHOST;
+            f[0].fail_fwd = codes[k].fwd; f[0].fail_bwd = codes[k].bwd;
+            rc = resbm_stage_step(st[0], tok, tg, 1, &loss);
+            CHECK(rc == want, "case %d: %s, want %s", k, resbm_strerror(rc), resbm_strerror(want));
+            CHECK(resbm_model_step_count(resbm_stage_model(st[0])) == k, "case %d applied", k);
+            CHECK_RC(resbm_stage_step(st[0], tok, tg, 1, &loss), RESBM_OK); /* the next honest step */
+        }
+        f[0].nan_out = 1;
+        CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_ENONFINITE);
+        CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_OK);
+        CHECK(loss == loss && loss > 0.0f, "eval loss %g", loss);
+        f[0].nan_out = 1;
+        out[0] = -7;
+        CHECK_RC(resbm_stage_generate(st[0], tok, 4, 2, 1.0f, 9, out), RESBM_ENONFINITE);
+        CHECK_RC(resbm_stage_generate(st[0], tok, 4, 2, 1.0f, 9, out), RESBM_OK);
+        CHECK(f[0].releases > 0 && f[0].stray_releases == 0, "%d of %d releases were for a slot holding nothing",
+              f[0].stray_releases, f[0].releases);
+        resbm_stage_free(st[0]);
+        resbm_inproc_free(hub);
+        gpt2_free(g[0]);
+    }
+    /* two stages: stage 1's backward returns RESBM_EPEER */
+    CHECK_RC(resbm_inproc_init(2, 1 << 20, &hub), RESBM_OK);
+    for (s = 0; s < 2; s++) {
+        resbm_stage_config sc = gcfg(&c2, s, NULL);
+        CHECK_RC(resbm_stage_slots(&sc, &slots), RESBM_OK);
+        g[s] = gnew(&c2, s, slots);
+        CHECK(g[s] != NULL, "gpt2_new");
+        if (!g[s]) return;
+        memset(&f[s], 0, sizeof(f[s]));
+        f[s].inner = g[s]->layers;
+        L[s] = g[s]->layers;
+        L[s].user = &f[s]; L[s].forward = faulty_forward; L[s].backward = faulty_backward; L[s].release = faulty_release;
+        sc = gcfg(&c2, s, g[s]);
+        sc.model.host = &L[s];
+        sc.timeout_ms = 5000;
+        resbm_inproc_transport(hub, s, &sc.transport);
+        CHECK_RC(resbm_stage_init(&sc, &st[s]), RESBM_OK);
+    }
+    if (th_fail_now) return;
+    for (k = 0; k < 3; k++) {
+        fthread a[2];
+        pthread_t th[2];
+        if (k == 1) f[1].fail_bwd = RESBM_EPEER;
+        for (s = 0; s < 2; s++) {
+            a[s].st = st[s]; a[s].rows = 1; a[s].seq = c2.seq; a[s].step = k;
+            pthread_create(&th[s], NULL, fthread_main, &a[s]);
+        }
+        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        if (k == 1) {
+            CHECK(a[1].rc == RESBM_EHOST && a[0].rc == RESBM_EPEER, "stage 1 %s, stage 0 %s",
+                  resbm_strerror(a[1].rc), resbm_strerror(a[0].rc));
+            CHECK(strstr(resbm_stage_why(st[0]), "stage 1") != NULL, "stage 0 says \"%s\"", resbm_stage_why(st[0]));
+            CHECK(a[0].seconds < 2.0, "stage 0 heard after %.2f s (its timeout is 5 s)", a[0].seconds);
+        } else {
+            CHECK(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK, "step %d: %s / %s", k, resbm_strerror(a[0].rc),
+                  resbm_strerror(a[1].rc));
+        }
+    }
+    for (s = 0; s < 2; s++) {
+        CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == 2, "stage %d at step %ld", s,
+              resbm_model_step_count(resbm_stage_model(st[s])));
+        CHECK(f[s].stray_releases == 0, "stage %d: %d stray releases", s, f[s].stray_releases);
+        resbm_stage_free(st[s]);
+        gpt2_free(g[s]);
+    }
+    resbm_inproc_free(hub);
+}
+
 int main(int argc, char **argv) {
     const char *filter = NULL;
     int i;
@@ -447,5 +599,6 @@ int main(int argc, char **argv) {
     RUN(test_gpt2_declaration);
     RUN(test_gpt2_checkpoint_and_job);
     RUN(test_gpt2_update_all_or_nothing);
+    RUN(test_gpt2_callback_failures);
     return th_finish();
 }

@@ -109,7 +109,7 @@ static void test_strerror(void) {
                    RESBM_ENOSPACE, RESBM_ENOTSUP, RESBM_ENOMEM, RESBM_EOVERFLOW, RESBM_ETHREAD, RESBM_EIO, RESBM_EFORMAT,
                    RESBM_ETRUNC, RESBM_EMAGIC, RESBM_EVERSION, RESBM_EKIND, RESBM_EDTYPE, RESBM_ESTAGE,
                    RESBM_ESTEP, RESBM_EMICRO, RESBM_ESHAPE, RESBM_ESIZE, RESBM_ECRC, RESBM_ETIMEDOUT,
-                   RESBM_ECLOSED, RESBM_ETRANSPORT, RESBM_EMSGSIZE, RESBM_EPEER, RESBM_EJOB};
+                   RESBM_ECLOSED, RESBM_ETRANSPORT, RESBM_EMSGSIZE, RESBM_EPEER, RESBM_EJOB, RESBM_EHOST};
     size_t i, j, n = sizeof(codes) / sizeof(codes[0]), named = 0;
     const char *unknown = resbm_strerror(-9999);
     int k;
