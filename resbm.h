@@ -184,7 +184,7 @@ enum {
     RESBM_EPEER = -70,     /* another stage failed this step (resbm_stage_why says which and why) */
     RESBM_EJOB = -71,      /* the neighbouring stage runs a different job (resbm_stage_why: the field) */
     /* host layers */
-    RESBM_EHOST = -80      /* a resbm_layers callback failed with a code that is not a RESBM_E* one */
+    RESBM_EHOST = -80      /* a resbm_layers callback failed with a code not its to give (unknown, or the runtime's own) */
 };
 
 RESBMDEF const char *resbm_strerror(int code);
@@ -925,7 +925,7 @@ RESBMDEF const char *resbm_strerror(int code) {
     case RESBM_EMSGSIZE: return "message larger than the receive buffer";
     case RESBM_EPEER: return "another stage failed this step";
     case RESBM_EJOB: return "a neighbouring stage runs a different job";
-    case RESBM_EHOST: return "the host's layers failed (their callback returned a code outside RESBM_E*)";
+    case RESBM_EHOST: return "the host's layers failed (with an unknown code, or one that is the runtime's own)";
     default: return "unknown error code";
     }
 }
