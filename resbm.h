@@ -812,7 +812,9 @@ RESBMDEF int resbm_safetensors_write(const char *path, const resbm_st_entry *ent
    into the file copy, little-endian. */
 typedef struct resbm_st_file resbm_st_file;
 RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out);
-/* Reads and parses a file of at most max_bytes (RESBM_EFORMAT when larger). */
+/* Reads and parses a file of at most max_bytes (RESBM_EFORMAT when larger). A path that is not
+   a regular file (a directory, a FIFO, a device) is RESBM_EIO with errno EISDIR or EINVAL, at
+   once: nothing blocks. */
 RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st_file **out);
 RESBMDEF void resbm_safetensors_free(resbm_st_file *f);
 RESBMDEF const resbm_st_entry *resbm_safetensors_entries(const resbm_st_file *f, size_t *count);
@@ -6003,6 +6005,7 @@ static void resbm__use_prev(resbm_model *m, float *prev, int to_prev) {
 }
 
 static int resbm__stage_back(resbm_stage *st, uint32_t micro, float *v, size_t n);
+static int resbm__stage_forth(resbm_stage *st, uint32_t micro, float *v, size_t n);
 
 static void resbm__async_drop(resbm_stage *st) {
     int sl;
@@ -6142,8 +6145,10 @@ static int resbm__async_step_run(resbm_stage *st, const int32_t *tokens, const i
 
 /* The backwards still in flight, then the commits of the last two batches, in order, each
    acknowledged back from the last stage before the next: a stage that could not apply one has
-   its neighbours undo it (one update, as mid-stream), and no stage returns before every stage
-   has applied both. */
+   its neighbours undo it (one update, as mid-stream). The last acknowledgement reaches stage 0
+   only once every stage has applied both, but the stages after one that failed have passed it
+   on already; so stage 0 says so forward, and no stage returns before every stage has applied
+   both (a stage after the failed one hears its abort instead, and undoes the update). */
 static int resbm__async_flush_run(resbm_stage *st) {
     int64_t C = st->calls, g, b;
     float ack[1] = {0.0f};
@@ -6153,6 +6158,7 @@ static int resbm__async_flush_run(resbm_stage *st) {
         RESBM__TRY(resbm__async_commit(st, b));
         RESBM__TRY(resbm__stage_back(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 2), ack, 1));
     }
+    if (C > 0) RESBM__TRY(resbm__stage_forth(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 3), ack, 1));
     resbm__async_drop(st);
     st->attempt = 0; /* every link has carried this stream's frames since the last failure */
     st->tag = st->step;
@@ -6207,6 +6213,15 @@ static int resbm__stage_back(resbm_stage *st, uint32_t micro, float *v, size_t n
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, micro, 1, n, v));
     if (!st->model->first)
         RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, micro, 1, n, v));
+    return RESBM_OK;
+}
+
+/* The same the other way: from stage 0 to the last. */
+static int resbm__stage_forth(resbm_stage *st, uint32_t micro, float *v, size_t n) {
+    if (!st->model->first)
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, micro, 1, n, v));
+    if (!st->model->last)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, micro, 1, n, v));
     return RESBM_OK;
 }
 
@@ -6770,19 +6785,33 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
 }
 
 RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st_file **out) {
-    FILE *fp;
-    long sz;
+    struct stat sb;
     unsigned char *buf;
-    int rc;
+    size_t sz, got = 0;
+    int fd, rc = RESBM_OK, err;
     if (!path || !out || max_bytes == 0) return RESBM_EINVAL;
-    if (!(fp = fopen(path, "rb"))) return RESBM_EIO;
-    if (fseek(fp, 0, SEEK_END) || (sz = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET)) { fclose(fp); return RESBM_EIO; }
-    if ((unsigned long)sz > max_bytes) { fclose(fp); return RESBM_EFORMAT; }
-    if (!(buf = (unsigned char *)resbm__alloc((size_t)sz + 1, NULL))) { fclose(fp); return RESBM_ENOMEM; }
-    if (fread(buf, 1, (size_t)sz, fp) != (size_t)sz) rc = RESBM_EIO;
-    else rc = resbm_safetensors_parse(buf, (size_t)sz, out);
-    fclose(fp);
+    /* opened without blocking and refused unless a regular file: a FIFO without a writer would
+       hold open() forever, a device would never end */
+    if ((fd = open(path, O_RDONLY | O_NONBLOCK)) < 0) return RESBM_EIO;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        err = S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
+        close(fd);
+        errno = err;
+        return RESBM_EIO;
+    }
+    if (sb.st_size < 0 || (unsigned long long)sb.st_size > (unsigned long long)max_bytes) { close(fd); return RESBM_EFORMAT; }
+    sz = (size_t)sb.st_size;
+    if (!(buf = (unsigned char *)resbm__alloc(sz + 1, NULL))) { close(fd); return RESBM_ENOMEM; }
+    while (got < sz && !rc) {
+        ssize_t k = read(fd, buf + got, sz - got);
+        if (k > 0) got += (size_t)k;
+        else if (k == 0 || errno != EINTR) rc = RESBM_EIO; /* shorter than it was a moment ago */
+    }
+    err = errno;
+    close(fd);
+    if (!rc) rc = resbm_safetensors_parse(buf, sz, out);
     resbm__dealloc(buf, NULL);
+    errno = err;
     return rc;
 }
 

@@ -82,9 +82,16 @@ static int die_usage(const char *fmt, ...) {
     return 2;
 }
 
+/* A number as typed: a digit, a sign or a point first (strtol and strtod would skip spaces, and
+   a " -1" would wrap through strtoull). */
+static int plain_number(const char *s) {
+    return (*s >= '0' && *s <= '9') || *s == '-' || *s == '.';
+}
+
 static int parse_int(const char *s, int lo, int hi, int *out) {
     char *e;
     long v;
+    if (!plain_number(s)) return 0;
     errno = 0;
     v = strtol(s, &e, 10);
     if (errno || e == s || *e || v < lo || v > hi) return 0;
@@ -95,6 +102,7 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
 static int parse_double(const char *s, double lo, double hi, double *out) {
     char *e;
     double v;
+    if (!plain_number(s)) return 0;
     errno = 0;
     v = strtod(s, &e);
     if (errno || e == s || *e || !(v >= lo && v <= hi)) return 0;
@@ -112,7 +120,16 @@ static const char *wire_name(int w) {
     return n[w];
 }
 
-/* Returns 0, or the exit code (2) after printing why. */
+/* Whether a file may be written at path: nothing there yet, or a regular file (its old copy is
+   renamed to path.prev first, which must never move a directory or a device). */
+static int writable_target(const char *path) {
+    struct stat sb;
+    return lstat(path, &sb) ? errno == ENOENT : S_ISREG(sb.st_mode);
+}
+
+/* Returns 0, PARSE_HELP for --help (the caller prints the usage: under MPI, one rank does, and
+   every rank still finalizes), or the exit code (2) after printing why. */
+enum { PARSE_HELP = -1 };
 static int parse_args(int argc, char **argv, options *o, int default_stages) {
     int i;
     memset(o, 0, sizeof(*o));
@@ -127,7 +144,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         int flag_only = 1;
         if (!strcmp(a, "--no-identity")) o->no_identity = 1;
         else if (!strcmp(a, "--quiet")) o->quiet = 1;
-        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); exit(0); }
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) return PARSE_HELP;
         else flag_only = 0;
         if (flag_only) continue;
         if (!v) return die_usage("%s needs a value", a);
@@ -154,14 +171,14 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         INT_FLAG("--save-every", save_every, 0, 1 << 30)
         INT_FLAG("--stage", stage, 0, 4095)
         INT_FLAG("--timeout-ms", timeout_ms, 1, 1 << 30)
-        INT_FLAG("--sample", sample_len, 0, 1 << 20)
+        INT_FLAG("--sample", sample_len, 0, 4096)
         INT_FLAG("--async-warmup", async_warmup, 0, 1 << 30)
 #undef INT_FLAG
         else if (!strcmp(a, "--seed")) {
             char *e;
             errno = 0;
             o->seed = strtoull(v, &e, 10);
-            if (errno || e == v || *e || *v == '-' || !o->seed) return die_usage("--seed: '%s' is not a positive integer", v);
+            if (errno || *v < '0' || *v > '9' || *e || !o->seed) return die_usage("--seed: '%s' is not a positive integer", v);
         }
         else if (!strcmp(a, "--bottleneck-lr-scale")) { if (!parse_double(v, 1e-3, 1e3, &x)) return die_usage("--bottleneck-lr-scale: '%s' is not in [0.001, 1000]", v); o->bottleneck_lr = (float)x; }
         else if (!strcmp(a, "--lr")) { if (!parse_double(v, 1e-9, 10.0, &x)) return die_usage("--lr: '%s' is not in (0, 10]", v); o->lr = (float)x; }
@@ -211,6 +228,14 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
     if ((o->stage >= 0) != (o->listen != NULL) || (o->stage >= 0) != (o->peers != NULL))
         return die_usage("one process per stage needs all of --stage, --listen and --peers");
     if (o->secret_file && o->stage < 0) return die_usage("--secret-file is for one process per stage (--stage)");
+    {   /* file names fit the buffers they are built in (".stageN.safetensors.prev" added), and a
+           checkpoint is never written over a directory or a device */
+        const char *paths[] = {o->data, o->tokens_bin, o->save, o->load, o->save_init, o->log, o->plot, o->secret_file};
+        for (i = 0; i < (int)(sizeof(paths) / sizeof(paths[0])); i++)
+            if (paths[i] && strlen(paths[i]) > 4000) return die_usage("a file name of %zu bytes: at most 4000", strlen(paths[i]));
+        if (o->save && o->stage < 0 && !writable_target(o->save))
+            return die_usage("--save %s: it exists and is not a regular file", o->save);
+    }
     if (!o->schedule_steps) o->schedule_steps = o->steps;
     return 0;
 }
@@ -450,7 +475,8 @@ static int save_ckpt(stage_ctx *c, const char *path) {
         resbm_model *m = resbm_stage_model(c->st);
         char prev[4112];
         snprintf(prev, sizeof(prev), "%s.prev", p);
-        if (rename(p, prev) && errno != ENOENT) rc = RESBM_EIO;
+        if (!writable_target(p) || !writable_target(prev)) { rc = RESBM_EIO; errno = EEXIST; } /* not a file */
+        else if (rename(p, prev) && errno != ENOENT) rc = RESBM_EIO;
         if (!rc) rc = c->barrier ? resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2)
                                  : resbm_checkpoint_save(p, &m, 1, meta, 2);
     }
@@ -599,12 +625,12 @@ static void free_stage(const options *o, resbm_stage *st, void *engine) {
     if (o->engine) o->engine->destroy(engine);
 }
 
-static void write_plot(const char *path, const stage_ctx *c) {
+static int write_plot(const char *path, const stage_ctx *c) {
     FILE *f = fopen(path, "w");
     double xmax = 1, ymin = 1e30, ymax = -1e30;
     size_t i;
     const double W = 720, H = 420, L = 60, R = 20, Tm = 30, B = 50;
-    if (!f) { fprintf(stderr, "train: cannot write %s\n", path); return; }
+    if (!f) return 0;
     for (i = 0; i < c->plot_n; i++) {
         double y = c->plot_train[i] / log(2.0);
         xmax = c->plot_tok[i] > xmax ? c->plot_tok[i] : xmax;
@@ -638,7 +664,7 @@ static void write_plot(const char *path, const stage_ctx *c) {
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" fill=\"#1f77b4\">train</text><text x=\"%.0f\" y=\"%.0f\" fill=\"#d62728\">val</text>\n",
             W - 120, Tm + 14, W - 70, Tm + 14);
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">tokens</text>\n</svg>\n", (W + L) / 2, H - 12);
-    fclose(f);
+    return !ferror(f) & !fclose(f);
 }
 
 /* Prints the sample, the measured compression and the contract summary line. */
@@ -680,15 +706,28 @@ static int open_outputs(const options *o, stage_ctx *c) {
         size_t n = (size_t)o->steps + 1;
         c->plot_tok = (double *)calloc(n, sizeof(double)); c->plot_train = (double *)calloc(n, sizeof(double));
         c->plot_val_tok = (double *)calloc(n, sizeof(double)); c->plot_val = (double *)calloc(n, sizeof(double));
-        if (!c->plot_tok || !c->plot_train || !c->plot_val_tok || !c->plot_val) return 0;
+        if (!c->plot_tok || !c->plot_train || !c->plot_val_tok || !c->plot_val) {
+            fprintf(stderr, "train: no memory for --plot's %zu points\n", n);
+            return 0;
+        }
     }
     return 1;
 }
 
-static void close_outputs(const options *o, stage_ctx *c) {
-    if (c->log) fclose(c->log);
-    if (o->plot && c->plot_tok) write_plot(o->plot, c);
+/* 0 when the log or the plot could not be written whole (a full disk: the run says so and
+   fails, instead of leaving a short file behind an exit code of 0). */
+static int close_outputs(const options *o, stage_ctx *c) {
+    int ok = 1;
+    if (c->log && (ferror(c->log) | fclose(c->log))) {
+        fprintf(stderr, "train: cannot write %s: %s\n", o->log, strerror(errno));
+        ok = 0;
+    }
+    if (o->plot && c->plot_tok && !write_plot(o->plot, c)) {
+        fprintf(stderr, "train: cannot write %s: %s\n", o->plot, strerror(errno));
+        ok = 0;
+    }
     free(c->plot_tok); free(c->plot_train); free(c->plot_val_tok); free(c->plot_val);
+    return ok;
 }
 
 static void describe(const options *o, const resbm_stage *st0) {
@@ -709,12 +748,16 @@ static void describe(const options *o, const resbm_stage *st0) {
            ss.memory_bytes / 1048576.0);
 }
 
-/* The step a checkpoint file holds, or -1 when it is missing or unreadable. */
-static long ckpt_step(const char *path) {
+/* The step a checkpoint file holds, or -1 when it is missing or unreadable. Read only up to the
+   size resbm_checkpoint_load would accept for this model (the file may hold every stage). */
+static long ckpt_step(const char *path, resbm_model *m) {
     resbm_st_file *f;
     const char *v;
     long step = -1;
-    if (resbm_safetensors_read(path, (size_t)1 << 40, &f)) return -1;
+    size_t np = 0, max;
+    resbm_model_params(m, &np);
+    max = 64 * (((size_t)1 << 20) + 12 * resbm_model_num_floats(m) + 192 * np);
+    if (resbm_safetensors_read(path, max, &f)) return -1;
     if ((v = resbm_safetensors_meta(f, "step")) != NULL) step = strtol(v, NULL, 10);
     resbm_safetensors_free(f);
     return step;
@@ -730,7 +773,7 @@ static int agree_ckpt(const options *o, resbm_transport tr, resbm_model *m, int 
     int rc = 0, k, q;
     ckpt_path(o, o->load, s, p, sizeof(p));
     snprintf(prev, sizeof(prev), "%s.prev", p);
-    have[0] = ckpt_step(p); have[1] = ckpt_step(prev);
+    have[0] = ckpt_step(p, m); have[1] = ckpt_step(prev, m);
     if (s > 0) {
         for (k = 0; k < 16; k++) b[k] = (unsigned char)((uint64_t)(int64_t)have[k / 8] >> (8 * (k % 8)));
         if (!(rc = tr.send(tr.user, 0, b, 16)) && !(rc = tr.recv(tr.user, 0, b, sizeof(b), &len, o->timeout_ms)) &&
@@ -860,7 +903,7 @@ static int run_threads(const options *o, const dataset *ds) {
             fwd += c[s].wire_fwd;
             bwd += c[s].wire_bwd;
         }
-        close_outputs(o, &c[0]);
+        if (!close_outputs(o, &c[0])) ok = 0;
         if (ok) summary(o, &c[0], fwd, bwd);
     }
     for (s = 0; s < S; s++) { free_stage(o, c[s].st, c[s].engine); resbm_shaper_free(shapers[s]); }
@@ -936,7 +979,7 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
         }
     }
     if (s == 0) {
-        close_outputs(o, &c);
+        if (!close_outputs(o, &c)) ok = 0;
         if (ok) summary(o, &c, fwd, bwd);
     }
     free_stage(o, c.st, c.engine);
@@ -1018,7 +1061,8 @@ int main(int argc, char **argv) {
     options o;
     dataset ds;
     int code;
-    if ((code = parse_args(argc, argv, &o, 4))) return code;
+    if ((code = parse_args(argc, argv, &o, 4)) == PARSE_HELP) usage(stdout);
+    if (code) return code == PARSE_HELP ? 0 : code;
 #ifdef TRAIN_HOST_ENGINE
     o.engine = TRAIN_HOST_ENGINE();
 #endif

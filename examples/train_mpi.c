@@ -81,7 +81,11 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return rc ? 1 : 0;
     }
-    if ((code = parse_args(argc, argv, &o, size))) { MPI_Finalize(); return code; } /* --stages: the ranks */
+    if ((code = parse_args(argc, argv, &o, size))) { /* --stages: the ranks */
+        if (code == PARSE_HELP && rank == 0) usage(stdout);
+        MPI_Finalize();
+        return code == PARSE_HELP ? 0 : code;
+    }
     if (o.stages != size) {
         if (rank == 0) fprintf(stderr, "train_mpi: %d ranks for %d stages of %d layers: run one rank per stage\n", size, o.stages, o.layers);
         MPI_Finalize();

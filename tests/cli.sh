@@ -242,6 +242,20 @@ check "truncated checkpoint untouched" "cmp -s '$dir/trunc.safetensors' '$dir/tr
 expect_fail "oversized checkpoint refused" 1 "cannot resume" $tiny --stages 2 --steps 2 --opt muon --load "$dir/over.safetensors"
 expect_fail "checkpoint of another shape refused" 1 "model shape differs" $tiny --d 64 --stages 2 --steps 2 --load "$dir/full.safetensors"
 expect_fail "checkpoint of another optimizer refused" 1 "optimizer" $tiny --stages 2 --steps 2 --opt sgd --load "$dir/full.safetensors"
+# a FIFO as a checkpoint: refused at once (the library opens checkpoints without blocking)
+timeout 20 "$train" $tiny --stages 2 --steps 2 --load "$dir/fifo" > "$dir/ff.out" 2> "$dir/ff.err"
+check "a FIFO as the checkpoint (no writer): refused, not a hang" "[ $? = 1 ] && grep -q 'cannot resume' '$dir/ff.err'"
+# --save onto a directory: refused before training, the directory left where it is
+mkdir -p "$dir/savedir/inner"
+expect_fail "--save onto a directory refused" 2 "not a regular file" $tiny --stages 2 --steps 2 --save "$dir/savedir"
+check "--save onto a directory: the directory untouched" "[ -d '$dir/savedir/inner' ] && [ ! -e '$dir/savedir.prev' ]"
+expect_fail "a seed with a leading space refused (it would wrap)" 2 "--seed" $tiny --seed " -1"
+expect_fail "a number with a leading space or plus refused" 2 "--steps" $tiny --steps " 2"
+expect_fail "--sample above what is printed refused" 2 "--sample" $tiny --sample 5000
+expect_fail "a file name longer than the buffers refused" 2 "file name" $tiny --save "$dir/$(head -c 4100 /dev/zero | tr '\0' x)"
+if [ -w /dev/full ]; then # a full disk under the log: the run fails and says so
+  expect_fail "--log on a full disk: exit 1 with the reason" 1 "cannot write" $tiny --stages 2 --steps 2 --sample 0 --log /dev/full
+fi
 
 # ---- PyTorch reads a checkpoint and reproduces the loss train printed
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then

@@ -2808,6 +2808,68 @@ static void *reload_thread(void *p) {
     return NULL;
 }
 
+/* A flush is all or nothing too: when one stage refuses the last commit, every stage fails the
+   flush with the update undone (the stages after it had applied it and passed the
+   acknowledgement on; they used to return OK, so a checkpoint saved then held a step the rest
+   of the pipeline never reached), and the next call runs on all of them. */
+typedef struct { resbm_stage *st; int phase, rc; } flush_arg;
+static void *flush_thread(void *p) {
+    flush_arg *a = (flush_arg *)p;
+    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
+    int32_t tok[64], tg[64];
+    float loss;
+    tiny_batch(tok, tg, 2 * (size_t)c->seq, c->vocab, 5);
+    a->rc = a->phase == 1 ? resbm_stage_flush(a->st, &loss) : resbm_stage_step(a->st, tok, tg, 2, &loss);
+    return NULL;
+}
+static void test_async_flush_all_or_nothing(void) {
+    resbm_model_config mc = pipe_config();
+    int bad, s, phase;
+    for (bad = 0; bad < 3; bad++) {
+        resbm_inproc *hub;
+        flush_arg a[3];
+        pthread_t th[3];
+        float *keep = NULL;
+        resbm_param *ps = NULL;
+        size_t np, n0 = 0, i;
+        CHECK_RC(resbm_inproc_init(3, 1 << 20, &hub), RESBM_OK);
+        for (s = 0; s < 3; s++) {
+            resbm_stage_config c = pipe_stage_config(mc, resbm_opt_config_default(), s, 2);
+            c.schedule = RESBM_SCHEDULE_ASYNC; c.timeout_ms = 5000;
+            resbm_inproc_transport(hub, s, &c.transport);
+            CHECK_RC(resbm_stage_init(&c, &a[s].st), RESBM_OK);
+        }
+        if (th_fail_now) return;
+        for (phase = 0; phase < 3; phase++) { /* a step (nothing committed yet), the flush, a step */
+            if (phase == 1) { /* a finite state whose update is Inf: stage `bad` refuses the commit */
+                ps = resbm_model_params_mut(resbm_stage_model(a[bad].st), &np);
+                n0 = ps[0].value.ne[0] * ps[0].value.ne[1];
+                keep = (float *)malloc(2 * n0 * sizeof(float));
+                if (!keep) return;
+                memcpy(keep, ps[0].m, n0 * sizeof(float)); memcpy(keep + n0, ps[0].v, n0 * sizeof(float));
+                for (i = 0; i < n0; i++) { ps[0].m[i] = 3e38f; ps[0].v[i] = 0.0f; }
+            }
+            for (s = 0; s < 3; s++) { a[s].phase = phase; pthread_create(&th[s], NULL, flush_thread, &a[s]); }
+            for (s = 0; s < 3; s++) pthread_join(th[s], NULL);
+            if (phase == 1) {
+                for (s = 0; s < 3; s++) {
+                    int want = s == bad ? RESBM_ENONFINITE : RESBM_EPEER;
+                    CHECK(a[s].rc == want, "stage %d refuses: stage %d's flush %s, want %s", bad, s,
+                          resbm_strerror(a[s].rc), resbm_strerror(want));
+                    CHECK(resbm_model_step_count(resbm_stage_model(a[s].st)) == 0, "stage %d refuses: stage %d kept the update",
+                          bad, s);
+                }
+                memcpy(ps[0].m, keep, n0 * sizeof(float)); memcpy(ps[0].v, keep + n0, n0 * sizeof(float));
+                free(keep);
+            } else {
+                for (s = 0; s < 3; s++) CHECK(a[s].rc == RESBM_OK, "phase %d, stage %d: %s", phase, s, resbm_strerror(a[s].rc));
+            }
+        }
+        for (s = 0; s < 3; s++) resbm_stage_free(a[s].st);
+        resbm_inproc_free(hub);
+    }
+}
+
 static void test_pipeline_async_reload(void) {
     resbm_model_config mc = pipe_config();
     resbm_inproc *hub;
@@ -4785,6 +4847,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_in_flight_depth);
     RUN(test_pipeline_async_equals_reference);
     RUN(test_pipeline_async_reload);
+    RUN(test_async_flush_all_or_nothing);
     RUN(test_partial_rows_through_boundary);
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
