@@ -415,9 +415,9 @@ typedef struct resbm_layers {
     /* Backward of `slot`: dout = dL/dout (scratch for the layers afterwards); dx = dL/dx [N,d],
        overwritten (NULL on stage 0; it may be dout itself). Parameter gradients accumulate.
        forward and backward return 0 or a RESBM_E* code, which fails the call (the step, eval or
-       generate) with nothing applied; the runtime's own codes (RESBM_EPEER, RESBM_EJOB, the
-       frame codes) and codes that are not RESBM_E* ones become RESBM_EHOST. Non-finite values
-       in out are RESBM_ENONFINITE. */
+       generate) with nothing applied; the runtime's own codes (RESBM_EPEER, RESBM_EJOB,
+       RESBM_EMSGSIZE, the frame codes) and codes that are not RESBM_E* ones become
+       RESBM_EHOST. Non-finite values in out are RESBM_ENONFINITE. */
     int (*backward)(void *user, int slot, float *dout, float *dx);
     /* The slot's forward is dropped without a backward (eval, generate, a failed step or
        backward): called once for each forward that gets no finished backward, never for an idle
@@ -3918,13 +3918,13 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
         dout = m->dres;
     }
     rc = resbm__host_rc(m->layers.backward(m->layers.user, slot, dout, m->first ? NULL : m->dres));
-    if (!rc && !m->first && m->has_dec) rc = resbm__dec_bwd(m, s, N, m->dres, dx_in);
-    else if (!rc && !m->first) memcpy(dx_in, m->dres, N * d * sizeof(float));
     if (rc) {
         resbm__slot_drop(m, slot);
         return rc;
     }
-    s->rows = 0;
+    s->rows = 0; /* the layers are done with the slot, whatever the decoder does now */
+    if (!m->first && m->has_dec) return resbm__dec_bwd(m, s, N, m->dres, dx_in);
+    if (!m->first) memcpy(dx_in, m->dres, N * d * sizeof(float));
     return RESBM_OK;
 }
 
@@ -4623,8 +4623,8 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
         if (info->dtype == RESBM_WIRE_F16 && (resbm__to_f16(x[i]) & 0x7c00u) == 0x7c00u) return RESBM_ERANGE;
         if (info->dtype == RESBM_WIRE_BF16 && (resbm__to_bf16(x[i]) & 0x7f80u) == 0x7f80u) return RESBM_ERANGE;
-        if (info->dtype == RESBM_WIRE_I8 && !resbm__finite(127.0f * (fabsf(x[i]) / 127.0f)))
-            return RESBM_ERANGE; /* +-FLT_MAX: 127 x its scale would decode to Inf */
+        if (info->dtype == RESBM_WIRE_I8 && fabsf(x[i]) == FLT_MAX)
+            return RESBM_ERANGE; /* the one value whose scale, x 127, rounds to Inf */
     }
     memcpy(p, "RBM1", 4);
     resbm__put16(p + 4, RESBM_WIRE_VERSION);
@@ -6346,6 +6346,7 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
 
 /* ---- safetensors ------------------------------------------------------------------------------ */
 #define RESBM__ST_HEADER_MAX ((size_t)100 << 20) /* a longer JSON header is refused, read or written */
+#define RESBM__ST_NUMBER_END 1000000000000000ULL /* shapes and offsets: 15 digits at most */
 
 typedef struct { char *buf; size_t len, cap; int err; } resbm__sb;
 
@@ -6422,12 +6423,12 @@ static int resbm__st_write_ok(const resbm_st_entry *entries, size_t n, const cha
             (entries[i].dtype != RESBM_DT_F32 && entries[i].dtype != RESBM_DT_I32) ||
             !strcmp(entries[i].name, "__metadata__"))
             return RESBM_EINVAL;
-        for (k = 0; k < entries[i].ndim; k++) {
+        for (k = 0; k < entries[i].ndim; k++) { /* the reader takes numbers of 15 digits at most */
             uint64_t dim = (uint64_t)entries[i].shape[k];
-            if (dim && cnt > ((uint64_t)1 << 50) / dim) return RESBM_EOVERFLOW;
+            if (dim >= RESBM__ST_NUMBER_END || (dim && cnt > ((uint64_t)1 << 50) / dim)) return RESBM_EOVERFLOW;
             cnt *= dim;
         }
-        if (4 * cnt > (uint64_t)((size_t)-1 - off)) return RESBM_EOVERFLOW;
+        if (4 * cnt >= RESBM__ST_NUMBER_END - off || 4 * cnt > (uint64_t)((size_t)-1 - off)) return RESBM_EOVERFLOW;
         off += (size_t)(4 * cnt);
     }
     for (i = 0; i < 2 * n_meta; i++)
@@ -6614,7 +6615,7 @@ static int resbm__json_uint(resbm__json *j, uint64_t *v) {
     if (j->p < j->end && *j->p == '0' && j->end - j->p > 1 && j->p[1] >= '0' && j->p[1] <= '9') return RESBM_EFORMAT;
     while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
         *v = *v * 10 + (uint64_t)(*j->p++ - '0');
-        if (++digits > 15) return RESBM_EFORMAT;
+        if (++digits > 15) return RESBM_EFORMAT; /* below RESBM__ST_NUMBER_END */
     }
     return digits ? RESBM_OK : RESBM_EFORMAT;
 }
@@ -6792,13 +6793,10 @@ RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st
     if (!path || !out || max_bytes == 0) return RESBM_EINVAL;
     /* opened without blocking and refused unless a regular file: a FIFO without a writer would
        hold open() forever, a device would never end */
-    if ((fd = open(path, O_RDONLY | O_NONBLOCK)) < 0) return RESBM_EIO;
-    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        err = S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
-        close(fd);
-        errno = err;
-        return RESBM_EIO;
-    }
+    if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY)) < 0) return RESBM_EIO;
+    if (fstat(fd, &sb)) err = errno;
+    else err = S_ISREG(sb.st_mode) ? 0 : S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
+    if (err) { close(fd); errno = err; return RESBM_EIO; }
     if (sb.st_size < 0 || (unsigned long long)sb.st_size > (unsigned long long)max_bytes) { close(fd); return RESBM_EFORMAT; }
     sz = (size_t)sb.st_size;
     if (!(buf = (unsigned char *)resbm__alloc(sz + 1, NULL))) { close(fd); return RESBM_ENOMEM; }

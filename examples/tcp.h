@@ -432,7 +432,8 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
    side, with room for every lower rank at once (each sends its proof only after its own
    accepts, so all of them may wait together) and TCP_MESH_PENDING more; when full, the oldest
    caller that has not yet sent a good hello is dropped (a stranger, or a rank that then sees its
-   link closed and fails), never one that has, so idle connections cannot push real ranks out. */
+   link closed and fails), so idle connections cannot push real ranks out; only when every slot
+   holds a good hello (replayed ones, say) is the oldest of all dropped. */
 typedef struct {
     int fd, rank;
     size_t got, want;  /* bytes read of the message being read, and its size */

@@ -120,11 +120,14 @@ static const char *wire_name(int w) {
     return n[w];
 }
 
-/* Whether a file may be written at path: nothing there yet, or a regular file (its old copy is
-   renamed to path.prev first, which must never move a directory or a device). */
+/* Whether a file may be written at path: nothing there yet, or a regular file, or a link to one
+   (its old copy is renamed to path.prev first, which must never move a directory or a device).
+   When not, errno says why (EEXIST: something else is there). */
 static int writable_target(const char *path) {
     struct stat sb;
-    return lstat(path, &sb) ? errno == ENOENT : S_ISREG(sb.st_mode);
+    if (stat(path, &sb)) return errno == ENOENT;
+    if (!S_ISREG(sb.st_mode)) errno = EEXIST;
+    return S_ISREG(sb.st_mode);
 }
 
 /* Returns 0, PARSE_HELP for --help (the caller prints the usage: under MPI, one rank does, and
@@ -475,7 +478,7 @@ static int save_ckpt(stage_ctx *c, const char *path) {
         resbm_model *m = resbm_stage_model(c->st);
         char prev[4112];
         snprintf(prev, sizeof(prev), "%s.prev", p);
-        if (!writable_target(p) || !writable_target(prev)) { rc = RESBM_EIO; errno = EEXIST; } /* not a file */
+        if (!writable_target(p) || !writable_target(prev)) rc = RESBM_EIO; /* not a file: errno says */
         else if (rename(p, prev) && errno != ENOENT) rc = RESBM_EIO;
         if (!rc) rc = c->barrier ? resbm_checkpoint_save(p, c->all, (size_t)c->o->stages, meta, 2)
                                  : resbm_checkpoint_save(p, &m, 1, meta, 2);
@@ -630,6 +633,7 @@ static int write_plot(const char *path, const stage_ctx *c) {
     double xmax = 1, ymin = 1e30, ymax = -1e30;
     size_t i;
     const double W = 720, H = 420, L = 60, R = 20, Tm = 30, B = 50;
+    int bad;
     if (!f) return 0;
     for (i = 0; i < c->plot_n; i++) {
         double y = c->plot_train[i] / log(2.0);
@@ -664,7 +668,9 @@ static int write_plot(const char *path, const stage_ctx *c) {
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" fill=\"#1f77b4\">train</text><text x=\"%.0f\" y=\"%.0f\" fill=\"#d62728\">val</text>\n",
             W - 120, Tm + 14, W - 70, Tm + 14);
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">tokens</text>\n</svg>\n", (W + L) / 2, H - 12);
-    return !ferror(f) & !fclose(f);
+    bad = ferror(f) != 0;
+    bad |= fclose(f) != 0; /* in this order: never ferror on a closed stream */
+    return !bad;
 }
 
 /* Prints the sample, the measured compression and the contract summary line. */
@@ -718,9 +724,10 @@ static int open_outputs(const options *o, stage_ctx *c) {
    fails, instead of leaving a short file behind an exit code of 0). */
 static int close_outputs(const options *o, stage_ctx *c) {
     int ok = 1;
-    if (c->log && (ferror(c->log) | fclose(c->log))) {
-        fprintf(stderr, "train: cannot write %s: %s\n", o->log, strerror(errno));
-        ok = 0;
+    if (c->log) {
+        int bad = ferror(c->log) != 0;
+        bad |= fclose(c->log) != 0; /* in this order: never ferror on a closed stream */
+        if (bad) { fprintf(stderr, "train: cannot write %s: %s\n", o->log, strerror(errno)); ok = 0; }
     }
     if (o->plot && c->plot_tok && !write_plot(o->plot, c)) {
         fprintf(stderr, "train: cannot write %s: %s\n", o->plot, strerror(errno));

@@ -250,7 +250,8 @@ mkdir -p "$dir/savedir/inner"
 expect_fail "--save onto a directory refused" 2 "not a regular file" $tiny --stages 2 --steps 2 --save "$dir/savedir"
 check "--save onto a directory: the directory untouched" "[ -d '$dir/savedir/inner' ] && [ ! -e '$dir/savedir.prev' ]"
 expect_fail "a seed with a leading space refused (it would wrap)" 2 "--seed" $tiny --seed " -1"
-expect_fail "a number with a leading space or plus refused" 2 "--steps" $tiny --steps " 2"
+expect_fail "a number with a leading space refused" 2 "--steps" $tiny --steps " 2"
+expect_fail "a number with a plus refused" 2 "--steps" $tiny --steps +2
 expect_fail "--sample above what is printed refused" 2 "--sample" $tiny --sample 5000
 expect_fail "a file name longer than the buffers refused" 2 "file name" $tiny --save "$dir/$(head -c 4100 /dev/zero | tr '\0' x)"
 if [ -w /dev/full ]; then # a full disk under the log: the run fails and says so

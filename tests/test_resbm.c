@@ -3777,6 +3777,7 @@ static void test_refusals_leave_state(void) {
     size_t n0, n1, la, lb;
     unsigned char *fa, *fb;
     resbm_st_entry e[2];
+    resbm_st_file *sf_dir = NULL;
     const char *dup_key[] = {"step", "7"}, *twin_keys[] = {"a", "1", "a", "2"};
     int k;
     CHECK_RC(resbm_pool_init(1, &pool), RESBM_OK);
@@ -3828,9 +3829,22 @@ static void test_refusals_leave_state(void) {
     CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EINVAL);
     e[1].name = "b"; e[1].shape[0] = (size_t)-1 / 4 + 1; /* 4 bytes x this wraps to 0 */
     CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EOVERFLOW);
+    e[1].ndim = 2; e[1].shape[0] = 0; e[1].shape[1] = (size_t)1000000000000000ULL; /* empty, but 16 digits */
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EOVERFLOW);
+    e[1].shape[1] = (size_t)999999999999999ULL; /* 15 digits: the reader takes it */
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_OK);
+    {
+        resbm_st_file *sf = NULL;
+        CHECK_RC(resbm_safetensors_read(path, 1 << 20, &sf), RESBM_OK);
+        resbm_safetensors_free(sf);
+    }
+    CHECK_RC(resbm_safetensors_read(tmp_dir, 1 << 20, &sf_dir), RESBM_EIO); /* a directory: at once */
+    CHECK(errno == EISDIR, "a directory: errno %d", errno);
+    CHECK_RC(resbm_checkpoint_save(path, &m, 1, NULL, 0), RESBM_OK); /* the good file back */
+    fa = file_bytes(path, &la);
     fb = file_bytes(path, &lb);
     CHECK(fb && lb == la, "a refused write changed the file");
-    free(fb);
+    free(fa); free(fb);
     remove(path);
     resbm_model_free(m);
     resbm_pool_free(pool);
