@@ -6725,18 +6725,16 @@ static int resbm__cmp_name(const void *a, const void *b) {
     return strcmp(((const resbm_st_entry *)a)->name, ((const resbm_st_entry *)b)->name);
 }
 
-RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out) {
-    const unsigned char *b = (const unsigned char *)buf;
+/* A file of len bytes whose first 8 give the header length: checked, and room made for the
+   file (f->buf, for the caller to fill) and the unescaped strings (never longer than the header). */
+static int resbm__st_new(const unsigned char *len8, size_t len, resbm_st_file **out) {
     resbm_st_file *f;
-    resbm_st_entry *sorted;
     uint64_t hl = 0;
-    size_t i, covered = 0, total;
-    int k, rc;
-    if (!buf || !out) return RESBM_EINVAL;
+    size_t total;
+    int k;
     if (len < 8) return RESBM_EFORMAT;
-    for (k = 0; k < 8; k++) hl |= (uint64_t)b[k] << (8 * k);
+    for (k = 0; k < 8; k++) hl |= (uint64_t)len8[k] << (8 * k);
     if (hl < 2 || hl > len - 8 || hl > RESBM__ST_HEADER_MAX) return RESBM_EFORMAT;
-    /* the file copy and the unescaped strings (never longer than the header) */
     if (resbm_size_add(&total, sizeof(resbm_st_file) + 16, len) ||
         resbm_size_add(&total, total, (size_t)hl + 1))
         return RESBM_EOVERFLOW;
@@ -6746,8 +6744,15 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
     f->names = (char *)f->buf + len;
     f->len = len;
     f->data = 8 + (size_t)hl;
-    memcpy(f->buf, b, len);
-    rc = resbm__st_header(f, (const char *)f->buf + 8, (size_t)hl, f->names); /* count */
+    *out = f;
+    return RESBM_OK;
+}
+
+/* Parses and checks f->buf, filled; frees f on failure. */
+static int resbm__st_finish(resbm_st_file *f, resbm_st_file **out) {
+    resbm_st_entry *sorted;
+    size_t i, covered = 0, len = f->len, hl = f->data - 8;
+    int rc = resbm__st_header(f, (const char *)f->buf + 8, hl, f->names); /* count */
     if (!rc) {
         size_t ne = f->n + 1, nmeta = 3 * f->n_meta + 1; /* pairs, then keys to sort */
         f->e = (resbm_st_entry *)resbm__alloc(2 * ne * sizeof(resbm_st_entry) + nmeta * sizeof(char *), NULL);
@@ -6755,7 +6760,7 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
         else {
             memset(f->e, 0, 2 * ne * sizeof(resbm_st_entry));
             f->meta = (char **)(f->e + 2 * ne);
-            rc = resbm__st_header(f, (const char *)f->buf + 8, (size_t)hl, f->names); /* fill */
+            rc = resbm__st_header(f, (const char *)f->buf + 8, hl, f->names); /* fill */
         }
     }
     /* data ranges disjoint and covering the data section exactly; names unique */
@@ -6774,22 +6779,41 @@ RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file 
             if (!strcmp(sorted[i - 1].name, sorted[i].name)) rc = RESBM_EFORMAT;
     }
     if (!rc && f->n_meta > 1) { /* unique metadata keys (JSON readers disagree on duplicates) */
-        char **keys = f->meta + 2 * f->n_meta;
+        const char **keys = (const char **)(f->meta + 2 * f->n_meta);
         for (i = 0; i < f->n_meta; i++) keys[i] = f->meta[2 * i];
-        qsort(keys, f->n_meta, sizeof(char *), resbm__cmp_str);
-        for (i = 1; i < f->n_meta && !rc; i++)
-            if (!strcmp(keys[i - 1], keys[i])) rc = RESBM_EFORMAT;
+        if (!resbm__unique(keys, f->n_meta)) rc = RESBM_EFORMAT;
     }
     if (rc) { resbm_safetensors_free(f); return rc; }
     *out = f;
     return RESBM_OK;
 }
 
+RESBMDEF int resbm_safetensors_parse(const void *buf, size_t len, resbm_st_file **out) {
+    resbm_st_file *f;
+    if (!buf || !out) return RESBM_EINVAL;
+    RESBM__TRY(resbm__st_new((const unsigned char *)buf, len, &f));
+    memcpy(f->buf, buf, len);
+    return resbm__st_finish(f, out);
+}
+
+static int resbm__read_all(int fd, void *buf, size_t n) {
+    unsigned char *p = (unsigned char *)buf;
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return RESBM_EIO; /* 0: shorter than it was a moment ago */
+        p += r;
+        n -= (size_t)r;
+    }
+    return RESBM_OK;
+}
+
 RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st_file **out) {
     struct stat sb;
-    unsigned char *buf;
-    size_t sz, got = 0;
-    int fd, rc = RESBM_OK, err;
+    unsigned char len8[8];
+    resbm_st_file *f = NULL;
+    size_t sz;
+    int fd, rc, err;
     if (!path || !out || max_bytes == 0) return RESBM_EINVAL;
     /* opened without blocking and refused unless a regular file: a FIFO without a writer would
        hold open() forever, a device would never end */
@@ -6799,16 +6823,17 @@ RESBMDEF int resbm_safetensors_read(const char *path, size_t max_bytes, resbm_st
     if (err) { close(fd); errno = err; return RESBM_EIO; }
     if (sb.st_size < 0 || (unsigned long long)sb.st_size > (unsigned long long)max_bytes) { close(fd); return RESBM_EFORMAT; }
     sz = (size_t)sb.st_size;
-    if (!(buf = (unsigned char *)resbm__alloc(sz + 1, NULL))) { close(fd); return RESBM_ENOMEM; }
-    while (got < sz && !rc) {
-        ssize_t k = read(fd, buf + got, sz - got);
-        if (k > 0) got += (size_t)k;
-        else if (k == 0 || errno != EINTR) rc = RESBM_EIO; /* shorter than it was a moment ago */
+    /* read straight into the parsed file's own copy: the header length first, to size it */
+    rc = sz < 8 ? RESBM_EFORMAT : resbm__read_all(fd, len8, 8);
+    if (!rc) rc = resbm__st_new(len8, sz, &f);
+    if (!rc) {
+        memcpy(f->buf, len8, 8);
+        rc = resbm__read_all(fd, f->buf + 8, sz - 8);
+        if (rc) resbm_safetensors_free(f);
     }
     err = errno;
     close(fd);
-    if (!rc) rc = resbm_safetensors_parse(buf, sz, out);
-    resbm__dealloc(buf, NULL);
+    if (!rc) rc = resbm__st_finish(f, out);
     errno = err;
     return rc;
 }
