@@ -505,7 +505,9 @@ RESBMDEF const float *resbm_model_probs(const resbm_model *m, int slot);
 RESBMDEF int resbm_model_zero_grad(resbm_model *m);
 /* Sum of squared gradients of this stage's parameters (double, fixed order). */
 RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out);
-/* Learning-rate multiplier of the schedule at `step` (warm-up then cosine to min_lr_frac). */
+/* Learning-rate multiplier of the schedule at `step` (warm-up then cosine to min_lr_frac); NaN
+   (which every update refuses) for a NULL opt, a negative step, or a warm-up, total or floor
+   that resbm_model_init would refuse. */
 RESBMDEF float resbm_lr_factor(const resbm_opt_config *opt, long step);
 /* Applies one optimizer update with gradients multiplied by grad_scale (clipping), at the
    schedule position of the model's step counter; then increments it. All or nothing: an update
@@ -765,13 +767,18 @@ RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss);
 /* Forward only, on every stage together: `rows` sequences (any number; run model.batch at a
-   time), *loss = their mean token loss on every stage. Nothing is updated. */
+   time), *loss = their mean token loss on every stage. Nothing is updated. The loss comes back
+   once every chunk of model.batch rows has gone through, so the wait for it is timeout_ms per
+   chunk. Stage 0 hears it last: if it is lost on that last way, stage 0 alone fails while the
+   others have returned it (nothing changed anywhere; a host that retries, retries on every
+   stage). */
 RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss);
 /* Sampling through the pipeline, on every stage together: continues prompt[n_prompt] (stage 0;
    others may pass NULL) by n_new tokens drawn at `temperature` (> 0) from a PCG32 seeded with
    `seed`; every stage gets them in out[n_new]. The window is the last T tokens. n_prompt, n_new
-   and the rest must be the same on every stage. */
+   and the rest must be the same on every stage: stage 0 sends its own down the pipeline first,
+   and a stage asked for another fails the call (RESBM_EINVAL). */
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out);
 /* Async: runs the backwards still in flight and applies their updates, on every stage together;
@@ -784,8 +791,10 @@ RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out
 /* One line on why the last call failed ("" after a success): the stage where it happened, the
    step, what went wrong; for RESBM_EJOB the first field the stages disagree on. */
 RESBMDEF const char *resbm_stage_why(const resbm_stage *st);
-/* The clip multiplier for a summed squared gradient norm (shared with resbm_model_train_step). */
-RESBMDEF float resbm_clip_scale(const resbm_opt_config *opt, float total_sqnorm);
+/* The clip multiplier for a summed squared gradient norm (shared with resbm_model_train_step).
+   A total that is negative, NaN or infinite has no multiplier: NaN, which every update refuses
+   (RESBM_EINVAL), so such a step is never taken as a step of zero gradient. */
+RESBMDEF float resbm_clip_scale(const resbm_opt_config *opt, double total_sqnorm);
 
 /* ---- safetensors --------------------------------------------------------------------------------- */
 enum { RESBM_DT_F32 = 0, RESBM_DT_I32 = 1 };
@@ -2064,15 +2073,38 @@ static void resbm__gemm_sym_serial(int form, float *C, const float *A, const flo
 }
 #endif
 
+/* One buffer of a kernel call: rows x cols values of 4 bytes, read (RESBM__IN), written
+   (RESBM__OUT), or written where it may also be exactly one of the inputs of its size
+   (RESBM__INPLACE: an elementwise kernel reads each value before it writes it). */
+enum { RESBM__IN = 0, RESBM__OUT = 1, RESBM__INPLACE = 2 };
+typedef struct { const void *p; size_t rows, cols; int use; } resbm__buf;
+
+/* A call's buffers, checked before anything is written: RESBM_EOVERFLOW when a size in bytes
+   does not fit a size_t; RESBM_EINVAL when a buffer written shares memory with any other (a
+   kernel reads its inputs while it writes, so an overlap gives a wrong answer, silently). */
+static int resbm__bufs_ok(const resbm__buf *b, size_t n /* <= 16 */) {
+    size_t i, j, bytes[16];
+    for (i = 0; i < n; i++)
+        if (resbm_size_mul(&bytes[i], b[i].rows, b[i].cols) || resbm_size_mul(&bytes[i], bytes[i], 4))
+            return RESBM_EOVERFLOW;
+    for (i = 0; i < n; i++)
+        for (j = i + 1; j < n; j++) {
+            uintptr_t x = (uintptr_t)b[i].p, y = (uintptr_t)b[j].p;
+            int inplace = (b[i].use == RESBM__INPLACE || b[j].use == RESBM__INPLACE) && x == y &&
+                          bytes[i] == bytes[j];
+            if (!b[i].use && !b[j].use) continue; /* inputs may share memory */
+            if (!x || !y || !bytes[i] || !bytes[j] || inplace) continue;
+            if (x < y + bytes[j] && y < x + bytes[i]) return RESBM_EINVAL;
+        }
+    return RESBM_OK;
+}
+
 static int resbm__gemm_check(int form, const float *C, const float *A, const float *B, size_t M,
                              size_t N, size_t K) {
-    size_t t;
+    resbm__buf b[3] = {{C, M, N, RESBM__OUT}, {A, M, K, RESBM__IN}, {B, N, K, RESBM__IN}};
     if (!C || !A || !B || M == 0 || N == 0) return RESBM_EINVAL;
     if (form != RESBM_GEMM_NT && form != RESBM_GEMM_NN && form != RESBM_GEMM_TN) return RESBM_EINVAL;
-    if (resbm_size_mul(&t, M, N) || resbm_size_mul(&t, M, K) || resbm_size_mul(&t, N, K) ||
-        resbm_size_mul(&t, t, sizeof(float)))
-        return RESBM_EOVERFLOW;
-    return RESBM_OK;
+    return resbm__bufs_ok(b, 3);
 }
 
 static int resbm__gemm_run(resbm_pool *pool, int form, int accumulate, float *C, const float *A,
@@ -2353,7 +2385,9 @@ static void resbm__scale_row(float *x, size_t n, float s) {
 RESBMDEF int resbm_embedding_forward(float *out, const int32_t *tok, const float *emb, size_t N,
                                      size_t d, size_t V) {
     size_t n;
+    resbm__buf b[3] = {{out, N, d, RESBM__OUT}, {tok, N, 1, RESBM__IN}, {emb, V, d, RESBM__IN}};
     if (!out || !tok || !emb || N == 0 || d == 0 || V == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 3));
     for (n = 0; n < N; n++)
         if (tok[n] < 0 || (size_t)tok[n] >= V) return RESBM_ERANGE;
     for (n = 0; n < N; n++) memcpy(out + n * d, emb + (size_t)tok[n] * d, d * sizeof(float));
@@ -2363,7 +2397,9 @@ RESBMDEF int resbm_embedding_forward(float *out, const int32_t *tok, const float
 RESBMDEF int resbm_embedding_backward(float *demb, const float *dout, const int32_t *tok, size_t N,
                                       size_t d, size_t V) {
     size_t n;
+    resbm__buf b[3] = {{demb, V, d, RESBM__OUT}, {dout, N, d, RESBM__IN}, {tok, N, 1, RESBM__IN}};
     if (!demb || !dout || !tok || N == 0 || d == 0 || V == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 3));
     for (n = 0; n < N; n++)
         if (tok[n] < 0 || (size_t)tok[n] >= V) return RESBM_ERANGE;
     for (n = 0; n < N; n++) resbm__axpy(demb + (size_t)tok[n] * d, 1.0f, dout + n * d, d);
@@ -2398,7 +2434,10 @@ static void resbm__rmsnorm_fwd_rows(void *ctx, size_t b, size_t e) {
 RESBMDEF int resbm_rmsnorm_forward(resbm_pool *pool, float *out, float *rstd, const float *x,
                                    const float *g, size_t N, size_t d) {
     resbm__norm_job j;
+    resbm__buf b[4] = {{out, N, d, RESBM__INPLACE}, {rstd, N, 1, RESBM__OUT}, {x, N, d, RESBM__IN},
+                       {g, 1, d, RESBM__IN}};
     if (!out || !rstd || !x || !g || N == 0 || d == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 4));
     memset(&j, 0, sizeof(j));
     j.out = out; j.rstd = rstd; j.x = x; j.g = g; j.d = d; j.N = N;
     return resbm__parallel_for(pool, N, 32, resbm__rmsnorm_fwd_rows, &j);
@@ -2461,7 +2500,10 @@ RESBMDEF int resbm_rmsnorm_backward(resbm_pool *pool, float *dx, float *dg, cons
                                     const float *x, const float *g, const float *rstd, size_t N,
                                     size_t d) {
     resbm__norm_job j;
+    resbm__buf b[6] = {{dx, N, d, RESBM__OUT}, {dg, 1, d, RESBM__OUT}, {dout, N, d, RESBM__IN},
+                       {x, N, d, RESBM__IN}, {g, 1, d, RESBM__IN}, {rstd, N, 1, RESBM__IN}};
     if (!dx || !dg || !dout || !x || !g || !rstd || N == 0 || d == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 6));
     memset(&j, 0, sizeof(j));
     j.dx = dx; j.dg = dg; j.dout = dout; j.x = x; j.g = g; j.rstd_in = rstd; j.d = d; j.N = N;
     RESBM__TRY(resbm__parallel_for(pool, d, 64, resbm__rmsnorm_bwd_cols, &j));
@@ -2470,6 +2512,16 @@ RESBMDEF int resbm_rmsnorm_backward(resbm_pool *pool, float *dx, float *dg, cons
 }
 
 /* ---- linear ----------------------------------------------------------------------------------- */
+/* A backward of several GEMMs given no pool runs them on a pool of its own (the calling thread
+   only: the same bits): its packing buffer is allocated once, before any gradient is touched,
+   so running out of memory never leaves one half accumulated. */
+static int resbm__own_pool(resbm_pool **pool, resbm_pool **own) {
+    *own = NULL;
+    if (*pool) return RESBM_OK;
+    RESBM__TRY(resbm_pool_init(1, own));
+    *pool = *own;
+    return RESBM_OK;
+}
 RESBMDEF int resbm_linear_forward(resbm_pool *pool, float *out, const float *x, const float *w,
                                   size_t N, size_t in, size_t o) {
     if (in == 0) return RESBM_EINVAL;
@@ -2479,12 +2531,18 @@ RESBMDEF int resbm_linear_forward(resbm_pool *pool, float *out, const float *x, 
 RESBMDEF int resbm_linear_backward(resbm_pool *pool, float *dx, float *dw, const float *dout,
                                    const float *x, const float *w, size_t N, size_t in, size_t o,
                                    int accumulate_dx) {
+    resbm__buf b[5] = {{dx, N, in, RESBM__OUT}, {dw, o, in, RESBM__OUT}, {dout, N, o, RESBM__IN},
+                       {x, N, in, RESBM__IN}, {w, o, in, RESBM__IN}};
+    resbm_pool *own = NULL;
     int rc;
     if (!dw || !dout || !x || !w || N == 0 || in == 0 || o == 0) return RESBM_EINVAL;
     if (accumulate_dx != 0 && accumulate_dx != 1) return RESBM_EINVAL;
-    if (dx && (rc = resbm_gemm(pool, RESBM_GEMM_NN, accumulate_dx, dx, dout, w, N, in, o)))
-        return rc;
-    return resbm_gemm(pool, RESBM_GEMM_TN, 1, dw, dout, x, o, in, N);
+    RESBM__TRY(resbm__bufs_ok(b, 5));
+    RESBM__TRY(resbm__own_pool(&pool, &own));
+    rc = dx ? resbm_gemm(pool, RESBM_GEMM_NN, accumulate_dx, dx, dout, w, N, in, o) : RESBM_OK;
+    if (!rc) rc = resbm_gemm(pool, RESBM_GEMM_TN, 1, dw, dout, x, o, in, N);
+    resbm_pool_free(own);
+    return rc;
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------------- */
@@ -2535,8 +2593,11 @@ static void resbm__rope_rows(void *ctx, size_t b, size_t e) {
 static int resbm__rope(resbm_pool *pool, float *x, const float *c, const float *s, size_t N,
                        size_t T, size_t d, size_t H, float sign) {
     resbm__rope_job j;
+    resbm__buf b[3] = {{x, N, d, RESBM__OUT}, {c, T, d / (H ? 2 * H : 1), RESBM__IN},
+                       {s, T, d / (H ? 2 * H : 1), RESBM__IN}};
     if (!x || !c || !s || N == 0 || T == 0 || d == 0 || H == 0 || d % H || (d / H) % 2 || N % T)
         return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 3));
     j.x = x; j.c = c; j.s = s; j.T = T; j.d = d; j.H = H; j.sign = sign;
     return resbm__parallel_for(pool, N, 32, resbm__rope_rows, &j);
 }
@@ -2726,7 +2787,10 @@ RESBMDEF int resbm_attention_forward(resbm_pool *pool, float *out, float *lse, c
                                      const float *k, const float *v, size_t N, size_t T, size_t d,
                                      size_t H) {
     resbm__attn_job j;
+    resbm__buf b[5] = {{out, N, d, RESBM__OUT}, {lse, N, H, RESBM__OUT}, {q, N, d, RESBM__IN},
+                       {k, N, d, RESBM__IN}, {v, N, d, RESBM__IN}};
     if (!out || !lse || !q || !k || !v || resbm__attn_check(N, T, d, H)) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 5));
     memset(&j, 0, sizeof(j));
     j.out = out; j.lse_out = lse; j.q = q; j.k = k; j.v = v; j.T = T; j.d = d; j.H = H;
     j.pool = pool;
@@ -2740,9 +2804,13 @@ static int resbm__attention_backward(resbm_pool *pool, float *dq, float *dk, flo
                                      const float *v, const float *out, const float *lse, size_t N,
                                      size_t T, size_t d, size_t H, int overwrite) {
     resbm__attn_job j;
+    resbm__buf b[9] = {{dq, N, d, RESBM__OUT}, {dk, N, d, RESBM__OUT}, {dv, N, d, RESBM__OUT},
+                       {dout, N, d, RESBM__IN}, {q, N, d, RESBM__IN}, {k, N, d, RESBM__IN},
+                       {v, N, d, RESBM__IN}, {out, N, d, RESBM__IN}, {lse, N, H, RESBM__IN}};
     if (!dq || !dk || !dv || !dout || !q || !k || !v || !out || !lse ||
         resbm__attn_check(N, T, d, H))
         return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 9));
     memset(&j, 0, sizeof(j));
     j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.q = q; j.k = k; j.v = v; j.o = out;
     j.lse = lse; j.T = T; j.d = d; j.H = H; j.pool = pool; j.overwrite = overwrite;
@@ -2845,7 +2913,9 @@ static void resbm__swiglu_mlp_bwd_range(void *ctx, size_t b, size_t e) {
 RESBMDEF int resbm_swiglu_forward(resbm_pool *pool, float *out, const float *h1, const float *h3,
                                   size_t n) {
     resbm__swiglu_job j;
+    resbm__buf b[3] = {{out, n, 1, RESBM__INPLACE}, {h1, n, 1, RESBM__IN}, {h3, n, 1, RESBM__IN}};
     if (!out || !h1 || !h3 || n == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 3));
     memset(&j, 0, sizeof(j));
     j.out = out; j.h1 = h1; j.h3 = h3;
     return resbm__parallel_for(pool, n, 4096, resbm__swiglu_fwd_range, &j);
@@ -2854,7 +2924,10 @@ RESBMDEF int resbm_swiglu_forward(resbm_pool *pool, float *out, const float *h1,
 RESBMDEF int resbm_swiglu_backward(resbm_pool *pool, float *dh1, float *dh3, const float *dout,
                                    const float *h1, const float *h3, size_t n) {
     resbm__swiglu_job j;
+    resbm__buf b[5] = {{dh1, n, 1, RESBM__OUT}, {dh3, n, 1, RESBM__OUT}, {dout, n, 1, RESBM__IN},
+                       {h1, n, 1, RESBM__IN}, {h3, n, 1, RESBM__IN}};
     if (!dh1 || !dh3 || !dout || !h1 || !h3 || n == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 5));
     memset(&j, 0, sizeof(j));
     j.dh1 = dh1; j.dh3 = dh3; j.dout = dout; j.h1 = h1; j.h3 = h3;
     return resbm__parallel_for(pool, n, 4096, resbm__swiglu_bwd_range, &j);
@@ -2906,7 +2979,10 @@ static int resbm__targets_ok(const int32_t *t, size_t N, size_t V) {
 RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs, float *losses, const float *logits,
                                 const int32_t *targets, size_t N, size_t V) {
     resbm__xent_job j;
+    resbm__buf b[4] = {{probs, N, V, RESBM__INPLACE}, {losses, N, 1, RESBM__OUT}, {logits, N, V, RESBM__IN},
+                       {targets, N, 1, RESBM__IN}};
     if (!probs || !losses || !logits || !targets || N == 0 || V == 0) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 4));
     if (!resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
     memset(&j, 0, sizeof(j));
     j.probs = probs; j.losses = losses; j.logits = logits; j.targets = targets; j.V = V;
@@ -2916,7 +2992,9 @@ RESBMDEF int resbm_xent_forward(resbm_pool *pool, float *probs, float *losses, c
 RESBMDEF int resbm_xent_backward(resbm_pool *pool, float *dlogits, const float *probs,
                                  const int32_t *targets, size_t N, size_t V, float scale) {
     resbm__xent_job j;
-    if (!dlogits || !probs || !targets || N == 0 || V == 0) return RESBM_EINVAL;
+    resbm__buf b[3] = {{dlogits, N, V, RESBM__INPLACE}, {probs, N, V, RESBM__IN}, {targets, N, 1, RESBM__IN}};
+    if (!dlogits || !probs || !targets || N == 0 || V == 0 || !resbm__finite(scale)) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 3));
     if (!resbm__targets_ok(targets, N, V)) return RESBM_ERANGE;
     memset(&j, 0, sizeof(j));
     j.dlogits = dlogits; j.p = probs; j.targets = targets; j.V = V;
@@ -2993,6 +3071,12 @@ RESBMDEF int resbm_encoder_forward(resbm_pool *pool, const resbm_bottleneck_shap
     RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, h, z));
     if (!w->norm || !w->w1 || !w->w2 || !sv->rstd || !sv->u || !sv->a) return RESBM_EINVAL;
     N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
+    {
+        resbm__buf b[9] = {{z, N, r, RESBM__OUT}, {sv->rstd, N, 1, RESBM__OUT}, {sv->u, N, d, RESBM__OUT},
+                           {sv->a, N, m, RESBM__OUT}, {scr->s, N, m, RESBM__OUT}, {h, N, d, RESBM__IN},
+                           {w->norm, 1, d, RESBM__IN}, {w->w1, m, d, RESBM__IN}, {w->w2, r, m, RESBM__IN}};
+        RESBM__TRY(resbm__bufs_ok(b, 9));
+    }
     RESBM__TRY(resbm_rmsnorm_forward(pool, sv->u, sv->rstd, h, w->norm, N, d));
     RESBM__TRY(resbm_linear_forward(pool, sv->a, sv->u, w->w1, N, d, m));
     RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m));
@@ -3007,18 +3091,30 @@ RESBMDEF int resbm_encoder_backward(resbm_pool *pool, const resbm_bottleneck_sha
                                     const resbm_bottleneck_scratch *scr, const float *h,
                                     const float *dz, float *dh) {
     size_t N, d, r, m;
+    resbm_pool *own;
+    int rc;
     RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, h, dh));
     if (!g || !dz || !w->norm || !w->w1 || !w->w2 || !g->norm || !g->w1 || !g->w2 || !sv->rstd ||
         !sv->u || !sv->a || !scr->ds || !scr->du)
         return RESBM_EINVAL;
     N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
-    RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m)); /* recomputed rather than kept */
-    RESBM__TRY(resbm_linear_backward(pool, scr->ds, g->w2, dz, scr->s, w->w2, N, m, r, 0));
-    RESBM__TRY(resbm__silu_grad(pool, scr->ds, scr->ds, sv->a, N * m));
-    RESBM__TRY(resbm_linear_backward(pool, scr->du, g->w1, scr->ds, sv->u, w->w1, N, d, m, 0));
-    RESBM__TRY(resbm_rmsnorm_backward(pool, dh, g->norm, scr->du, h, w->norm, sv->rstd, N, d));
-    if (sh->identity) resbm__add_narrow(dh, d, dz, r, N);
-    return RESBM_OK;
+    {
+        resbm__buf b[15] = {{dh, N, d, RESBM__OUT}, {g->norm, 1, d, RESBM__OUT}, {g->w1, m, d, RESBM__OUT},
+                            {g->w2, r, m, RESBM__OUT}, {scr->s, N, m, RESBM__OUT}, {scr->ds, N, m, RESBM__OUT},
+                            {scr->du, N, d, RESBM__OUT}, {h, N, d, RESBM__IN}, {dz, N, r, RESBM__IN},
+                            {w->norm, 1, d, RESBM__IN}, {w->w1, m, d, RESBM__IN}, {w->w2, r, m, RESBM__IN},
+                            {sv->rstd, N, 1, RESBM__IN}, {sv->u, N, d, RESBM__IN}, {sv->a, N, m, RESBM__IN}};
+        RESBM__TRY(resbm__bufs_ok(b, 15));
+    }
+    RESBM__TRY(resbm__own_pool(&pool, &own));
+    rc = resbm__silu_all(pool, scr->s, sv->a, N * m); /* recomputed rather than kept */
+    if (!rc) rc = resbm_linear_backward(pool, scr->ds, g->w2, dz, scr->s, w->w2, N, m, r, 0);
+    if (!rc) rc = resbm__silu_grad(pool, scr->ds, scr->ds, sv->a, N * m);
+    if (!rc) rc = resbm_linear_backward(pool, scr->du, g->w1, scr->ds, sv->u, w->w1, N, d, m, 0);
+    if (!rc) rc = resbm_rmsnorm_backward(pool, dh, g->norm, scr->du, h, w->norm, sv->rstd, N, d);
+    if (!rc && sh->identity) resbm__add_narrow(dh, d, dz, r, N);
+    resbm_pool_free(own);
+    return rc;
 }
 
 RESBMDEF int resbm_decoder_forward(resbm_pool *pool, const resbm_bottleneck_shape *sh,
@@ -3028,6 +3124,11 @@ RESBMDEF int resbm_decoder_forward(resbm_pool *pool, const resbm_bottleneck_shap
     RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, z, x));
     if (!w->w1 || !w->w2 || !sv->a) return RESBM_EINVAL;
     N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
+    {
+        resbm__buf b[6] = {{x, N, d, RESBM__OUT}, {sv->a, N, m, RESBM__OUT}, {scr->s, N, m, RESBM__OUT},
+                           {z, N, r, RESBM__IN}, {w->w1, m, r, RESBM__IN}, {w->w2, d, m, RESBM__IN}};
+        RESBM__TRY(resbm__bufs_ok(b, 6));
+    }
     RESBM__TRY(resbm_linear_forward(pool, sv->a, z, w->w1, N, r, m));
     RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m));
     RESBM__TRY(resbm_linear_forward(pool, x, scr->s, w->w2, N, m, d));
@@ -3041,16 +3142,27 @@ RESBMDEF int resbm_decoder_backward(resbm_pool *pool, const resbm_bottleneck_sha
                                     const resbm_bottleneck_scratch *scr, const float *z,
                                     const float *dx, float *dz) {
     size_t N, d, r, m, n;
+    resbm_pool *own;
+    int rc;
     RESBM__TRY(resbm__bneck_check(sh, w, sv, scr, z, dz));
     if (!g || !dx || !w->w1 || !w->w2 || !g->w1 || !g->w2 || !sv->a || !scr->ds) return RESBM_EINVAL;
     N = sh->tokens; d = sh->d; r = sh->r; m = sh->m;
-    RESBM__TRY(resbm__silu_all(pool, scr->s, sv->a, N * m));
-    RESBM__TRY(resbm_linear_backward(pool, scr->ds, g->w2, dx, scr->s, w->w2, N, m, d, 0));
-    RESBM__TRY(resbm__silu_grad(pool, scr->ds, scr->ds, sv->a, N * m));
-    RESBM__TRY(resbm_linear_backward(pool, dz, g->w1, scr->ds, z, w->w1, N, r, m, 0));
-    if (sh->identity)
+    {
+        resbm__buf b[10] = {{dz, N, r, RESBM__OUT}, {g->w1, m, r, RESBM__OUT}, {g->w2, d, m, RESBM__OUT},
+                            {scr->s, N, m, RESBM__OUT}, {scr->ds, N, m, RESBM__OUT}, {z, N, r, RESBM__IN},
+                            {dx, N, d, RESBM__IN}, {w->w1, m, r, RESBM__IN}, {w->w2, d, m, RESBM__IN},
+                            {sv->a, N, m, RESBM__IN}};
+        RESBM__TRY(resbm__bufs_ok(b, 10));
+    }
+    RESBM__TRY(resbm__own_pool(&pool, &own));
+    rc = resbm__silu_all(pool, scr->s, sv->a, N * m);
+    if (!rc) rc = resbm_linear_backward(pool, scr->ds, g->w2, dx, scr->s, w->w2, N, m, d, 0);
+    if (!rc) rc = resbm__silu_grad(pool, scr->ds, scr->ds, sv->a, N * m);
+    if (!rc) rc = resbm_linear_backward(pool, dz, g->w1, scr->ds, z, w->w1, N, r, m, 0);
+    if (!rc && sh->identity)
         for (n = 0; n < N; n++) resbm__axpy(dz + n * r, 1.0f, dx + n * d, r);
-    return RESBM_OK;
+    resbm_pool_free(own);
+    return rc;
 }
 
 /* ---- the model -------------------------------------------------------------------------------- */
@@ -3522,7 +3634,7 @@ static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_co
     resbm_model tmp;
     resbm_arena a;
     resbm_model *m;
-    size_t N, Nd, check;
+    size_t N, Nd, check, per_thread;
     int rc;
     if (!cfg || (!out && !sized)) return RESBM_EINVAL;
     memset(&tmp, 0, sizeof(tmp));
@@ -3543,8 +3655,10 @@ static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_co
                                                   RESBM__MAX(tmp.cfg.vocab, tmp.cfg.m))) ||
         resbm_size_mul(&check, Nd, (size_t)tmp.cfg.layers + 1) ||
         resbm_size_mul(&check, check, (size_t)tmp.cfg.act_slots * 16 * sizeof(float)) ||
-        resbm_size_mul(&check, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.ff, tmp.cfg.vocab), tmp.cfg.m),
-                       (size_t)tmp.cfg.d * 64))
+        resbm_size_mul(&check, (size_t)RESBM__MAX(RESBM__MAX(tmp.cfg.ff, tmp.cfg.vocab), RESBM__MAX(tmp.cfg.m, tmp.cfg.d)),
+                       (size_t)tmp.cfg.d * 64) ||
+        resbm_size_mul(&per_thread, check, 1024) || /* Muon's matrices, one per thread */
+        resbm_size_mul(&check, check, (size_t)tmp.cfg.layers + 1)) /* every parameter together */
         return RESBM_EOVERFLOW;
     resbm__stage_blocks(tmp.cfg.layers, tmp.cfg.stages, tmp.cfg.stage, &tmp.layer0, &tmp.nblocks);
     tmp.first = side < 0 && tmp.cfg.stage == 0;
@@ -3914,7 +4028,8 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
         RESBM__TRY(resbm__enc_bwd(m, s, N, resbm__slot_out(m, s, N), dh_out, m->dres));
         dout = m->dres;
     } else {
-        memcpy(m->dres, dh_out, N * d * sizeof(float));
+        if (dh_out) memcpy(m->dres, dh_out, N * d * sizeof(float)); /* never NULL here (checked
+                                              above); the test tells gcc -Ofast, which inlines */
         dout = m->dres;
     }
     rc = resbm__host_rc(m->layers.backward(m->layers.user, slot, dout, m->first ? NULL : m->dres));
@@ -3924,7 +4039,7 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
     }
     s->rows = 0; /* the layers are done with the slot, whatever the decoder does now */
     if (!m->first && m->has_dec) return resbm__dec_bwd(m, s, N, m->dres, dx_in);
-    if (!m->first) memcpy(dx_in, m->dres, N * d * sizeof(float));
+    if (!m->first && dx_in) memcpy(dx_in, m->dres, N * d * sizeof(float)); /* likewise */
     return RESBM_OK;
 }
 
@@ -4030,7 +4145,9 @@ RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out) {
 /* ---- optimizers ------------------------------------------------------------------------------- */
 RESBMDEF float resbm_lr_factor(const resbm_opt_config *o, long step) {
     double prog;
-    if (!o || step < 0) return 0.0f;
+    if (!o || step < 0 || o->warmup < 0 || o->total_steps < 0 || !resbm__finite(o->min_lr_frac) ||
+        !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f))
+        return resbm__bitsf(0x7fc00000u); /* NaN */
     if (o->warmup > 0 && step < o->warmup) return (float)(step + 1) / (float)o->warmup;
     if (o->total_steps <= 0) return 1.0f;
     prog = (double)(step - o->warmup) / (double)RESBM__MAX(1, o->total_steps - o->warmup);
@@ -5277,7 +5394,9 @@ struct resbm_stage {
     uint64_t step;                /* = the model's update count */
     uint64_t tag;                 /* the step the frames being sent and received belong to */
     int attempt;                  /* of this step: 0, and one more after each failure */
-    int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
+    int agreed[2];                /* job agreement with the previous and the next stage */
+    int busy;                     /* a call runs: another one (from a callback, or a second
+                                     thread) is refused instead of taking its frames */
     unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
     int pool_attached;            /* this stage holds cfg.model.pool's stage slot */
     int polling;                  /* looking for a neighbour's abort after a failed send */
@@ -5298,10 +5417,11 @@ struct resbm_stage {
     resbm_stage_stats stats;
 };
 
-RESBMDEF float resbm_clip_scale(const resbm_opt_config *o, float total) {
+RESBMDEF float resbm_clip_scale(const resbm_opt_config *o, double total) {
     double norm;
+    if (!resbm__finite_d(total) || !(total >= 0.0)) return resbm__bitsf(0x7fc00000u); /* NaN */
     if (!o || o->kind == RESBM_OPT_SGD || !(o->clip > 0.0f)) return 1.0f;
-    norm = sqrt((double)total);
+    norm = sqrt(total);
     return norm > o->clip ? (float)(o->clip / (norm + 1e-6)) : 1.0f;
 }
 
@@ -5436,7 +5556,30 @@ static int resbm__stage_depth(const resbm_stage_config *cfg, int *slots, int *ex
     return RESBM_OK;
 }
 
+/* Everything of a stage config but the transport (resbm_stage_slots sizes a stage before its
+   transport exists): what resbm_stage_init refuses, resbm_stage_slots refuses too. */
+static int resbm__stage_config_ok(const resbm_stage_config *cfg) {
+    resbm_model_config mc;
+    resbm_opt_config oc;
+    int S;
+    if (!cfg || cfg->n_micro < 0 || cfg->n_micro > (int)RESBM__MAX_INDEX || cfg->wire_fwd < RESBM_WIRE_F32 ||
+        cfg->wire_fwd > RESBM_WIRE_I8 || cfg->wire_bwd < RESBM_WIRE_F32 ||
+        cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 || !resbm__finite_d(cfg->link_bytes_per_sec) ||
+        (cfg->schedule != RESBM_SCHEDULE_EXACT && cfg->schedule != RESBM_SCHEDULE_ASYNC) ||
+        !resbm__finite(cfg->predict) || !(cfg->predict >= 0.0f && cfg->predict <= 16.0f) || cfg->async_warmup < 0 ||
+        !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
+        return RESBM_EINVAL;
+    S = cfg->model.stages ? cfg->model.stages : 1;
+    if (S < 1 || cfg->model.stage < 0 || cfg->model.stage >= S) return RESBM_EINVAL;
+    mc = cfg->model;
+    oc = cfg->opt;
+    if (mc.host) RESBM__TRY(resbm__layers_ok(mc.host, mc.alloc_user));
+    return resbm__resolve(&mc, &oc, !mc.host);
+}
+
 RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots) {
+    if (!slots) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_config_ok(cfg));
     return resbm__stage_depth(cfg, slots, NULL, NULL);
 }
 
@@ -5446,14 +5589,8 @@ RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out) 
     resbm_arena a;
     size_t zf;
     int rc;
-    if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv || cfg->n_micro < 0 ||
-        cfg->n_micro > (int)RESBM__MAX_INDEX || cfg->wire_fwd < RESBM_WIRE_F32 ||
-        cfg->wire_fwd > RESBM_WIRE_I8 || cfg->wire_bwd < RESBM_WIRE_F32 ||
-        cfg->wire_bwd > RESBM_WIRE_I8 || cfg->timeout_ms < -1 || !resbm__finite_d(cfg->link_bytes_per_sec) ||
-        (cfg->schedule != RESBM_SCHEDULE_EXACT && cfg->schedule != RESBM_SCHEDULE_ASYNC) ||
-        !resbm__finite(cfg->predict) || !(cfg->predict >= 0.0f && cfg->predict <= 16.0f) || cfg->async_warmup < 0 ||
-        !(cfg->link_bytes_per_sec >= 0.0 && cfg->link_bytes_per_sec < 1e300))
-        return RESBM_EINVAL;
+    if (!cfg || !out || !cfg->transport.send || !cfg->transport.recv) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_config_ok(cfg));
     memset(&tmp, 0, sizeof(tmp));
     tmp.cfg = *cfg;
     if (!tmp.cfg.n_micro) tmp.cfg.n_micro = 1;
@@ -5626,7 +5763,7 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
         if (!(v[i] >= 0.0f && v[i] <= 65535.0f && v[i] == (float)(int)v[i]) ||
             (i < 2 && v[i] > (i ? (float)RESBM__MAX_ATTEMPT : 1.0f))) {
             snprintf(st->why, sizeof(st->why), "stage %d sent a malformed job description", from);
-            st->agreed[side] = 0; st->hello_sent = 0;
+            st->agreed[side] = 0;
             return RESBM_EJOB;
         }
     /* a neighbour that restarted waits for our answer, match or not: so it too learns the truth */
@@ -5641,7 +5778,7 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
             else
                 snprintf(st->why, sizeof(st->why), "stages %d and %d run different jobs: %s is %lu here, %lu at stage %d",
                          st->s, from, resbm__job_names[i], (unsigned long)st->job[i], (unsigned long)theirs, from);
-            st->agreed[side] = 0; st->hello_sent = 0;
+            st->agreed[side] = 0;
             return RESBM_EJOB;
         }
     }
@@ -5703,11 +5840,16 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
     double deadline = resbm__now() + (st->cfg.timeout_ms > 0 ? st->cfg.timeout_ms / 1000.0 : 0.0);
     unsigned want_for = (micro >> 20) & 15u;
     float scratch[RESBM__JOB_FLOATS]; /* where a frame lands that was expected to be a hello */
-    for (;;) {
+    size_t passed = 0;                /* frames dropped or handled on the way */
+    for (;; passed++) {
         resbm_frame_info f, e;
         size_t len = 0;
         double t0 = resbm__now();
         int rc, whole, wait_ms = st->cfg.timeout_ms;
+        /* frames that keep coming (a peer or a transport redelivering old ones) do not stretch
+           the wait past its deadline; a poll (timeout 0) looks at a bounded number */
+        if (passed && (wait_ms > 0 ? t0 >= deadline : wait_ms == 0 && passed >= 4096))
+            return RESBM_ETIMEDOUT;
         if (wait_ms > 0) {
             double left = deadline - t0;
             wait_ms = left > 0.0 ? (int)RESBM__MIN(ceil(left * 1000.0), 2147483647.0) : 0;
@@ -5724,7 +5866,9 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
                 if (want_for == RESBM__FOR_JOB) return RESBM_OK;
                 continue;
             }
-            if (purpose == RESBM__FOR_ABORT) {
+            if (purpose == RESBM__FOR_ABORT && want_for != RESBM__FOR_JOB) { /* (while the job is not
+                agreed, a neighbour's abort is about steps this stage took no part in: dropped
+                below, and the hello's answer brings its attempt up to date) */
                 int stale;
                 rc = resbm__stage_abort_in(st, from, &f, len, &stale);
                 if (!stale) return rc;
@@ -5760,23 +5904,25 @@ static int resbm__stage_begin(resbm_stage *st) {
         if (st->model->in_stream) resbm__async_drop(st); /* its steps ran on other weights */
         st->agreed[0] = st->s == 0;
         st->agreed[1] = st->s == st->S - 1;
-        st->hello_sent = 0;
+       
         st->attempt = 0;
         st->synced_loads = st->model->loads;
     }
     st->step = (uint64_t)st->model->step;
     if (!st->model->in_stream) st->tag = st->step;
-    if (st->attempt >= RESBM__MAX_ATTEMPT) {
-        snprintf(st->why, sizeof(st->why), "step %lu failed %d times: restart from a checkpoint",
-                 (unsigned long)st->step, st->attempt);
-        return RESBM_ESTATE;
+    if (st->attempt >= RESBM__MAX_ATTEMPT) { /* the frames' attempt field is full: agree on the
+        job again, which drops whatever failed attempts left in flight, and count from 0 (the
+        neighbours reach the limit with the same failures and do the same) */
+        st->agreed[0] = st->s == 0;
+        st->agreed[1] = st->s == st->S - 1;
+       
+        st->attempt = 0;
     }
     if (st->agreed[0] && st->agreed[1]) return RESBM_OK;
-    if (!st->hello_sent) {
-        for (side = 0; side < 2; side++)
-            if (!st->agreed[side]) RESBM__TRY(resbm__stage_hello(st, st->s + (side ? 1 : -1), 0));
-        st->hello_sent = 1;
-    }
+    /* every call that is not agreed yet says hello again: one may have been lost, and a neighbour
+       that took ours already answers the next one */
+    for (side = 0; side < 2; side++)
+        if (!st->agreed[side]) RESBM__TRY(resbm__stage_hello(st, st->s + (side ? 1 : -1), 0));
     for (side = 0; side < 2; side++)
         if (!st->agreed[side])
             RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
@@ -5800,7 +5946,8 @@ static int resbm__stage_end(resbm_stage *st, int rc) {
     if (!st->why[0])
         snprintf(st->why, sizeof(st->why), "stage %d, step %lu: %s", st->s, (unsigned long)st->step,
                  resbm_strerror(rc));
-    if (st->attempt >= RESBM__MAX_ATTEMPT) return rc; /* this stage is done until it is reset */
+    if (st->attempt >= RESBM__MAX_ATTEMPT) return rc; /* no attempt left to tag an abort with: the
+                                                         next call agrees on the job again */
     /* before the job is agreed nothing has flowed, so there is nothing to abort, except that a
        neighbour already agreed must hear that this one refuses the job */
     if (rc != RESBM_EJOB && !(st->agreed[0] && st->agreed[1])) return rc;
@@ -6165,16 +6312,29 @@ static int resbm__async_flush_run(resbm_stage *st) {
     return RESBM_OK;
 }
 
+/* One call at a time per stage: a second one (a transport or host callback calling back in, or
+   another thread) gets RESBM_ESTATE and changes nothing. */
+static int resbm__stage_enter(resbm_stage *st) {
+    int idle = 0;
+    if (!st) return RESBM_EINVAL;
+    return __atomic_compare_exchange_n(&st->busy, &idle, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)
+               ? RESBM_OK : RESBM_ESTATE;
+}
+static int resbm__stage_leave(resbm_stage *st, int rc) {
+    __atomic_store_n(&st->busy, 0, __ATOMIC_RELEASE);
+    return rc;
+}
+
 RESBMDEF int resbm_stage_flush(resbm_stage *st, float *loss) {
     int rc = RESBM_OK;
-    if (!st) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_enter(st));
     if (st->model->in_stream) {
         rc = resbm__stage_begin(st);
         if (!rc && st->model->in_stream) rc = resbm__async_flush_run(st);
         rc = resbm__stage_end(st, rc);
     }
     if (!rc && loss && st->stats.loss_step >= 0) *loss = st->last_loss;
-    return rc;
+    return resbm__stage_leave(st, rc);
 }
 
 /* Stage 0's token ids and the last stage's targets, n of each, below the vocabulary. */
@@ -6190,7 +6350,7 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
     resbm_model *m;
     size_t T;
     int rc;
-    if (!st) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_enter(st));
     m = st->model;
     T = (size_t)m->cfg.seq;
     /* bad input fails the step on every stage (the neighbours are waiting for it), like any fault */
@@ -6203,7 +6363,7 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
         rc = st->cfg.schedule == RESBM_SCHEDULE_ASYNC && st->step >= (uint64_t)st->cfg.async_warmup
                  ? resbm__async_step_run(st, tokens, targets, loss)
                  : resbm__stage_step_run(st, tokens, targets, loss);
-    return resbm__stage_end(st, rc);
+    return resbm__stage_leave(st, resbm__stage_end(st, rc));
 }
 
 /* Sends a small control vector to stage s - 1 after receiving it from s + 1 (the last stage
@@ -6272,7 +6432,7 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
     resbm_model *m;
     size_t T;
     int rc;
-    if (!st) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_enter(st));
     m = st->model;
     T = (size_t)m->cfg.seq;
     rc = resbm__stage_begin(st);
@@ -6282,7 +6442,37 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
     if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
     if (!rc && m->in_stream) rc = resbm__async_flush_run(st); /* the model after every step */
     if (!rc) rc = resbm__stage_eval_run(st, tokens, targets, rows, loss);
-    return resbm__stage_end(st, rc);
+    return resbm__stage_leave(st, resbm__stage_end(st, rc));
+}
+
+/* What only stage 0 and the last stage use must still be the same everywhere: stage 0 sends its
+   window length (the prompt as the window sees it), count, temperature and seed down the
+   pipeline first, each as exact 16-bit halves, and a stage asked for anything else fails the
+   call (else the last stage would sample at another position, silently). */
+static int resbm__stage_generate_agree(resbm_stage *st, size_t window, size_t n_new, float temperature,
+                                       uint64_t seed) {
+    static const char *const names[4] = {"prompt length (up to seq)", "n_new", "temperature", "seed"};
+    uint32_t tb = resbm__fbits(temperature), micro = RESBM__MICRO(st->attempt, RESBM__FOR_GEN, 0);
+    float want[8], got[8];
+    int k;
+    want[0] = (float)window; /* <= seq and <= 2^20 + 1: exact */
+    want[1] = (float)n_new;
+    want[2] = (float)(tb >> 16);
+    want[3] = (float)(tb & 0xffffu);
+    for (k = 0; k < 4; k++) want[4 + k] = (float)((seed >> (48 - 16 * k)) & 0xffffu);
+    if (!st->model->first) {
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, micro, 1, 8, got));
+        for (k = 0; k < 8; k++)
+            if (got[k] != want[k]) {
+                int f = k < 2 ? k : k < 4 ? 2 : 3;
+                snprintf(st->why, sizeof(st->why), "stage %d, generate: %s differs from stage 0's", st->s,
+                         names[f]);
+                return RESBM_EINVAL;
+            }
+    }
+    if (!st->model->last)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, micro, 1, 8, want));
+    return RESBM_OK;
 }
 
 static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
@@ -6291,6 +6481,7 @@ static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, siz
     size_t T = (size_t)m->cfg.seq, V = (size_t)m->cfg.vocab, i;
     resbm_rng rng;
     RESBM__TRY(resbm_model_release(m, 0));
+    RESBM__TRY(resbm__stage_generate_agree(st, RESBM__MIN(n_prompt, T), n_new, temperature, seed));
     resbm_rng_seed(&rng, seed, 0x5a);
     for (i = 0; i < n_new; i++) {
         size_t have = n_prompt + i, len = RESBM__MIN(have, T), j;
@@ -6332,7 +6523,7 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out) {
     resbm_model *m;
     int rc;
-    if (!st) return RESBM_EINVAL;
+    RESBM__TRY(resbm__stage_enter(st));
     m = st->model;
     rc = resbm__stage_begin(st);
     if (!rc && (n_prompt == 0 || (n_new && !out) || !resbm__finite(temperature) ||
@@ -6341,7 +6532,7 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
     if (!rc && m->first && !resbm__targets_ok(prompt, n_prompt, (size_t)m->cfg.vocab)) rc = RESBM_ERANGE;
     if (!rc && m->in_stream) rc = resbm__async_flush_run(st);
     if (!rc) rc = resbm__stage_generate_run(st, prompt, n_prompt, n_new, temperature, seed, out);
-    return resbm__stage_end(st, rc);
+    return resbm__stage_leave(st, resbm__stage_end(st, rc));
 }
 
 /* ---- safetensors ------------------------------------------------------------------------------ */
@@ -6896,22 +7087,26 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
     resbm_st_entry *e;
     char *names, cfg[256], step[32];
     const char **kv;
-    size_t i, j, n = 0, cap = 0, k;
+    size_t i, j, n = 0, cap = 0, k, bytes, t0, t1, t2;
     int rc;
     if (!path || !models || n_models == 0 || (n_meta && !meta_kv)) return RESBM_EINVAL;
     for (i = 0; i < n_models; i++) {
         if (!models[i] || models[i]->step != models[0]->step || models[i]->opt.kind != models[0]->opt.kind)
             return RESBM_EINVAL;
         if (models[i]->in_stream) return RESBM_ESTATE; /* its steps in flight would be lost */
-        cap += 3 * models[i]->nparams;
+        if (resbm_size_mul(&t0, 3, models[i]->nparams) || resbm_size_add(&cap, cap, t0)) return RESBM_EOVERFLOW;
     }
+    /* the entries, their names, and the metadata's pointers, in one block */
+    if (resbm_size_mul(&t0, cap, sizeof(resbm_st_entry) + RESBM_NAME_MAX * 2) ||
+        resbm_size_mul(&t1, n_meta, 2) || resbm_size_add(&t1, t1, 8) || resbm_size_mul(&t2, t1, sizeof(char *)) ||
+        resbm_size_add(&bytes, t0, t2))
+        return RESBM_EOVERFLOW;
     for (i = 0; i < n_models; i++) { /* a file the loader would refuse is never written */
         int ok = 0;
         RESBM__TRY(resbm__model_finite(models[i], &ok));
         if (!ok) return RESBM_ENONFINITE;
     }
-    e = (resbm_st_entry *)resbm__alloc(cap * sizeof(resbm_st_entry) + cap * RESBM_NAME_MAX * 2 +
-                                       (2 * n_meta + 8) * sizeof(char *), NULL);
+    e = (resbm_st_entry *)resbm__alloc(bytes, NULL);
     if (!e) return RESBM_ENOMEM;
     names = (char *)(e + cap);
     kv = (const char **)(names + cap * RESBM_NAME_MAX * 2);
@@ -6991,11 +7186,12 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
         }
     }
     v = resbm_safetensors_meta(f, "opt");
-    if (!v || strcmp(v, resbm__opt_name(models[0]->opt.kind))) {
-        rc = resbm__why(why, why_len, RESBM_EFORMAT, "optimizer state is for %s, this run uses %s", v ? v : "(none)",
-                        resbm__opt_name(models[0]->opt.kind));
-        goto done;
-    }
+    for (i = 0; i < n_models; i++) /* every model's moments are read as the file's kind */
+        if (!v || strcmp(v, resbm__opt_name(models[i]->opt.kind))) {
+            rc = resbm__why(why, why_len, RESBM_EFORMAT, "optimizer state is for %s, this run uses %s", v ? v : "(none)",
+                            resbm__opt_name(models[i]->opt.kind));
+            goto done;
+        }
     /* pass 0 checks every tensor; pass 1 copies (nothing changes unless pass 0 succeeded) */
     for (pass = 0; pass < 2; pass++)
         for (i = 0; i < n_models; i++)

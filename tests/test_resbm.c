@@ -654,6 +654,191 @@ static void tiny_batch(int32_t *tok, int32_t *tg, size_t n, int V, uint64_t seed
     for (i = 0; i < n; i++) { tok[i] = (int32_t)(resbm_rng_u32(&r) % (uint32_t)V); tg[i] = (int32_t)(resbm_rng_u32(&r) % (uint32_t)V); }
 }
 
+
+static void rand_fill(float *x, size_t n, float scale, uint64_t seed) {
+    resbm_rng r;
+    size_t i;
+    resbm_rng_seed(&r, seed, 11);
+    for (i = 0; i < n; i++) x[i] = resbm_rng_normal(&r) * scale;
+}
+
+/* A kernel refuses outputs that share memory with its inputs (each would silently compute from
+   values it had already overwritten) and sizes whose bytes overflow, and leaves every buffer as
+   it was; elementwise kernels still run exactly in place, with the bits of the out-of-place call. */
+static void test_kernels_refuse_overlap(void) {
+    enum { N = 8, D = 300, O = 5 };
+    float *x = (float *)calloc(N * D, 4), *w = (float *)calloc(O * D, 4), *dout = (float *)calloc(N * D, 4);
+    float *dx = (float *)calloc(N * D, 4), *dw = (float *)calloc(O * D, 4), *y = (float *)calloc(N * D, 4);
+    float *snap = (float *)calloc(N * D, 4), g[D], rstd[N], q[4 * 8], lse[4];
+    int32_t tok[N] = {0};
+    int i;
+    rand_fill(x, N * D, 1.0f, 1); rand_fill(w, O * D, 1.0f, 2); rand_fill(dout, N * D, 1.0f, 3);
+    rand_fill(g, D, 1.0f, 4); rand_fill(q, 32, 1.0f, 5);
+    memcpy(snap, x, N * D * 4);
+    CHECK_RC(resbm_gemm(NULL, RESBM_GEMM_NT, 0, x, x, w, N, O, D), RESBM_EINVAL);
+    CHECK_RC(resbm_gemm_ref(RESBM_GEMM_NT, 0, x + 3, x, w, N, O, D), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_forward(NULL, x, x, w, N, D, O), RESBM_EINVAL);
+    CHECK(!memcmp(snap, x, N * D * 4), "a refused call wrote its input");
+    /* backward: dx over dout (its dw would read the dx just written), dx over x, dw over x */
+    memcpy(dx, dout, N * D * 4);
+    CHECK_RC(resbm_linear_backward(NULL, dout, dw, dout, x, w, N, D, O, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_backward(NULL, x, dw, dout, x, w, N, D, O, 0), RESBM_EINVAL);
+    CHECK_RC(resbm_linear_backward(NULL, dx, x + D, dout, x, w, N, D, O, 0), RESBM_EINVAL);
+    CHECK(!memcmp(snap, x, N * D * 4) && !memcmp(dx, dout, N * D * 4), "a refused backward wrote");
+    for (i = 0; i < O * D; i++) CHECK(dw[i] == 0.0f, "dw[%d] written by a refused call", i);
+    CHECK_RC(resbm_rmsnorm_forward(NULL, x + 1, rstd, x, g, N, D), RESBM_EINVAL); /* shifted */
+    CHECK_RC(resbm_rmsnorm_forward(NULL, y, (float *)x, x, g, N, D), RESBM_EINVAL);
+    CHECK_RC(resbm_attention_forward(NULL, q, lse, q, q + 8, q + 16, 4, 4, 2, 1), RESBM_EINVAL);
+    CHECK_RC(resbm_embedding_forward(x, tok, x + D, N, D, 1), RESBM_EINVAL);
+    CHECK_RC(resbm_embedding_forward(x, tok, w, 1, (size_t)-1 / 4 + 2, 1), RESBM_EOVERFLOW);
+    CHECK_RC(resbm_embedding_backward(w, x, tok, 1, (size_t)-1 / 4 + 2, 1), RESBM_EOVERFLOW);
+    CHECK_RC(resbm_xent_backward(NULL, y, x, tok, N, 4, NAN), RESBM_EINVAL);
+    CHECK(!memcmp(snap, x, N * D * 4), "a refused call wrote its input");
+    /* exactly in place stays allowed where the kernel is elementwise, and gives the same bits */
+    CHECK_RC(resbm_rmsnorm_forward(NULL, y, rstd, x, g, N, D), RESBM_OK);
+    CHECK_RC(resbm_rmsnorm_forward(NULL, x, rstd, x, g, N, D), RESBM_OK);
+    CHECK(!memcmp(x, y, N * D * 4), "rmsnorm in place differs");
+    memcpy(x, snap, N * D * 4);
+    CHECK_RC(resbm_swiglu_forward(NULL, y, x, dout, N * D), RESBM_OK);
+    CHECK_RC(resbm_swiglu_forward(NULL, x, x, dout, N * D), RESBM_OK);
+    CHECK(!memcmp(x, y, N * D * 4), "swiglu in place differs");
+    free(x); free(w); free(dout); free(dx); free(dw); free(y); free(snap);
+}
+
+/* Without a pool, a backward of several GEMMs used to allocate before each: running out of memory
+   at the second left dx or the first weight gradient accumulated. Now every failing allocation
+   leaves every gradient as it was. */
+static void test_backward_enomem_untouched(void) {
+    enum { N = 6, D = 20, O = 7 };
+    float x[N * D], w[O * D], dout[N * O], dx[N * D], dw[O * D], dx0[N * D], dw0[O * D];
+    long n;
+    int rc = -1;
+    rand_fill(x, N * D, 1.0f, 1); rand_fill(w, O * D, 1.0f, 2); rand_fill(dout, N * O, 1.0f, 3);
+    rand_fill(dx0, N * D, 1.0f, 4); rand_fill(dw0, O * D, 1.0f, 5);
+    for (n = 0; n < 8 && rc; n++) {
+        memcpy(dx, dx0, sizeof(dx)); memcpy(dw, dw0, sizeof(dw));
+        ta_calls = 0; ta_live = 0; ta_fail_at = n;
+        rc = resbm_linear_backward(NULL, dx, dw, dout, x, w, N, D, O, 1);
+        CHECK(rc == RESBM_OK || rc == RESBM_ENOMEM, "rc %d", rc);
+        if (rc) CHECK(!memcmp(dx, dx0, sizeof(dx)) && !memcmp(dw, dw0, sizeof(dw)), "failing allocation %ld left a gradient changed", n);
+        CHECK(ta_live == 0, "leaked %ld", ta_live);
+    }
+    ta_fail_at = -1;
+    CHECK_RC(rc, RESBM_OK);
+    CHECK(memcmp(dw, dw0, sizeof(dw)) != 0, "the successful call did nothing");
+}
+
+/* A squared norm that is NaN, negative or infinite (a float total of finite gradients can be)
+   has no clip multiplier: NaN, which every update refuses, never 0 (a silent step of weight decay
+   alone) or 1 (no clipping). */
+static void test_clip_scale_refuses_bad_totals(void) {
+    resbm_opt_config o = resbm_opt_config_default();
+    resbm_model_config c = tiny_config();
+    resbm_model *m = NULL;
+    float s, *snap;
+    CHECK(resbm_clip_scale(&o, NAN) != resbm_clip_scale(&o, NAN), "NaN total gives a number");
+    CHECK(resbm_clip_scale(&o, -1.0) != resbm_clip_scale(&o, -1.0), "negative total gives a number");
+    CHECK(resbm_clip_scale(&o, HUGE_VAL) != resbm_clip_scale(&o, HUGE_VAL), "infinite total gives a number");
+    s = resbm_clip_scale(&o, 8.8e41); /* past FLT_MAX: fine as the double it is */
+    CHECK(s > 0.0f && s < 1e-19f, "scale %g", (double)s);
+    CHECK_NEAR(resbm_clip_scale(&o, 4.0), 0.5, 1e-6);
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_OK);
+    if (!m) return;
+    snap = params_snapshot(m);
+    CHECK_RC(resbm_model_update(m, resbm_clip_scale(&o, HUGE_VAL)), RESBM_EINVAL);
+    CHECK(!params_changed(m, snap) && resbm_model_step_count(m) == 0, "a refused update changed the model");
+    /* the schedule's multiplier is NaN for a schedule init refuses, and has no overflow */
+    o.warmup = -1; o.total_steps = 2147483647;
+    CHECK(resbm_lr_factor(&o, 5) != resbm_lr_factor(&o, 5), "negative warm-up gives a number");
+    o = resbm_opt_config_default(); o.min_lr_frac = NAN;
+    CHECK(resbm_lr_factor(&o, 5) != resbm_lr_factor(&o, 5), "NaN floor gives a number");
+    o.min_lr_frac = -5.0f;
+    CHECK(resbm_lr_factor(&o, 5000) != resbm_lr_factor(&o, 5000), "negative floor gives a number");
+    o = resbm_opt_config_default(); o.warmup = 0; o.total_steps = 2147483647;
+    s = resbm_lr_factor(&o, 9223372036854775807L);
+    CHECK(s >= 0.1f && s <= 1.0f, "factor %g", (double)s);
+    free(snap);
+    resbm_model_free(m);
+}
+
+/* Loading checks every model's optimizer against the file's, not the first one's: Muon's momentum
+   must never be filled with AdamW's first moment. */
+static void test_checkpoint_optimizer_of_every_model(void) {
+    resbm_model_config c = tiny_config();
+    resbm_opt_config adam = resbm_opt_config_default(), muon = resbm_opt_config_default();
+    resbm_model *m[2] = {NULL, NULL}, *mixed[2] = {NULL, NULL};
+    const char *path = tmp_path("resbm_test_mixed_opt.safetensors");
+    char why[256];
+    float *snap;
+    size_t np, i;
+    const resbm_param *ps;
+    float *mom = NULL, *mom0 = NULL;
+    int s;
+    c.stages = 2; muon.kind = RESBM_OPT_MUON;
+    for (s = 0; s < 2; s++) {
+        c.stage = s;
+        CHECK_RC(resbm_model_init(&c, &adam, &m[s]), RESBM_OK);
+        CHECK_RC(resbm_model_init(&c, s ? &muon : &adam, &mixed[s]), RESBM_OK);
+    }
+    if (!m[0] || !m[1] || !mixed[0] || !mixed[1]) return;
+    CHECK_RC(resbm_checkpoint_save(path, m, 2, NULL, 0), RESBM_OK);
+    snap = params_snapshot(mixed[1]);
+    ps = resbm_model_params(mixed[1], &np);
+    for (i = 0; i < np && !mom; i++)
+        if (ps[i].kind == RESBM_PARAM_HIDDEN && ps[i].m) {
+            mom = ps[i].m;
+            mom0 = (float *)malloc(ps[i].value.ne[0] * ps[i].value.ne[1] * 4);
+            memcpy(mom0, mom, ps[i].value.ne[0] * ps[i].value.ne[1] * 4);
+            np = i; /* remember which */
+        }
+    CHECK(mom != NULL, "no Muon momentum found");
+    CHECK_RC(resbm_checkpoint_load(path, mixed, 2, why, sizeof(why)), RESBM_EFORMAT);
+    CHECK(strstr(why, "muon") != NULL, "why: %s", why);
+    CHECK(!params_changed(mixed[1], snap), "a refused load changed %s", params_changed(mixed[1], snap));
+    if (mom) CHECK(!memcmp(mom, mom0, ps[np].value.ne[0] * ps[np].value.ne[1] * 4), "a refused load changed the momentum");
+    free(snap); free(mom0);
+    for (s = 0; s < 2; s++) { resbm_model_free(m[s]); resbm_model_free(mixed[s]); }
+    remove(path);
+}
+
+/* Sizes that wrap: a parameter total past 2^64 floats, and a metadata count whose pointer array
+   wraps, are refused as overflow before anything is allocated or read. */
+static void test_sizes_that_wrap(void) {
+    resbm_model_config c = resbm_model_config_default();
+    resbm_model *m = NULL;
+    const char *kv[2] = {"k", "v"};
+    c.d = 1 << 24; c.heads = 1 << 15; c.ff = 1; c.layers = 1 << 14; c.seq = 1; c.batch = 1;
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_EOVERFLOW);
+    CHECK(m == NULL, "model set on failure");
+    c = tiny_config();
+    CHECK_RC(resbm_model_init(&c, NULL, &m), RESBM_OK);
+    if (!m) return;
+    CHECK_RC(resbm_checkpoint_save(tmp_path("resbm_test_wrap.safetensors"), &m, 1, kv, (size_t)1 << 61), RESBM_EOVERFLOW);
+    resbm_model_free(m);
+    remove(tmp_path("resbm_test_wrap.safetensors"));
+}
+
+/* resbm_stage_slots refuses every config resbm_stage_init refuses (but needs no transport). */
+static void test_stage_slots_validates(void) {
+    resbm_stage_config c = resbm_stage_config_default();
+    int slots = 0, k;
+    c.model = tiny_config(); c.model.stages = 2;
+    CHECK_RC(resbm_stage_slots(&c, &slots), RESBM_OK);
+    CHECK(slots >= 1, "slots %d", slots);
+    for (k = 0; k < 5; k++) {
+        resbm_stage_config b = c;
+        resbm_stage *st = NULL;
+        if (k == 0) b.schedule = 7;
+        if (k == 1) b.model.heads = 3;
+        if (k == 2) b.model.d = -5;
+        if (k == 3) b.n_micro = 2000000000;
+        if (k == 4) b.opt.lr = -1.0f;
+        CHECK_RC(resbm_stage_slots(&b, &slots), RESBM_EINVAL);
+        CHECK_RC(resbm_stage_init(&b, &st), RESBM_EINVAL);
+    }
+    CHECK_RC(resbm_stage_slots(&c, NULL), RESBM_EINVAL);
+}
+
 /* ---- the bottleneck --------------------------------------------------------------------------- */
 enum { BN = 10, BD = 24, BR = 3, BM = 7 };
 
@@ -3120,6 +3305,126 @@ static int two_stages(resbm_inproc **hub, resbm_stage **st, size_t cap, int time
     return RESBM_OK;
 }
 
+/* A link an integrator might plug in: drops the first n frames stage 0 sends (its hello first),
+   replays one old activation forever on stage 1's receive, or calls back into the stage from
+   inside its receive (an event loop dispatching the host's next job). */
+typedef struct {
+    resbm_transport inner;
+    resbm_stage *self;
+    int drop_first, sent, replay, nested_rc, nest;
+    long replays;
+    unsigned char saved[4096];
+    size_t saved_len;
+} odd_link;
+
+static int odd_send(void *u, int peer, const void *buf, size_t len) {
+    odd_link *l = (odd_link *)u;
+    if (l->sent++ < l->drop_first) return RESBM_OK; /* lost on the way */
+    return l->inner.send(l->inner.user, peer, buf, len);
+}
+
+static int odd_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int timeout_ms) {
+    odd_link *l = (odd_link *)u;
+    int rc;
+    if (l->nest) { /* the host's next job, run from inside this call */
+        int32_t tok[256], tg[256];
+        l->nest = 0;
+        pipe_batch(tok, tg, &resbm_stage_model(l->self)->cfg, 1, 0);
+        l->nested_rc = resbm_stage_step(l->self, tok, tg, 1, NULL);
+    }
+    if (l->replay && l->saved_len && l->saved_len <= cap) { /* an old frame, again and again */
+        struct timespec ms = {0, 1000000};
+        l->replays++;
+        nanosleep(&ms, NULL);
+        memcpy(buf, l->saved, l->saved_len);
+        *len = l->saved_len;
+        return RESBM_OK;
+    }
+    rc = l->inner.recv(l->inner.user, peer, buf, cap, len, timeout_ms);
+    if (!rc && !l->saved_len && *len >= 40 && *len <= sizeof(l->saved) && ((unsigned char *)buf)[6] == RESBM_KIND_ACT) {
+        memcpy(l->saved, buf, *len);
+        l->saved_len = *len;
+    }
+    return rc;
+}
+
+static int odd_stages(resbm_inproc **hub, resbm_stage **st, odd_link *link, int timeout_ms) {
+    resbm_model_config mc = pipe_config();
+    resbm_stage_config c = resbm_stage_config_default();
+    int s, rc;
+    mc.stages = 2; mc.layers = 2;
+    if ((rc = resbm_inproc_init(2, 1 << 20, hub))) return rc;
+    for (s = 0; s < 2; s++) {
+        memset(&link[s], 0, sizeof(link[s]));
+        c.model = mc; c.model.stage = s; c.timeout_ms = timeout_ms;
+        resbm_inproc_transport(*hub, s, &link[s].inner);
+        c.transport.user = &link[s]; c.transport.send = odd_send; c.transport.recv = odd_recv;
+        if ((rc = resbm_stage_init(&c, &st[s]))) return rc;
+        link[s].self = st[s];
+    }
+    return RESBM_OK;
+}
+
+static void step_pair(resbm_stage **st, lone_arg *la) {
+    pthread_t th[2];
+    int s;
+    for (s = 0; s < 2; s++) { la[s].st = st[s]; pthread_create(&th[s], NULL, lone_step, &la[s]); }
+    for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+}
+
+/* A lost hello is repaired (the transport contract allows a lost message): the next calls say
+   hello again, and the stages train on. Before, neither side ever sent another and every call
+   timed out forever. */
+static void test_lost_hello_repaired(void) {
+    resbm_inproc *hub;
+    resbm_stage *st[2];
+    odd_link link[2];
+    lone_arg la[2];
+    int call, ok = 0;
+    CHECK_RC(odd_stages(&hub, st, link, 300), RESBM_OK);
+    if (th_fail_now) return;
+    link[0].drop_first = 1; /* stage 0's hello */
+    for (call = 0; call < 6 && !ok; call++) {
+        step_pair(st, la);
+        ok = la[0].rc == RESBM_OK && la[1].rc == RESBM_OK;
+    }
+    CHECK(ok, "still failing after %d calls: %s / %s (%s)", call, resbm_strerror(la[0].rc), resbm_strerror(la[1].rc),
+          resbm_stage_why(st[1]));
+    CHECK(resbm_model_step_count(resbm_stage_model(st[0])) == 1 && resbm_model_step_count(resbm_stage_model(st[1])) == 1,
+          "steps %ld / %ld", resbm_model_step_count(resbm_stage_model(st[0])), resbm_model_step_count(resbm_stage_model(st[1])));
+    resbm_stage_free(st[0]); resbm_stage_free(st[1]);
+    resbm_inproc_free(hub);
+}
+
+/* A call from inside a callback of the same stage is refused (RESBM_ESTATE) and changes nothing;
+   before, it ran a whole step and the outer call then trained on the next step's frames. And
+   stale frames that keep coming do not stretch a receive past its timeout. */
+static void test_stage_reentry_and_endless_stale(void) {
+    resbm_inproc *hub;
+    resbm_stage *st[2];
+    odd_link link[2];
+    lone_arg la[2];
+    CHECK_RC(odd_stages(&hub, st, link, 300), RESBM_OK);
+    if (th_fail_now) return;
+    link[1].nest = 1;
+    link[1].nested_rc = 12345;
+    step_pair(st, la);
+    CHECK_RC(link[1].nested_rc, RESBM_ESTATE);
+    CHECK(la[0].rc == RESBM_OK && la[1].rc == RESBM_OK, "%s / %s", resbm_strerror(la[0].rc), resbm_strerror(la[1].rc));
+    CHECK(resbm_model_step_count(resbm_stage_model(st[1])) == 1, "stage 1 at step %ld",
+          resbm_model_step_count(resbm_stage_model(st[1])));
+    /* step 1: stage 1 receives step 0's first activation, again and again, 1 ms apart */
+    CHECK(link[1].saved_len > 0, "no activation seen");
+    link[1].replay = 1;
+    la[1].st = st[1];
+    lone_step(&la[1]);
+    CHECK_RC(la[1].rc, RESBM_ETIMEDOUT);
+    CHECK(link[1].replays < 3000, "the receive ran on for %ld stale frames (timeout 300 ms, 1 ms apart)", link[1].replays);
+    link[1].replay = 0;
+    resbm_stage_free(st[0]); resbm_stage_free(st[1]);
+    resbm_inproc_free(hub);
+}
+
 /* A missing or closed peer fails the step with a clear code, applies no update, and the same
    step can be retried. */
 static void test_pipeline_failures(void) {
@@ -4453,6 +4758,69 @@ static void test_job_agreement(void) {
 }
 #endif
 
+typedef struct { resbm_stage *st; size_t n_prompt; float temperature; uint64_t seed; int rc; int32_t out[4]; } gen_arg;
+static void *gen_thread(void *p) {
+    gen_arg *a = (gen_arg *)p;
+    static const int32_t prompt[5] = {3, 1, 4, 1, 5};
+    a->rc = resbm_stage_generate(a->st, prompt, a->n_prompt, 4, a->temperature, a->seed, a->out);
+    return NULL;
+}
+
+/* Two stages generate together; each argument set per stage. */
+static void gen_pair(resbm_stage **st, gen_arg *a) {
+    pthread_t th[2];
+    int s;
+    for (s = 0; s < 2; s++) { a[s].st = st[s]; pthread_create(&th[s], NULL, gen_thread, &a[s]); }
+    for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+}
+
+/* Only stage 0 reads the prompt and only the last stage samples, but every stage must be asked
+   the same: a stage given another prompt length, count, temperature or seed fails the call (the
+   last stage would otherwise sample at the wrong position, silently). And refused calls never
+   use a stage up: 300 of them in a row (more than the frames' 8-bit attempt field counts), with
+   frames of each left unread in the link, and the next good call still runs. */
+static void test_generate_agreement_and_refusals(void) {
+    resbm_inproc *hub;
+    resbm_stage *st[2];
+    gen_arg a[2], good[2];
+    int s, k;
+    CHECK_RC(two_stages(&hub, st, 1 << 20, 3000), RESBM_OK);
+    if (th_fail_now) return;
+    for (s = 0; s < 2; s++) { good[s].n_prompt = 5; good[s].temperature = 0.8f; good[s].seed = 9; }
+    gen_pair(st, good);
+    CHECK(good[0].rc == RESBM_OK && good[1].rc == RESBM_OK, "%s / %s", resbm_strerror(good[0].rc), resbm_strerror(good[1].rc));
+    CHECK(!memcmp(good[0].out, good[1].out, sizeof(good[0].out)), "stages disagree");
+    for (k = 0; k < 3; k++) { /* stage 1 asked for a shorter prompt, another seed, temperature */
+        a[0] = good[0]; a[1] = good[1];
+        if (k == 0) a[1].n_prompt = 3;
+        if (k == 1) a[1].seed = 10;
+        if (k == 2) a[1].temperature = 0.7f;
+        gen_pair(st, a);
+        CHECK(a[1].rc == RESBM_EINVAL && a[0].rc == RESBM_EPEER, "case %d: %s / %s", k, resbm_strerror(a[0].rc),
+              resbm_strerror(a[1].rc));
+        CHECK(strstr(resbm_stage_why(st[1]), k == 0 ? "prompt" : k == 1 ? "seed" : "temperature") != NULL,
+              "case %d: why %s", k, resbm_stage_why(st[1]));
+    }
+    for (k = 0; k < 300; k++) { /* stage 1 refuses its arguments after stage 0 sent its frames */
+        a[0] = good[0]; a[1] = good[1];
+        a[1].temperature = 0.0f;
+        gen_pair(st, a);
+        if (a[1].rc != RESBM_EINVAL || a[0].rc != RESBM_EPEER) {
+            CHECK(0, "refusal %d: %s / %s (%s)", k, resbm_strerror(a[0].rc), resbm_strerror(a[1].rc), resbm_stage_why(st[0]));
+            break;
+        }
+    }
+    a[0] = good[0]; a[1] = good[1];
+    gen_pair(st, a);
+    CHECK(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK, "after refusals: %s / %s (%s)", resbm_strerror(a[0].rc),
+          resbm_strerror(a[1].rc), resbm_stage_why(st[1]));
+    CHECK(!memcmp(a[0].out, good[0].out, sizeof(good[0].out)) && !memcmp(a[1].out, good[0].out, sizeof(good[0].out)),
+          "the same call samples other tokens after refusals");
+    for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+    resbm_inproc_free(hub);
+}
+
+
 #ifndef RESBM_NO_THREADS
 /* After a job mismatch the stages agree again once the job is fixed on either side: here stage
    1 reloads an older checkpoint (both refuse the next step: the steps differ), then stage 0
@@ -4847,6 +5215,12 @@ int main(int argc, char **argv) {
     RUN(test_grad_stages_microbatches);
     RUN(test_generate_and_eval_oracles);
     RUN(test_checkpoint_write_fails_cleanly);
+    RUN(test_kernels_refuse_overlap);
+    RUN(test_backward_enomem_untouched);
+    RUN(test_clip_scale_refuses_bad_totals);
+    RUN(test_checkpoint_optimizer_of_every_model);
+    RUN(test_sizes_that_wrap);
+    RUN(test_stage_slots_validates);
     RUN(test_crc32c);
     RUN(test_vector_exp);
     RUN(test_wire_conversions);
@@ -4866,6 +5240,8 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_single_stage_and_threads);
     RUN(test_pipeline_wire_bytes);
     RUN(test_pipeline_failures);
+    RUN(test_lost_hello_repaired);
+    RUN(test_stage_reentry_and_endless_stale);
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
     RUN(test_peer_values_checked);
@@ -4876,6 +5252,7 @@ int main(int argc, char **argv) {
     RUN(test_transport_codes);
     RUN(test_job_agreement);
     RUN(test_job_recovers_after_reload);
+    RUN(test_generate_agreement_and_refusals);
     RUN(test_transport_check);
     RUN(test_pipeline_eval_generate);
 #endif
