@@ -4758,6 +4758,8 @@ static void test_job_agreement(void) {
 }
 #endif
 
+
+#ifndef RESBM_NO_THREADS
 typedef struct { resbm_stage *st; size_t n_prompt; float temperature; uint64_t seed; int rc; int32_t out[4]; } gen_arg;
 static void *gen_thread(void *p) {
     gen_arg *a = (gen_arg *)p;
@@ -4821,7 +4823,6 @@ static void test_generate_agreement_and_refusals(void) {
 }
 
 
-#ifndef RESBM_NO_THREADS
 /* After a job mismatch the stages agree again once the job is fixed on either side: here stage
    1 reloads an older checkpoint (both refuse the next step: the steps differ), then stage 0
    reloads its own from the same step, and the next step runs on both. (Stage 1 had sent its one
