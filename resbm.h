@@ -2075,7 +2075,8 @@ static void resbm__gemm_sym_serial(int form, float *C, const float *A, const flo
 
 /* One buffer of a kernel call: rows x cols values of 4 bytes, read (RESBM__IN), written
    (RESBM__OUT), or written where it may also be exactly one of the inputs of its size
-   (RESBM__INPLACE: an elementwise kernel reads each value before it writes it). */
+   (RESBM__INPLACE: an elementwise kernel reads each value before it writes it; never another
+   output). */
 enum { RESBM__IN = 0, RESBM__OUT = 1, RESBM__INPLACE = 2 };
 typedef struct { const void *p; size_t rows, cols; int use; } resbm__buf;
 
@@ -2090,8 +2091,8 @@ static int resbm__bufs_ok(const resbm__buf *b, size_t n /* <= 16 */) {
     for (i = 0; i < n; i++)
         for (j = i + 1; j < n; j++) {
             uintptr_t x = (uintptr_t)b[i].p, y = (uintptr_t)b[j].p;
-            int inplace = (b[i].use == RESBM__INPLACE || b[j].use == RESBM__INPLACE) && x == y &&
-                          bytes[i] == bytes[j];
+            int inplace = ((b[i].use == RESBM__INPLACE && b[j].use == RESBM__IN) ||
+                           (b[j].use == RESBM__INPLACE && b[i].use == RESBM__IN)) && x == y && bytes[i] == bytes[j];
             if (!b[i].use && !b[j].use) continue; /* inputs may share memory */
             if (!x || !y || !bytes[i] || !bytes[j] || inplace) continue;
             if (x < y + bytes[j] && y < x + bytes[i]) return RESBM_EINVAL;
@@ -2548,7 +2549,9 @@ RESBMDEF int resbm_linear_backward(resbm_pool *pool, float *dx, float *dw, const
 /* ---- RoPE ------------------------------------------------------------------------------------- */
 RESBMDEF int resbm_rope_tables(float *cos_t, float *sin_t, size_t T, size_t hd, double theta) {
     size_t p, j, half = hd / 2;
+    resbm__buf b[2] = {{cos_t, T, half, RESBM__OUT}, {sin_t, T, half, RESBM__OUT}};
     if (!cos_t || !sin_t || T == 0 || hd == 0 || hd % 2 || !(theta > 1.0)) return RESBM_EINVAL;
+    RESBM__TRY(resbm__bufs_ok(b, 2));
     for (p = 0; p < T; p++)
         for (j = 0; j < half; j++) {
             double ang = (double)p * pow(theta, -2.0 * (double)j / (double)hd);
@@ -5394,7 +5397,7 @@ struct resbm_stage {
     uint64_t step;                /* = the model's update count */
     uint64_t tag;                 /* the step the frames being sent and received belong to */
     int attempt;                  /* of this step: 0, and one more after each failure */
-    int agreed[2];                /* job agreement with the previous and the next stage */
+    int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
     int busy;                     /* a call runs: another one (from a callback, or a second
                                      thread) is refused instead of taking its frames */
     unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
@@ -5763,7 +5766,7 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
         if (!(v[i] >= 0.0f && v[i] <= 65535.0f && v[i] == (float)(int)v[i]) ||
             (i < 2 && v[i] > (i ? (float)RESBM__MAX_ATTEMPT : 1.0f))) {
             snprintf(st->why, sizeof(st->why), "stage %d sent a malformed job description", from);
-            st->agreed[side] = 0;
+            st->agreed[side] = 0; st->hello_sent = 0;
             return RESBM_EJOB;
         }
     /* a neighbour that restarted waits for our answer, match or not: so it too learns the truth */
@@ -5778,7 +5781,7 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
             else
                 snprintf(st->why, sizeof(st->why), "stages %d and %d run different jobs: %s is %lu here, %lu at stage %d",
                          st->s, from, resbm__job_names[i], (unsigned long)st->job[i], (unsigned long)theirs, from);
-            st->agreed[side] = 0;
+            st->agreed[side] = 0; st->hello_sent = 0;
             return RESBM_EJOB;
         }
     }
@@ -5834,36 +5837,47 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
 
 /* Receives the frame described by the arguments from `from`, all within one timeout: frames a
    failed attempt left behind are dropped, a neighbour's hello is answered, and a neighbour's
-   abort fails the call with RESBM_EPEER. Everything else must be exactly the frame expected. */
+   abort fails the call with RESBM_EPEER. Everything else must be exactly the frame expected.
+   Waiting for a hello, one that does not match is judged again by any newer one already queued
+   (a neighbour fixed after a while of failed calls has left a hello of each behind). */
 static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uint32_t micro,
                              size_t rows, size_t cols, float *x) {
     double deadline = resbm__now() + (st->cfg.timeout_ms > 0 ? st->cfg.timeout_ms / 1000.0 : 0.0);
     unsigned want_for = (micro >> 20) & 15u;
     float scratch[RESBM__JOB_FLOATS]; /* where a frame lands that was expected to be a hello */
-    size_t passed = 0;                /* frames dropped or handled on the way */
+    size_t passed = 0, late = 0;      /* frames dropped or handled on the way; after the deadline */
+    int mismatch = 0;                 /* a hello did not match: only what is queued is read now */
     for (;; passed++) {
         resbm_frame_info f, e;
         size_t len = 0;
         double t0 = resbm__now();
         int rc, whole, wait_ms = st->cfg.timeout_ms;
         /* frames that keep coming (a peer or a transport redelivering old ones) do not stretch
-           the wait past its deadline; a poll (timeout 0) looks at a bounded number */
-        if (passed && (wait_ms > 0 ? t0 >= deadline : wait_ms == 0 && passed >= 4096))
-            return RESBM_ETIMEDOUT;
+           the wait: past the deadline (a poll's is at once) what is already queued is still
+           read, without waiting, up to 1024 frames */
+        if (mismatch) wait_ms = 0;
+        if (passed && wait_ms >= 0 && (wait_ms == 0 || t0 >= deadline) && late++ >= 1024)
+            return mismatch ? RESBM_EJOB : RESBM_ETIMEDOUT;
         if (wait_ms > 0) {
             double left = deadline - t0;
             wait_ms = left > 0.0 ? (int)RESBM__MIN(ceil(left * 1000.0), 2147483647.0) : 0;
         }
         rc = st->cfg.transport.recv(st->cfg.transport.user, from, st->rbuf, st->frame_cap, &len, wait_ms);
         st->stats.wait_s += resbm__now() - t0;
-        if (rc) return resbm__transport_rc(rc);
+        if (rc) return mismatch && rc == RESBM_ETIMEDOUT ? RESBM_EJOB : resbm__transport_rc(rc);
         if (len > st->frame_cap) return RESBM_ETRANSPORT; /* a transport that broke its contract */
         whole = !resbm_frame_peek(st->rbuf, len, &f) && f.from_stage == (unsigned)from; /* one CRC pass */
         if (whole && f.to_stage == (unsigned)st->s && f.kind == RESBM_KIND_CONTROL) {
             unsigned purpose = (f.micro >> 20) & 15u;
             if (purpose == RESBM__FOR_JOB) {
-                RESBM__TRY(resbm__stage_hello_in(st, from, &f, len));
-                if (want_for == RESBM__FOR_JOB) return RESBM_OK;
+                rc = resbm__stage_hello_in(st, from, &f, len);
+                mismatch = rc == RESBM_EJOB && want_for == RESBM__FOR_JOB;
+                if (mismatch) continue;
+                RESBM__TRY(rc);
+                if (want_for == RESBM__FOR_JOB) {
+                    st->why[0] = 0; /* an older hello's mismatch is no failure */
+                    return RESBM_OK;
+                }
                 continue;
             }
             if (purpose == RESBM__FOR_ABORT && want_for != RESBM__FOR_JOB) { /* (while the job is not
@@ -5893,8 +5907,9 @@ static int resbm__stage_recv(resbm_stage *st, int kind, int dtype, int from, uin
 
 static void resbm__async_drop(resbm_stage *st);
 
-/* Before a call's first frame: refuse what cannot be retried, and agree on the job with both
-   neighbours (once, and again after this stage's model was loaded from a checkpoint). */
+/* Before a call's first frame: agree on the job with both neighbours (once, and again after
+   this stage's model was loaded from a checkpoint, after a mismatch, after a wait for a hello
+   timed out, and when the attempt field is full). */
 static int resbm__stage_begin(resbm_stage *st) {
     int side;
     st->why[0] = 0;
@@ -5904,7 +5919,7 @@ static int resbm__stage_begin(resbm_stage *st) {
         if (st->model->in_stream) resbm__async_drop(st); /* its steps ran on other weights */
         st->agreed[0] = st->s == 0;
         st->agreed[1] = st->s == st->S - 1;
-       
+        st->hello_sent = 0;
         st->attempt = 0;
         st->synced_loads = st->model->loads;
     }
@@ -5915,18 +5930,25 @@ static int resbm__stage_begin(resbm_stage *st) {
         neighbours reach the limit with the same failures and do the same) */
         st->agreed[0] = st->s == 0;
         st->agreed[1] = st->s == st->S - 1;
-       
+        st->hello_sent = 0;
         st->attempt = 0;
     }
     if (st->agreed[0] && st->agreed[1]) return RESBM_OK;
-    /* every call that is not agreed yet says hello again: one may have been lost, and a neighbour
-       that took ours already answers the next one */
+    /* hello once per load or mismatch, and again after a wait for the neighbour's timed out (ours
+       or its answer may have been lost; a neighbour that took ours answers the next): not on
+       every call, or a neighbour away for a while would come back to a queue of them */
+    if (!st->hello_sent) {
+        for (side = 0; side < 2; side++)
+            if (!st->agreed[side]) RESBM__TRY(resbm__stage_hello(st, st->s + (side ? 1 : -1), 0));
+        st->hello_sent = 1;
+    }
     for (side = 0; side < 2; side++)
-        if (!st->agreed[side]) RESBM__TRY(resbm__stage_hello(st, st->s + (side ? 1 : -1), 0));
-    for (side = 0; side < 2; side++)
-        if (!st->agreed[side])
-            RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
-                                         RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, NULL));
+        if (!st->agreed[side]) {
+            int rc = resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
+                                       RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, NULL);
+            if (rc == RESBM_ETIMEDOUT) st->hello_sent = 0;
+            RESBM__TRY(rc);
+        }
     return RESBM_OK;
 }
 
@@ -6447,7 +6469,7 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
 
 /* What only stage 0 and the last stage use must still be the same everywhere: stage 0 sends its
    window length (the prompt as the window sees it), count, temperature and seed down the
-   pipeline first, each as exact 16-bit halves, and a stage asked for anything else fails the
+   pipeline first (temperature and seed as exact 16-bit halves), and a stage asked for anything else fails the
    call (else the last stage would sample at another position, silently). */
 static int resbm__stage_generate_agree(resbm_stage *st, size_t window, size_t n_new, float temperature,
                                        uint64_t seed) {
@@ -6455,7 +6477,7 @@ static int resbm__stage_generate_agree(resbm_stage *st, size_t window, size_t n_
     uint32_t tb = resbm__fbits(temperature), micro = RESBM__MICRO(st->attempt, RESBM__FOR_GEN, 0);
     float want[8], got[8];
     int k;
-    want[0] = (float)window; /* <= seq and <= 2^20 + 1: exact */
+    want[0] = (float)window; /* <= seq, and n_new <= 2^20 + 1: both exact */
     want[1] = (float)n_new;
     want[2] = (float)(tb >> 16);
     want[3] = (float)(tb & 0xffffu);
