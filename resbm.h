@@ -6469,8 +6469,8 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
 
 /* What only stage 0 and the last stage use must still be the same everywhere: stage 0 sends its
    window length (the prompt as the window sees it), count, temperature and seed down the
-   pipeline first (temperature and seed as exact 16-bit halves), and a stage asked for anything else fails the
-   call (else the last stage would sample at another position, silently). */
+   pipeline first (temperature and seed as exact 16-bit halves), and a stage asked for anything
+   else fails the call (else the last stage would sample at another position, silently). */
 static int resbm__stage_generate_agree(resbm_stage *st, size_t window, size_t n_new, float temperature,
                                        uint64_t seed) {
     static const char *const names[4] = {"prompt length (up to seq)", "n_new", "temperature", "seed"};
