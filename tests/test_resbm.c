@@ -4827,6 +4827,35 @@ static void test_generate_agreement_and_refusals(void) {
 }
 
 
+/* Stages 0 and 1 of a 2-stage job (2 microbatches of 2 rows) over one hub, with their models. */
+static int job_stages(resbm_inproc **hub, resbm_stage **st, resbm_model **m, job_arg *a, int timeout_ms) {
+    int s, rc;
+    if ((rc = resbm_inproc_init(2, 1 << 20, hub))) return rc;
+    for (s = 0; s < 2; s++) {
+        resbm_stage_config c = resbm_stage_config_default();
+        c.model = pipe_config(); c.model.stages = 2; c.model.layers = 2; c.model.stage = s;
+        c.model.batch = 2; c.n_micro = 2; c.timeout_ms = timeout_ms;
+        a[s].st = NULL; a[s].rows = 4; a[s].bad_targets = 0;
+        resbm_inproc_transport(*hub, s, &c.transport);
+        if ((rc = resbm_stage_init(&c, &st[s]))) {
+            if (s) resbm_stage_free(st[0]);
+            resbm_inproc_free(*hub);
+            return rc;
+        }
+        m[s] = resbm_stage_model(st[s]);
+    }
+    return RESBM_OK;
+}
+
+/* One step on stages `first`..1 together (job_thread each). */
+static void job_round(resbm_stage **st, job_arg *a, int first) {
+    pthread_t th[2];
+    int s;
+    for (s = 0; s < 2; s++) { a[s].st = st[s]; a[s].rc = RESBM_OK; }
+    for (s = first; s < 2; s++) pthread_create(&th[s], NULL, job_thread, &a[s]);
+    for (s = first; s < 2; s++) pthread_join(th[s], NULL);
+}
+
 /* After a job mismatch the stages agree again once the job is fixed on either side: here stage
    1 reloads an older checkpoint (both refuse the next step: the steps differ), then stage 0
    reloads its own from the same step, and the next step runs on both. (Stage 1 had sent its one
@@ -4836,7 +4865,6 @@ static void test_job_recovers_after_reload(void) {
     resbm_stage *st[2];
     resbm_model *m[2];
     job_arg a[2];
-    pthread_t th[2];
     const char *path[2];
     char why[256];
     int s, round;
@@ -4844,23 +4872,13 @@ static void test_job_recovers_after_reload(void) {
     long steps[4] = {1, 2, 0, 1};
     path[0] = tmp_path("resbm_test_job_reload0.safetensors");
     path[1] = tmp_path("resbm_test_job_reload1.safetensors");
-    resbm_inproc_init(2, 1 << 20, &hub);
-    for (s = 0; s < 2; s++) {
-        resbm_stage_config c = resbm_stage_config_default();
-        c.model = pipe_config(); c.model.stages = 2; c.model.layers = 2; c.model.stage = s;
-        c.model.batch = 2; c.n_micro = 2; c.timeout_ms = 3000;
-        a[s].rows = 4;
-        resbm_inproc_transport(hub, s, &c.transport);
-        CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
-        if (th_fail_now) { resbm_inproc_free(hub); return; }
-        m[s] = resbm_stage_model(st[s]);
-        CHECK_RC(resbm_checkpoint_save(path[s], &m[s], 1, NULL, 0), RESBM_OK);
-    }
+    CHECK_RC(job_stages(&hub, st, m, a, 3000), RESBM_OK);
+    if (th_fail_now) return;
+    for (s = 0; s < 2; s++) CHECK_RC(resbm_checkpoint_save(path[s], &m[s], 1, NULL, 0), RESBM_OK);
     for (round = 0; round < 4; round++) {
         if (round == 2) CHECK_RC(resbm_checkpoint_load(path[1], &m[1], 1, why, sizeof(why)), RESBM_OK);
         if (round == 3) CHECK_RC(resbm_checkpoint_load(path[0], &m[0], 1, why, sizeof(why)), RESBM_OK);
-        for (s = 0; s < 2; s++) { a[s].st = st[s]; a[s].bad_targets = 0; pthread_create(&th[s], NULL, job_thread, &a[s]); }
-        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        job_round(st, a, 0);
         for (s = 0; s < 2; s++) {
             CHECK(a[s].rc == want[round], "round %d, stage %d: %s (%s)", round, s, resbm_strerror(a[s].rc),
                   resbm_stage_why(st[s]));
@@ -4880,21 +4898,11 @@ static void test_job_mismatch_leaves_no_backlog(void) {
     resbm_stage *st[2];
     resbm_model *m[2];
     job_arg a[2];
-    pthread_t th[2];
     const char *old1 = tmp_path("resbm_test_backlog_old1.safetensors"), *new1 = tmp_path("resbm_test_backlog_new1.safetensors");
     char why[256];
     int s, round, refused = 0, ok = 0;
-    resbm_inproc_init(2, 1 << 20, &hub);
-    for (s = 0; s < 2; s++) {
-        resbm_stage_config c = resbm_stage_config_default();
-        c.model = pipe_config(); c.model.stages = 2; c.model.layers = 2; c.model.stage = s;
-        c.model.batch = 2; c.n_micro = 2; c.timeout_ms = 200;
-        a[s].rows = 4;
-        resbm_inproc_transport(hub, s, &c.transport);
-        CHECK_RC(resbm_stage_init(&c, &st[s]), RESBM_OK);
-        if (th_fail_now) { resbm_inproc_free(hub); return; }
-        m[s] = resbm_stage_model(st[s]);
-    }
+    CHECK_RC(job_stages(&hub, st, m, a, 200), RESBM_OK);
+    if (th_fail_now) return;
     CHECK_RC(resbm_checkpoint_save(old1, &m[1], 1, NULL, 0), RESBM_OK); /* step 0 */
     for (round = 0; round < 12 && !ok; round++) {
         if (round == 1) { /* the good state at step 1, then the wrong one */
@@ -4902,9 +4910,7 @@ static void test_job_mismatch_leaves_no_backlog(void) {
             CHECK_RC(resbm_checkpoint_load(old1, &m[1], 1, why, sizeof(why)), RESBM_OK);
         }
         if (round == 9) CHECK_RC(resbm_checkpoint_load(new1, &m[1], 1, why, sizeof(why)), RESBM_OK);
-        for (s = 0; s < 2; s++) { a[s].st = st[s]; a[s].bad_targets = 0; a[s].rc = RESBM_OK; }
-        for (s = round >= 1 && round < 9; s < 2; s++) pthread_create(&th[s], NULL, job_thread, &a[s]);
-        for (s = round >= 1 && round < 9; s < 2; s++) pthread_join(th[s], NULL);
+        job_round(st, a, round >= 1 && round < 9); /* rounds 1-8: stage 1 alone */
         if (round == 0 || round >= 9) ok = round >= 9 && a[0].rc == RESBM_OK && a[1].rc == RESBM_OK;
         else CHECK(a[1].rc == RESBM_ETIMEDOUT, "round %d: %s", round, resbm_strerror(a[1].rc));
         if (round >= 9 && !ok) refused++;
