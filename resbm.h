@@ -15,7 +15,10 @@
        RESBM_STATIC          all functions static (private copy per translation unit)
        RESBMDEF              linkage of the public functions (default extern)
        RESBM_MALLOC(sz,u)    allocator with a user pointer (define both or neither);
-       RESBM_FREE(p,u)         u is the `alloc_user` of the config, NULL when none
+       RESBM_FREE(p,u)         u is the model or stage config's `alloc_user` for what a model or
+                             stage holds and its generate's buffer; NULL for everything else
+                             (pools, a model's own pool too, hubs, shapers, safetensors files,
+                             checkpoints, kernels' scratch)
        RESBM_ASSERT(x)       internal invariants only (never arguments or wire data)
        RESBM_USE_CBLAS       resbm_gemm calls cblas_sgemm (link -lopenblas); results then depend
                              on the BLAS's own threading and are not bit-identical across threads
@@ -486,6 +489,10 @@ RESBMDEF size_t resbm_model_num_floats(const resbm_model *m); /* parameters on t
 RESBMDEF size_t resbm_model_bytes(const resbm_model *m);      /* all memory the model holds */
 RESBMDEF long resbm_model_step_count(const resbm_model *m);   /* optimizer updates applied */
 
+/* The calls below (and checkpoint save and load) take the model for their duration: one made
+   while another runs on it (from a host layer's or transport's callback, or from another thread
+   while its stage steps) is refused with RESBM_ESTATE and changes nothing. */
+
 /* Forward of `rows` sequences into activation slot `slot`. Rows between stages are w = r wide
    (the bottleneck's z; w = d and the raw residual stream when r == d).
    First stage: tokens [rows*T]; other stages: x_in [rows*T, w].
@@ -495,7 +502,9 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
                                  float *h_out, float *loss);
 /* Backward of the forward held in `slot`. Last stage: the gradient of loss_weight * (that
    forward's mean loss); other stages: dh_out [rows*T, w] is dL/dh_out. Not first stage: dx_in
-   receives dL/dx_in (overwritten). Parameter gradients accumulate. */
+   receives dL/dx_in (overwritten). Parameter gradients accumulate. When host layers fail it
+   (their code, or a non-finite dL/dx from them: RESBM_ENONFINITE) the slot is dropped and the
+   library's gradients are as they were; the host's own are the host's. */
 RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
                                   float loss_weight);
 /* Drops the forward held in `slot` without its backward (evaluation, sampling). */
@@ -513,7 +522,8 @@ RESBMDEF float resbm_lr_factor(const resbm_opt_config *opt, long step);
    schedule position of the model's step counter; then increments it. All or nothing: an update
    that would leave a parameter or optimizer value NaN or Inf is undone (RESBM_ENONFINITE, the
    model exactly as before). The state before the last update is kept (one copy of parameters
-   and optimizer state), so resbm_model_rollback can undo it once. */
+   and optimizer state), so resbm_model_rollback can undo it once; a refused update overwrote
+   that copy with its own before-state, so after one there is nothing to undo (RESBM_ESTATE). */
 RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale);
 /* Undoes the last resbm_model_update (RESBM_ESTATE when there is none to undo). */
 RESBMDEF int resbm_model_rollback(resbm_model *m);
@@ -778,7 +788,7 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
    others may pass NULL) by n_new tokens drawn at `temperature` (> 0) from a PCG32 seeded with
    `seed`; every stage gets them in out[n_new]. The window is the last T tokens. n_prompt, n_new
    and the rest must be the same on every stage: stage 0 sends its own down the pipeline first,
-   and a stage asked for another fails the call (RESBM_EINVAL). */
+   and a stage asked for another fails the call (RESBM_EINVAL). out is written only on success. */
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out);
 /* Async: runs the backwards still in flight and applies their updates, on every stage together;
@@ -836,7 +846,7 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
    (AdamW moments; Muon's momentum is .m); metadata "format" = "resbm-checkpoint-1", "step" (updates
    applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs, whose
    keys differ from these four and from each other (else RESBM_EINVAL, as for one model given
-   twice). RESBM_ENONFINITE when a parameter or optimizer value is NaN or Inf (nothing is written:
+   twice, or models of different jobs: the file has one config). RESBM_ENONFINITE when a parameter or optimizer value is NaN or Inf (nothing is written:
    the last good file stays); RESBM_EIO with errno set when the file cannot be written. */
 RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
                                    const char *const *meta_kv, size_t n_meta);
@@ -3220,12 +3230,15 @@ struct resbm_model {
     int has_backup;
     unsigned loads;                   /* checkpoints loaded into it: a stage then agrees anew */
     int in_stream;                    /* an async stage holds steps of it in flight: not saved */
+    int busy;                         /* a call runs on it (atomic): another one is refused */
     float *rope_cos, *rope_sin;       /* [T, hd/2] */
     resbm__acts *slots;               /* [act_slots] */
     float *dres, *dtmp, *dq, *dk, *dv; /* [N,d] backward scratch */
     float *g, *dh1, *dh3;             /* [N,f] */
     float *dlogits;                   /* [N,V] */
     float *bm1, *bm2;                 /* [N,m] bottleneck scratch */
+    float *enc_keep;                  /* host layers: the encoder's gradients before a backward,
+                                         put back if the host's backward fails */
     float *ns_x, *ns_y, *ns_a, *ns_b; /* Muon Newton-Schulz scratch, one set per pool thread */
     size_t ns_mn, ns_kk;              /* floats per thread in x, y and in a, b */
     double *partials;                 /* [nchunks] squared-norm partial sums */
@@ -3237,6 +3250,20 @@ struct resbm_model {
 #define RESBM__MAX_DIM (1 << 24)   /* any width, length or row count of a model */
 #define RESBM__MAX_LAYERS (1 << 16)
 #define RESBM__MAX_STEP 1000000000000000L /* 1e15 updates: the schedule's doubles stay exact */
+
+/* One call at a time per model: a second one (from inside a host layer's or a transport's
+   callback while the model or its stage runs, or from another thread) gets RESBM_ESTATE and
+   changes nothing. A stage holds its model for the whole of each of its calls. */
+static int resbm__model_claim(resbm_model *m) {
+    int idle = 0;
+    if (!m) return RESBM_EINVAL;
+    return __atomic_compare_exchange_n(&m->busy, &idle, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)
+               ? RESBM_OK : RESBM_ESTATE;
+}
+static int resbm__model_unclaim(resbm_model *m, int rc) {
+    __atomic_store_n(&m->busy, 0, __ATOMIC_RELEASE);
+    return rc;
+}
 
 RESBMDEF resbm_model_config resbm_model_config_default(void) {
     resbm_model_config c;
@@ -3495,6 +3522,7 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     m->dlogits = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
     m->bm1 = (float *)resbm_arena_push(a, half ? N * m->m : 0, sizeof(float));
     m->bm2 = (float *)resbm_arena_push(a, half ? N * m->m : 0, sizeof(float));
+    m->enc_keep = (float *)resbm_arena_push(a, m->host && m->has_enc ? d + m->m * (d + m->r) : 0, sizeof(float));
     if (!a->base) return;
     /* Carving pass: fill the parameter table. */
     own = 0;
@@ -3960,9 +3988,9 @@ static int resbm__host_rc(int rc) {
 
 /* One code path for the built-in and the host's layers: decoder, layers, then the loss or the
    encoder. */
-RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens,
-                                 const float *x_in, const int32_t *targets, size_t rows,
-                                 float *h_out, float *loss) {
+static int resbm__model_forward(resbm_model *m, int slot, const int32_t *tokens,
+                                const float *x_in, const int32_t *targets, size_t rows,
+                                float *h_out, float *loss) {
     resbm__acts *s;
     size_t N, d, V, n;
     float *out;
@@ -4007,8 +4035,22 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
     return rc;
 }
 
-RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
-                                  float loss_weight) {
+/* Keeps (keep = 1) or puts back (0) the encoder's gradients, around host layers' backward. */
+static void resbm__enc_grads_keep(resbm_model *m, int keep) {
+    resbm_param *p[3];
+    float *at = m->enc_keep;
+    int i;
+    p[0] = m->enc_norm; p[1] = m->enc_w1; p[2] = m->enc_w2;
+    for (i = 0; i < 3; i++) {
+        size_t n = p[i]->value.ne[0] * p[i]->value.ne[1];
+        if (keep) memcpy(at, p[i]->grad.data, n * sizeof(float));
+        else memcpy(p[i]->grad.data, at, n * sizeof(float));
+        at += n;
+    }
+}
+
+static int resbm__model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
+                                 float loss_weight) {
     resbm__acts *s;
     size_t N, d, V;
     float *dout;
@@ -4027,6 +4069,7 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
                                        loss_weight / (float)N));
         dout = m->dlogits;
     } else if (m->has_enc) {
+        if (m->host && m->has_enc) resbm__enc_grads_keep(m, 1);
         memset(m->dres, 0, N * d * sizeof(float));
         RESBM__TRY(resbm__enc_bwd(m, s, N, resbm__slot_out(m, s, N), dh_out, m->dres));
         dout = m->dres;
@@ -4037,16 +4080,21 @@ RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out,
     }
     rc = resbm__host_rc(m->layers.backward(m->layers.user, slot, dout, m->first ? NULL : m->dres));
     if (rc) {
+        if (m->host && m->has_enc) resbm__enc_grads_keep(m, 0);
         resbm__slot_drop(m, slot);
         return rc;
     }
     s->rows = 0; /* the layers are done with the slot, whatever the decoder does now */
+    if (!m->first && !resbm__all_finite(m->dres, N * d)) { /* the host's dL/dx */
+        if (m->host && m->has_enc) resbm__enc_grads_keep(m, 0);
+        return RESBM_ENONFINITE;
+    }
     if (!m->first && m->has_dec) return resbm__dec_bwd(m, s, N, m->dres, dx_in);
     if (!m->first && dx_in) memcpy(dx_in, m->dres, N * d * sizeof(float)); /* likewise */
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_model_release(resbm_model *m, int slot) {
+static int resbm__model_release(resbm_model *m, int slot) {
     if (!m || m->side >= 0 || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
     resbm__slot_drop(m, slot);
     return RESBM_OK;
@@ -4057,7 +4105,7 @@ RESBMDEF const float *resbm_model_probs(const resbm_model *m, int slot) {
     return m->slots[slot].probs;
 }
 
-RESBMDEF int resbm_model_zero_grad(resbm_model *m) {
+static int resbm__model_zero_grad(resbm_model *m) {
     size_t i;
     if (!m) return RESBM_EINVAL;
     for (i = 0; i < m->nparams; i++)
@@ -4135,7 +4183,7 @@ static void resbm__sqnorm_range(void *ctx, size_t b, size_t e) {
     }
 }
 
-RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out) {
+static int resbm__model_grad_sqnorm(resbm_model *m, double *out) {
     size_t c;
     double s = 0.0;
     if (!m || !out) return RESBM_EINVAL;
@@ -4406,7 +4454,7 @@ static void resbm__update_range(void *ctx, size_t b, size_t e) {
 /* All or nothing: parameters and optimizer state are copied first; if the update fails or leaves
    any value NaN or Inf, the copy goes back. The copy is kept, so a pipeline can undo the step
    when another stage could not apply it (resbm_model_rollback). */
-RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
+static int resbm__model_update(resbm_model *m, float grad_scale) {
     int rc, ok = 0;
     if (!m || !resbm__finite(grad_scale) || !(grad_scale >= 0.0f)) return RESBM_EINVAL;
     if (m->step >= RESBM__MAX_STEP) return RESBM_ESTATE;
@@ -4435,7 +4483,7 @@ RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_model_rollback(resbm_model *m) {
+static int resbm__model_rollback(resbm_model *m) {
     if (!m) return RESBM_EINVAL;
     if (!m->has_backup) return RESBM_ESTATE;
     RESBM__TRY(resbm__model_copy(m, 0));
@@ -4444,9 +4492,9 @@ RESBMDEF int resbm_model_rollback(resbm_model *m) {
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
-                                    const int32_t *targets, size_t rows, int n_micro,
-                                    float *loss) {
+static int resbm__model_train_step(resbm_model *m, const int32_t *tokens,
+                                   const int32_t *targets, size_t rows, int n_micro,
+                                   float *loss) {
     size_t mr, T, i;
     double sum = 0.0, sq;
     float scale = 1.0f;
@@ -4462,20 +4510,59 @@ RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
     for (i = 0; i < (size_t)m->cfg.act_slots; i++)
         if (m->slots[i].rows) return RESBM_ESTATE;
     mr = rows / (size_t)n_micro;
-    RESBM__TRY(resbm_model_zero_grad(m));
+    RESBM__TRY(resbm__model_zero_grad(m));
     for (k = 0; k < n_micro; k++) {
         float l;
-        RESBM__TRY(resbm_model_forward(m, 0, tokens + (size_t)k * mr * T, NULL,
-                                       targets + (size_t)k * mr * T, mr, NULL, &l));
-        RESBM__TRY(resbm_model_backward(m, 0, NULL, NULL, 1.0f / (float)n_micro));
+        RESBM__TRY(resbm__model_forward(m, 0, tokens + (size_t)k * mr * T, NULL,
+                                        targets + (size_t)k * mr * T, mr, NULL, &l));
+        RESBM__TRY(resbm__model_backward(m, 0, NULL, NULL, 1.0f / (float)n_micro));
         sum += l;
     }
-    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    RESBM__TRY(resbm__model_grad_sqnorm(m, &sq));
     if (!resbm__finite((float)sq)) return RESBM_ENONFINITE; /* parameters untouched */
     scale = resbm_clip_scale(&m->opt, (float)sq); /* as a pipeline of one stage does */
-    RESBM__TRY(resbm_model_update(m, scale));
+    RESBM__TRY(resbm__model_update(m, scale));
     *loss = (float)(sum / n_micro);
     return RESBM_OK;
+}
+
+/* The public entries: each holds the model for its call. */
+RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens,
+                                 const float *x_in, const int32_t *targets, size_t rows,
+                                 float *h_out, float *loss) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_forward(m, slot, tokens, x_in, targets, rows, h_out, loss));
+}
+RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
+                                  float loss_weight) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_backward(m, slot, dh_out, dx_in, loss_weight));
+}
+RESBMDEF int resbm_model_release(resbm_model *m, int slot) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_release(m, slot));
+}
+RESBMDEF int resbm_model_zero_grad(resbm_model *m) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_zero_grad(m));
+}
+RESBMDEF int resbm_model_grad_sqnorm(resbm_model *m, double *out) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_grad_sqnorm(m, out));
+}
+RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_update(m, grad_scale));
+}
+RESBMDEF int resbm_model_rollback(resbm_model *m) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_rollback(m));
+}
+RESBMDEF int resbm_model_train_step(resbm_model *m, const int32_t *tokens,
+                                    const int32_t *targets, size_t rows, int n_micro,
+                                    float *loss) {
+    RESBM__TRY(resbm__model_claim(m));
+    return resbm__model_unclaim(m, resbm__model_train_step(m, tokens, targets, rows, n_micro, loss));
 }
 
 /* ---- the boundary as an object ---------------------------------------------------------------- */
@@ -5815,7 +5902,7 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
         return RESBM_ERANGE;
     if (f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step) {
         st->predicted = 0; /* the backup holds the weights proper, from before the update */
-        RESBM__TRY(resbm_model_rollback(st->model));
+        RESBM__TRY(resbm__model_rollback(st->model));
         st->step = (uint64_t)st->model->step;
         st->attempt = att;
         snprintf(st->why, sizeof(st->why), "stage %d could not finish step %lu (%s), so this stage undid it",
@@ -5997,9 +6084,9 @@ static int resbm__stage_fwd(resbm_stage *st, uint32_t micro, int slot, size_t ro
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s - 1, micro, N, st->w,
                                      st->zin));
     t0 = resbm__now();
-    RESBM__TRY(resbm_model_forward(m, slot, m->first ? tokens : NULL, m->first ? NULL : st->zin,
-                                   m->last ? targets : NULL, rows, m->last ? NULL : st->zout,
-                                   m->last ? loss : NULL));
+    RESBM__TRY(resbm__model_forward(m, slot, m->first ? tokens : NULL, m->first ? NULL : st->zin,
+                                    m->last ? targets : NULL, rows, m->last ? NULL : st->zout,
+                                    m->last ? loss : NULL));
     st->stats.compute_s += resbm__now() - t0;
     if (!m->last)
         RESBM__TRY(resbm__stage_send(st, RESBM_KIND_ACT, st->cfg.wire_fwd, st->s + 1, micro, N, st->w,
@@ -6027,8 +6114,8 @@ static int resbm__stage_bwd(resbm_stage *st, int64_t g) {
                                      st->Nmb, st->w, st->dzin));
     t0 = resbm__now();
     if (prev) resbm__use_prev(m, st->prev, 1);
-    rc = resbm_model_backward(m, (int)(g % st->slots), m->last ? NULL : st->dzin,
-                              m->first ? NULL : st->dxout, 1.0f / (float)st->n);
+    rc = resbm__model_backward(m, (int)(g % st->slots), m->last ? NULL : st->dzin,
+                               m->first ? NULL : st->dxout, 1.0f / (float)st->n);
     if (prev) resbm__use_prev(m, st->prev, 0);
     RESBM__TRY(rc);
     st->stats.compute_s += resbm__now() - t0;
@@ -6056,7 +6143,7 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     int warm, i, fi = 0, sl, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
     int64_t bi = 0;
     for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* a failed step left some */
-    RESBM__TRY(resbm_model_zero_grad(m));
+    RESBM__TRY(resbm__model_zero_grad(m));
     warm = RESBM__MIN(st->slots - 1, st->n); /* forwards ahead of the first backward */
     for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
         size_t off = (size_t)fi * st->Nmb;
@@ -6069,7 +6156,7 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
         if (i >= warm) RESBM__TRY(resbm__stage_bwd(st, bi++));
     }
     for (i = 0; i < warm; i++) RESBM__TRY(resbm__stage_bwd(st, bi++));
-    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    RESBM__TRY(resbm__model_grad_sqnorm(m, &sq));
     if (!m->last) { /* the norms of the stages after this one, and the loss */
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1,
@@ -6097,7 +6184,7 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 1), 1, 2, back));
     scale = resbm_clip_scale(&st->cfg.opt, back[0]);
     t0 = resbm__now();
-    RESBM__TRY(resbm_model_update(m, scale)); /* undone by itself if it fails */
+    RESBM__TRY(resbm__model_update(m, scale)); /* undone by itself if it fails */
     st->stats.compute_s += resbm__now() - t0;
     st->step = st->tag = (uint64_t)m->step;
     st->attempt = 0;
@@ -6179,7 +6266,7 @@ static int resbm__stage_forth(resbm_stage *st, uint32_t micro, float *v, size_t 
 static void resbm__async_drop(resbm_stage *st) {
     int sl;
     for (sl = 0; sl < st->model->cfg.act_slots; sl++) resbm__slot_drop(st->model, sl);
-    resbm_model_zero_grad(st->model);
+    resbm__model_zero_grad(st->model);
     if (st->predicted) resbm__model_buf(st->model, st->master, RESBM__VALUES_IN); /* the weights proper */
     st->predicted = 0;
     st->calls = 0;
@@ -6196,7 +6283,7 @@ static int resbm__async_norms(resbm_stage *st, int64_t b) {
     size_t nv = (size_t)(st->S - st->s + 1);
     double sq;
     int i;
-    RESBM__TRY(resbm_model_grad_sqnorm(m, &sq));
+    RESBM__TRY(resbm__model_grad_sqnorm(m, &sq));
     if (!m->last) {
         RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1,
                                      RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 0), 1, nv - 1, v + 1));
@@ -6258,13 +6345,13 @@ static int resbm__async_commit(resbm_stage *st, int64_t b) {
     }
     if (st->master) RESBM__TRY(resbm__model_buf(m, st->mprev, RESBM__VALUES_OUT));
     if (swapped) RESBM__TRY(resbm__model_buf(m, st->pending, RESBM__GRADS_SWAP));
-    rc = resbm_model_update(m, resbm_clip_scale(&st->cfg.opt, back[0])); /* undone by itself if it fails */
+    rc = resbm__model_update(m, resbm_clip_scale(&st->cfg.opt, back[0])); /* undone by itself if it fails */
     if (swapped) {
         int rc2 = resbm__model_buf(m, st->pending, RESBM__GRADS_SWAP); /* the next batch's, back */
         if (!rc) rc = rc2;
         st->pbatch = -1;
     } else if (!rc) {
-        rc = resbm_model_zero_grad(m);
+        rc = resbm__model_zero_grad(m);
         st->gbatch = b + 1;
     }
     if (!rc) st->step = (uint64_t)m->step; /* applied: an abort from here on says so */
@@ -6335,14 +6422,18 @@ static int resbm__async_flush_run(resbm_stage *st) {
 }
 
 /* One call at a time per stage: a second one (a transport or host callback calling back in, or
-   another thread) gets RESBM_ESTATE and changes nothing. */
+   another thread) gets RESBM_ESTATE and changes nothing. The call holds the stage's model too,
+   so the model's own entries (an update, a checkpoint load) are refused while it runs. */
 static int resbm__stage_enter(resbm_stage *st) {
-    int idle = 0;
+    int idle = 0, rc;
     if (!st) return RESBM_EINVAL;
-    return __atomic_compare_exchange_n(&st->busy, &idle, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)
-               ? RESBM_OK : RESBM_ESTATE;
+    if (!__atomic_compare_exchange_n(&st->busy, &idle, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return RESBM_ESTATE;
+    if ((rc = resbm__model_claim(st->model))) __atomic_store_n(&st->busy, 0, __ATOMIC_RELEASE);
+    return rc;
 }
 static int resbm__stage_leave(resbm_stage *st, int rc) {
+    resbm__model_unclaim(st->model, 0);
     __atomic_store_n(&st->busy, 0, __ATOMIC_RELEASE);
     return rc;
 }
@@ -6427,14 +6518,14 @@ static int resbm__stage_eval_run(resbm_stage *st, const int32_t *tokens, const i
     float v[1];
     uint32_t k = 0;
     int saved, rc;
-    RESBM__TRY(resbm_model_release(m, 0));
+    RESBM__TRY(resbm__model_release(m, 0));
     for (; done < rows; done += B, k++) {
         size_t n = RESBM__MIN(B, rows - done);
         float l;
         if (!m->last) RESBM__TRY(resbm__stage_poll_abort(st, st->s + 1));
         rc = resbm__stage_fwd(st, RESBM__MICRO(st->attempt, RESBM__FOR_EVAL, k), 0, n,
                               m->first ? tokens + done * T : NULL, m->last ? targets + done * T : NULL, &l);
-        resbm_model_release(m, 0);
+        resbm__model_release(m, 0);
         if (rc) return rc;
         sum += (double)l * (double)n;
     }
@@ -6502,18 +6593,21 @@ static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, siz
     resbm_model *m = st->model;
     size_t T = (size_t)m->cfg.seq, V = (size_t)m->cfg.vocab, i;
     resbm_rng rng;
-    RESBM__TRY(resbm_model_release(m, 0));
+    int32_t *drawn; /* the tokens so far: out is written only when all of them are there */
+    int rc = RESBM_OK;
+    RESBM__TRY(resbm__model_release(m, 0));
     RESBM__TRY(resbm__stage_generate_agree(st, RESBM__MIN(n_prompt, T), n_new, temperature, seed));
+    if (!n_new) return RESBM_OK;
+    if (!(drawn = (int32_t *)resbm__alloc(n_new * sizeof(int32_t), m->cfg.alloc_user))) return RESBM_ENOMEM;
     resbm_rng_seed(&rng, seed, 0x5a);
-    for (i = 0; i < n_new; i++) {
+    for (i = 0; i < n_new && !rc; i++) {
         size_t have = n_prompt + i, len = RESBM__MIN(have, T), j;
         uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_GEN, i);
         float l, v[1];
-        int rc;
-        if (m->first) { /* the last `len` tokens of prompt ++ out[0..i), left-aligned */
+        if (m->first) { /* the last `len` tokens of prompt ++ drawn[0..i), left-aligned */
             for (j = 0; j < len; j++) {
                 size_t src = have - len + j;
-                st->win[j] = src < n_prompt ? prompt[src] : out[src - n_prompt];
+                st->win[j] = src < n_prompt ? prompt[src] : drawn[src - n_prompt];
             }
             for (; j < T; j++) st->win[j] = 0; /* causal: later positions cannot matter */
         }
@@ -6532,13 +6626,14 @@ static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, siz
             }
             v[0] = (float)c;
         }
-        resbm_model_release(m, 0);
-        if (rc) return rc;
-        RESBM__TRY(resbm__stage_back(st, micro, v, 1));
-        if (!(v[0] >= 0.0f && v[0] < (float)V && v[0] == floorf(v[0]))) return RESBM_ERANGE; /* from a peer */
-        out[i] = (int32_t)v[0];
+        resbm__model_release(m, 0);
+        if (!rc) rc = resbm__stage_back(st, micro, v, 1);
+        if (!rc && !(v[0] >= 0.0f && v[0] < (float)V && v[0] == floorf(v[0]))) rc = RESBM_ERANGE; /* from a peer */
+        if (!rc) drawn[i] = (int32_t)v[0];
     }
-    return RESBM_OK;
+    if (!rc) memcpy(out, drawn, n_new * sizeof(int32_t));
+    resbm__dealloc(drawn, m->cfg.alloc_user);
+    return rc;
 }
 
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
@@ -7080,6 +7175,34 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
+/* A checkpoint holds every model it reads or writes (each once, however often it is listed). */
+static int resbm__models_claim(resbm_model *const *models, size_t n_models) {
+    size_t i, j;
+    if (!models) return RESBM_EINVAL;
+    for (i = 0; i < n_models; i++)
+        if (!models[i]) return RESBM_EINVAL;
+    for (i = 0; i < n_models; i++) {
+        int rc = RESBM_OK;
+        for (j = 0; j < i && models[j] != models[i]; j++) {}
+        if (j == i && (rc = resbm__model_claim(models[i]))) {
+            while (i-- > 0) {
+                for (j = 0; j < i && models[j] != models[i]; j++) {}
+                if (j == i) resbm__model_unclaim(models[i], 0);
+            }
+            return rc;
+        }
+    }
+    return RESBM_OK;
+}
+static int resbm__models_unclaim(resbm_model *const *models, size_t n_models, int rc) {
+    size_t i, j;
+    for (i = 0; i < n_models; i++) {
+        for (j = 0; j < i && models[j] != models[i]; j++) {}
+        if (j == i) resbm__model_unclaim(models[i], 0);
+    }
+    return rc;
+}
+
 static const char *resbm__opt_name(int kind) {
     return kind == RESBM_OPT_MUON ? "muon" : kind == RESBM_OPT_SGD ? "sgd" : "adamw";
 }
@@ -7104,8 +7227,8 @@ static void resbm__config_string(const resbm_model *m, char *buf, size_t len) {
     if (m->r < (size_t)c->d && n > 0 && (size_t)n < len) snprintf(buf + n, len - (size_t)n, " stages=%d", c->stages);
 }
 
-RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
-                                   const char *const *meta_kv, size_t n_meta) {
+static int resbm__checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
+                                  const char *const *meta_kv, size_t n_meta) {
     resbm_st_entry *e;
     char *names, cfg[256], step[32];
     const char **kv;
@@ -7123,8 +7246,13 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
         resbm_size_mul(&t1, n_meta, 2) || resbm_size_add(&t1, t1, 8) || resbm_size_mul(&t2, t1, sizeof(char *)) ||
         resbm_size_add(&bytes, t0, t2))
         return RESBM_EOVERFLOW;
-    for (i = 0; i < n_models; i++) { /* a file the loader would refuse is never written */
+    resbm__config_string(models[0], cfg, sizeof(cfg));
+    for (i = 0; i < n_models; i++) { /* a file the loader would refuse is never written: one job
+                                        (the file has one config), every value finite */
+        char other[256];
         int ok = 0;
+        resbm__config_string(models[i], other, sizeof(other));
+        if (strcmp(cfg, other)) return RESBM_EINVAL;
         RESBM__TRY(resbm__model_finite(models[i], &ok));
         if (!ok) return RESBM_ENONFINITE;
     }
@@ -7152,7 +7280,6 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
                 n++;
             }
         }
-    resbm__config_string(models[0], cfg, sizeof(cfg));
     snprintf(step, sizeof(step), "%ld", models[0]->step);
     kv[0] = "format"; kv[1] = "resbm-checkpoint-1";
     kv[2] = "step"; kv[3] = step;
@@ -7162,6 +7289,13 @@ RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models,
     rc = resbm_safetensors_write(path, e, n, kv, 4 + n_meta);
     resbm__dealloc(e, NULL);
     return rc;
+}
+
+RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
+                                   const char *const *meta_kv, size_t n_meta) {
+    RESBM__TRY(resbm__models_claim(models, n_models));
+    return resbm__models_unclaim(models, n_models,
+                                 resbm__checkpoint_save(path, models, n_models, meta_kv, n_meta));
 }
 
 static int resbm__why(char *why, size_t len, int rc, const char *fmt, const char *a, const char *b) {
@@ -7174,8 +7308,8 @@ static int resbm__why(char *why, size_t len, int rc, const char *fmt, const char
     return rc;
 }
 
-RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models, size_t n_models,
-                                   char *why, size_t why_len) {
+static int resbm__checkpoint_load(const char *path, resbm_model *const *models, size_t n_models,
+                                  char *why, size_t why_len) {
     resbm_st_file *f;
     const char *v;
     char cfg[256];
@@ -7264,6 +7398,15 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
 done:
     resbm_safetensors_free(f);
     return rc;
+}
+
+RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models, size_t n_models,
+                                   char *why, size_t why_len) {
+    int rc = resbm__models_claim(models, n_models);
+    if (rc) return resbm__why(why, why_len, rc, "%s%s", rc == RESBM_ESTATE ? "a model is in use (a call "
+                              "on it or on its stage runs)" : "no model to load into", "");
+    return resbm__models_unclaim(models, n_models,
+                                 resbm__checkpoint_load(path, models, n_models, why, why_len));
 }
 
 #endif /* RESBM_IMPLEMENTATION */

@@ -432,23 +432,35 @@ typedef struct {
     resbm_layers inner;     /* gpt2's own */
     int fail_fwd, fail_bwd; /* the code the next forward / backward returns instead (0: none) */
     int nan_out;            /* the next forward writes NaN into its output */
+    int nan_dx;             /* the next backward writes NaN into dx */
+    int delay;              /* forwards that run honestly before fail_fwd or nan_out applies */
     int held[16], releases, stray_releases;
+    resbm_model *self;      /* the model these layers are part of, */
+    int meddle, meddled[3]; /* called from inside the next backward when meddle is set */
 } faulty;
 
 static int faulty_forward(void *u, int slot, size_t rows, const int32_t *tokens, const float *x, float *out) {
     faulty *f = (faulty *)u;
-    int rc = f->fail_fwd;
+    int now = f->delay == 0, rc = now ? f->fail_fwd : 0;
+    if (f->delay > 0) f->delay--;
     f->held[slot] = 1;
-    f->fail_fwd = 0;
+    if (now) f->fail_fwd = 0;
     if (!rc) rc = f->inner.forward(f->inner.user, slot, rows, tokens, x, out);
-    if (!rc && f->nan_out) { out[3] = NAN; f->nan_out = 0; }
+    if (!rc && now && f->nan_out) { out[3] = NAN; f->nan_out = 0; }
     return rc;
 }
 static int faulty_backward(void *u, int slot, float *dout, float *dx) {
     faulty *f = (faulty *)u;
     int rc = f->fail_bwd;
     f->fail_bwd = 0;
+    if (f->meddle) { /* a host calling its model from inside the model's own call */
+        f->meddle = 0;
+        f->meddled[0] = resbm_model_update(f->self, 1.0f);
+        f->meddled[1] = resbm_model_zero_grad(f->self);
+        f->meddled[2] = resbm_model_release(f->self, slot);
+    }
     if (!rc) rc = f->inner.backward(f->inner.user, slot, dout, dx);
+    if (!rc && f->nan_dx && dx) { dx[1] = NAN; f->nan_dx = 0; }
     if (!rc) f->held[slot] = 0;
     return rc;
 }
@@ -520,14 +532,37 @@ static void test_gpt2_callback_failures(void) {
         CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_ENONFINITE);
         CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_OK);
         CHECK(loss == loss && loss > 0.0f, "eval loss %g", loss);
-        f[0].nan_out = 1;
-        out[0] = -7;
-        CHECK_RC(resbm_stage_generate(st[0], tok, 4, 2, 1.0f, 9, out), RESBM_ENONFINITE);
-        CHECK_RC(resbm_stage_generate(st[0], tok, 4, 2, 1.0f, 9, out), RESBM_OK);
+        /* a failed generate leaves out as it was, whichever token it failed on */
+        for (k = 0; k < 3; k++) {
+            int i;
+            for (i = 0; i < 4; i++) out[i] = -7;
+            f[0].delay = k;
+            if (k == 1) f[0].fail_fwd = RESBM_EIO; else f[0].nan_out = 1;
+            CHECK_RC(resbm_stage_generate(st[0], tok, 4, 4, 1.0f, 9, out), k == 1 ? RESBM_EIO : RESBM_ENONFINITE);
+            for (i = 0; i < 4; i++) CHECK(out[i] == -7, "failed on token %d: out[%d] = %d", k, i, (int)out[i]);
+        }
+        f[0].delay = 0;
+        CHECK_RC(resbm_stage_generate(st[0], tok, 4, 4, 1.0f, 9, out), RESBM_OK);
+        for (k = 0; k < 4; k++) CHECK(out[k] >= 0 && out[k] < 256, "out[%d] = %d", k, (int)out[k]);
         CHECK(f[0].releases > 0 && f[0].stray_releases == 0, "%d of %d releases were for a slot holding nothing",
               f[0].stray_releases, f[0].releases);
+        /* the model's own entries from inside its backward: refused, the step goes on (before,
+           zero_grad mid-step wiped the gradients of what ran so far) */
+        f[0].self = resbm_stage_model(st[0]);
+        f[0].meddle = 1;
+        CHECK_RC(resbm_stage_step(st[0], tok, tg, 1, &loss), RESBM_OK);
+        for (k = 0; k < 3; k++) CHECK(f[0].meddled[k] == RESBM_ESTATE, "stage, call %d: %s", k, resbm_strerror(f[0].meddled[k]));
+        CHECK(resbm_model_step_count(f[0].self) == 5, "step %ld", resbm_model_step_count(f[0].self));
         resbm_stage_free(st[0]);
         resbm_inproc_free(hub);
+        /* and with no stage: a model's own train step */
+        CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &f[0].self), RESBM_OK);
+        f[0].meddle = 1;
+        memset(f[0].meddled, 0, sizeof(f[0].meddled));
+        if (f[0].self) CHECK_RC(resbm_model_train_step(f[0].self, tok, tg, 1, 1, &loss), RESBM_OK);
+        for (k = 0; k < 3; k++) CHECK(f[0].meddled[k] == RESBM_ESTATE, "model, call %d: %s", k, resbm_strerror(f[0].meddled[k]));
+        CHECK(resbm_model_step_count(f[0].self) == 1, "step %ld", resbm_model_step_count(f[0].self));
+        resbm_model_free(f[0].self);
         gpt2_free(g[0]);
     }
     /* two stages: stage 1's backward returns RESBM_EPEER */
@@ -578,6 +613,76 @@ static void test_gpt2_callback_failures(void) {
     resbm_inproc_free(hub);
 }
 
+/* The library's gradients (the bottleneck's), in one copy. */
+static float *bottleneck_grads(const resbm_model *m, size_t *n_out) {
+    size_t np, i, n = 0;
+    const resbm_param *ps = resbm_model_params(m, &np);
+    float *g = (float *)malloc(resbm_model_num_floats(m) * sizeof(float) + 1);
+    for (i = 0; g && i < np; i++)
+        if (!strncmp(ps[i].name, "bottleneck.", 11)) {
+            memcpy(g + n, ps[i].grad.data, ps[i].grad.ne[0] * ps[i].grad.ne[1] * sizeof(float));
+            n += ps[i].grad.ne[0] * ps[i].grad.ne[1];
+        }
+    *n_out = n;
+    return g;
+}
+
+/* A backward that the host's layers fail (their code, or NaN in the dL/dx they hand back) leaves
+   the library's gradients as they were and drops the slot. Before, the encoder's part of the
+   failed backward stayed in its gradients, and NaN from the host went on into the decoder's
+   gradients and dx_in with the call returning success. */
+static void test_gpt2_failed_backward_keeps_grads(void) {
+    gcase c = {32, 2, 8, 4, 2, 1, 1, 6};
+    size_t N = 8, r = 4;
+    int s, slots;
+    for (s = 0; s < 2; s++) {
+        resbm_stage_config sc = gcfg(&c, s, NULL);
+        resbm_layers L;
+        faulty f;
+        gpt2 *g;
+        resbm_model *m = NULL;
+        int32_t tok[8], tg[8];
+        float z[8 * 4], dz[8 * 4], dx[8 * 4], loss, *before = NULL, *after = NULL;
+        size_t nb = 0, na = 0, i;
+        int k;
+        CHECK_RC(resbm_stage_slots(&sc, &slots), RESBM_OK);
+        g = gnew(&c, s, slots);
+        CHECK(g != NULL, "gpt2_new");
+        if (!g) return;
+        memset(&f, 0, sizeof(f));
+        f.inner = g->layers;
+        L = g->layers;
+        L.user = &f; L.forward = faulty_forward; L.backward = faulty_backward; L.release = faulty_release;
+        sc = gcfg(&c, s, g);
+        sc.model.host = &L;
+        CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_OK);
+        if (!m) return;
+        gbatch(tok, tg, N, 0);
+        for (i = 0; i < N * r; i++) { z[i] = 0.1f * (float)((int)(i % 7) - 3); dz[i] = 0.01f * (float)((int)(i % 5) - 2); }
+        for (k = 0; k < 3; k++) { /* an honest pass, then the failing one, then an honest one again */
+            if (s == 0) CHECK_RC(resbm_model_forward(m, 0, tok, NULL, NULL, 1, z, NULL), RESBM_OK);
+            else CHECK_RC(resbm_model_forward(m, 0, NULL, z, tg, 1, NULL, &loss), RESBM_OK);
+            if (k == 1) {
+                before = bottleneck_grads(m, &nb);
+                for (i = 0; i < N * r; i++) dx[i] = -7.0f;
+                if (s == 0) f.fail_bwd = RESBM_EIO; else f.nan_dx = 1;
+            }
+            CHECK_RC(s == 0 ? resbm_model_backward(m, 0, dz, NULL, 1.0f) : resbm_model_backward(m, 0, NULL, dx, 1.0f),
+                     k != 1 ? RESBM_OK : s == 0 ? RESBM_EIO : RESBM_ENONFINITE);
+            if (k == 1) {
+                after = bottleneck_grads(m, &na);
+                CHECK(nb > 0 && na == nb && before && after && !memcmp(before, after, nb * sizeof(float)),
+                      "stage %d: the failed backward changed the library's gradients", s);
+                for (i = 0; i < N * r; i++) CHECK(dx[i] == -7.0f, "stage %d: dx_in[%zu] written", s, i);
+                free(before); free(after);
+            }
+        }
+        CHECK(f.stray_releases == 0, "stage %d: %d stray releases", s, f.stray_releases);
+        resbm_model_free(m);
+        gpt2_free(g);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *filter = NULL;
     int i;
@@ -600,5 +705,6 @@ int main(int argc, char **argv) {
     RUN(test_gpt2_checkpoint_and_job);
     RUN(test_gpt2_update_all_or_nothing);
     RUN(test_gpt2_callback_failures);
+    RUN(test_gpt2_failed_backward_keeps_grads);
     return th_finish();
 }

@@ -3314,6 +3314,10 @@ typedef struct {
     resbm_transport inner;
     resbm_stage *self;
     int drop_first, sent, replay, nested_rc, nest;
+    int meddle_at, recvs, meddled[6]; /* calls on the stage's own model from inside receive
+                                         number meddle_at (1, 2, ...) */
+    const char *ckpt;             /* a checkpoint of it to load there */
+    char why[160];
     long replays;
     unsigned char saved[4096];
     size_t saved_len;
@@ -3333,6 +3337,16 @@ static int odd_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int t
         l->nest = 0;
         pipe_batch(tok, tg, &resbm_stage_model(l->self)->cfg, 1, 0);
         l->nested_rc = resbm_stage_step(l->self, tok, tg, 1, NULL);
+    }
+    if (++l->recvs == l->meddle_at) { /* the host's other jobs on the model the stage runs */
+        resbm_model *m = resbm_stage_model(l->self);
+        double sq;
+        l->meddled[0] = resbm_model_update(m, 1.0f);
+        l->meddled[1] = resbm_model_zero_grad(m);
+        l->meddled[2] = resbm_model_rollback(m);
+        l->meddled[3] = resbm_model_grad_sqnorm(m, &sq);
+        l->meddled[4] = resbm_checkpoint_save(tmp_path("meddle_out.safetensors"), &m, 1, NULL, 0);
+        l->meddled[5] = resbm_checkpoint_load(l->ckpt, &m, 1, l->why, sizeof(l->why));
     }
     if (l->replay && l->replays < 5000 && l->saved_len && l->saved_len <= cap) { /* an old frame,
                                                                     again and again */
@@ -3427,6 +3441,62 @@ static void test_stage_reentry_and_endless_stale(void) {
     link[1].replay = 0;
     resbm_stage_free(st[0]); resbm_stage_free(st[1]);
     resbm_inproc_free(hub);
+}
+
+/* The stage holds its model for the whole of each call: the model's own entries called from a
+   callback in the middle of a step (an update, a rollback, a checkpoint save or load) are refused
+   with RESBM_ESTATE, and the step ends exactly as it would have without them. Before, they ran:
+   an update mid-step applied the half-accumulated gradients and moved the step count. */
+static void test_model_held_by_its_stage(void) {
+    resbm_inproc *hub[2];
+    resbm_stage *st[2][2];
+    odd_link link[2][2];
+    lone_arg la[2];
+    resbm_model *m;
+    float *plain[2];
+    const char *changed;
+    int s, k;
+    for (k = 0; k < 2; k++) {
+        CHECK_RC(odd_stages(&hub[k], st[k], link[k], 1000), RESBM_OK);
+        if (th_fail_now) return;
+    }
+    m = resbm_stage_model(st[1][0]);
+    CHECK_RC(resbm_checkpoint_save(tmp_path("meddle_in.safetensors"), &m, 1, NULL, 0), RESBM_OK);
+    link[1][0].ckpt = tmp_path("meddle_in.safetensors");
+    for (k = 0; k < 2; k++) { /* pair 0 as it is; pair 1 with the host meddling in stage 0's last
+                                 receive of the step (its gradients are all there by then) */
+        link[1][0].meddle_at = link[0][0].recvs;
+        step_pair(st[k], la);
+        CHECK(la[0].rc == RESBM_OK && la[1].rc == RESBM_OK, "pair %d: %s / %s", k, resbm_strerror(la[0].rc),
+              resbm_strerror(la[1].rc));
+    }
+    CHECK(link[1][0].recvs == link[0][0].recvs && link[0][0].recvs >= 2, "receives %d / %d", link[1][0].recvs,
+          link[0][0].recvs);
+    for (k = 0; k < 6; k++) CHECK(link[1][0].meddled[k] == RESBM_ESTATE, "call %d: %s", k, resbm_strerror(link[1][0].meddled[k]));
+    CHECK(strstr(link[1][0].why, "in use") != NULL, "why: '%s'", link[1][0].why);
+    for (s = 0; s < 2; s++) {
+        plain[s] = params_snapshot(resbm_stage_model(st[0][s]));
+        changed = params_changed(resbm_stage_model(st[1][s]), plain[s]);
+        CHECK(changed == NULL, "stage %d: %s differs from the undisturbed pipeline's", s, changed);
+        CHECK(resbm_model_step_count(resbm_stage_model(st[1][s])) == 1, "stage %d at step %ld", s,
+              resbm_model_step_count(resbm_stage_model(st[1][s])));
+        free(plain[s]);
+    }
+    /* between calls the model is the host's again */
+    CHECK_RC(resbm_model_rollback(m), RESBM_OK);
+    CHECK_RC(resbm_checkpoint_load(tmp_path("meddle_in.safetensors"), &m, 1, NULL, 0), RESBM_OK);
+    { /* a model listed twice is held once */
+        resbm_model *twice[2];
+        twice[0] = twice[1] = m;
+        CHECK_RC(resbm_checkpoint_load(tmp_path("meddle_in.safetensors"), twice, 2, NULL, 0), RESBM_OK);
+        CHECK_RC(resbm_model_zero_grad(m), RESBM_OK); /* and let go */
+    }
+    for (k = 0; k < 2; k++) {
+        for (s = 0; s < 2; s++) resbm_stage_free(st[k][s]);
+        resbm_inproc_free(hub[k]);
+    }
+    remove(tmp_path("meddle_in.safetensors"));
+    remove(tmp_path("meddle_out.safetensors"));
 }
 
 /* A missing or closed peer fails the step with a clear code, applies no update, and the same
@@ -4127,6 +4197,25 @@ static void test_refusals_leave_state(void) {
     CHECK_RC(resbm_checkpoint_save(path, &m, 1, twin_keys, 2), RESBM_EINVAL);
     twice[0] = twice[1] = m;
     CHECK_RC(resbm_checkpoint_save(path, twice, 2, NULL, 0), RESBM_EINVAL); /* every name twice */
+    { /* two stages of one job save together; stages of two jobs do not (the file has one
+         config, so the loader refuses whatever would be written) */
+        resbm_model_config cj = tiny_config();
+        resbm_model *pair[2] = {NULL, NULL};
+        int s, other;
+        cj.stages = 2; cj.r = 4; cj.m = 8;
+        for (other = 0; other < 2; other++) {
+            for (s = 0; s < 2; s++) {
+                cj.stage = s;
+                cj.vocab = tiny_config().vocab + (other && s);
+                CHECK_RC(resbm_model_init(&cj, &o, &pair[s]), RESBM_OK);
+            }
+            CHECK_RC(resbm_checkpoint_save(tmp_path("two_jobs.safetensors"), pair, 2, NULL, 0),
+                     other ? RESBM_EINVAL : RESBM_OK);
+            if (!other) CHECK_RC(resbm_checkpoint_load(tmp_path("two_jobs.safetensors"), pair, 2, NULL, 0), RESBM_OK);
+            for (s = 0; s < 2; s++) resbm_model_free(pair[s]);
+        }
+        remove(tmp_path("two_jobs.safetensors"));
+    }
     fb = file_bytes(path, &lb);
     CHECK(fa && fb && la == lb && !memcmp(fa, fb, la), "a refused save changed the last good file");
     free(fa); free(fb);
@@ -5298,6 +5387,7 @@ int main(int argc, char **argv) {
     RUN(test_pipeline_failures);
     RUN(test_lost_hello_repaired);
     RUN(test_stage_reentry_and_endless_stale);
+    RUN(test_model_held_by_its_stage);
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
     RUN(test_peer_values_checked);
