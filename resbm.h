@@ -522,8 +522,9 @@ RESBMDEF float resbm_lr_factor(const resbm_opt_config *opt, long step);
    schedule position of the model's step counter; then increments it. All or nothing: an update
    that would leave a parameter or optimizer value NaN or Inf is undone (RESBM_ENONFINITE, the
    model exactly as before). The state before the last update is kept (one copy of parameters
-   and optimizer state), so resbm_model_rollback can undo it once; a refused update overwrote
-   that copy with its own before-state, so after one there is nothing to undo (RESBM_ESTATE). */
+   and optimizer state), so resbm_model_rollback can undo it once. An update refused as
+   non-finite overwrote that copy with its own before-state, so after one there is nothing to
+   undo (RESBM_ESTATE); one refused before it began (arguments, a busy model or pool) keeps it. */
 RESBMDEF int resbm_model_update(resbm_model *m, float grad_scale);
 /* Undoes the last resbm_model_update (RESBM_ESTATE when there is none to undo). */
 RESBMDEF int resbm_model_rollback(resbm_model *m);
@@ -754,7 +755,8 @@ typedef struct resbm_stage_stats {
     int in_flight;                           /* forwards it keeps in flight (its slots) */
     long steps;                              /* successful steps (async: calls) */
     long loss_step;                          /* the step (update count) whose loss the last
-                                                call reported: async lags; -1 none yet */
+                                                call reported: async lags; -1 none yet, or
+                                                that step was undone */
 } resbm_stage_stats;
 
 typedef struct resbm_stage resbm_stage;
@@ -781,14 +783,16 @@ RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int3
    once every chunk of model.batch rows has gone through, so the wait for it is timeout_ms per
    chunk. Stage 0 hears it last: if it is lost on that last way, stage 0 alone fails while the
    others have returned it (nothing changed anywhere; a host that retries, retries on every
-   stage). */
+   stage). rows must be the same on every stage: stage 0 sends its own down the pipeline first,
+   and a stage asked for another fails the call (RESBM_EINVAL). */
 RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss);
 /* Sampling through the pipeline, on every stage together: continues prompt[n_prompt] (stage 0;
    others may pass NULL) by n_new tokens drawn at `temperature` (> 0) from a PCG32 seeded with
-   `seed`; every stage gets them in out[n_new]. The window is the last T tokens. n_prompt, n_new
-   and the rest must be the same on every stage: stage 0 sends its own down the pipeline first,
-   and a stage asked for another fails the call (RESBM_EINVAL). out is written only on success. */
+   `seed`; every stage gets them in out[n_new]. The window is the last T tokens. The prompt's
+   length up to T, n_new, temperature and seed must be the same on every stage: stage 0 sends its
+   own down the pipeline first, and a stage asked for others fails the call (RESBM_EINVAL). out
+   is written only on success. */
 RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
                                   size_t n_new, float temperature, uint64_t seed, int32_t *out);
 /* Async: runs the backwards still in flight and applies their updates, on every stage together;
@@ -4599,8 +4603,8 @@ RESBMDEF int resbm_boundary_init(const resbm_boundary_config *cfg, const resbm_o
 
 RESBMDEF void resbm_boundary_free(resbm_boundary *b) { resbm_model_free(resbm__bnd(b)); }
 
-RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, const float *in,
-                                    float *out) {
+static int resbm__boundary_forward(resbm_boundary *b, int slot, size_t tokens, const float *in,
+                                   float *out) {
     resbm_model *m = resbm__bnd(b);
     resbm__acts *s;
     if (!m || !in || !out || slot < 0 || slot >= m->cfg.act_slots || tokens == 0 ||
@@ -4620,7 +4624,7 @@ RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, 
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_boundary_backward(resbm_boundary *b, int slot, const float *dout, float *din) {
+static int resbm__boundary_backward(resbm_boundary *b, int slot, const float *dout, float *din) {
     resbm_model *m = resbm__bnd(b);
     resbm__acts *s;
     size_t N, d;
@@ -4642,9 +4646,19 @@ RESBMDEF int resbm_boundary_backward(resbm_boundary *b, int slot, const float *d
 
 RESBMDEF int resbm_boundary_release(resbm_boundary *b, int slot) {
     resbm_model *m = resbm__bnd(b);
-    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
-    m->slots[slot].rows = 0;
-    return RESBM_OK;
+    RESBM__TRY(resbm__model_claim(m));
+    if (slot >= 0 && slot < m->cfg.act_slots) m->slots[slot].rows = 0;
+    return resbm__model_unclaim(m, slot >= 0 && slot < m->cfg.act_slots ? RESBM_OK : RESBM_EINVAL);
+}
+/* The boundary's entries hold it for their call, as the model's do. */
+RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, const float *in,
+                                    float *out) {
+    RESBM__TRY(resbm__model_claim(resbm__bnd(b)));
+    return resbm__model_unclaim(resbm__bnd(b), resbm__boundary_forward(b, slot, tokens, in, out));
+}
+RESBMDEF int resbm_boundary_backward(resbm_boundary *b, int slot, const float *dout, float *din) {
+    RESBM__TRY(resbm__model_claim(resbm__bnd(b)));
+    return resbm__model_unclaim(resbm__bnd(b), resbm__boundary_backward(b, slot, dout, din));
 }
 
 RESBMDEF resbm_param *resbm_boundary_params(resbm_boundary *b, size_t *count) {
@@ -5886,6 +5900,16 @@ static int resbm__sqnorms_ok(const float *sq, size_t n) {
     return RESBM_OK;
 }
 
+/* Undoes this stage's last update (another stage could not apply it). */
+static int resbm__stage_undo(resbm_stage *st) {
+    if (!st->model->has_backup || st->model->step != (long)st->step) return RESBM_ESTATE;
+    st->predicted = 0; /* the backup holds the weights proper, from before the update */
+    RESBM__TRY(resbm__model_rollback(st->model));
+    st->step = (uint64_t)st->model->step;
+    if (st->stats.loss_step >= st->model->step) st->stats.loss_step = -1; /* its loss is no step's */
+    return RESBM_OK;
+}
+
 /* A neighbour failed: [code, stage where it happened]. For this step's attempt (or a later
    one) this call fails too; for the step this stage already applied, that update is undone
    (another stage could not apply it). Anything older is left over and dropped. */
@@ -5901,9 +5925,7 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
           v[1] < (float)st->S && v[1] == (float)(int)v[1]))
         return RESBM_ERANGE;
     if (f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step) {
-        st->predicted = 0; /* the backup holds the weights proper, from before the update */
-        RESBM__TRY(resbm__model_rollback(st->model));
-        st->step = (uint64_t)st->model->step;
+        RESBM__TRY(resbm__stage_undo(st));
         st->attempt = att;
         snprintf(st->why, sizeof(st->why), "stage %d could not finish step %lu (%s), so this stage undid it",
                  (int)v[1], (unsigned long)f->step, resbm_strerror((int)v[0]));
@@ -6411,8 +6433,16 @@ static int resbm__async_flush_run(resbm_stage *st) {
     for (g = RESBM__MAX(0, C * st->n - st->slots + 1); g < C * st->n; g++)
         RESBM__TRY(resbm__async_bwd(st, g));
     for (b = RESBM__MAX(0, C - 2); b < C; b++) {
+        int rc;
         RESBM__TRY(resbm__async_commit(st, b));
-        RESBM__TRY(resbm__stage_back(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 2), ack, 1));
+        rc = resbm__stage_back(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 2), ack, 1);
+        if (rc && rc != RESBM_EPEER) { /* a stage after this one may lack the update (its
+            commit lost): undone here too, so this stage's abort names the step every stage is
+            back at. (A neighbour's abort has said already whether it kept the update, and
+            resbm__stage_abort_in has undone it here if it did not.) */
+            (void)resbm__stage_undo(st);
+        }
+        if (rc) return rc;
     }
     if (C > 0) RESBM__TRY(resbm__stage_forth(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 3), ack, 1));
     resbm__async_drop(st);
@@ -6510,6 +6540,33 @@ static int resbm__stage_poll_abort(resbm_stage *st, int from) {
     return rc == RESBM_ETIMEDOUT ? RESBM_OK : rc ? rc : RESBM_EPEER;
 }
 
+/* What only stage 0 and the last stage use must still be the same everywhere: stage 0 sends its
+   values down the pipeline first, each as four exact 16-bit halves, and a stage asked for
+   anything else fails the call (else eval would average other rows and generate sample at
+   another position, silently). It goes ahead of the call's first frame: no round trip. */
+static int resbm__stage_agree(resbm_stage *st, unsigned purpose, const char *call,
+                              const char *const *names, const uint64_t *vals, int n) {
+    uint32_t micro = RESBM__MICRO(st->attempt, purpose, 0);
+    float want[16], got[16];
+    int k;
+    RESBM_ASSERT(n >= 1 && n <= 4);
+    for (k = 0; k < 4 * n; k++) want[k] = (float)((vals[k / 4] >> (48 - 16 * (k % 4))) & 0xffffu);
+    if (!st->model->first) {
+        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, micro, 1,
+                                     (size_t)(4 * n), got));
+        for (k = 0; k < 4 * n; k++)
+            if (got[k] != want[k]) {
+                snprintf(st->why, sizeof(st->why), "stage %d, %s: %s differs from stage 0's", st->s, call,
+                         names[k / 4]);
+                return RESBM_EINVAL;
+            }
+    }
+    if (!st->model->last)
+        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, micro, 1,
+                                     (size_t)(4 * n), want));
+    return RESBM_OK;
+}
+
 static int resbm__stage_eval_run(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                                  size_t rows, float *loss) {
     resbm_model *m = st->model;
@@ -6518,7 +6575,10 @@ static int resbm__stage_eval_run(resbm_stage *st, const int32_t *tokens, const i
     float v[1];
     uint32_t k = 0;
     int saved, rc;
+    uint64_t agree = rows;
+    static const char *const names[1] = {"rows"};
     RESBM__TRY(resbm__model_release(m, 0));
+    RESBM__TRY(resbm__stage_agree(st, RESBM__FOR_EVAL, "eval", names, &agree, 1));
     for (; done < rows; done += B, k++) {
         size_t n = RESBM__MIN(B, rows - done);
         float l;
@@ -6555,37 +6615,12 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
     if (!rc) rc = resbm__stage_ids_ok(m, tokens, targets, rows * T);
     if (!rc && m->in_stream) rc = resbm__async_flush_run(st); /* the model after every step */
     if (!rc) rc = resbm__stage_eval_run(st, tokens, targets, rows, loss);
+    /* a finished eval counts as an attempt too, as a failed one does: stage 0 can fail on the
+       loss's last way back after the others have returned it, and its abort then names an
+       attempt they have left behind (else they would take it for their next call's and stay
+       one attempt behind stage 0 for good) */
+    if (!rc) st->attempt++;
     return resbm__stage_leave(st, resbm__stage_end(st, rc));
-}
-
-/* What only stage 0 and the last stage use must still be the same everywhere: stage 0 sends its
-   window length (the prompt as the window sees it), count, temperature and seed down the
-   pipeline first (temperature and seed as exact 16-bit halves), and a stage asked for anything
-   else fails the call (else the last stage would sample at another position, silently). */
-static int resbm__stage_generate_agree(resbm_stage *st, size_t window, size_t n_new, float temperature,
-                                       uint64_t seed) {
-    static const char *const names[4] = {"prompt length (up to seq)", "n_new", "temperature", "seed"};
-    uint32_t tb = resbm__fbits(temperature), micro = RESBM__MICRO(st->attempt, RESBM__FOR_GEN, 0);
-    float want[8], got[8];
-    int k;
-    want[0] = (float)window; /* <= seq, and n_new <= 2^20 + 1: both exact */
-    want[1] = (float)n_new;
-    want[2] = (float)(tb >> 16);
-    want[3] = (float)(tb & 0xffffu);
-    for (k = 0; k < 4; k++) want[4 + k] = (float)((seed >> (48 - 16 * k)) & 0xffffu);
-    if (!st->model->first) {
-        RESBM__TRY(resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s - 1, micro, 1, 8, got));
-        for (k = 0; k < 8; k++)
-            if (got[k] != want[k]) {
-                int f = k < 2 ? k : k < 4 ? 2 : 3;
-                snprintf(st->why, sizeof(st->why), "stage %d, generate: %s differs from stage 0's", st->s,
-                         names[f]);
-                return RESBM_EINVAL;
-            }
-    }
-    if (!st->model->last)
-        RESBM__TRY(resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + 1, micro, 1, 8, want));
-    return RESBM_OK;
 }
 
 static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, size_t n_prompt,
@@ -6594,14 +6629,18 @@ static int resbm__stage_generate_run(resbm_stage *st, const int32_t *prompt, siz
     size_t T = (size_t)m->cfg.seq, V = (size_t)m->cfg.vocab, i;
     resbm_rng rng;
     int32_t *drawn; /* the tokens so far: out is written only when all of them are there */
+    static const char *const names[4] = {"prompt length (up to seq)", "n_new", "temperature", "seed"};
+    uint64_t agree[4];
+    size_t w = RESBM__MIN(n_prompt, T); /* the prompt as the window sees it */
     int rc = RESBM_OK;
+    agree[0] = w; agree[1] = n_new; agree[2] = resbm__fbits(temperature); agree[3] = seed;
     RESBM__TRY(resbm__model_release(m, 0));
-    RESBM__TRY(resbm__stage_generate_agree(st, RESBM__MIN(n_prompt, T), n_new, temperature, seed));
+    RESBM__TRY(resbm__stage_agree(st, RESBM__FOR_GEN, "generate", names, agree, 4));
     if (!n_new) return RESBM_OK;
     if (!(drawn = (int32_t *)resbm__alloc(n_new * sizeof(int32_t), m->cfg.alloc_user))) return RESBM_ENOMEM;
     resbm_rng_seed(&rng, seed, 0x5a);
     for (i = 0; i < n_new && !rc; i++) {
-        size_t have = n_prompt + i, len = RESBM__MIN(have, T), j;
+        size_t have = n_prompt + i, len = RESBM__MIN(w + i, T), j; /* have: stage 0's alone */
         uint32_t micro = RESBM__MICRO(st->attempt, RESBM__FOR_GEN, i);
         float l, v[1];
         if (m->first) { /* the last `len` tokens of prompt ++ drawn[0..i), left-aligned */
@@ -6644,11 +6683,13 @@ RESBMDEF int resbm_stage_generate(resbm_stage *st, const int32_t *prompt, size_t
     m = st->model;
     rc = resbm__stage_begin(st);
     if (!rc && (n_prompt == 0 || (n_new && !out) || !resbm__finite(temperature) ||
-                !(temperature > 0.0f) || n_new > (size_t)RESBM__MAX_INDEX + 1 || (m->first && !prompt)))
+                !(temperature > 0.0f) || n_new > (size_t)RESBM__MAX_INDEX + 1 ||
+                n_prompt > (size_t)-1 - n_new || (m->first && !prompt)))
         rc = RESBM_EINVAL;
     if (!rc && m->first && !resbm__targets_ok(prompt, n_prompt, (size_t)m->cfg.vocab)) rc = RESBM_ERANGE;
     if (!rc && m->in_stream) rc = resbm__async_flush_run(st);
     if (!rc) rc = resbm__stage_generate_run(st, prompt, n_prompt, n_new, temperature, seed, out);
+    if (!rc) st->attempt++; /* as eval's */
     return resbm__stage_leave(st, resbm__stage_end(st, rc));
 }
 

@@ -3307,13 +3307,17 @@ static int two_stages(resbm_inproc **hub, resbm_stage **st, size_t cap, int time
     return RESBM_OK;
 }
 
-/* A link an integrator might plug in: drops the first n frames stage 0 sends (its hello first),
-   replays one old activation forever on stage 1's receive, or calls back into the stage from
-   inside its receive (an event loop dispatching the host's next job). */
+/* A link an integrator might plug in: drops the first n frames a stage sends (stage 0's hello
+   first) or its next control frame of one kind (an async commit, its acknowledgement, an eval's
+   loss), replays one old activation forever on stage 1's receive, or calls back into the stage
+   from inside its receive (an event loop dispatching the host's next job). */
 typedef struct {
     resbm_transport inner;
     resbm_stage *self;
     int drop_first, sent, replay, nested_rc, nest;
+    int drop_ctl;                 /* drop the next control frame whose micro field, without its
+                                     attempt, is drop_what */
+    uint32_t drop_what;
     int meddle_at, recvs, meddled[6]; /* calls on the stage's own model from inside receive
                                          number meddle_at (1, 2, ...) */
     const char *ckpt;             /* a checkpoint of it to load there */
@@ -3325,7 +3329,13 @@ typedef struct {
 
 static int odd_send(void *u, int peer, const void *buf, size_t len) {
     odd_link *l = (odd_link *)u;
+    resbm_frame_info f;
     if (l->sent++ < l->drop_first) return RESBM_OK; /* lost on the way */
+    if (l->drop_ctl && !resbm_frame_peek(buf, len, &f) && f.kind == RESBM_KIND_CONTROL &&
+        (f.micro & 0xffffffu) == l->drop_what) {
+        l->drop_ctl = 0;
+        return RESBM_OK;
+    }
     return l->inner.send(l->inner.user, peer, buf, len);
 }
 
@@ -3365,7 +3375,8 @@ static int odd_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int t
     return rc;
 }
 
-static int odd_stages(resbm_inproc **hub, resbm_stage **st, odd_link *link, int timeout_ms) {
+static int odd_stages_with(resbm_inproc **hub, resbm_stage **st, odd_link *link, const int *timeout_ms,
+                           int schedule) {
     resbm_model_config mc = pipe_config();
     resbm_stage_config c = resbm_stage_config_default();
     int s, rc;
@@ -3373,13 +3384,18 @@ static int odd_stages(resbm_inproc **hub, resbm_stage **st, odd_link *link, int 
     if ((rc = resbm_inproc_init(2, 1 << 20, hub))) return rc;
     for (s = 0; s < 2; s++) {
         memset(&link[s], 0, sizeof(link[s]));
-        c.model = mc; c.model.stage = s; c.timeout_ms = timeout_ms;
+        c.model = mc; c.model.stage = s; c.timeout_ms = timeout_ms[s]; c.schedule = schedule;
         resbm_inproc_transport(*hub, s, &link[s].inner);
         c.transport.user = &link[s]; c.transport.send = odd_send; c.transport.recv = odd_recv;
         if ((rc = resbm_stage_init(&c, &st[s]))) return rc;
         link[s].self = st[s];
     }
     return RESBM_OK;
+}
+static int odd_stages(resbm_inproc **hub, resbm_stage **st, odd_link *link, int timeout_ms) {
+    int t[2];
+    t[0] = t[1] = timeout_ms;
+    return odd_stages_with(hub, st, link, t, RESBM_SCHEDULE_EXACT);
 }
 
 static void step_pair(resbm_stage **st, lone_arg *la) {
@@ -3497,6 +3513,54 @@ static void test_model_held_by_its_stage(void) {
     }
     remove(tmp_path("meddle_in.safetensors"));
     remove(tmp_path("meddle_out.safetensors"));
+}
+
+static void *lone_flush(void *p) {
+    lone_arg *a = (lone_arg *)p;
+    a->rc = resbm_stage_flush(a->st, &a->loss);
+    return NULL;
+}
+
+/* An async flush that loses a frame, each stage's host calling flush again after a failure:
+   (a) stage 0's commit lost, stage 0 the first to time out on its acknowledgement: it undoes the
+   update it had applied, so both stages end the failed flush at the same step (before, it kept
+   it: its abort named the step after, which stage 1 dropped as stale, and the retried flush
+   returned OK on both, one update apart); (b) stage 1's acknowledgement lost, stage 1 the first
+   to time out: stage 0 keeps the update stage 1 kept (a stage undid it on any failure, once). */
+static void test_flush_lost_frame(void) {
+    int t[2][2] = {{200, 1500}, {1500, 200}}, c, s, k;
+    for (c = 0; c < 2; c++) {
+        resbm_inproc *hub;
+        resbm_stage *st[2];
+        odd_link link[2];
+        lone_arg la[2];
+        pthread_t th[2];
+        CHECK_RC(odd_stages_with(&hub, st, link, t[c], RESBM_SCHEDULE_ASYNC), RESBM_OK);
+        if (th_fail_now) return;
+        for (k = 0; k < 4; k++) {
+            step_pair(st, la);
+            CHECK(la[0].rc == RESBM_OK && la[1].rc == RESBM_OK, "case %d, async step %d: %s / %s", c, k,
+                  resbm_strerror(la[0].rc), resbm_strerror(la[1].rc));
+        }
+        link[c].drop_ctl = 1;
+        link[c].drop_what = c == 0 ? 1 : 2; /* training frames #1 (the commit) and #2 (its ack) */
+        for (k = 0; k < 2; k++) { /* the flush that loses the frame, then the retry */
+            for (s = 0; s < 2; s++) { la[s].st = st[s]; pthread_create(&th[s], NULL, lone_flush, &la[s]); }
+            for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+            if (k == 0)
+                CHECK(la[0].rc != RESBM_OK && la[1].rc != RESBM_OK, "case %d, the failed flush: %s / %s", c,
+                      resbm_strerror(la[0].rc), resbm_strerror(la[1].rc));
+            CHECK(resbm_model_step_count(resbm_stage_model(st[0])) == resbm_model_step_count(resbm_stage_model(st[1])),
+                  "case %d, flush %d: stage 0 at step %ld, stage 1 at %ld", c, k,
+                  resbm_model_step_count(resbm_stage_model(st[0])), resbm_model_step_count(resbm_stage_model(st[1])));
+        }
+        CHECK(link[c].drop_ctl == 0, "case %d: nothing was dropped", c);
+        for (k = 0; k < 2; k++) step_pair(st, la);
+        CHECK(la[0].rc == RESBM_OK && la[1].rc == RESBM_OK, "case %d, the steps after: %s / %s", c,
+              resbm_strerror(la[0].rc), resbm_strerror(la[1].rc));
+        for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+        resbm_inproc_free(hub);
+    }
 }
 
 /* A missing or closed peer fails the step with a clear code, applies no update, and the same
@@ -4856,7 +4920,7 @@ static void test_job_agreement(void) {
 typedef struct { resbm_stage *st; size_t n_prompt; float temperature; uint64_t seed; int rc; int32_t out[4]; } gen_arg;
 static void *gen_thread(void *p) {
     gen_arg *a = (gen_arg *)p;
-    static const int32_t prompt[5] = {3, 1, 4, 1, 5};
+    static const int32_t prompt[10] = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3};
     a->rc = resbm_stage_generate(a->st, prompt, a->n_prompt, 4, a->temperature, a->seed, a->out);
     return NULL;
 }
@@ -4896,6 +4960,27 @@ static void test_generate_agreement_and_refusals(void) {
         CHECK(strstr(resbm_stage_why(st[1]), k == 0 ? "prompt" : k == 1 ? "seed" : "temperature") != NULL,
               "case %d: why %s", k, resbm_stage_why(st[1]));
     }
+    { /* prompts longer than the window (seq 8): only the window's length must agree, and a length
+         whose count with n_new would wrap is refused (the last stage sampled outside the
+         probabilities at 2^64 - 1, returning OK on both) */
+        gen_arg longer[2];
+        for (k = 0; k < 3; k++) {
+            a[0] = good[0]; a[1] = good[1];
+            a[0].n_prompt = 10;
+            a[1].n_prompt = k == 0 ? 10 : k == 1 ? 12 : (size_t)-1;
+            gen_pair(st, a);
+            if (k == 0) memcpy(longer, a, sizeof(longer));
+            if (k < 2) {
+                CHECK(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK, "window case %d: %s / %s", k, resbm_strerror(a[0].rc),
+                      resbm_strerror(a[1].rc));
+                CHECK(!memcmp(a[0].out, longer[0].out, sizeof(a[0].out)) && !memcmp(a[1].out, longer[0].out, sizeof(a[0].out)),
+                      "window case %d: other tokens", k);
+            } else {
+                CHECK(a[1].rc == RESBM_EINVAL && a[0].rc == RESBM_EPEER, "wrapping length: %s / %s", resbm_strerror(a[0].rc),
+                      resbm_strerror(a[1].rc));
+            }
+        }
+    }
     for (k = 0; k < 300; k++) { /* stage 1 refuses its arguments after stage 0 sent its frames */
         a[0] = good[0]; a[1] = good[1];
         a[1].temperature = 0.0f;
@@ -4915,6 +5000,61 @@ static void test_generate_agreement_and_refusals(void) {
     resbm_inproc_free(hub);
 }
 
+typedef struct { resbm_stage *st; size_t rows; int rc; float loss; } eval_arg;
+static void *eval_thread(void *p) {
+    eval_arg *a = (eval_arg *)p;
+    int32_t tok[4 * 8], tg[4 * 8];
+    tiny_batch(tok, tg, 4 * 8, 23, 5);
+    a->loss = -1.0f;
+    a->rc = resbm_stage_eval(a->st, tok, tg, a->rows, &a->loss);
+    return NULL;
+}
+
+/* Eval's rows must be the same on every stage: stage 0 sends its own ahead of the chunks, and a
+   stage asked for another count fails the call, losses untouched. Before, the last stage given a
+   prefix of stage 0's rows returned its loss to both as success (the mean of other rows than
+   stage 0's). And a loss lost on its last way back fails stage 0 alone; the hosts retry on both
+   stages together, and that retry and every call after it work (before, stage 1 took stage 0's
+   abort for its next call's and stayed an attempt behind: every later call failed). */
+static void test_eval_rows_agree(void) {
+    resbm_inproc *hub;
+    resbm_stage *st[2];
+    odd_link link[2];
+    eval_arg a[2];
+    lone_arg la[2];
+    pthread_t th[2];
+    float ref = 0.0f;
+    int s, k;
+    size_t rows[6][2] = {{3, 3}, {3, 1}, {1, 3}, {3, 3}, {3, 3}, {3, 3}};
+    CHECK_RC(odd_stages(&hub, st, link, 300), RESBM_OK); /* one row per chunk: three chunks */
+    if (th_fail_now) return;
+    for (k = 0; k < 6; k++) {
+        if (k == 4) { link[1].drop_ctl = 1; link[1].drop_what = (uint32_t)1 << 20; } /* the eval's loss */
+        for (s = 0; s < 2; s++) { a[s].st = st[s]; a[s].rows = rows[k][s]; pthread_create(&th[s], NULL, eval_thread, &a[s]); }
+        for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
+        if (k == 4) {
+            CHECK(a[0].rc == RESBM_ETIMEDOUT && a[1].rc == RESBM_OK && a[0].loss == -1.0f && a[1].loss == ref,
+                  "the lost loss: %s / %s, %g / %g", resbm_strerror(a[0].rc), resbm_strerror(a[1].rc), a[0].loss, a[1].loss);
+        } else if (rows[k][0] == rows[k][1]) {
+            CHECK(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK && a[0].loss == a[1].loss && a[0].loss > 0.0f,
+                  "case %d: %s / %s, %g / %g", k, resbm_strerror(a[0].rc), resbm_strerror(a[1].rc), a[0].loss, a[1].loss);
+            if (k == 0) ref = a[0].loss;
+            else CHECK(a[0].loss == ref, "after the refusals: %g, was %g", a[0].loss, ref);
+        } else {
+            CHECK(a[1].rc == RESBM_EINVAL && a[0].rc == RESBM_EPEER, "case %d: %s / %s", k, resbm_strerror(a[0].rc),
+                  resbm_strerror(a[1].rc));
+            CHECK(a[0].loss == -1.0f && a[1].loss == -1.0f, "case %d: losses %g / %g written", k, a[0].loss, a[1].loss);
+            CHECK(strstr(resbm_stage_why(st[1]), "rows") != NULL, "case %d: why %s", k, resbm_stage_why(st[1]));
+        }
+    }
+    for (k = 0; k < 3; k++) {
+        step_pair(st, la);
+        CHECK(la[0].rc == RESBM_OK && la[1].rc == RESBM_OK, "step %d after: %s / %s", k, resbm_strerror(la[0].rc),
+              resbm_strerror(la[1].rc));
+    }
+    for (s = 0; s < 2; s++) resbm_stage_free(st[s]);
+    resbm_inproc_free(hub);
+}
 
 /* Stages 0 and 1 of a 2-stage job (2 microbatches of 2 rows) over one hub, with their models. */
 static int job_stages(resbm_inproc **hub, resbm_stage **st, resbm_model **m, job_arg *a, int timeout_ms) {
@@ -5388,6 +5528,7 @@ int main(int argc, char **argv) {
     RUN(test_lost_hello_repaired);
     RUN(test_stage_reentry_and_endless_stale);
     RUN(test_model_held_by_its_stage);
+    RUN(test_flush_lost_frame);
     RUN(test_pipeline_timeout_scales);
     RUN(test_hostile_peer);
     RUN(test_peer_values_checked);
@@ -5399,6 +5540,7 @@ int main(int argc, char **argv) {
     RUN(test_job_agreement);
     RUN(test_job_recovers_after_reload);
     RUN(test_generate_agreement_and_refusals);
+    RUN(test_eval_rows_agree);
     RUN(test_job_mismatch_leaves_no_backlog);
     RUN(test_transport_check);
     RUN(test_pipeline_eval_generate);
