@@ -10,6 +10,7 @@
        tcp_mesh *mesh;
        int rc = tcp_mesh_open(&mesh, me, 2, addrs, 30000);          // every stage, within 30 s
        if (rc) ... resbm_strerror(rc) ...
+       tcp_mesh_set_send_timeout(mesh, cfg.timeout_ms);              // default 60 s
        tcp_mesh_transport(mesh, &cfg.transport);                     // peers are ranks = stages
        ... resbm_stage_init(&cfg, &st), resbm_stage_step(st, ...) ...
        tcp_mesh_close(mesh);
@@ -98,7 +99,7 @@ struct tcp_mesh {
     int me, n;
     size_t max_message;  /* longest message accepted, default 1 << 30 */
     size_t max_inbox;    /* most bytes an inbox takes while draining: 2 * max_message + 16 */
-    int send_timeout_ms; /* < 0 (default): a send waits as long as the peer is alive */
+    int send_timeout_ms; /* default 60000; < 0: a send waits as long as the peer is alive */
     tcp_peer *peer;      /* [n] */
     struct pollfd *pfd;  /* [n] scratch for tcp__wait */
     tcp_mesh_auth auth;  /* while opening */
@@ -112,7 +113,8 @@ TCPDEF void tcp_mesh_close(tcp_mesh *t);
 TCPDEF void tcp_mesh_transport(tcp_mesh *t, resbm_transport *out);
 /* Longest message either way (a longer incoming length ends the link). */
 TCPDEF void tcp_mesh_set_max_message(tcp_mesh *t, size_t bytes);
-/* Bounds a send (< 0: no bound). A send that times out half-way ends the link. */
+/* Bounds a send (default 60 s, as the contract asks: a live peer that stops reading cannot
+   hold a stage for ever; < 0: no bound). A send that times out half-way ends the link. */
 TCPDEF void tcp_mesh_set_send_timeout(tcp_mesh *t, int ms);
 
 /* ---- small helpers ------------------------------------------------------------------------------ */
@@ -431,9 +433,10 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
    unknown or duplicate ranks and closed callers are dropped. Unfinished handshakes wait side by
    side, with room for every lower rank at once (each sends its proof only after its own
    accepts, so all of them may wait together) and TCP_MESH_PENDING more; when full, the oldest
-   caller that has not yet sent a good hello is dropped (a stranger, or a rank that then sees its
-   link closed and fails), so idle connections cannot push real ranks out; only when every slot
-   holds a good hello (replayed ones, say) is the oldest of all dropped. */
+   caller that has not yet sent a good hello after a poll round to send it in is dropped (a
+   stranger, or a rank that then sees its link closed and fails), so idle connections cannot push
+   real ranks out; only when every such slot holds a good hello (replayed ones, say) is the oldest
+   of all dropped; when every slot was filled in this same round, the newcomer is. */
 typedef struct {
     int fd, rank;
     size_t got, want;  /* bytes read of the message being read, and its size */
@@ -497,6 +500,7 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
             h->fd = -1;
         }
         if (p[0].revents) { /* new callers */
+            unsigned long batch = seq; /* callers accepted from here on have not been read yet */
             int fd;
             while ((fd = accept(lfd, NULL, NULL)) >= 0) {
                 int slot = -1, pass;
@@ -504,9 +508,11 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
                 for (i = 0; i < cap && slot < 0; i++)
                     if (hs[i].fd < 0) slot = i;
                 for (pass = 0; pass < 2 && slot < 0; pass++) /* full: the oldest without a good */
-                    for (i = 0; i < cap; i++)                /* hello, else the oldest of all */
-                        if ((pass || hs[i].want == TCP_MESH_HELLO) && (slot < 0 || hs[i].seq < hs[slot].seq))
+                    for (i = 0; i < cap; i++)                /* hello, else the oldest of all, */
+                        if ((pass || hs[i].want == TCP_MESH_HELLO) && hs[i].seq < batch && /* that */
+                            (slot < 0 || hs[i].seq < hs[slot].seq))               /* had a turn */
                             slot = i;
+                if (slot < 0) { close(fd); continue; } /* all in this batch: the newcomer goes */
                 if (hs[slot].fd >= 0) close(hs[slot].fd);
                 hs[slot].fd = fd;
                 hs[slot].got = 0;
@@ -549,7 +555,7 @@ TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *
     if (!t->peer || !t->pfd || !hellos) { free(t->peer); free(t->pfd); free(t); free(hellos); return RESBM_ENOMEM; }
     for (j = 0; j < n; j++) t->peer[j].fd = -1;
     tcp_mesh_set_max_message(t, (size_t)1 << 30);
-    t->send_timeout_ms = -1;
+    t->send_timeout_ms = 60000;
     /* 1. listen, if a lower rank will call; 2. call every higher rank and say hello (this needs
        only their listeners, so no rank ever waits for another one in a cycle) */
     if (me > 0) rc = tcp__listen(addrs[me], n + TCP_MESH_PENDING, &lfd);
@@ -633,9 +639,10 @@ static int tcp__reserve(tcp_peer *p, size_t need, size_t limit) {
     return 0;
 }
 
-/* Reads what peer p has sent so far into its inbox (while the inbox is under the limit). */
-static void tcp__drain(tcp_mesh *t, tcp_peer *p) {
-    while (!p->rerr) {
+/* Reads what peer p has sent so far into its inbox (while the inbox is under the limit and the
+   deadline has not passed: a peer that keeps sending cannot stretch another link's wait). */
+static void tcp__drain(tcp_mesh *t, tcp_peer *p, double deadline) {
+    while (!p->rerr && tcp__left(deadline) != 0) {
         size_t have = p->in_tail - p->in_head, room;
         ssize_t k;
         if (have >= t->max_inbox) return;
@@ -688,9 +695,10 @@ static int tcp__wait(tcp_mesh *t, int target, short events, double deadline) {
             short r = t->pfd[j].revents;
             if (r & POLLNVAL) return RESBM_ETRANSPORT;
             if (j == target && (r & (events | POLLHUP | POLLERR))) ready = 1;
-            else if (r) tcp__drain(t, &t->peer[j]); /* data, or the end of that link */
+            else if (r) tcp__drain(t, &t->peer[j], deadline); /* data, or the end of that link */
         }
         if (ready || t->peer[target].rerr) return RESBM_OK; /* the caller's call will tell */
+        if (tcp__left(deadline) == 0) return RESBM_ETIMEDOUT; /* others' data kept poll busy */
     }
 }
 
@@ -733,8 +741,11 @@ static int tcp__recv(void *user, int peer, void *buf, size_t cap, size_t *len, i
         if (!(rc = tcp__read(t, peer, hdr + got, 8 - got, deadline, &k))) got += k;
     if (rc) return tcp__unread(&t->peer[peer], hdr, got) ? RESBM_ENOMEM : rc;
     for (i = 0; i < 8; i++) n |= (uint64_t)hdr[i] << (8 * i);
-    if (n > t->max_message) /* not our framing, or hostile: nothing after it can be trusted */
+    if (n > t->max_message) { /* not our framing, or hostile: nothing after it can be trusted,
+                                 so what is already in the inbox behind it goes too */
+        t->peer[peer].in_head = t->peer[peer].in_tail = 0;
         return t->peer[peer].rerr = RESBM_ETRANSPORT;
+    }
     if (n > cap) /* it stays queued for a call with a bigger buffer */
         return tcp__unread(&t->peer[peer], hdr, 8) ? RESBM_ENOMEM : RESBM_EMSGSIZE;
     for (got = 0; got < n && !rc;) /* the bytes, straight into buf */

@@ -407,8 +407,27 @@ static void test_length_limit(void) {
     EXPECT(raw_write(m[1]->peer[0].fd, hdr, 8) == 0, "raw write");
     EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_ETRANSPORT);
     EXPECT_RC(ta.recv(ta.user, 1, buf, sizeof(buf), &len, 5000), RESBM_ETRANSPORT); /* for good */
+    EXPECT(m[0]->send_timeout_ms > 0, "a send waits for ever by default (%d)", m[0]->send_timeout_ms);
     tcp_mesh_close(m[0]);
     tcp_mesh_close(m[1]);
+    { /* for good even when what came behind the bad length is already in the inbox (read there
+         while waiting on another peer): before, the next call handed it out as a message */
+        tcp_mesh *m3[3];
+        resbm_transport t1;
+        EXPECT_RC(open_mesh(3, m3), RESBM_OK);
+        if (g_why[0]) return;
+        tcp_mesh_transport(m3[1], &t1);
+        put64(hdr, (uint64_t)1 << 62);
+        EXPECT(raw_write(m3[0]->peer[1].fd, hdr, 8) == 0, "raw write");
+        put64(hdr, 4);
+        EXPECT(raw_write(m3[0]->peer[1].fd, hdr, 8) == 0 && raw_write(m3[0]->peer[1].fd, "evil", 4) == 0, "raw write");
+        EXPECT_RC(t1.recv(t1.user, 2, buf, sizeof(buf), &len, 300), RESBM_ETIMEDOUT); /* rank 0's bytes: inbox */
+        EXPECT(m3[1]->peer[0].in_tail - m3[1]->peer[0].in_head == 20, "the inbox holds %zu bytes, not 20",
+               m3[1]->peer[0].in_tail - m3[1]->peer[0].in_head);
+        EXPECT_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 300), RESBM_ETRANSPORT);
+        EXPECT_RC(t1.recv(t1.user, 0, buf, sizeof(buf), &len, 300), RESBM_ETRANSPORT);
+        for (len = 0; len < 3; len++) tcp_mesh_close(m3[len]);
+    }
     EXPECT_RC(open_mesh(2, m), RESBM_OK);
     if (g_why[0]) return;
     tcp_mesh_transport(m[0], &ta);
@@ -631,6 +650,79 @@ static void test_bad_handshake_ignored(void) {
     if (partial >= 0) close(partial);
     if (!acc.rc) tcp_mesh_close(acc.mesh);
     tcp_mesh_close(m0);
+}
+
+/* Idle connections from a stranger (no secret, nothing sent) do not push a real rank out of the
+   handshake: here they arrive with the real rank 0 while rank 1 is still calling rank 2 (which
+   starts late), so rank 1 accepts all of them at once, more than it has room for. Before, the
+   oldest caller without a read hello was dropped, and that was rank 0, whose hello had not been
+   read yet: every rank's open failed. */
+static void test_idle_callers_cannot_evict(void) {
+    char addrs[3][32];
+    const char *ap[3];
+    int ports[3], idle[20], k;
+    open_arg a[3];
+    pthread_t th[3];
+    take_ports(3, addrs, ports);
+    for (k = 0; k < 3; k++) {
+        ap[k] = addrs[k];
+        memset(&a[k], 0, sizeof(a[k]));
+        a[k].me = k; a[k].n = 3; a[k].addrs = ap; a[k].deadline_ms = 8000;
+    }
+    pthread_create(&th[1], NULL, open_thread, &a[1]); /* listens, then calls rank 2: not up yet */
+    sleep_ms(200);
+    pthread_create(&th[0], NULL, open_thread, &a[0]); /* calls rank 1 and says hello */
+    sleep_ms(300);
+    for (k = 0; k < 20; k++) { /* connect, without waiting for it (the backlog may be full) */
+        struct sockaddr_in sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons((uint16_t)ports[1]);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        idle[k] = socket(AF_INET, SOCK_STREAM, 0);
+        if (idle[k] >= 0 && !tcp__nonblock(idle[k])) (void)connect(idle[k], (struct sockaddr *)&sa, sizeof(sa));
+    }
+    sleep_ms(300);
+    pthread_create(&th[2], NULL, open_thread, &a[2]); /* rank 1 can go on to accept */
+    for (k = 0; k < 3; k++) pthread_join(th[k], NULL);
+    for (k = 0; k < 3; k++) EXPECT_RC(a[k].rc, RESBM_OK);
+    for (k = 0; k < 20; k++) if (idle[k] >= 0) close(idle[k]);
+    for (k = 0; k < 3; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
+}
+
+/* A neighbour that keeps sending does not stretch a receive from another, quiet one past its
+   timeout (before, draining went on until the flooded inbox was full: seconds, and gigabytes). */
+typedef struct { resbm_transport t; volatile int stop; long sent; } flood_arg;
+static void *flood_thread(void *p) {
+    flood_arg *f = (flood_arg *)p;
+    static unsigned char mb[1 << 20];
+    while (!f->stop && f->t.send(f->t.user, 1, mb, sizeof(mb)) == RESBM_OK) f->sent++;
+    return NULL;
+}
+static void test_flood_keeps_timeouts(void) {
+    tcp_mesh *m[3];
+    resbm_transport t1;
+    flood_arg f;
+    pthread_t th;
+    unsigned char buf[16];
+    size_t len;
+    double t0, took;
+    int k;
+    EXPECT_RC(open_mesh(3, m), RESBM_OK);
+    if (g_why[0]) return;
+    memset(&f, 0, sizeof(f));
+    tcp_mesh_transport(m[0], &f.t);
+    tcp_mesh_set_send_timeout(m[0], 300); /* so the flood ends once nobody reads */
+    tcp_mesh_transport(m[1], &t1);
+    pthread_create(&th, NULL, flood_thread, &f);
+    sleep_ms(100);
+    t0 = now_ms();
+    EXPECT_RC(t1.recv(t1.user, 2, buf, sizeof(buf), &len, 300), RESBM_ETIMEDOUT);
+    took = now_ms() - t0;
+    f.stop = 1;
+    pthread_join(th, NULL);
+    EXPECT(took < 1000.0, "a 300 ms receive took %.0f ms beside a flood (%ld MiB sent)", took, f.sent);
+    for (k = 0; k < 3; k++) tcp_mesh_close(m[k]);
 }
 
 /* Twelve ranks, the last starting late: every lower rank's handshake waits at the last one at
@@ -869,6 +961,8 @@ int main(void) {
     run("closed_peer", test_closed_peer);
     run("conformance", test_conformance);
     run("bad_handshake_ignored", test_bad_handshake_ignored);
+    run("idle_callers_cannot_evict", test_idle_callers_cannot_evict);
+    run("flood_keeps_timeouts", test_flood_keeps_timeouts);
     run("mesh_many_ranks_late", test_mesh_many_ranks_late);
     run("secret_and_job", test_secret_and_job);
     run("unreachable_peer", test_unreachable_peer);
