@@ -850,8 +850,9 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
    (AdamW moments; Muon's momentum is .m); metadata "format" = "resbm-checkpoint-1", "step" (updates
    applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs, whose
    keys differ from these four and from each other (else RESBM_EINVAL, as for one model given
-   twice, or models of different jobs: the file has one config). RESBM_ENONFINITE when a parameter or optimizer value is NaN or Inf (nothing is written:
-   the last good file stays); RESBM_EIO with errno set when the file cannot be written. */
+   twice, or models of different jobs: the file has one config). RESBM_ENONFINITE when a
+   parameter or optimizer value is NaN or Inf (nothing is written: the last good file stays);
+   RESBM_EIO with errno set when the file cannot be written. */
 RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
                                    const char *const *meta_kv, size_t n_meta);
 /* Loads into every model the tensors it owns (others in the file are ignored): each must be
@@ -3526,7 +3527,8 @@ static void resbm__model_carve(resbm_model *m, resbm_arena *a) {
     m->dlogits = (float *)resbm_arena_push(a, m->last ? N * V : 0, sizeof(float));
     m->bm1 = (float *)resbm_arena_push(a, half ? N * m->m : 0, sizeof(float));
     m->bm2 = (float *)resbm_arena_push(a, half ? N * m->m : 0, sizeof(float));
-    m->enc_keep = (float *)resbm_arena_push(a, m->host && m->has_enc ? d + m->m * (d + m->r) : 0, sizeof(float));
+    m->enc_keep = (float *)resbm_arena_push(a, m->host && m->has_enc ? d + m->m * (d + m->r) : 0,
+                                            sizeof(float));
     if (!a->base) return;
     /* Carving pass: fill the parameter table. */
     own = 0;
