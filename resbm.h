@@ -4646,11 +4646,11 @@ static int resbm__boundary_backward(resbm_boundary *b, int slot, const float *do
     return RESBM_OK;
 }
 
-RESBMDEF int resbm_boundary_release(resbm_boundary *b, int slot) {
+static int resbm__boundary_release(resbm_boundary *b, int slot) {
     resbm_model *m = resbm__bnd(b);
-    RESBM__TRY(resbm__model_claim(m));
-    if (slot >= 0 && slot < m->cfg.act_slots) m->slots[slot].rows = 0;
-    return resbm__model_unclaim(m, slot >= 0 && slot < m->cfg.act_slots ? RESBM_OK : RESBM_EINVAL);
+    if (!m || slot < 0 || slot >= m->cfg.act_slots) return RESBM_EINVAL;
+    m->slots[slot].rows = 0;
+    return RESBM_OK;
 }
 /* The boundary's entries hold it for their call, as the model's do. */
 RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, const float *in,
@@ -4661,6 +4661,10 @@ RESBMDEF int resbm_boundary_forward(resbm_boundary *b, int slot, size_t tokens, 
 RESBMDEF int resbm_boundary_backward(resbm_boundary *b, int slot, const float *dout, float *din) {
     RESBM__TRY(resbm__model_claim(resbm__bnd(b)));
     return resbm__model_unclaim(resbm__bnd(b), resbm__boundary_backward(b, slot, dout, din));
+}
+RESBMDEF int resbm_boundary_release(resbm_boundary *b, int slot) {
+    RESBM__TRY(resbm__model_claim(resbm__bnd(b)));
+    return resbm__model_unclaim(resbm__bnd(b), resbm__boundary_release(b, slot));
 }
 
 RESBMDEF resbm_param *resbm_boundary_params(resbm_boundary *b, size_t *count) {
@@ -7219,31 +7223,28 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
 /* A checkpoint holds every model it reads or writes (each once, however often it is listed). */
+static int resbm__listed_before(resbm_model *const *models, size_t i) {
+    size_t j;
+    for (j = 0; j < i; j++)
+        if (models[j] == models[i]) return 1;
+    return 0;
+}
+static int resbm__models_unclaim(resbm_model *const *models, size_t n_models, int rc) {
+    size_t i;
+    for (i = 0; i < n_models; i++)
+        if (!resbm__listed_before(models, i)) resbm__model_unclaim(models[i], 0);
+    return rc;
+}
 static int resbm__models_claim(resbm_model *const *models, size_t n_models) {
-    size_t i, j;
+    size_t i;
+    int rc;
     if (!models) return RESBM_EINVAL;
     for (i = 0; i < n_models; i++)
         if (!models[i]) return RESBM_EINVAL;
-    for (i = 0; i < n_models; i++) {
-        int rc = RESBM_OK;
-        for (j = 0; j < i && models[j] != models[i]; j++) {}
-        if (j == i && (rc = resbm__model_claim(models[i]))) {
-            while (i-- > 0) {
-                for (j = 0; j < i && models[j] != models[i]; j++) {}
-                if (j == i) resbm__model_unclaim(models[i], 0);
-            }
-            return rc;
-        }
-    }
+    for (i = 0; i < n_models; i++)
+        if (!resbm__listed_before(models, i) && (rc = resbm__model_claim(models[i])))
+            return resbm__models_unclaim(models, i, rc); /* let go of those held so far */
     return RESBM_OK;
-}
-static int resbm__models_unclaim(resbm_model *const *models, size_t n_models, int rc) {
-    size_t i, j;
-    for (i = 0; i < n_models; i++) {
-        for (j = 0; j < i && models[j] != models[i]; j++) {}
-        if (j == i) resbm__model_unclaim(models[i], 0);
-    }
-    return rc;
 }
 
 static const char *resbm__opt_name(int kind) {
