@@ -692,11 +692,11 @@ static void test_idle_callers_cannot_evict(void) {
 
 /* A neighbour that keeps sending does not stretch a receive from another, quiet one past its
    timeout (before, draining went on until the flooded inbox was full: seconds, and gigabytes). */
-typedef struct { resbm_transport t; volatile int stop; long sent; } flood_arg;
+typedef struct { resbm_transport t; int stop; long sent; } flood_arg; /* stop: atomic */
 static void *flood_thread(void *p) {
     flood_arg *f = (flood_arg *)p;
     static unsigned char mb[1 << 20];
-    while (!f->stop && f->t.send(f->t.user, 1, mb, sizeof(mb)) == RESBM_OK) f->sent++;
+    while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE) && f->t.send(f->t.user, 1, mb, sizeof(mb)) == RESBM_OK) f->sent++;
     return NULL;
 }
 static void test_flood_keeps_timeouts(void) {
@@ -719,7 +719,7 @@ static void test_flood_keeps_timeouts(void) {
     t0 = now_ms();
     EXPECT_RC(t1.recv(t1.user, 2, buf, sizeof(buf), &len, 300), RESBM_ETIMEDOUT);
     took = now_ms() - t0;
-    f.stop = 1;
+    __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
     pthread_join(th, NULL);
     EXPECT(took < 1000.0, "a 300 ms receive took %.0f ms beside a flood (%ld MiB sent)", took, f.sent);
     for (k = 0; k < 3; k++) tcp_mesh_close(m[k]);
