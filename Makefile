@@ -131,7 +131,7 @@ sanitize: | $(BUILD)
 
 # ThreadSanitizer on the stage runtime, the transports and the pool (the tests that run threads),
 # and on the TCP adapter.
-TSAN_TESTS = pool pipeline inproc shaper hostile gemm_large_threads model_threads fault_retry transport_codes job_agreement
+TSAN_TESTS = pool pipeline inproc shaper hostile gemm_large_threads model_threads fault_retry fault_lock_step transport_codes job_agreement
 tsan: | $(BUILD)
 	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_resbm.c -o $(BUILD)/test_resbm_tsan $(LIBS)
 	$(CC) -std=c99 -O1 -g $(ARCH) $(WARN) -fsanitize=thread tests/test_tcp.c -o $(BUILD)/test_tcp_tsan $(LIBS)

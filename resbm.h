@@ -5523,6 +5523,10 @@ struct resbm_stage {
     double loss_acc;              /* last stage: the loss sum of the batch being forwarded */
     uint32_t job[RESBM__JOB_N];
     int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
+    int abort_late;               /* it undid a step this stage's host had already counted */
+    unsigned entered;             /* calls begun (wrapping) */
+    unsigned applied_in;          /* the call, and the attempt, that applied the last update */
+    int applied_att;
     char why[192];                /* the last failure, one line */
     resbm_stage_stats stats;
 };
@@ -5916,27 +5920,46 @@ static int resbm__stage_undo(resbm_stage *st) {
     return RESBM_OK;
 }
 
+/* The stream call under way, as an abort's index field names it: 1 + its number (wrapping). */
+static uint32_t resbm__stream_call(const resbm_stage *st) {
+    return 1u + (uint32_t)((uint64_t)st->calls % RESBM__MAX_INDEX);
+}
+
 /* A neighbour failed: [code, stage where it happened]. For this step's attempt (or a later
    one) this call fails too; for the step this stage already applied, that update is undone
-   (another stage could not apply it). Anything older is left over and dropped. */
+   (another stage could not apply it). Anything older is left over and dropped.
+   Late: the neighbour failed a call this stage had already returned (the step's update applied
+   and its commit lost further on, or a later stage could not apply it; async, the last frames
+   of a stream call lost after this stage finished it). Its host took that call as done, and this
+   one as the next; so this call is the next attempt, and it fails, and every neighbour, the
+   sender too (whose next call runs that attempt now), must fail it with this one, or hosts that
+   wait for every stage each round would stay a call apart. */
 static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_info *f, size_t len,
                                  int *stale) {
     float v[2];
     resbm_frame_info e = *f;
     int rc, att = (int)(f->micro >> 24);
+    uint32_t call = f->micro & RESBM__MAX_INDEX; /* the stream call of the neighbour's own failure */
+    int late_call = call && st->model->in_stream && call != resbm__stream_call(st);
     *stale = 0;
     e.kind = RESBM_KIND_CONTROL; e.dtype = RESBM_WIRE_F32; e.rows = 1; e.cols = 2;
     if ((rc = resbm_frame_decode(v, 2, st->rbuf, len, &e))) return rc;
     if (!(v[0] <= -1.0f && v[0] >= -127.0f && v[0] == (float)(int)v[0] && v[1] >= 0.0f &&
           v[1] < (float)st->S && v[1] == (float)(int)v[1]))
         return RESBM_ERANGE;
-    if (f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step) {
+    if (f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step &&
+        att >= st->applied_att) {
+        int late = (late_call || (st->applied_in != st->entered && att == st->applied_att)) &&
+                   att + 1 < RESBM__MAX_ATTEMPT; /* (else no attempt is left to tell them with) */
         RESBM__TRY(resbm__stage_undo(st));
-        st->attempt = att;
+        st->attempt = late ? att + 1 : att;
+        st->abort_late = late;
         snprintf(st->why, sizeof(st->why), "stage %d could not finish step %lu (%s), so this stage undid it",
                  (int)v[1], (unsigned long)f->step, resbm_strerror((int)v[0]));
     } else if (f->step == st->step && att >= st->attempt) {
-        st->attempt = att;
+        int late = late_call && att + 1 < RESBM__MAX_ATTEMPT;
+        st->attempt = late ? att + 1 : att;
+        st->abort_late = late;
         snprintf(st->why, sizeof(st->why), "stage %d failed step %lu: %s", (int)v[1],
                  (unsigned long)f->step, resbm_strerror((int)v[0]));
     } else {
@@ -6029,6 +6052,8 @@ static int resbm__stage_begin(resbm_stage *st) {
     int side;
     st->why[0] = 0;
     st->abort_code = 0; /* no neighbour's abort heard in this call yet */
+    st->abort_late = 0;
+    st->entered++;
     if (st->model->loads != st->synced_loads) { /* loaded in between: prove the job again */
         st->predicted = 0; /* the loaded values are the weights proper */
         if (st->model->in_stream) resbm__async_drop(st); /* its steps ran on other weights */
@@ -6074,9 +6099,13 @@ static int resbm__stage_begin(resbm_stage *st) {
    refused job is told to the neighbours already agreed). */
 static int resbm__stage_end(resbm_stage *st, int rc) {
     int side, code = rc, origin = st->s, skip = -1;
+    uint32_t call = 0; /* this stage's own failure in a stream: the call (see abort_in) */
     if (!rc) return RESBM_OK;
-    if (rc == RESBM_EPEER && st->abort_code) { /* a neighbour's failure: passed on, not back */
-        code = st->abort_code; origin = st->abort_origin; skip = st->abort_from;
+    if (rc == RESBM_EPEER && st->abort_code) { /* a neighbour's failure: passed on, not back
+                                                   (unless it came late: see abort_in) */
+        code = st->abort_code; origin = st->abort_origin; skip = st->abort_late ? -1 : st->abort_from;
+    } else if (st->model->in_stream) {
+        call = resbm__stream_call(st);
     }
     if (st->model->in_stream) resbm__async_drop(st); /* every stage drops its steps in flight */
     st->tag = st->step;
@@ -6095,7 +6124,7 @@ static int resbm__stage_end(resbm_stage *st, int rc) {
         v[0] = (float)code;
         v[1] = (float)origin;
         (void)resbm__stage_send(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, peer,
-                                RESBM__MICRO(st->attempt, RESBM__FOR_ABORT, 0), 1, 2, v);
+                                RESBM__MICRO(st->attempt, RESBM__FOR_ABORT, call), 1, 2, v);
     }
     st->attempt++;
     return rc;
@@ -6215,6 +6244,8 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     RESBM__TRY(resbm__model_update(m, scale)); /* undone by itself if it fails */
     st->stats.compute_s += resbm__now() - t0;
     st->step = st->tag = (uint64_t)m->step;
+    st->applied_in = st->entered;
+    st->applied_att = st->attempt;
     st->attempt = 0;
     st->stats.steps++;
     st->last_loss = back[1];
@@ -6382,7 +6413,11 @@ static int resbm__async_commit(resbm_stage *st, int64_t b) {
         rc = resbm__model_zero_grad(m);
         st->gbatch = b + 1;
     }
-    if (!rc) st->step = (uint64_t)m->step; /* applied: an abort from here on says so */
+    if (!rc) { /* applied: an abort from here on says so */
+        st->step = (uint64_t)m->step;
+        st->applied_in = st->entered;
+        st->applied_att = st->attempt;
+    }
     if (!rc && st->master) { /* batch b + 2 runs on w + predict (w - w before) */
         resbm__buf_job j;
         j.m = m; j.buf = st->mprev; j.op = RESBM__EXTRAPOLATE; j.a = st->cfg.predict;
@@ -6452,7 +6487,6 @@ static int resbm__async_flush_run(resbm_stage *st) {
     }
     if (C > 0) RESBM__TRY(resbm__stage_forth(st, RESBM__MICRO(st->attempt, RESBM__FOR_TRAIN, 3), ack, 1));
     resbm__async_drop(st);
-    st->attempt = 0; /* every link has carried this stream's frames since the last failure */
     st->tag = st->step;
     return RESBM_OK;
 }
@@ -6480,6 +6514,11 @@ RESBMDEF int resbm_stage_flush(resbm_stage *st, float *loss) {
     if (st->model->in_stream) {
         rc = resbm__stage_begin(st);
         if (!rc && st->model->in_stream) rc = resbm__async_flush_run(st);
+        /* a finished flush counts as an attempt, as a finished eval does (whose own count covers
+           the flush it starts with): a stage behind a lost last frame fails the flush with both
+           updates applied, and its abort then names an attempt the stages that returned have
+           left behind (else it would fail their next call alone) */
+        if (!rc) st->attempt++;
         rc = resbm__stage_end(st, rc);
     }
     if (!rc && loss && st->stats.loss_step >= 0) *loss = st->last_loss;

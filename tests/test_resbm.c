@@ -5197,57 +5197,87 @@ static int fault_recv(void *u, int peer, void *buf, size_t cap, size_t *len, int
 }
 
 enum { RETRY_S = 3, RETRY_STEPS = 4 };
-typedef struct { resbm_stage *st; int steps, failures, rc, restarts, bad_call; long restart[12]; } retry_arg;
-
-/* Each stage's host loop: step with the batch of its own step count; after a failure, again. */
-static void *retry_thread(void *p) {
-    retry_arg *a = (retry_arg *)p;
-    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
-    int32_t tok[256], tg[256];
-    int tries = 0;
-    float loss;
-    a->rc = RESBM_OK;
-    while (resbm_model_step_count(resbm_stage_model(a->st)) < a->steps && tries++ < 12) {
-        pipe_batch(tok, tg, c, 2 * c->batch, (int)resbm_model_step_count(resbm_stage_model(a->st)));
-        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)(2 * c->batch), &loss);
-        if (a->rc) a->failures++;
-    }
-    return NULL;
-}
+typedef struct {
+    resbm_stage *st;
+    int steps, failures, rc, restarts, bad_call, done;
+    long next, restart[12];
+    float loss; /* of the eval after a run in lock step */
+} retry_arg;
 
 static size_t retry_budget;                      /* act_budget_bytes of the next retry_run */
 static int retry_warmup;                         /* async_warmup of the next async retry_run */
 static int retry_micro = 2, retry_bad_call = -1;  /* its n_micro; a call the last stage spoils */
+static int retry_lockstep, retry_rounds;          /* its hosts run in lock step; the rounds it took */
+static int retry_eval_ok;                         /* and then an eval on every stage succeeded */
+static int retry_end_eval;                        /* its async hosts end with an eval (which
+                                                    flushes first) instead of a flush */
 
-/* Async: step with batches 0, 1, ... and flush at the end; after a failure, the stream starts
-   again from the batch of the step count (the steps before it landed on every stage). The step
-   counts it restarted from are kept (rising: the points the stream really restarted from). */
-static void *retry_async_thread(void *p) {
-    retry_arg *a = (retry_arg *)p;
+/* One call of an exact host: a step with the batch of the stage's own step count. */
+static void retry_exact_call(retry_arg *a) {
     resbm_model *m = resbm_stage_model(a->st);
     const resbm_model_config *c = resbm_model_get_config(m);
     int32_t tok[256], tg[256];
-    int tries = 0;
-    long next = 0;
     float loss;
-    a->rc = RESBM_OK;
-    a->restarts = 0;
-    while (tries++ < 12) {
-        if (next < a->steps) {
-            int rows = retry_micro * c->batch;
-            pipe_batch(tok, tg, c, rows, (int)next);
-            if (next == a->bad_call && c->stage == c->stages - 1) { tg[0] = -1; a->bad_call = -1; } /* bad input, once */
-            a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &loss);
-        } else if (!(a->rc = resbm_stage_flush(a->st, &loss))) {
-            break;
+    pipe_batch(tok, tg, c, 2 * c->batch, (int)resbm_model_step_count(m));
+    a->rc = resbm_stage_step(a->st, tok, tg, (size_t)(2 * c->batch), &loss);
+    if (a->rc) a->failures++;
+}
+
+/* One call of an async host: a step with batch `next`, or the flush once all are in (done when
+   it succeeds); after a failure, the stream starts again from the batch of the step count (the
+   steps before it landed on every stage). The step counts it restarted from are kept (rising:
+   the points the stream really restarted from). */
+static void retry_async_call(retry_arg *a) {
+    resbm_model *m = resbm_stage_model(a->st);
+    const resbm_model_config *c = resbm_model_get_config(m);
+    int32_t tok[256], tg[256];
+    float loss;
+    if (a->next < a->steps) {
+        int rows = retry_micro * c->batch;
+        pipe_batch(tok, tg, c, rows, (int)a->next);
+        if (a->next == a->bad_call && c->stage == c->stages - 1) { tg[0] = -1; a->bad_call = -1; } /* bad input, once */
+        a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &loss);
+    } else {
+        pipe_batch(tok, tg, c, 2 * c->batch, 99);
+        a->rc = retry_end_eval ? resbm_stage_eval(a->st, tok, tg, (size_t)(2 * c->batch), &loss)
+                               : resbm_stage_flush(a->st, &loss);
+        if (!a->rc) {
+            a->done = 1;
+            return;
         }
-        if (!a->rc) { next++; continue; }
-        a->failures++;
-        next = resbm_model_step_count(m);
-        /* a restart a later rollback went behind (two stages timed out at once) did not happen */
-        while (a->restarts && a->restart[a->restarts - 1] >= next) a->restarts--;
-        a->restart[a->restarts++] = next;
     }
+    if (!a->rc) { a->next++; return; }
+    a->failures++;
+    a->next = resbm_model_step_count(m);
+    /* a restart a later rollback went behind (two stages timed out at once) did not happen */
+    while (a->restarts && a->restart[a->restarts - 1] >= a->next) a->restarts--;
+    if (a->next < a->steps) a->restart[a->restarts++] = a->next; /* (else only the flush again) */
+}
+
+/* Each stage's own host loop: calls until it is through, after a failure again at once. */
+static void *retry_thread(void *p) {
+    retry_arg *a = (retry_arg *)p;
+    int tries = 0;
+    while (resbm_model_step_count(resbm_stage_model(a->st)) < a->steps && tries++ < 12) retry_exact_call(a);
+    return NULL;
+}
+static void *retry_async_thread(void *p) {
+    retry_arg *a = (retry_arg *)p;
+    int tries = 0;
+    while (!a->done && tries++ < 12) retry_async_call(a);
+    return NULL;
+}
+
+/* A host that runs the stages in lock step: each round calls every stage once (async: every
+   stage not through) and waits for all of them. */
+static void *lockstep_exact_thread(void *p) { retry_exact_call((retry_arg *)p); return NULL; }
+static void *lockstep_async_thread(void *p) { retry_async_call((retry_arg *)p); return NULL; }
+static void *lockstep_eval_thread(void *p) {
+    retry_arg *a = (retry_arg *)p;
+    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
+    int32_t tok[256], tg[256];
+    pipe_batch(tok, tg, c, 2 * c->batch, 99);
+    a->rc = resbm_stage_eval(a->st, tok, tg, (size_t)(2 * c->batch), &a->loss);
     return NULL;
 }
 
@@ -5277,17 +5307,38 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
         link[s].kind = kind; link[s].nth = nth; link[s].fault = fault;
         c.transport.user = &link[s]; c.transport.send = fault_send; c.transport.recv = fault_recv;
         if (resbm_stage_init(&c, &st[s])) return 1;
-        a[s].st = st[s]; a[s].steps = RETRY_STEPS; a[s].failures = 0; a[s].bad_call = retry_bad_call;
+        memset(&a[s], 0, sizeof(a[s]));
+        a[s].st = st[s]; a[s].steps = RETRY_STEPS; a[s].bad_call = retry_bad_call;
     }
-    for (s = 0; s < RETRY_S; s++)
+    for (retry_rounds = 0; retry_lockstep && retry_rounds < RETRY_STEPS + 8; retry_rounds++) {
+        int through = 0, called[RETRY_S];
+        for (s = 0; s < RETRY_S; s++)
+            through += schedule == RESBM_SCHEDULE_ASYNC ? a[s].done
+                                                        : resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS;
+        if (through == RETRY_S) break;
+        for (s = 0; s < RETRY_S; s++)
+            if ((called[s] = !a[s].done))
+                pthread_create(&th[s], NULL, schedule == RESBM_SCHEDULE_ASYNC ? lockstep_async_thread : lockstep_exact_thread, &a[s]);
+        for (s = 0; s < RETRY_S; s++)
+            if (called[s]) pthread_join(th[s], NULL);
+    }
+    for (s = 0; s < RETRY_S && !retry_lockstep; s++)
         pthread_create(&th[s], NULL, schedule == RESBM_SCHEDULE_ASYNC ? retry_async_thread : retry_thread, &a[s]);
     for (s = 0; s < RETRY_S; s++) {
-        pthread_join(th[s], NULL);
+        if (!retry_lockstep) pthread_join(th[s], NULL);
+        if (retry_lockstep && resbm_model_step_count(resbm_stage_model(st[s])) != RETRY_STEPS) bad = 1;
         if (a[s].rc) bad = 1;
         failures[s] = a[s].failures;
         if (out) out[s] = a[s];
     }
     if (fault >= 0 && !link[from].fired) bad = 2;
+    retry_eval_ok = 0;
+    if (retry_lockstep && !bad) { /* the round after: the stages are whole again */
+        for (s = 0; s < RETRY_S; s++) pthread_create(&th[s], NULL, lockstep_eval_thread, &a[s]);
+        for (s = 0; s < RETRY_S; s++) pthread_join(th[s], NULL);
+        for (retry_eval_ok = 1, s = 0; s < RETRY_S; s++)
+            if (a[s].rc || a[s].loss != a[0].loss) retry_eval_ok = 0;
+    }
     resbm_inproc_free(hub);
     return bad;
 }
@@ -5330,6 +5381,53 @@ static void test_fault_retry_in_place(void) {
     for (s = 0; s < RETRY_S; s++) resbm_stage_free(ref[s]);
 }
 
+/* The stages of an async run agree on where the stream restarted, and end as the delayed-update
+   rule (tests/delayed.h) flushed before each batch it restarted from, bit for bit. */
+static void async_matches_rule(resbm_stage **st, const retry_arg *out, int n_micro, int wu,
+                               const char *what, const char *fname) {
+    resbm_model *ref[RETRY_S];
+    resbm_model_config mc = pipe_config();
+    resbm_opt_config oc = resbm_opt_config_default();
+    delayed_rule dr;
+    int32_t tok[256], tg[256];
+    int s, k, r;
+    size_t np, i;
+    for (s = 1; s < RETRY_S; s++) {
+        CHECK(out[s].restarts == out[0].restarts, "%s, %s: stage %d restarted %d times, stage 0 %d",
+              what, fname, s, out[s].restarts, out[0].restarts);
+        for (r = 0; r < out[0].restarts && r < out[s].restarts; r++)
+            CHECK(out[s].restart[r] == out[0].restart[r], "%s, %s: stage %d restarted from %ld, stage 0 from %ld",
+                  what, fname, s, out[s].restart[r], out[0].restart[r]);
+    }
+    memset(&dr, 0, sizeof(dr));
+    mc.stages = RETRY_S;
+    oc.clip = 0.05f;
+    dr.S = RETRY_S; dr.n = n_micro; dr.rows = (size_t)mc.batch; dr.predict = 2.0f; /* the default */
+    for (s = 0; s < RETRY_S; s++) {
+        resbm_model_config c = mc;
+        c.stage = s;
+        CHECK_RC(resbm_model_init(&c, &oc, &ref[s]), RESBM_OK);
+        dr.stage[s] = ref[s];
+    }
+    for (k = 0; k < RETRY_STEPS && !th_fail_now; k++) {
+        int flush = k + 1 == RETRY_STEPS || k < wu; /* a warm-up step: a stream of one */
+        for (r = 0; r < out[0].restarts; r++) flush |= out[0].restart[r] == k + 1;
+        pipe_batch(tok, tg, &mc, dr.n * mc.batch, k);
+        delayed_step(&dr, tok, tg, flush);
+    }
+    delayed_free(&dr);
+    for (s = 0; s < RETRY_S && !th_fail_now; s++) {
+        const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
+        const resbm_param *pr = resbm_model_params(ref[s], NULL);
+        CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS, "steps");
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                  "%s, %s: stage %d %s differs from the rule restarted at step %ld", what,
+                  fname, s, pp[i].name, out[0].restarts ? out[0].restart[0] : -1L);
+    }
+    for (s = 0; s < RETRY_S; s++) resbm_model_free(ref[s]);
+}
+
 /* Async: every fault type into an activation, a gradient, the norms and the commit (one of them
    in the last flush): every stage fails and drops the steps in flight; the stream starts again
    from the step count, the same on every stage; the end is the delayed-update rule
@@ -5344,8 +5442,7 @@ static void test_fault_async_restart(void) {
         {"norms 1->0, batch 2", 1, 0, RESBM_KIND_CONTROL, 3},
         {"commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2},
         {"commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3}};
-    int fails[RETRY_S], w, fault, s, k, r, deep, wu, nw = (int)(sizeof(where) / sizeof(where[0]));
-    size_t np, i;
+    int fails[RETRY_S], w, fault, s, deep, wu, nw = (int)(sizeof(where) / sizeof(where[0]));
     /* deep: 4 microbatches, every stage as deep as the rule allows (4/2/1), a subset of the
        faults and a bad target on the last stage at step 2 (where two updates could separate);
        wu 2: the first two steps exact (faults in them, and in the stream that starts after) */
@@ -5353,11 +5450,6 @@ static void test_fault_async_restart(void) {
     for (deep = 0; deep < (wu ? 1 : 2); deep++)
     for (w = 0; w < nw + deep; w++)
         for (fault = 0; fault < FAULT_N; fault++) {
-            resbm_model *ref[RETRY_S];
-            resbm_model_config mc = pipe_config();
-            resbm_opt_config oc = resbm_opt_config_default();
-            delayed_rule dr;
-            int32_t tok[256], tg[256];
             int rc, input = w == nw;
             const char *what = input ? "a bad target on the last stage, step 2" : where[w].what;
             const char *fname = input ? "once" : fault_names[fault];
@@ -5375,42 +5467,74 @@ static void test_fault_async_restart(void) {
                   rc == 2 ? "the fault never fired" : "a stage did not finish");
             CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed (%d %d %d)",
                   what, fname, fails[0], fails[1], fails[2]);
-            for (s = 1; s < RETRY_S && !rc; s++) {
-                CHECK(out[s].restarts == out[0].restarts, "%s, %s: stage %d restarted %d times, stage 0 %d",
-                      what, fname, s, out[s].restarts, out[0].restarts);
-                for (r = 0; r < out[0].restarts && r < out[s].restarts; r++)
-                    CHECK(out[s].restart[r] == out[0].restart[r], "%s, %s: stage %d restarted from %ld, stage 0 from %ld",
-                          what, fname, s, out[s].restart[r], out[0].restart[r]);
-            }
-            memset(&dr, 0, sizeof(dr));
-            mc.stages = RETRY_S;
-            oc.clip = 0.05f;
-            dr.S = RETRY_S; dr.n = deep ? 4 : 2; dr.rows = (size_t)mc.batch; dr.predict = 2.0f; /* the default */
-            for (s = 0; s < RETRY_S; s++) {
-                resbm_model_config c = mc;
-                c.stage = s;
-                CHECK_RC(resbm_model_init(&c, &oc, &ref[s]), RESBM_OK);
-                dr.stage[s] = ref[s];
-            }
-            for (k = 0; k < RETRY_STEPS && !th_fail_now; k++) {
-                int flush = k + 1 == RETRY_STEPS || k < wu; /* a warm-up step: a stream of one */
-                for (r = 0; r < out[0].restarts; r++) flush |= out[0].restart[r] == k + 1;
-                pipe_batch(tok, tg, &mc, dr.n * mc.batch, k);
-                delayed_step(&dr, tok, tg, flush);
-            }
-            delayed_free(&dr);
-            for (s = 0; s < RETRY_S && !rc && !th_fail_now; s++) {
-                const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
-                const resbm_param *pr = resbm_model_params(ref[s], NULL);
-                CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS, "steps");
-                for (i = 0; i < np; i++)
-                    CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
-                          "%s, %s: stage %d %s differs from the rule restarted at step %ld", what,
-                          fname, s, pp[i].name, out[0].restarts ? out[0].restart[0] : -1L);
-            }
-            for (s = 0; s < RETRY_S; s++) { resbm_stage_free(st[s]); resbm_model_free(ref[s]); }
+            if (!rc) async_matches_rule(st, out, deep ? 4 : 2, wu, what, fname);
+            for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
             if (th_fail_now) w = 99, fault = FAULT_N;
         }
+}
+
+/* Hosts that run the stages in lock step: a fault costs each stage at most two failed calls,
+   then the run ends as without it, and an eval on every stage in the round after succeeds. A
+   stage that returned a call its neighbour then failed (the step applied before a commit was
+   lost further on; async, the last frames of a stream call lost) hears of it a round later, and
+   that round fails on every stage too. (Before, the stages were left an attempt apart, and every
+   round failed until the attempt counter filled, 255 rounds later.) A stage behind a lost last
+   frame of the flush fails it with both updates applied; the next call must not fail on its
+   abort, nor may an eval whose own flush lost it. */
+static void test_fault_lock_step(void) {
+    resbm_stage *ref[RETRY_S], *st[RETRY_S];
+    retry_arg out[RETRY_S];
+    struct { const char *what; int from, to, kind, nth, schedule, end_eval; } where[] = {
+        {"commit 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_EXACT, 0},
+        {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_EXACT, 0},
+        {"commit 0->1, the last step", 0, 1, RESBM_KIND_CONTROL, RETRY_STEPS, RESBM_SCHEDULE_EXACT, 0},
+        {"activation 1->2, step 1", 1, 2, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_EXACT, 0},
+        {"gradient 2->1, step 2", 2, 1, RESBM_KIND_GRAD, 4, RESBM_SCHEDULE_EXACT, 0},
+        {"async: commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: the flush's last frame 1->2", 1, 2, RESBM_KIND_CONTROL, 5, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: the flush's last frame 1->2, in an eval", 1, 2, RESBM_KIND_CONTROL, 5, RESBM_SCHEDULE_ASYNC, 1},
+        {"async: activation 1->2, batch 1's last", 1, 2, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: activation 0->1, batch 1's last", 0, 1, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: gradient 2->1, batch 1's first", 2, 1, RESBM_KIND_GRAD, 2, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: gradient 2->1, batch 1's last", 2, 1, RESBM_KIND_GRAD, 3, RESBM_SCHEDULE_ASYNC, 0},
+        {"async: gradient 1->0, batch 1's first", 1, 0, RESBM_KIND_GRAD, 2, RESBM_SCHEDULE_ASYNC, 0}};
+    static const int faults[2] = {FAULT_DROP, FAULT_FLIP};
+    int fails[RETRY_S], w, f, s;
+    size_t np, i;
+    CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails, RESBM_SCHEDULE_EXACT, NULL) == 0, "the run without a fault");
+    if (th_fail_now) return;
+    for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
+        for (f = 0; f < 2; f++) {
+            const char *what = where[w].what, *fname = fault_names[faults[f]];
+            int rc;
+            retry_lockstep = 1;
+            retry_end_eval = where[w].end_eval;
+            rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, faults[f], fails,
+                           where[w].schedule, out);
+            retry_lockstep = retry_end_eval = 0;
+            CHECK(rc == 0, "%s, %s: %s after %d rounds (failures %d %d %d)", what, fname,
+                  rc == 2 ? "the fault never fired" : "a stage did not finish", retry_rounds, fails[0],
+                  fails[1], fails[2]);
+            /* async: the stream starts again from the step count, two batches back at most */
+            CHECK(retry_rounds <= RETRY_STEPS + 2 + (where[w].schedule == RESBM_SCHEDULE_ASYNC ? 3 : 0),
+                  "%s, %s: %d rounds for %d steps", what, fname, retry_rounds, RETRY_STEPS);
+            CHECK(fails[0] <= 2 && fails[1] <= 2 && fails[2] <= 2, "%s, %s: failures %d %d %d", what, fname,
+                  fails[0], fails[1], fails[2]);
+            CHECK(rc || retry_eval_ok, "%s, %s: the eval in the round after failed", what, fname);
+            if (!rc && where[w].schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, 2, 0, what, fname);
+            for (s = 0; s < RETRY_S && !rc && where[w].schedule == RESBM_SCHEDULE_EXACT; s++) {
+                const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
+                const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
+                for (i = 0; i < np; i++)
+                    CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                          "%s, %s: stage %d %s differs from the run without the fault", what, fname, s,
+                          pp[i].name);
+            }
+            for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
+            if (th_fail_now) w = 99, f = 2;
+        }
+    for (s = 0; s < RETRY_S; s++) resbm_stage_free(ref[s]);
 }
 #endif
 
@@ -5533,6 +5657,7 @@ int main(int argc, char **argv) {
     RUN(test_hostile_peer);
     RUN(test_peer_values_checked);
     RUN(test_fault_retry_in_place);
+    RUN(test_fault_lock_step);
     RUN(test_fault_async_restart);
     RUN(test_pool_one_caller);
     RUN(test_shaper_distrust);
