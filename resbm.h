@@ -5523,7 +5523,8 @@ struct resbm_stage {
     double loss_acc;              /* last stage: the loss sum of the batch being forwarded */
     uint32_t job[RESBM__JOB_N];
     int abort_code, abort_origin, abort_from; /* the neighbour's failure that failed this call */
-    int abort_late;               /* it undid a step this stage's host had already counted */
+    int abort_late;               /* it failed a call this stage had already returned */
+    uint32_t abort_call;          /* the stream call it names (passed on with it) */
     unsigned entered;             /* calls begun (wrapping) */
     unsigned applied_in;          /* the call, and the attempt, that applied the last update */
     int applied_att;
@@ -5939,7 +5940,7 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
     float v[2];
     resbm_frame_info e = *f;
     int rc, att = (int)(f->micro >> 24);
-    uint32_t call = f->micro & RESBM__MAX_INDEX; /* the stream call of the neighbour's own failure */
+    uint32_t call = f->micro & RESBM__MAX_INDEX; /* the stream call of the failure (0: none named) */
     int late_call = call && st->model->in_stream && call != resbm__stream_call(st);
     *stale = 0;
     e.kind = RESBM_KIND_CONTROL; e.dtype = RESBM_WIRE_F32; e.rows = 1; e.cols = 2;
@@ -5967,6 +5968,7 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
         return RESBM_OK;
     }
     st->stats.frames_recv[RESBM_KIND_CONTROL]++;
+    st->abort_call = call;
     st->abort_code = (int)v[0];
     st->abort_origin = (int)v[1];
     st->abort_from = from;
@@ -6099,11 +6101,14 @@ static int resbm__stage_begin(resbm_stage *st) {
    refused job is told to the neighbours already agreed). */
 static int resbm__stage_end(resbm_stage *st, int rc) {
     int side, code = rc, origin = st->s, skip = -1;
-    uint32_t call = 0; /* this stage's own failure in a stream: the call (see abort_in) */
+    uint32_t call = 0; /* a failure in a stream: the call it happened in (see abort_in) */
     if (!rc) return RESBM_OK;
-    if (rc == RESBM_EPEER && st->abort_code) { /* a neighbour's failure: passed on, not back
-                                                   (unless it came late: see abort_in) */
-        code = st->abort_code; origin = st->abort_origin; skip = st->abort_late ? -1 : st->abort_from;
+    if (rc == RESBM_EPEER && st->abort_code) { /* a neighbour's failure: passed on, not back, with
+        the call it names (a stage further on may have returned that call); unless it came late:
+        then this stage's failure is of the next attempt, back to every neighbour (see abort_in) */
+        code = st->abort_code; origin = st->abort_origin;
+        skip = st->abort_late ? -1 : st->abort_from;
+        call = st->abort_late ? 0 : st->abort_call;
     } else if (st->model->in_stream) {
         call = resbm__stream_call(st);
     }

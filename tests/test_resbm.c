@@ -5484,21 +5484,26 @@ static void test_fault_async_restart(void) {
 static void test_fault_lock_step(void) {
     resbm_stage *ref[RETRY_S], *st[RETRY_S];
     retry_arg out[RETRY_S];
-    struct { const char *what; int from, to, kind, nth, schedule, end_eval; } where[] = {
-        {"commit 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_EXACT, 0},
-        {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_EXACT, 0},
-        {"commit 0->1, the last step", 0, 1, RESBM_KIND_CONTROL, RETRY_STEPS, RESBM_SCHEDULE_EXACT, 0},
-        {"activation 1->2, step 1", 1, 2, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_EXACT, 0},
-        {"gradient 2->1, step 2", 2, 1, RESBM_KIND_GRAD, 4, RESBM_SCHEDULE_EXACT, 0},
-        {"async: commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: the flush's last frame 1->2", 1, 2, RESBM_KIND_CONTROL, 5, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: the flush's last frame 1->2, in an eval", 1, 2, RESBM_KIND_CONTROL, 5, RESBM_SCHEDULE_ASYNC, 1},
-        {"async: activation 1->2, batch 1's last", 1, 2, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: activation 0->1, batch 1's last", 0, 1, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: gradient 2->1, batch 1's first", 2, 1, RESBM_KIND_GRAD, 2, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: gradient 2->1, batch 1's last", 2, 1, RESBM_KIND_GRAD, 3, RESBM_SCHEDULE_ASYNC, 0},
-        {"async: gradient 1->0, batch 1's first", 1, 0, RESBM_KIND_GRAD, 2, RESBM_SCHEDULE_ASYNC, 0}};
+    struct { const char *what; int from, to, kind, nth, schedule, end_eval, micro; } where[] = {
+        {"commit 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_EXACT, 0, 2},
+        {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_EXACT, 0, 2},
+        {"commit 0->1, the last step", 0, 1, RESBM_KIND_CONTROL, RETRY_STEPS, RESBM_SCHEDULE_EXACT, 0, 2},
+        {"activation 1->2, step 1", 1, 2, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_EXACT, 0, 2},
+        {"gradient 2->1, step 2", 2, 1, RESBM_KIND_GRAD, 4, RESBM_SCHEDULE_EXACT, 0, 2},
+        {"async: commit 0->1, batch 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: commit 1->2, batch 2 (in the flush)", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: the flush's last frame 1->2", 1, 2, RESBM_KIND_CONTROL, 5, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: the flush's last frame 1->2, in an eval", 1, 2, RESBM_KIND_CONTROL, 5, RESBM_SCHEDULE_ASYNC, 1, 2},
+        {"async: activation 1->2, batch 1's last", 1, 2, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: activation 0->1, batch 1's last", 0, 1, RESBM_KIND_ACT, 3, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: gradient 2->1, batch 1's first", 2, 1, RESBM_KIND_GRAD, 2, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: gradient 2->1, batch 1's last", 2, 1, RESBM_KIND_GRAD, 3, RESBM_SCHEDULE_ASYNC, 0, 2},
+        {"async: gradient 1->0, batch 1's first", 1, 0, RESBM_KIND_GRAD, 2, RESBM_SCHEDULE_ASYNC, 0, 2},
+        /* three microbatches: depths 3 / 2 / 1, so stage 0 may have returned a call when
+           stage 2 fails it, and hears of it through stage 1 */
+        {"async, 3 microbatches: activation 1->2, batch 1's second", 1, 2, RESBM_KIND_ACT, 4, RESBM_SCHEDULE_ASYNC, 0, 3},
+        {"async, 3 microbatches: activation 1->2, batch 1's last", 1, 2, RESBM_KIND_ACT, 5, RESBM_SCHEDULE_ASYNC, 0, 3},
+        {"async, 3 microbatches: gradient 2->1, batch 1's second", 2, 1, RESBM_KIND_GRAD, 4, RESBM_SCHEDULE_ASYNC, 0, 3}};
     static const int faults[2] = {FAULT_DROP, FAULT_FLIP};
     int fails[RETRY_S], w, f, s;
     size_t np, i;
@@ -5510,9 +5515,11 @@ static void test_fault_lock_step(void) {
             int rc;
             retry_lockstep = 1;
             retry_end_eval = where[w].end_eval;
+            retry_micro = where[w].micro;
             rc = retry_run(st, where[w].from, where[w].to, where[w].kind, where[w].nth, faults[f], fails,
                            where[w].schedule, out);
             retry_lockstep = retry_end_eval = 0;
+            retry_micro = 2;
             CHECK(rc == 0, "%s, %s: %s after %d rounds (failures %d %d %d)", what, fname,
                   rc == 2 ? "the fault never fired" : "a stage did not finish", retry_rounds, fails[0],
                   fails[1], fails[2]);
@@ -5522,7 +5529,7 @@ static void test_fault_lock_step(void) {
             CHECK(fails[0] <= 2 && fails[1] <= 2 && fails[2] <= 2, "%s, %s: failures %d %d %d", what, fname,
                   fails[0], fails[1], fails[2]);
             CHECK(rc || retry_eval_ok, "%s, %s: the eval in the round after failed", what, fname);
-            if (!rc && where[w].schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, 2, 0, what, fname);
+            if (!rc && where[w].schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, where[w].micro, 0, what, fname);
             for (s = 0; s < RETRY_S && !rc && where[w].schedule == RESBM_SCHEDULE_EXACT; s++) {
                 const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
                 const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
