@@ -5939,7 +5939,7 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
                                  int *stale) {
     float v[2];
     resbm_frame_info e = *f;
-    int rc, att = (int)(f->micro >> 24);
+    int rc, undo, late, att = (int)(f->micro >> 24);
     uint32_t call = f->micro & RESBM__MAX_INDEX; /* the stream call of the failure (0: none named) */
     int late_call = call && st->model->in_stream && call != resbm__stream_call(st);
     *stale = 0;
@@ -5948,25 +5948,23 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
     if (!(v[0] <= -1.0f && v[0] >= -127.0f && v[0] == (float)(int)v[0] && v[1] >= 0.0f &&
           v[1] < (float)st->S && v[1] == (float)(int)v[1]))
         return RESBM_ERANGE;
-    if (f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step &&
-        att >= st->applied_att) {
-        int late = (late_call || (st->applied_in != st->entered && att == st->applied_att)) &&
-                   att + 1 < RESBM__MAX_ATTEMPT; /* (else no attempt is left to tell them with) */
-        RESBM__TRY(resbm__stage_undo(st));
-        st->attempt = late ? att + 1 : att;
-        st->abort_late = late;
-        snprintf(st->why, sizeof(st->why), "stage %d could not finish step %lu (%s), so this stage undid it",
-                 (int)v[1], (unsigned long)f->step, resbm_strerror((int)v[0]));
-    } else if (f->step == st->step && att >= st->attempt) {
-        int late = late_call && att + 1 < RESBM__MAX_ATTEMPT;
-        st->attempt = late ? att + 1 : att;
-        st->abort_late = late;
-        snprintf(st->why, sizeof(st->why), "stage %d failed step %lu: %s", (int)v[1],
-                 (unsigned long)f->step, resbm_strerror((int)v[0]));
-    } else {
+    undo = f->step + 1 == st->step && st->model->has_backup && st->model->step == (long)st->step &&
+           att >= st->applied_att;
+    if (!undo && !(f->step == st->step && att >= st->attempt)) {
         *stale = 1;
         return RESBM_OK;
     }
+    late = (late_call || (undo && st->applied_in != st->entered && att == st->applied_att)) &&
+           att + 1 < RESBM__MAX_ATTEMPT; /* (else no attempt is left to tell them with) */
+    if (undo) RESBM__TRY(resbm__stage_undo(st));
+    st->attempt = late ? att + 1 : att;
+    st->abort_late = late;
+    if (undo)
+        snprintf(st->why, sizeof(st->why), "stage %d could not finish step %lu (%s), so this stage undid it",
+                 (int)v[1], (unsigned long)f->step, resbm_strerror((int)v[0]));
+    else
+        snprintf(st->why, sizeof(st->why), "stage %d failed step %lu: %s", (int)v[1],
+                 (unsigned long)f->step, resbm_strerror((int)v[0]));
     st->stats.frames_recv[RESBM_KIND_CONTROL]++;
     st->abort_call = call;
     st->abort_code = (int)v[0];

@@ -5212,6 +5212,14 @@ static int retry_eval_ok;                         /* and then an eval on every s
 static int retry_end_eval;                        /* its async hosts end with an eval (which
                                                     flushes first) instead of a flush */
 
+/* The eval every host runs last in these tests: the same rows on every stage. */
+static int retry_eval(retry_arg *a, float *loss) {
+    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
+    int32_t tok[256], tg[256];
+    pipe_batch(tok, tg, c, 2 * c->batch, 99);
+    return resbm_stage_eval(a->st, tok, tg, (size_t)(2 * c->batch), loss);
+}
+
 /* One call of an exact host: a step with the batch of the stage's own step count. */
 static void retry_exact_call(retry_arg *a) {
     resbm_model *m = resbm_stage_model(a->st);
@@ -5238,9 +5246,7 @@ static void retry_async_call(retry_arg *a) {
         if (a->next == a->bad_call && c->stage == c->stages - 1) { tg[0] = -1; a->bad_call = -1; } /* bad input, once */
         a->rc = resbm_stage_step(a->st, tok, tg, (size_t)rows, &loss);
     } else {
-        pipe_batch(tok, tg, c, 2 * c->batch, 99);
-        a->rc = retry_end_eval ? resbm_stage_eval(a->st, tok, tg, (size_t)(2 * c->batch), &loss)
-                               : resbm_stage_flush(a->st, &loss);
+        a->rc = retry_end_eval ? retry_eval(a, &loss) : resbm_stage_flush(a->st, &loss);
         if (!a->rc) {
             a->done = 1;
             return;
@@ -5274,10 +5280,7 @@ static void *lockstep_exact_thread(void *p) { retry_exact_call((retry_arg *)p); 
 static void *lockstep_async_thread(void *p) { retry_async_call((retry_arg *)p); return NULL; }
 static void *lockstep_eval_thread(void *p) {
     retry_arg *a = (retry_arg *)p;
-    const resbm_model_config *c = resbm_model_get_config(resbm_stage_model(a->st));
-    int32_t tok[256], tg[256];
-    pipe_batch(tok, tg, c, 2 * c->batch, 99);
-    a->rc = resbm_stage_eval(a->st, tok, tg, (size_t)(2 * c->batch), &a->loss);
+    a->rc = retry_eval(a, &a->loss);
     return NULL;
 }
 
