@@ -216,7 +216,8 @@ typedef struct resbm_arena {
     int overflow; /* set when a request overflowed size_t or exceeded cap */
 } resbm_arena;
 
-/* Returns a 64-byte aligned slice of n elements of `elem` bytes (NULL in the sizing pass). */
+/* Returns a slice of n elements of `elem` bytes at a multiple of 64 bytes from base (so 64-byte
+   aligned when base is, as the sizing pass assumes); NULL in the sizing pass. */
 RESBMDEF void *resbm_arena_push(resbm_arena *a, size_t n, size_t elem);
 
 /* ---- tensors: a view, never an owner ----------------------------------------------------------- */
@@ -423,8 +424,8 @@ typedef struct resbm_layers {
        RESBM_EHOST. Non-finite values in out are RESBM_ENONFINITE. */
     int (*backward)(void *user, int slot, float *dout, float *dx);
     /* The slot's forward is dropped without a backward (eval, generate, a failed step or
-       backward): called once for each forward that gets no finished backward, never for an idle
-       slot. May be NULL. */
+       backward, the model freed): called once for each forward that gets no finished backward,
+       before the failing call returns, never for an idle slot. May be NULL. */
     void (*release)(void *user, int slot);
 } resbm_layers;
 
@@ -612,14 +613,16 @@ RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_
 /* Encodes rows*cols values as one frame into buf[cap]; *len = frame bytes. Values must be finite
    (RESBM_ENONFINITE) and representable in the dtype (RESBM_ERANGE: f16 and bf16 have a smaller
    range; in i8, +-FLT_MAX is out, since 127 x its scale rounds to Inf). A cap too small is
-   RESBM_ENOSPACE with *len = the bytes needed. */
+   RESBM_ENOSPACE with *len = the bytes needed; values sharing memory with the frame's place in
+   buf, RESBM_EINVAL. */
 RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_frame_info *info,
                                 const float *values);
 /* Reads and checks a header (magic, version, kind, dtype, sizes, CRC over the whole frame)
    without decoding values. */
 RESBMDEF int resbm_frame_peek(const void *buf, size_t len, resbm_frame_info *info);
 /* Checks every field against `expect`, the size, the CRC and every value, and only then decodes
-   rows*cols values into out[out_count] (RESBM_ENOSPACE if fewer); out is untouched on any failure. */
+   rows*cols values into out[out_count] (RESBM_ENOSPACE if fewer; RESBM_EINVAL if the values'
+   place in out shares memory with the frame); out is untouched on any failure. */
 RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, size_t len,
                                 const resbm_frame_info *expect);
 
@@ -1028,6 +1031,12 @@ static int resbm__all_finite(const float *x, size_t n) {
         if ((u & 0x7f800000u) == 0x7f800000u) return 0;
     }
     return 1;
+}
+
+/* Whether two byte ranges share memory (an empty one shares none). */
+static int resbm__overlaps(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return a_bytes && b_bytes && x < y + b_bytes && y < x + a_bytes;
 }
 
 static uint64_t resbm__fnv1a(const char *s) {
@@ -2109,8 +2118,8 @@ static int resbm__bufs_ok(const resbm__buf *b, size_t n /* <= 16 */) {
             int inplace = ((b[i].use == RESBM__INPLACE && b[j].use == RESBM__IN) ||
                            (b[j].use == RESBM__INPLACE && b[i].use == RESBM__IN)) && x == y && bytes[i] == bytes[j];
             if (!b[i].use && !b[j].use) continue; /* inputs may share memory */
-            if (!x || !y || !bytes[i] || !bytes[j] || inplace) continue;
-            if (x < y + bytes[j] && y < x + bytes[i]) return RESBM_EINVAL;
+            if (!x || !y || inplace) continue;
+            if (resbm__overlaps(b[i].p, bytes[i], b[j].p, bytes[j])) return RESBM_EINVAL;
         }
     return RESBM_OK;
 }
@@ -3773,8 +3782,12 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
     return resbm__model_create(cfg, opt, -1, out, NULL);
 }
 
+static void resbm__slot_drop(resbm_model *m, int slot);
+
 RESBMDEF void resbm_model_free(resbm_model *m) {
+    int sl;
     if (!m) return;
+    for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* host layers' release */
     if (m->own_pool) resbm_pool_free(m->pool);
     resbm__dealloc(m, m->cfg.alloc_user);
 }
@@ -4030,6 +4043,8 @@ static int resbm__model_forward(resbm_model *m, int slot, const int32_t *tokens,
         double sum = 0.0;
         memcpy(s->targets, targets, N * sizeof(int32_t));
         rc = resbm_xent_forward(m->pool, s->probs, s->losses, s->probs, targets, N, V);
+        /* finite logits far apart (say 3e38 and -3e38) make a loss past FLT_MAX */
+        if (!rc && !resbm__all_finite(s->losses, N)) rc = RESBM_ENONFINITE;
         for (n = 0; !rc && n < N; n++) sum += s->losses[n];
         if (!rc) *loss = (float)(sum / (double)N);
     } else if (!rc && m->has_enc) {
@@ -4636,6 +4651,9 @@ static int resbm__boundary_backward(resbm_boundary *b, int slot, const float *do
     N = s->rows;
     d = (size_t)m->cfg.d;
     if (!resbm__all_finite(dout, N * (m->has_enc ? m->r : d))) return RESBM_ENONFINITE;
+    if (resbm__overlaps(din, N * (m->has_enc ? d : m->r) * sizeof(float), dout,
+                        N * (m->has_enc ? m->r : d) * sizeof(float)))
+        return RESBM_EINVAL; /* before the memset below writes anything */
     if (m->has_enc) {
         memset(din, 0, N * d * sizeof(float));
         RESBM__TRY(resbm__enc_bwd(m, s, N, s->x, dout, din));
@@ -4846,6 +4864,7 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         return RESBM_ENOSPACE;
     }
     n = (size_t)info->rows * info->cols;
+    if (resbm__overlaps(buf, total, x, n * sizeof(float))) return RESBM_EINVAL; /* would encode what it wrote */
     for (i = 0; i < n; i++) { /* refuse before writing anything */
         if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
         if (info->dtype == RESBM_WIRE_F16 && (resbm__to_f16(x[i]) & 0x7c00u) == 0x7c00u) return RESBM_ERANGE;
@@ -4957,6 +4976,7 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
     if (f.rows != e->rows || f.cols != e->cols) return RESBM_ESHAPE;
     n = (size_t)f.rows * f.cols;
     if (n > out_count) return RESBM_ENOSPACE;
+    if (resbm__overlaps(out, n * sizeof(float), buf, len)) return RESBM_EINVAL; /* would read what it wrote */
     q = p + RESBM_FRAME_HEADER;
     /* every value must be finite before anything is written */
     switch (f.dtype) {
@@ -5260,9 +5280,26 @@ RESBMDEF int resbm_inproc_close(resbm_inproc *h, int peer) {
 }
 
 /* ---- transport conformance -------------------------------------------------------------------- */
+/* What a transport may return: anything outside its documented set is RESBM_ETRANSPORT. */
+static int resbm__transport_rc(int rc) {
+    switch (rc) {
+    case RESBM_OK: case RESBM_EINVAL: case RESBM_ETIMEDOUT: case RESBM_ECLOSED:
+    case RESBM_ETRANSPORT: case RESBM_EMSGSIZE: return rc;
+    default: return RESBM_ETRANSPORT;
+    }
+}
+
 static int resbm__check_fail(char *why, size_t why_len, const char *what, int rc) {
-    if (why && why_len) snprintf(why, why_len, "%s (%s)", what, resbm_strerror(rc));
-    return rc ? rc : RESBM_ETRANSPORT;
+    int code = resbm__transport_rc(rc);
+    if (why && why_len) {
+        if (code != rc) /* a positive code would read as success to a caller testing rc < 0 */
+            snprintf(why, why_len, "%s (returned %d, not one of a transport's codes)", what, rc);
+        else if (rc)
+            snprintf(why, why_len, "%s (%s)", what, resbm_strerror(rc));
+        else
+            snprintf(why, why_len, "%s", what);
+    }
+    return code ? code : RESBM_ETRANSPORT;
 }
 
 /* A message of n bytes whose content depends on its number, to check order and integrity. */
@@ -5807,15 +5844,6 @@ RESBMDEF int resbm_stage_get_stats(const resbm_stage *st, resbm_stage_stats *out
 
 RESBMDEF const char *resbm_stage_why(const resbm_stage *st) { return st ? st->why : ""; }
 
-/* What a transport may return: anything outside its documented set is RESBM_ETRANSPORT. */
-static int resbm__transport_rc(int rc) {
-    switch (rc) {
-    case RESBM_OK: case RESBM_EINVAL: case RESBM_ETIMEDOUT: case RESBM_ECLOSED:
-    case RESBM_ETRANSPORT: case RESBM_EMSGSIZE: return rc;
-    default: return RESBM_ETRANSPORT;
-    }
-}
-
 static int resbm__stage_poll_abort(resbm_stage *st, int from);
 
 static int resbm__stage_send(resbm_stage *st, int kind, int dtype, int to, uint32_t micro,
@@ -6110,7 +6138,12 @@ static int resbm__stage_end(resbm_stage *st, int rc) {
     } else if (st->model->in_stream) {
         call = resbm__stream_call(st);
     }
-    if (st->model->in_stream) resbm__async_drop(st); /* every stage drops its steps in flight */
+    if (st->model->in_stream) {
+        resbm__async_drop(st); /* every stage drops its steps in flight */
+    } else {
+        int sl; /* and host layers hear now of the forwards the failure dropped */
+        for (sl = 0; sl < st->model->cfg.act_slots; sl++) resbm__slot_drop(st->model, sl);
+    }
     st->tag = st->step;
     if (!st->why[0])
         snprintf(st->why, sizeof(st->why), "stage %d, step %lu: %s", st->s, (unsigned long)st->step,
@@ -6816,7 +6849,7 @@ static int resbm__st_write_ok(const resbm_st_entry *entries, size_t n, const cha
     int k, ok;
     for (i = 0; i < n; i++) {
         uint64_t cnt = 1;
-        if (!entries[i].name || !entries[i].data || entries[i].ndim < 1 || entries[i].ndim > 4 ||
+        if (!entries[i].name || !entries[i].data || entries[i].ndim < 0 || entries[i].ndim > 4 ||
             (entries[i].dtype != RESBM_DT_F32 && entries[i].dtype != RESBM_DT_I32) ||
             !strcmp(entries[i].name, "__metadata__"))
             return RESBM_EINVAL;

@@ -433,6 +433,8 @@ typedef struct {
     int fail_fwd, fail_bwd; /* the code the next forward / backward returns instead (0: none) */
     int nan_out;            /* the next forward writes NaN into its output */
     int nan_dx;             /* the next backward writes NaN into dx */
+    size_t extreme;         /* the next forward's first `extreme` logits: 3e38 at each row's token
+                               0, -3e38 elsewhere: finite, with a loss past FLT_MAX (vocab 256) */
     int delay;              /* forwards that run honestly before fail_fwd or nan_out applies */
     int held[16], releases, stray_releases;
     resbm_model *self;      /* the model these layers are part of, */
@@ -447,6 +449,11 @@ static int faulty_forward(void *u, int slot, size_t rows, const int32_t *tokens,
     if (now) f->fail_fwd = 0;
     if (!rc) rc = f->inner.forward(f->inner.user, slot, rows, tokens, x, out);
     if (!rc && now && f->nan_out) { out[3] = NAN; f->nan_out = 0; }
+    if (!rc && now && f->extreme) {
+        size_t i;
+        for (i = 0; i < f->extreme; i++) out[i] = i % 256 ? -3e38f : 3e38f;
+        f->extreme = 0;
+    }
     return rc;
 }
 static int faulty_backward(void *u, int slot, float *dout, float *dx) {
@@ -490,7 +497,7 @@ static void *fthread_main(void *p) {
    its timeout); NaN in the host's output fails eval and generate too, not just training; release
    is called only for a slot that holds a forward; after each failure the next honest call works. */
 static void test_gpt2_callback_failures(void) {
-    gcase c1 = {32, 2, 8, 2, 1, 1, 1, 5}, c2 = {32, 2, 8, 4, 2, 1, 1, 6};
+    gcase c1 = {32, 2, 8, 2, 1, 1, 1, 5}, c2 = {32, 2, 8, 4, 2, 1, 2, 6}; /* c2: 2 microbatches */
     faulty f[2];
     gpt2 *g[2];
     resbm_layers L[2];
@@ -528,6 +535,15 @@ static void test_gpt2_callback_failures(void) {
             CHECK(resbm_model_step_count(resbm_stage_model(st[0])) == k, "case %d applied", k);
             CHECK_RC(resbm_stage_step(st[0], tok, tg, 1, &loss), RESBM_OK); /* the next honest step */
         }
+        /* finite logits whose loss is not: refused by step and eval alike (the step used to be,
+           the eval returned Inf, and a model's own train step applied the update) */
+        f[0].extreme = 8 * 256;
+        loss = -1.0f;
+        CHECK_RC(resbm_stage_step(st[0], tok, tg, 1, &loss), RESBM_ENONFINITE);
+        CHECK(loss == -1.0f && resbm_model_step_count(resbm_stage_model(st[0])) == 4, "a loss past FLT_MAX applied");
+        f[0].extreme = 8 * 256;
+        CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_ENONFINITE);
+        CHECK(loss == -1.0f, "eval loss %g", loss);
         f[0].nan_out = 1;
         CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_ENONFINITE);
         CHECK_RC(resbm_stage_eval(st[0], tok, tg, 1, &loss), RESBM_OK);
@@ -562,10 +578,13 @@ static void test_gpt2_callback_failures(void) {
         if (f[0].self) CHECK_RC(resbm_model_train_step(f[0].self, tok, tg, 1, 1, &loss), RESBM_OK);
         for (k = 0; k < 3; k++) CHECK(f[0].meddled[k] == RESBM_ESTATE, "model, call %d: %s", k, resbm_strerror(f[0].meddled[k]));
         CHECK(resbm_model_step_count(f[0].self) == 1, "step %ld", resbm_model_step_count(f[0].self));
+        f[0].extreme = 8 * 256;
+        if (f[0].self) CHECK_RC(resbm_model_train_step(f[0].self, tok, tg, 1, 1, &loss), RESBM_ENONFINITE);
+        CHECK(resbm_model_step_count(f[0].self) == 1, "a model's train step applied a loss past FLT_MAX");
         resbm_model_free(f[0].self);
         gpt2_free(g[0]);
     }
-    /* two stages: stage 1's backward returns RESBM_EPEER */
+    /* two stages: stage 1's (first) backward returns RESBM_EPEER */
     CHECK_RC(resbm_inproc_init(2, 1 << 20, &hub), RESBM_OK);
     for (s = 0; s < 2; s++) {
         resbm_stage_config sc = gcfg(&c2, s, NULL);
@@ -589,7 +608,7 @@ static void test_gpt2_callback_failures(void) {
         pthread_t th[2];
         if (k == 1) f[1].fail_bwd = RESBM_EPEER;
         for (s = 0; s < 2; s++) {
-            a[s].st = st[s]; a[s].rows = 1; a[s].seq = c2.seq; a[s].step = k;
+            a[s].st = st[s]; a[s].rows = c2.n_micro; a[s].seq = c2.seq; a[s].step = k;
             pthread_create(&th[s], NULL, fthread_main, &a[s]);
         }
         for (s = 0; s < 2; s++) pthread_join(th[s], NULL);
@@ -598,6 +617,10 @@ static void test_gpt2_callback_failures(void) {
                   resbm_strerror(a[1].rc), resbm_strerror(a[0].rc));
             CHECK(strstr(resbm_stage_why(st[0]), "stage 1") != NULL, "stage 0 says \"%s\"", resbm_stage_why(st[0]));
             CHECK(a[0].seconds < 2.0, "stage 0 heard after %.2f s (its timeout is 5 s)", a[0].seconds);
+            for (s = 0; s < 2; s++) { /* the failed step's forwards released before it returned */
+                int sl;
+                for (sl = 0; sl < 16; sl++) CHECK(!f[s].held[sl], "stage %d still holds slot %d", s, sl);
+            }
         } else {
             CHECK(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK, "step %d: %s / %s", k, resbm_strerror(a[0].rc),
                   resbm_strerror(a[1].rc));
@@ -678,7 +701,12 @@ static void test_gpt2_failed_backward_keeps_grads(void) {
             }
         }
         CHECK(f.stray_releases == 0, "stage %d: %d stray releases", s, f.stray_releases);
+        /* a forward still held when the model is freed is released then */
+        if (s == 0) CHECK_RC(resbm_model_forward(m, 0, tok, NULL, NULL, 1, z, NULL), RESBM_OK);
+        else CHECK_RC(resbm_model_forward(m, 0, NULL, z, tg, 1, NULL, &loss), RESBM_OK);
+        k = f.releases;
         resbm_model_free(m);
+        CHECK(f.releases == k + 1 && !f.held[0], "stage %d: freed with a forward held, %d releases", s, f.releases - k);
         gpt2_free(g);
     }
 }

@@ -1722,8 +1722,22 @@ static void test_safetensors_write(void) {
     if (fp) { fseek(fp, (long)(8 + hl), SEEK_SET); CHECK(fread(buf, 1, 32, fp) == 32, "data"); fclose(fp); }
     CHECK(!memcmp(buf, a, 24) && !memcmp(buf + 24, b, 8), "payload (little-endian host)");
     CHECK_RC(resbm_safetensors_write("/nonexistent-dir/x.safetensors", e, 2, NULL, 0), RESBM_EIO);
-    e[0].ndim = 0;
+    e[0].ndim = 5;
     CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EINVAL);
+    e[0].ndim = -1;
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_EINVAL);
+    e[0].ndim = 0; /* a scalar, shape [], as the reader takes it: what was read can be written */
+    CHECK_RC(resbm_safetensors_write(path, e, 2, NULL, 0), RESBM_OK);
+    {
+        resbm_st_file *f = NULL;
+        const resbm_st_entry *g;
+        CHECK_RC(resbm_safetensors_read(path, 1 << 20, &f), RESBM_OK);
+        g = f ? resbm_safetensors_find(f, "a") : NULL;
+        CHECK(g && g->ndim == 0 && g->dtype == RESBM_DT_F32 && !memcmp(g->data, a, 4), "scalar read back");
+        g = f ? resbm_safetensors_find(f, "b") : NULL;
+        CHECK(g && g->ndim == 1 && !memcmp(g->data, b, sizeof(b)), "after the scalar");
+        resbm_safetensors_free(f);
+    }
     remove(path);
 }
 
@@ -2237,6 +2251,21 @@ static void test_wire_rejects(void) {
         CHECK_RC(resbm_frame_decode(out, 12, bad, len, &f), RESBM_ENONFINITE);
     }
     CHECK(out[0] == 42.0f && out[11] == 42.0f, "output touched");
+    { /* the values and the frame in one buffer: encoding would write the header over the values
+         (and seal what it wrote with a good CRC), decoding would write values it has yet to read */
+        float both[64], copy[64];
+        f = frame_info(RESBM_KIND_GRAD, RESBM_WIRE_BF16, 3, 4);
+        for (i = 0; i < 64; i++) both[i] = 1.0f + (float)i;
+        memcpy(copy, both, sizeof(both));
+        CHECK_RC(resbm_frame_encode(both, sizeof(both), &len, &f, both + 4), RESBM_EINVAL);
+        CHECK(!memcmp(both, copy, sizeof(both)), "a refused encode wrote");
+        CHECK_RC(resbm_frame_encode(both, sizeof(both), &len, &f, both + 40), RESBM_OK); /* apart */
+        memcpy(copy, both, sizeof(both));
+        CHECK_RC(resbm_frame_decode(both + 2, 12, both, len, &f), RESBM_EINVAL);
+        CHECK(!memcmp(both, copy, sizeof(both)), "a refused decode wrote");
+        CHECK_RC(resbm_frame_decode(both + 40, 12, both, len, &f), RESBM_OK);
+        CHECK(!memcmp(both + 40, copy + 40, 12 * sizeof(float)), "bf16 of small integers is exact");
+    }
 }
 
 /* ---- transports ------------------------------------------------------------------------------- */
@@ -2561,6 +2590,12 @@ static void test_boundary_object(void) {
     dz[3] = INFINITY;
     CHECK_RC(resbm_boundary_backward(enc, 1, dz, dh), RESBM_ENONFINITE);
     dz[3] = 0.5f;
+    { /* din sharing memory with dout: refused before anything is written (the slot stays) */
+        float both[2 * 8 * 16 + 4];
+        memcpy(both, dz, sizeof(dz));
+        CHECK_RC(resbm_boundary_backward(enc, 1, both, both + 4), RESBM_EINVAL);
+        CHECK(!memcmp(both, dz, sizeof(dz)), "a refused backward wrote over its input");
+    }
     CHECK_RC(resbm_boundary_zero_grad(enc), RESBM_OK);
     CHECK_RC(resbm_boundary_backward(enc, 1, dz, dh), RESBM_OK);
     CHECK_RC(resbm_boundary_backward(enc, 1, dz, dh), RESBM_ESTATE); /* freed by its backward */
@@ -3930,6 +3965,10 @@ static int plain_send(void *u, int peer, const void *buf, size_t len) {
     resbm_transport *t = (resbm_transport *)u;
     return t->send(t->user, peer, buf, len);
 }
+static int errno_send(void *u, int peer, const void *buf, size_t len) { /* a socket's EAGAIN */
+    (void)u; (void)peer; (void)buf; (void)len;
+    return 11;
+}
 static void test_transport_check(void) {
     static unsigned char scratch[2 * 5000];
     resbm_inproc *hub;
@@ -3951,6 +3990,10 @@ static void test_transport_check(void) {
     bad1.user = &t1; bad1.send = plain_send; bad1.recv = wrong_code_recv;
     CHECK(resbm_transport_check(&t0, 1, &bad1, 0, 5000, scratch, sizeof(scratch), why, sizeof(why)) != RESBM_OK &&
           strstr(why, "EMSGSIZE") != NULL, "a wrong code passed: \"%s\"", why);
+    bad1.send = errno_send; /* recv (unused: the first send fails) stays wrong_code_recv */
+    CHECK(resbm_transport_check(&bad1, 1, &t1, 0, 5000, scratch, sizeof(scratch), why, sizeof(why)) ==
+              RESBM_ETRANSPORT && strstr(why, "returned 11") != NULL,
+          "a code not a transport's, as success to rc < 0: \"%s\"", why);
     CHECK_RC(resbm_transport_check(&t0, 1, &t1, 0, 5000, scratch, 100, why, sizeof(why)), RESBM_EINVAL);
     resbm_shaper_free(sh0);
     resbm_shaper_free(sh1);
