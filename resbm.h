@@ -632,8 +632,10 @@ RESBMDEF int resbm_frame_decode(float *out, size_t out_count, const void *buf, s
      0 polls), RESBM_ECLOSED (the peer is gone), RESBM_EMSGSIZE (a message larger than cap: it
      stays queued for a larger buffer), RESBM_EINVAL (a bad argument), RESBM_ETRANSPORT (anything
      else). Other codes are taken as RESBM_ETRANSPORT.
-   - Messages arrive whole and in order per peer. A lost one is caught, not repaired: the receive
-     times out and the step aborts on every stage.
+   - Messages arrive whole and in order per peer, each at most once, and a send that fails has
+     not delivered its message (a duplicated hello, or an acknowledgement that arrived although
+     its send failed, can leave the stages a step apart). A lost one is caught, not repaired: the
+     receive times out and the step aborts on every stage.
    - send must not wait for the peer's recv: in 1F1B two neighbours send to each other at the
      same moment, and two rendezvous sends would wait for each other forever. Buffer at least
      n_micro + 3 frames of resbm_stage_max_frame bytes per peer (a step never has more in flight
@@ -5542,6 +5544,10 @@ struct resbm_stage {
     uint64_t tag;                 /* the step the frames being sent and received belong to */
     int attempt;                  /* of this step: 0, and one more after each failure */
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
+    int missed;                   /* a wait for a hello timed out, in this call or the one before */
+    int suspect[2];               /* since then agreed on that side's hello (not its answer to
+                                     ours): the neighbour may have failed a call this stage missed,
+                                     at the attempt this stage runs now (see abort_in) */
     int busy;                     /* a call runs: another one (from a callback, or a second
                                      thread) is refused instead of taking its frames */
     unsigned synced_loads;        /* the model's checkpoint loads when the last call ended */
@@ -5926,6 +5932,7 @@ static int resbm__stage_hello_in(resbm_stage *st, int from, const resbm_frame_in
         }
     }
     if ((int)v[1] > st->attempt) st->attempt = (int)v[1]; /* a restarted peer starts at 0 */
+    if (!st->agreed[side]) st->suspect[side] = st->missed && v[0] == 0.0f; /* an answer is of now */
     st->agreed[side] = 1;
     return RESBM_OK;
 }
@@ -5959,7 +5966,9 @@ static uint32_t resbm__stream_call(const resbm_stage *st) {
    (another stage could not apply it). Anything older is left over and dropped.
    Late: the neighbour failed a call this stage had already returned (the step's update applied
    and its commit lost further on, or a later stage could not apply it; async, the last frames
-   of a stream call lost after this stage finished it). Its host took that call as done, and this
+   of a stream call lost after this stage finished it; or this stage's wait for its hello timed
+   out, and the neighbour, started later, agreed on ours and failed the call without this one, at
+   the attempt of its hello this stage agreed on since). Its host took that call as done, and this
    one as the next; so this call is the next attempt, and it fails, and every neighbour, the
    sender too (whose next call runs that attempt now), must fail it with this one, or hosts that
    wait for every stage each round would stay a call apart. */
@@ -5982,7 +5991,8 @@ static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_in
         *stale = 1;
         return RESBM_OK;
     }
-    late = (late_call || (undo && st->applied_in != st->entered && att == st->applied_att)) &&
+    late = (late_call || (undo && st->applied_in != st->entered && att == st->applied_att) ||
+            (!undo && st->suspect[from > st->s] && att == st->attempt)) &&
            att + 1 < RESBM__MAX_ATTEMPT; /* (else no attempt is left to tell them with) */
     if (undo) RESBM__TRY(resbm__stage_undo(st));
     st->attempt = late ? att + 1 : att;
@@ -6101,7 +6111,10 @@ static int resbm__stage_begin(resbm_stage *st) {
         st->hello_sent = 0;
         st->attempt = 0;
     }
-    if (st->agreed[0] && st->agreed[1]) return RESBM_OK;
+    if (st->agreed[0] && st->agreed[1]) {
+        st->missed = st->suspect[0] = st->suspect[1] = 0; /* the call that agreed is over */
+        return RESBM_OK;
+    }
     /* hello once per load or mismatch, and again after a wait for the neighbour's timed out (ours
        or its answer may have been lost; a neighbour that took ours answers the next): not on
        every call, or a neighbour away for a while would come back to a queue of them */
@@ -6114,7 +6127,10 @@ static int resbm__stage_begin(resbm_stage *st) {
         if (!st->agreed[side]) {
             int rc = resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
                                        RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, NULL);
-            if (rc == RESBM_ETIMEDOUT) st->hello_sent = 0;
+            if (rc == RESBM_ETIMEDOUT) {
+                st->hello_sent = 0;
+                st->missed = 1;
+            }
             RESBM__TRY(rc);
         }
     return RESBM_OK;

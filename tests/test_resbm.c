@@ -5254,6 +5254,9 @@ static int retry_lockstep, retry_rounds;          /* its hosts run in lock step;
 static int retry_eval_ok;                         /* and then an eval on every stage succeeded */
 static int retry_end_eval;                        /* its async hosts end with an eval (which
                                                     flushes first) instead of a flush */
+static int retry_late = -1;                       /* in lock step, the stage whose first call
+                                                    starts after the others' waits for its hello
+                                                    timed out (a slow start; no fault) */
 
 /* The eval every host runs last in these tests: the same rows on every stage. */
 static int retry_eval(retry_arg *a, float *loss) {
@@ -5319,8 +5322,22 @@ static void *retry_async_thread(void *p) {
 
 /* A host that runs the stages in lock step: each round calls every stage once (async: every
    stage not through) and waits for all of them. */
-static void *lockstep_exact_thread(void *p) { retry_exact_call((retry_arg *)p); return NULL; }
-static void *lockstep_async_thread(void *p) { retry_async_call((retry_arg *)p); return NULL; }
+static void retry_maybe_late(retry_arg *a) {
+    if (retry_rounds == 0 && resbm_model_get_config(resbm_stage_model(a->st))->stage == retry_late) {
+        struct timespec ts = {1, 300000000L}; /* the timeout (1 s) and then some */
+        nanosleep(&ts, NULL);
+    }
+}
+static void *lockstep_exact_thread(void *p) {
+    retry_maybe_late((retry_arg *)p);
+    retry_exact_call((retry_arg *)p);
+    return NULL;
+}
+static void *lockstep_async_thread(void *p) {
+    retry_maybe_late((retry_arg *)p);
+    retry_async_call((retry_arg *)p);
+    return NULL;
+}
 static void *lockstep_eval_thread(void *p) {
     retry_arg *a = (retry_arg *)p;
     a->rc = retry_eval(a, &a->loss);
@@ -5342,7 +5359,7 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
     for (s = 0; s < RETRY_S; s++) {
         resbm_stage_config c = resbm_stage_config_default();
         c.model = mc; c.model.stage = s; c.n_micro = schedule == RESBM_SCHEDULE_ASYNC ? retry_micro : 2;
-        c.timeout_ms = fault == FAULT_DROP ? 1500 : 4000;
+        c.timeout_ms = retry_late >= 0 ? 1000 : fault == FAULT_DROP ? 1500 : 4000;
         c.opt.clip = 0.05f; /* the clip binds: the norm matters */
         c.schedule = schedule;
         c.act_budget_bytes = retry_budget;
@@ -5587,6 +5604,31 @@ static void test_fault_lock_step(void) {
             for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
             if (th_fail_now) w = 99, f = 2;
         }
+    /* no fault: one stage starts late. The others' waits for its hello time out (a failure before
+       agreement, which sends nothing and counts no attempt); it agrees on their hellos, fails the
+       call without them and counts the attempt they run next. Before, the two stayed an attempt
+       apart, every round failing until the counter filled (about 255). */
+    for (w = 0; w < 2 * RETRY_S && !th_fail_now; w++) {
+        int schedule = w < RETRY_S ? RESBM_SCHEDULE_EXACT : RESBM_SCHEDULE_ASYNC, rc;
+        retry_lockstep = 1;
+        retry_late = w % RETRY_S;
+        rc = retry_run(st, -1, -1, 0, 0, -1, fails, schedule, out);
+        CHECK(rc == 0 && fails[0] <= 2 && fails[1] <= 2 && fails[2] <= 2 && retry_eval_ok,
+              "stage %d late, %s: %s after %d rounds (failures %d %d %d)", retry_late,
+              schedule == RESBM_SCHEDULE_EXACT ? "exact" : "async", rc ? "a stage did not finish" : "done",
+              retry_rounds, fails[0], fails[1], fails[2]);
+        if (!rc && schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, 2, 0, "late start", "async");
+        for (s = 0; s < RETRY_S && !rc && schedule == RESBM_SCHEDULE_EXACT; s++) {
+            const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
+            const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
+            for (i = 0; i < np; i++)
+                CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                      "stage %d late: stage %d %s differs from the run on time", retry_late, s, pp[i].name);
+        }
+        retry_lockstep = 0;
+        retry_late = -1;
+        for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
+    }
     for (s = 0; s < RETRY_S; s++) resbm_stage_free(ref[s]);
 }
 #endif
