@@ -5544,7 +5544,7 @@ struct resbm_stage {
     uint64_t tag;                 /* the step the frames being sent and received belong to */
     int attempt;                  /* of this step: 0, and one more after each failure */
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
-    int missed;                   /* a wait for a hello timed out, in this call or the one before */
+    int missed;                   /* a wait for a hello timed out (until a call starts agreed) */
     int suspect[2];               /* since then agreed on that side's hello (not its answer to
                                      ours): the neighbour may have failed a call this stage missed,
                                      at the attempt this stage runs now (see abort_in) */
