@@ -5544,7 +5544,7 @@ struct resbm_stage {
     uint64_t tag;                 /* the step the frames being sent and received belong to */
     int attempt;                  /* of this step: 0, and one more after each failure */
     int agreed[2], hello_sent;    /* job agreement with the previous and the next stage */
-    int missed;                   /* a wait for a hello timed out (until a call starts agreed) */
+    int missed;                   /* a call failed before agreement (until one starts agreed) */
     int suspect[2];               /* since then agreed on that side's hello (not its answer to
                                      ours): the neighbour may have failed a call this stage missed,
                                      at the attempt this stage runs now (see abort_in) */
@@ -5966,12 +5966,12 @@ static uint32_t resbm__stream_call(const resbm_stage *st) {
    (another stage could not apply it). Anything older is left over and dropped.
    Late: the neighbour failed a call this stage had already returned (the step's update applied
    and its commit lost further on, or a later stage could not apply it; async, the last frames
-   of a stream call lost after this stage finished it; or this stage's wait for its hello timed
-   out, and the neighbour, started later, agreed on ours and failed the call without this one, at
-   the attempt of its hello this stage agreed on since). Its host took that call as done, and this
-   one as the next; so this call is the next attempt, and it fails, and every neighbour, the
-   sender too (whose next call runs that attempt now), must fail it with this one, or hosts that
-   wait for every stage each round would stay a call apart. */
+   of a stream call lost after this stage finished it; or this stage failed a call before
+   agreement (its wait for a hello timed out, say), and the neighbour, agreed on ours, failed the
+   call without this one, at the attempt of its hello this stage agreed on since). Its host took
+   that call as done, and this one as the next; so this call is the next attempt, and it fails,
+   and every neighbour, the sender too (whose next call runs that attempt now), must fail it with
+   this one, or hosts that wait for every stage each round would stay a call apart. */
 static int resbm__stage_abort_in(resbm_stage *st, int from, const resbm_frame_info *f, size_t len,
                                  int *stale) {
     float v[2];
@@ -6085,9 +6085,9 @@ static void resbm__async_drop(resbm_stage *st);
 
 /* Before a call's first frame: agree on the job with both neighbours (once, and again after
    this stage's model was loaded from a checkpoint, after a mismatch, after a wait for a hello
-   timed out, and when the attempt field is full). */
+   failed, and when the attempt field is full). */
 static int resbm__stage_begin(resbm_stage *st) {
-    int side;
+    int side, rc = RESBM_OK;
     st->why[0] = 0;
     st->abort_code = 0; /* no neighbour's abort heard in this call yet */
     st->abort_late = 0;
@@ -6115,25 +6115,24 @@ static int resbm__stage_begin(resbm_stage *st) {
         st->missed = st->suspect[0] = st->suspect[1] = 0; /* the call that agreed is over */
         return RESBM_OK;
     }
-    /* hello once per load or mismatch, and again after a wait for the neighbour's timed out (ours
-       or its answer may have been lost; a neighbour that took ours answers the next): not on
-       every call, or a neighbour away for a while would come back to a queue of them */
+    /* hello once per load or mismatch, and again after a wait for the neighbour's failed (ours or
+       its answer may have been lost or spoiled; a neighbour that took ours answers the next): not
+       on every call, or a neighbour away for a while would come back to a queue of them */
     if (!st->hello_sent) {
-        for (side = 0; side < 2; side++)
-            if (!st->agreed[side]) RESBM__TRY(resbm__stage_hello(st, st->s + (side ? 1 : -1), 0));
-        st->hello_sent = 1;
+        for (side = 0; side < 2 && !rc; side++)
+            if (!st->agreed[side]) rc = resbm__stage_hello(st, st->s + (side ? 1 : -1), 0);
+        st->hello_sent = !rc;
     }
-    for (side = 0; side < 2; side++)
+    for (side = 0; side < 2 && !rc; side++)
         if (!st->agreed[side]) {
-            int rc = resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
-                                       RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, NULL);
-            if (rc == RESBM_ETIMEDOUT) {
-                st->hello_sent = 0;
-                st->missed = 1;
-            }
-            RESBM__TRY(rc);
+            rc = resbm__stage_recv(st, RESBM_KIND_CONTROL, RESBM_WIRE_F32, st->s + (side ? 1 : -1),
+                                   RESBM__MICRO(0, RESBM__FOR_JOB, 0), 1, RESBM__JOB_FLOATS, NULL);
+            if (rc) st->hello_sent = 0;
         }
-    return RESBM_OK;
+    /* failed before agreement (a mismatch aside): a neighbour may run this call without this
+       stage, agreed on its hello (see abort_in) */
+    if (rc && rc != RESBM_EJOB) st->missed = 1;
+    return rc;
 }
 
 /* Every call ends here. After a failure, once the job is agreed, the neighbours hear of it at

@@ -5548,6 +5548,8 @@ static void test_fault_lock_step(void) {
     resbm_stage *ref[RETRY_S], *st[RETRY_S];
     retry_arg out[RETRY_S];
     struct { const char *what; int from, to, kind, nth, schedule, end_eval, micro; } where[] = {
+        {"the hello 0->1", 0, 1, RESBM_KIND_CONTROL, 0, RESBM_SCHEDULE_EXACT, 0, 2},
+        {"async: the hello 2->1", 2, 1, RESBM_KIND_CONTROL, 0, RESBM_SCHEDULE_ASYNC, 0, 2},
         {"commit 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2, RESBM_SCHEDULE_EXACT, 0, 2},
         {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3, RESBM_SCHEDULE_EXACT, 0, 2},
         {"commit 0->1, the last step", 0, 1, RESBM_KIND_CONTROL, RETRY_STEPS, RESBM_SCHEDULE_EXACT, 0, 2},
