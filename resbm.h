@@ -3784,12 +3784,11 @@ RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_con
     return resbm__model_create(cfg, opt, -1, out, NULL);
 }
 
-static void resbm__slot_drop(resbm_model *m, int slot);
+static void resbm__slots_drop(resbm_model *m);
 
 RESBMDEF void resbm_model_free(resbm_model *m) {
-    int sl;
     if (!m) return;
-    for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* host layers' release */
+    resbm__slots_drop(m); /* host layers' release */
     if (m->own_pool) resbm_pool_free(m->pool);
     resbm__dealloc(m, m->cfg.alloc_user);
 }
@@ -3991,6 +3990,11 @@ static void resbm__slot_drop(resbm_model *m, int slot) {
     int held = m->slots[slot].rows != 0;
     m->slots[slot].rows = 0;
     if (held && m->layers.release) m->layers.release(m->layers.user, slot);
+}
+
+static void resbm__slots_drop(resbm_model *m) {
+    int sl;
+    for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl);
 }
 
 /* A layers callback's code: one that says what failed in a computation or its I/O stays; the
@@ -6153,12 +6157,8 @@ static int resbm__stage_end(resbm_stage *st, int rc) {
     } else if (st->model->in_stream) {
         call = resbm__stream_call(st);
     }
-    if (st->model->in_stream) {
-        resbm__async_drop(st); /* every stage drops its steps in flight */
-    } else {
-        int sl; /* and host layers hear now of the forwards the failure dropped */
-        for (sl = 0; sl < st->model->cfg.act_slots; sl++) resbm__slot_drop(st->model, sl);
-    }
+    if (st->model->in_stream) resbm__async_drop(st); /* every stage drops its steps in flight */
+    else resbm__slots_drop(st->model); /* host layers hear now of the forwards the failure dropped */
     st->tag = st->step;
     if (!st->why[0])
         snprintf(st->why, sizeof(st->why), "stage %d, step %lu: %s", st->s, (unsigned long)st->step,
@@ -6248,9 +6248,9 @@ static int resbm__stage_step_run(resbm_stage *st, const int32_t *tokens, const i
     resbm_model *m = st->model;
     double sq, loss_sum = 0.0, t0;
     float *v = st->norms, back[2], scale;
-    int warm, i, fi = 0, sl, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
+    int warm, i, fi = 0, nv = st->S - st->s + 1; /* sq_s .. sq_{S-1}, loss */
     int64_t bi = 0;
-    for (sl = 0; sl < m->cfg.act_slots; sl++) resbm__slot_drop(m, sl); /* a failed step left some */
+    resbm__slots_drop(m); /* a host's own forward on this model between calls may hold some */
     RESBM__TRY(resbm__model_zero_grad(m));
     warm = RESBM__MIN(st->slots - 1, st->n); /* forwards ahead of the first backward */
     for (i = 0; i < st->n; i++) { /* warm-up forwards, then one forward one backward */
@@ -6374,8 +6374,7 @@ static int resbm__stage_back(resbm_stage *st, uint32_t micro, float *v, size_t n
 static int resbm__stage_forth(resbm_stage *st, uint32_t micro, float *v, size_t n);
 
 static void resbm__async_drop(resbm_stage *st) {
-    int sl;
-    for (sl = 0; sl < st->model->cfg.act_slots; sl++) resbm__slot_drop(st->model, sl);
+    resbm__slots_drop(st->model);
     resbm__model_zero_grad(st->model);
     if (st->predicted) resbm__model_buf(st->model, st->master, RESBM__VALUES_IN); /* the weights proper */
     st->predicted = 0;
@@ -7527,7 +7526,7 @@ static int resbm__checkpoint_load(const char *path, resbm_model *const *models, 
         models[i]->step = step;
         models[i]->has_backup = 0; /* the state before the last update is not this file's */
         models[i]->loads++;
-        for (j = 0; j < (size_t)models[i]->cfg.act_slots; j++) resbm__slot_drop(models[i], (int)j);
+        resbm__slots_drop(models[i]);
     }
 done:
     resbm_safetensors_free(f);

@@ -5406,6 +5406,19 @@ static int retry_run(resbm_stage **st, int from, int to, int kind, int nth, int 
     return bad;
 }
 
+/* Every stage's parameters bit-identical to the reference run's. */
+static void retry_same_as(resbm_stage **st, resbm_stage **ref, const char *what, const char *how) {
+    size_t np, i;
+    int s;
+    for (s = 0; s < RETRY_S; s++) {
+        const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
+        const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
+        for (i = 0; i < np; i++)
+            CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
+                  "%s, %s: stage %d %s differs from the run without the fault", what, how, s, pp[i].name);
+    }
+}
+
 /* Every fault type, once, into an activation, a gradient, the norms and the commit mid-run:
    the stages fail that step together (none keeps an update another lacks), retry it in place and
    end with parameters bit-identical to a run without the fault. */
@@ -5419,7 +5432,6 @@ static void test_fault_retry_in_place(void) {
         {"commit 0->1, step 1", 0, 1, RESBM_KIND_CONTROL, 2},
         {"commit 1->2, step 2", 1, 2, RESBM_KIND_CONTROL, 3}}; /* the step's last frame */
     int fails[RETRY_S], w, fault, s;
-    size_t np, i;
     CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails, RESBM_SCHEDULE_EXACT, NULL) == 0, "the run without a fault");
     if (th_fail_now) return;
     for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
@@ -5429,15 +5441,9 @@ static void test_fault_retry_in_place(void) {
             CHECK(rc == 0, "%s, %s: %s", where[w].what, fault_names[fault], rc == 2 ? "the fault never fired" : "a stage did not finish");
             CHECK(fails[0] > 0 && fails[1] > 0 && fails[2] > 0, "%s, %s: every stage failed the step (%d %d %d)",
                   where[w].what, fault_names[fault], fails[0], fails[1], fails[2]);
-            for (s = 0; s < RETRY_S && !rc; s++) {
-                const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
-                const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
+            for (s = 0; s < RETRY_S && !rc; s++)
                 CHECK(resbm_model_step_count(resbm_stage_model(st[s])) == RETRY_STEPS, "steps");
-                for (i = 0; i < np; i++)
-                    CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
-                          "%s, %s: stage %d %s differs from the run without the fault", where[w].what,
-                          fault_names[fault], s, pp[i].name);
-            }
+            if (!rc) retry_same_as(st, ref, where[w].what, fault_names[fault]);
             for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
             if (th_fail_now) w = 99, fault = FAULT_N; /* the first failure says enough */
         }
@@ -5571,7 +5577,7 @@ static void test_fault_lock_step(void) {
         {"async, 3 microbatches: gradient 2->1, batch 1's second", 2, 1, RESBM_KIND_GRAD, 4, RESBM_SCHEDULE_ASYNC, 0, 3}};
     static const int faults[2] = {FAULT_DROP, FAULT_FLIP};
     int fails[RETRY_S], w, f, s;
-    size_t np, i;
+    char late[32];
     CHECK(retry_run(ref, -1, -1, 0, 0, -1, fails, RESBM_SCHEDULE_EXACT, NULL) == 0, "the run without a fault");
     if (th_fail_now) return;
     for (w = 0; w < (int)(sizeof(where) / sizeof(where[0])); w++)
@@ -5595,14 +5601,7 @@ static void test_fault_lock_step(void) {
                   fails[0], fails[1], fails[2]);
             CHECK(rc || retry_eval_ok, "%s, %s: the eval in the round after failed", what, fname);
             if (!rc && where[w].schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, where[w].micro, 0, what, fname);
-            for (s = 0; s < RETRY_S && !rc && where[w].schedule == RESBM_SCHEDULE_EXACT; s++) {
-                const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
-                const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
-                for (i = 0; i < np; i++)
-                    CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
-                          "%s, %s: stage %d %s differs from the run without the fault", what, fname, s,
-                          pp[i].name);
-            }
+            if (!rc && where[w].schedule == RESBM_SCHEDULE_EXACT) retry_same_as(st, ref, what, fname);
             for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
             if (th_fail_now) w = 99, f = 2;
         }
@@ -5620,14 +5619,9 @@ static void test_fault_lock_step(void) {
               "stage %d late, %s: %s after %d rounds (failures %d %d %d)", retry_late,
               schedule == RESBM_SCHEDULE_EXACT ? "exact" : "async", rc ? "a stage did not finish" : "done",
               retry_rounds, fails[0], fails[1], fails[2]);
-        if (!rc && schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, 2, 0, "late start", "async");
-        for (s = 0; s < RETRY_S && !rc && schedule == RESBM_SCHEDULE_EXACT; s++) {
-            const resbm_param *pp = resbm_model_params(resbm_stage_model(st[s]), &np);
-            const resbm_param *pr = resbm_model_params(resbm_stage_model(ref[s]), NULL);
-            for (i = 0; i < np; i++)
-                CHECK(!memcmp(pp[i].value.data, pr[i].value.data, pp[i].value.ne[0] * pp[i].value.ne[1] * 4),
-                      "stage %d late: stage %d %s differs from the run on time", retry_late, s, pp[i].name);
-        }
+        snprintf(late, sizeof(late), "stage %d late", retry_late);
+        if (!rc && schedule == RESBM_SCHEDULE_ASYNC) async_matches_rule(st, out, 2, 0, late, "async");
+        if (!rc && schedule == RESBM_SCHEDULE_EXACT) retry_same_as(st, ref, late, "exact");
         retry_lockstep = 0;
         retry_late = -1;
         for (s = 0; s < RETRY_S; s++) resbm_stage_free(st[s]);
