@@ -445,8 +445,8 @@ typedef struct resbm_model_config {
     int m;              /* bottleneck hidden width, default max(1, d/4) (see bench/RESULTS.md) */
     int no_identity;    /* 1 = ablation without the identity path */
     int threads;        /* kernel threads (own pool) when pool is NULL, default 1 */
-    int gemm_bf16;      /* 1 = opt-in bf16 GEMMs (resbm_pool_set_precision on the model's pool,
-                           a shared one too; RESBM_ENOTSUP in builds without it), default 0 */
+    int gemm_bf16;      /* 1 = opt-in bf16 GEMMs (RESBM_ENOTSUP in builds without them), default
+                           0; with a shared pool, must match resbm_pool_precision (RESBM_EINVAL) */
     uint64_t seed;      /* default 1337 */
     float init_std;     /* default 0.02 */
     resbm_pool *pool;   /* optional shared pool; not owned */
@@ -459,12 +459,16 @@ typedef struct resbm_model_config {
 
 enum { RESBM_OPT_ADAMW = 0, RESBM_OPT_MUON = 1, RESBM_OPT_SGD = 2 };
 
+/* Start from resbm_opt_config_default(). At init a 0 in lr, beta1, beta2, eps, muon_lr,
+   muon_momentum, muon_ns_steps or bottleneck_lr_scale takes that default (so none of these can be
+   asked to be 0: for no momentum or a frozen bottleneck pass a tiny value); a 0 in the other
+   fields means 0. resbm_model_get_opt shows what was resolved. */
 typedef struct resbm_opt_config {
     int kind;          /* RESBM_OPT_*, default AdamW */
     float lr;          /* peak learning rate (AdamW part and SGD), default 2e-3 */
     float min_lr_frac; /* cosine floor as a fraction of lr, default 0.1 */
     int warmup;        /* linear warm-up steps, default 100 (0 is allowed) */
-    int total_steps;   /* schedule length; 0 = constant lr after warm-up */
+    int total_steps;   /* schedule length, at least warmup; 0 = constant lr after warm-up */
     float beta1, beta2, eps, weight_decay; /* AdamW: .9 .95 1e-8 .1 (decay on 2-D weights only) */
     float clip;        /* global gradient-norm clip, default 1.0; 0 disables */
     float muon_lr;     /* Muon learning rate, default 0.02 */
@@ -477,7 +481,8 @@ typedef struct resbm_model resbm_model;
 
 RESBMDEF resbm_model_config resbm_model_config_default(void);
 RESBMDEF resbm_opt_config resbm_opt_config_default(void);
-/* Creates a model from configs (zero fields mean defaults). One allocation holds everything. */
+/* Creates a model from configs (zero fields of cfg mean defaults; opt: see above). One allocation
+   holds everything. */
 RESBMDEF int resbm_model_init(const resbm_model_config *cfg, const resbm_opt_config *opt,
                               resbm_model **out);
 RESBMDEF void resbm_model_free(resbm_model *m);
@@ -505,7 +510,9 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
    forward's mean loss); other stages: dh_out [rows*T, w] is dL/dh_out. Not first stage: dx_in
    receives dL/dx_in (overwritten). Parameter gradients accumulate. When host layers fail it
    (their code, or a non-finite dL/dx from them: RESBM_ENONFINITE) the slot is dropped and the
-   library's gradients are as they were; the host's own are the host's. */
+   library's gradients are as they were; the host's own are the host's. A non-finite dL/dx from
+   the built-in layers (an overflow) has reached their gradients: zero them before going on
+   (resbm_model_update refuses non-finite ones). */
 RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
                                   float loss_weight);
 /* Drops the forward held in `slot` without its backward (evaluation, sampling). */
@@ -3331,6 +3338,13 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o, int builti
         c->r < 1 || c->r > c->d || c->m < 1 || (c->no_identity != 0 && c->no_identity != 1) ||
         (c->gemm_bf16 != 0 && c->gemm_bf16 != 1))
         return RESBM_EINVAL;
+#ifndef RESBM__BF16
+    if (c->gemm_bf16) return RESBM_ENOTSUP;
+#endif
+    /* a shared pool's precision is its owner's (resbm_pool_set_precision): a model that changed
+       it would change the numbers of every other model on it */
+    if (c->pool && resbm_pool_precision(c->pool) != (c->gemm_bf16 ? RESBM_PRECISION_BF16 : RESBM_PRECISION_F32))
+        return RESBM_EINVAL;
     if (builtin && (c->d % c->heads || (c->d / c->heads) % 2 || c->d / c->heads > RESBM_MAX_HEAD_DIM))
         return RESBM_EINVAL;
     if (!(c->init_std > 0.0f) || !(c->init_std < 1e3f)) return RESBM_EINVAL;
@@ -3352,7 +3366,7 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o, int builti
     if (o->bottleneck_lr_scale == 0.0f) o->bottleneck_lr_scale = dop.bottleneck_lr_scale;
     if (o->kind < RESBM_OPT_ADAMW || o->kind > RESBM_OPT_SGD || !(o->lr > 0.0f && o->lr <= 1e3f) ||
         !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f) || o->warmup < 0 ||
-        o->total_steps < 0 || !(o->beta1 >= 0.0f && o->beta1 < 1.0f) ||
+        o->total_steps < 0 || (o->total_steps > 0 && o->warmup > o->total_steps) || !(o->beta1 >= 0.0f && o->beta1 < 1.0f) ||
         !(o->beta2 >= 0.0f && o->beta2 < 1.0f) || !(o->eps > 0.0f && o->eps <= 1.0f) ||
         !(o->weight_decay >= 0.0f && o->weight_decay < 1e3f) || !(o->clip >= 0.0f && o->clip <= 1e12f) ||
         !(o->muon_lr > 0.0f && o->muon_lr <= 1e3f) || !(o->muon_momentum >= 0.0f && o->muon_momentum < 1.0f) ||
@@ -3637,6 +3651,7 @@ static int resbm__layers_ok(const resbm_layers *h, void *alloc_user) {
         if (!memchr(p->name, 0, RESBM_NAME_MAX) || !p->name[0] || !strncmp(p->name, "bottleneck.", 11) ||
             !strncmp(p->name, "opt.", 4) || !strcmp(p->name, "__metadata__") ||
             p->kind < RESBM_PARAM_NORM || p->kind > RESBM_PARAM_HIDDEN ||
+            (p->kind == RESBM_PARAM_HIDDEN && p->value.ndim != 2) || /* Muon needs a matrix */
             !p->value.data || !p->grad.data || (p->value.ndim != 1 && p->value.ndim != 2) ||
             p->grad.ndim != p->value.ndim || p->grad.ne[0] != p->value.ne[0] ||
             p->value.ne[0] == 0 || p->value.ne[0] > RESBM__MAX_DIM ||
@@ -3765,7 +3780,7 @@ static int resbm__model_create(const resbm_model_config *cfg, const resbm_opt_co
         m->bytes += sizeof(resbm_pool) + (size_t)m->cfg.threads * RESBM__PACK_FLOATS * sizeof(float);
     }
     if ((rc = resbm_pool_reserve(m->pool, RESBM_ATTENTION_WORK(m->cfg.seq))) ||
-        (m->cfg.gemm_bf16 && (rc = resbm_pool_set_precision(m->pool, RESBM_PRECISION_BF16)))) {
+        (m->own_pool && m->cfg.gemm_bf16 && (rc = resbm_pool_set_precision(m->pool, RESBM_PRECISION_BF16)))) {
         resbm_model_free(m);
         return rc;
     }
@@ -4223,7 +4238,8 @@ static int resbm__model_grad_sqnorm(resbm_model *m, double *out) {
 /* ---- optimizers ------------------------------------------------------------------------------- */
 RESBMDEF float resbm_lr_factor(const resbm_opt_config *o, long step) {
     double prog;
-    if (!o || step < 0 || o->warmup < 0 || o->total_steps < 0 || !resbm__finite(o->min_lr_frac) ||
+    if (!o || step < 0 || o->warmup < 0 || o->total_steps < 0 ||
+        (o->total_steps > 0 && o->warmup > o->total_steps) || !resbm__finite(o->min_lr_frac) ||
         !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f))
         return resbm__bitsf(0x7fc00000u); /* NaN */
     if (o->warmup > 0 && step < o->warmup) return (float)(step + 1) / (float)o->warmup;

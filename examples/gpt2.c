@@ -399,6 +399,11 @@ static int gpt2_create(const options *o, int s, resbm_stage_config *cfg, void **
     c1.act_budget_bytes = 0; /* host layers keep 1F1B's depth: size for exactly that */
     if ((rc = resbm_stage_slots(&c1, &slots))) return rc;
     if ((rc = resbm_pool_init(o->threads, &pool))) return rc;
+    /* the pool's precision is ours to set (the model checks it matches its own) */
+    if (cfg->model.gemm_bf16 && (rc = resbm_pool_set_precision(pool, RESBM_PRECISION_BF16))) {
+        resbm_pool_free(pool);
+        return rc;
+    }
     if ((rc = gpt2_new(o->d, o->heads, o->seq, o->layers, o->stages, s, slots, (size_t)cfg->model.batch, o->seed,
                        pool, &g))) {
         resbm_pool_free(pool);

@@ -196,7 +196,7 @@ static void test_gpt2_declaration(void) {
     const resbm_param *p;
     resbm_param saved;
     resbm_layers bad;
-    size_t np;
+    size_t np, i;
     float keep;
     CHECK(g != NULL, "gpt2_new");
     if (!g) return;
@@ -234,6 +234,14 @@ static void test_gpt2_declaration(void) {
     g->params[1].grad.data = g->params[1].value.data; /* its gradient is its value */
     CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
     g->params[1] = saved;
+    for (i = 0; i < g->layers.n_params && g->params[i].value.ndim != 1; i++) {}
+    CHECK(i < g->layers.n_params, "the host has no 1-D parameter");
+    if (i < g->layers.n_params) { /* Muon would take a bias for a matrix */
+        int kind = g->params[i].kind;
+        g->params[i].kind = RESBM_PARAM_HIDDEN;
+        CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_EINVAL);
+        g->params[i].kind = kind;
+    }
     keep = g->params[1].value.data[0];
     memcpy(g->params[1].value.data, &(uint32_t){0x7fc00000u}, 4); /* NaN */
     CHECK_RC(resbm_model_init(&sc.model, &sc.opt, &m), RESBM_ENONFINITE);

@@ -1124,6 +1124,9 @@ static void test_gemm_bf16(void) {
         cfg.gemm_bf16 = 1;
         CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_ENOTSUP);
         CHECK(m == NULL, "a refused model was returned");
+        cfg.pool = p[0];
+        CHECK_RC(resbm_model_init(&cfg, NULL, &m), RESBM_ENOTSUP);
+        CHECK(m == NULL && resbm_pool_precision(p[0]) == RESBM_PRECISION_F32, "a refused model changed the pool");
     }
 #else
     static const size_t shapes[][3] = {{1, 1, 1}, {8, 32, 2}, {13, 45, 37}, {7, 300, 513},
@@ -1233,6 +1236,36 @@ static void test_model_bf16(void) {
         }
     }
     CHECK(dot / sqrt(n0 * n1) > 0.999, "gradient cosine bf16 / f32 %.6f", dot / sqrt(n0 * n1));
+    { /* a shared pool's precision is its owner's: a model asking for the other one is refused, and
+         the pool and the models already on it keep theirs (it used to switch them to bf16) */
+        resbm_model_config sc = cfg;
+        resbm_model *a = NULL, *b = NULL;
+        resbm_pool *sp = NULL;
+        float la = 0.0f;
+        CHECK_RC(resbm_pool_init(1, &sp), RESBM_OK);
+        sc.pool = sp; sc.threads = 1; sc.gemm_bf16 = 0;
+        CHECK_RC(resbm_model_init(&sc, NULL, &a), RESBM_OK);
+        sc.gemm_bf16 = 1;
+        CHECK_RC(resbm_model_init(&sc, NULL, &b), RESBM_EINVAL);
+        CHECK(b == NULL && resbm_pool_precision(sp) == RESBM_PRECISION_F32, "a refused model changed the shared pool");
+        if (a) {
+            CHECK_RC(resbm_model_forward(a, 0, tok, NULL, tg, 3, NULL, &la), RESBM_OK);
+            CHECK(la == loss[0], "the f32 model on the shared pool: %.9g, on its own: %.9g", la, loss[0]);
+            CHECK_RC(resbm_model_release(a, 0), RESBM_OK);
+        }
+        resbm_model_free(a);
+        CHECK_RC(resbm_pool_set_precision(sp, RESBM_PRECISION_BF16), RESBM_OK);
+        sc.gemm_bf16 = 0;
+        CHECK_RC(resbm_model_init(&sc, NULL, &b), RESBM_EINVAL);
+        sc.gemm_bf16 = 1;
+        CHECK_RC(resbm_model_init(&sc, NULL, &b), RESBM_OK);
+        if (b) {
+            CHECK_RC(resbm_model_forward(b, 0, tok, NULL, tg, 3, NULL, &la), RESBM_OK);
+            CHECK(la == loss[1], "the bf16 model on the shared pool: %.9g, on its own: %.9g", la, loss[1]);
+        }
+        resbm_model_free(b);
+        resbm_pool_free(sp);
+    }
     for (step = 0; step < 40; step++) CHECK_RC(resbm_model_train_step(m[1], tok, tg, 3, 3, &loss[1]), RESBM_OK);
     CHECK(loss[1] < 0.5f * loss[0], "bf16 training: loss %.4g from %.4g", loss[1], loss[0]);
     for (t = 0; t < 3; t++) resbm_model_free(m[t]);
@@ -1365,6 +1398,14 @@ static void test_config_validation(void) {
     CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
     o = resbm_opt_config_default(); o.bottleneck_lr_scale = -2.0f;
     CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    /* a schedule shorter than its warm-up would end still warming up, never decaying */
+    o = resbm_opt_config_default(); o.warmup = 100; o.total_steps = 50;
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_EINVAL);
+    CHECK(resbm_lr_factor(&o, 10) != resbm_lr_factor(&o, 10), "a warm-up past the schedule gives a number");
+    o.total_steps = 100; /* warm-up only: consistent */
+    CHECK_RC(resbm_model_init(&c, &o, &m), RESBM_OK);
+    resbm_model_free(m);
+    m = (resbm_model *)&c;
     CHECK_RC(resbm_model_init(NULL, NULL, &m), RESBM_EINVAL);
     CHECK_RC(resbm_model_init(&c, NULL, NULL), RESBM_EINVAL);
     CHECK(m == (resbm_model *)&c, "out touched on failure");
