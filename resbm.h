@@ -406,9 +406,10 @@ typedef struct resbm_layers {
        neighbours refuse each other when it differs (RESBM_EJOB), checkpoints record its hash. */
     const char *arch;
     /* This stage's parameters: name (unique, not "bottleneck.*", "opt.*" or "__metadata__",
-       which checkpoints use), kind, value and grad (1-D or 2-D, finite at init, no two values or
-       gradients overlapping) in the host's memory; m and v are ignored (the library's). Copied
-       at init; the memory they point to must outlive the model. */
+       which checkpoints use), kind, value and grad (1-D with ne[1] 0 or 1, or 2-D; finite at
+       init; no two values or gradients overlapping) in the host's memory; m and v are ignored
+       (the library's). Copied at init; the memory they point to must outlive the model (to move
+       it, write the new pointers through resbm_model_params_mut between calls). */
     const resbm_param *params;
     size_t n_params;
     /* Forward of `rows` sequences into `slot`: tokens [N] on stage 0, else x [N,d] (the library's,
@@ -424,8 +425,9 @@ typedef struct resbm_layers {
        RESBM_EHOST. Non-finite values in out are RESBM_ENONFINITE. */
     int (*backward)(void *user, int slot, float *dout, float *dx);
     /* The slot's forward is dropped without a backward (eval, generate, a failed step or
-       backward, the model freed): called once for each forward that gets no finished backward,
-       before the failing call returns, never for an idle slot. May be NULL. */
+       backward, the model freed): called once for each forward call, failed ones included, that
+       gets no finished backward, before the failing call returns; never for a slot no forward was
+       called on. May be NULL. */
     void (*release)(void *user, int slot);
 } resbm_layers;
 
@@ -510,8 +512,9 @@ RESBMDEF int resbm_model_forward(resbm_model *m, int slot, const int32_t *tokens
    forward's mean loss); other stages: dh_out [rows*T, w] is dL/dh_out. Not first stage: dx_in
    receives dL/dx_in (overwritten). Parameter gradients accumulate. When host layers fail it
    (their code, or a non-finite dL/dx from them: RESBM_ENONFINITE) the slot is dropped and the
-   library's gradients are as they were; the host's own are the host's. A non-finite dL/dx from
-   the built-in layers (an overflow) has reached their gradients: zero them before going on
+   library's gradients are as they were; the host's own are the host's. A failure before the
+   layers' backward (a refused pool) keeps the slot, for a retry. A non-finite dL/dx from the
+   built-in layers (an overflow) has reached their gradients: zero them before going on
    (resbm_model_update refuses non-finite ones). */
 RESBMDEF int resbm_model_backward(resbm_model *m, int slot, const float *dh_out, float *dx_in,
                                   float loss_weight);
@@ -862,7 +865,8 @@ RESBMDEF const char *resbm_safetensors_meta(const resbm_st_file *f, const char *
    (AdamW moments; Muon's momentum is .m); metadata "format" = "resbm-checkpoint-1", "step" (updates
    applied), "config" (the model shape), "opt" (adamw|muon|sgd), plus the caller's pairs, whose
    keys differ from these four and from each other (else RESBM_EINVAL, as for one model given
-   twice, or models of different jobs: the file has one config). RESBM_ENONFINITE when a
+   twice, two parameters of one name (host stages that reuse names save a file each), or models
+   of different jobs: the file has one config). RESBM_ENONFINITE when a
    parameter or optimizer value is NaN or Inf (nothing is written: the last good file stays);
    RESBM_EIO with errno set when the file cannot be written. */
 RESBMDEF int resbm_checkpoint_save(const char *path, resbm_model *const *models, size_t n_models,
@@ -4113,7 +4117,11 @@ static int resbm__model_backward(resbm_model *m, int slot, const float *dh_out, 
     } else if (m->has_enc) {
         if (m->host && m->has_enc) resbm__enc_grads_keep(m, 1);
         memset(m->dres, 0, N * d * sizeof(float));
-        RESBM__TRY(resbm__enc_bwd(m, s, N, resbm__slot_out(m, s, N), dh_out, m->dres));
+        rc = resbm__enc_bwd(m, s, N, resbm__slot_out(m, s, N), dh_out, m->dres);
+        if (rc) { /* a refused pool: the slot is kept for a retry, the gradients as they were */
+            if (m->host) resbm__enc_grads_keep(m, 0);
+            return rc;
+        }
         dout = m->dres;
     } else {
         if (dh_out) memcpy(m->dres, dh_out, N * d * sizeof(float)); /* never NULL here (checked

@@ -662,6 +662,13 @@ static float *bottleneck_grads(const resbm_model *m, size_t *n_out) {
    the library's gradients as they were and drops the slot. Before, the encoder's part of the
    failed backward stayed in its gradients, and NaN from the host went on into the decoder's
    gradients and dx_in with the call returning success. */
+typedef struct { resbm_model *m; const float *dz; int rc; } busy_call;
+static void backward_on_busy_pool(void *ctx, size_t task, int thread) {
+    busy_call *bc = (busy_call *)ctx;
+    (void)task; (void)thread;
+    bc->rc = resbm_model_backward(bc->m, 0, bc->dz, NULL, 1.0f);
+}
+
 static void test_gpt2_failed_backward_keeps_grads(void) {
     gcase c = {32, 2, 8, 4, 2, 1, 1, 6};
     size_t N = 8, r = 4;
@@ -707,6 +714,24 @@ static void test_gpt2_failed_backward_keeps_grads(void) {
                 for (i = 0; i < N * r; i++) CHECK(dx[i] == -7.0f, "stage %d: dx_in[%zu] written", s, i);
                 free(before); free(after);
             }
+        }
+        if (s == 0) { /* the encoder's backward refused its pool (busy running this very call):
+                         the gradients as they were, the slot kept, and the retry is honest */
+            busy_call bc;
+            CHECK_RC(resbm_model_forward(m, 0, tok, NULL, NULL, 1, z, NULL), RESBM_OK);
+            before = bottleneck_grads(m, &nb);
+            bc.m = m; bc.dz = dz; bc.rc = 0;
+            CHECK_RC(resbm_pool_run(g->pool, backward_on_busy_pool, &bc, 1), RESBM_OK);
+            CHECK_RC(bc.rc, RESBM_ESTATE);
+            after = bottleneck_grads(m, &na);
+            CHECK(nb > 0 && na == nb && before && after && !memcmp(before, after, nb * sizeof(float)),
+                  "the refused encoder backward changed the library's gradients");
+            free(after);
+            CHECK(f.held[0], "the refused encoder backward dropped the slot");
+            CHECK_RC(resbm_model_backward(m, 0, dz, NULL, 1.0f), RESBM_OK);
+            after = bottleneck_grads(m, &na);
+            CHECK(before && after && memcmp(before, after, nb * sizeof(float)) && !f.held[0], "the retried backward added nothing");
+            free(before); free(after);
         }
         CHECK(f.stray_releases == 0, "stage %d: %d stray releases", s, f.stray_releases);
         /* a forward still held when the model is freed is released then */
