@@ -455,7 +455,8 @@ typedef struct resbm_model_config {
     void *alloc_user;   /* passed to RESBM_MALLOC/RESBM_FREE */
     /* NULL: the built-in model (docs/design.md §4). Else the host's layers (copied at init): vocab,
        d, seq, batch, stages, stage, r, m and no_identity keep their meaning; layers counts the
-       host's blocks (only for stages <= layers); heads and ff are the host's business. */
+       host's blocks (only for stages <= layers); heads and ff are the host's business (but
+       neighbours compare them with the rest of the job: set them alike on every stage). */
     const resbm_layers *host;
 } resbm_model_config;
 
@@ -790,7 +791,9 @@ RESBMDEF resbm_model *resbm_stage_model(resbm_stage *st);
    update the call applied (two steps back; stats.loss_step), 0 before there is one; a warm-up
    step (step count below async_warmup) is an exact step and reports its own. A failure
    drops the steps in flight on every stage: the weights are those of the first
-   resbm_model_step_count(model) steps, and the next call starts a new stream from there. */
+   resbm_model_step_count(model) steps, and the next call starts a new stream from there. So a
+   host counts its batches itself and, only after a failure, restarts that count from
+   resbm_model_step_count (async, it runs about two steps behind the calls made). */
 RESBMDEF int resbm_stage_step(resbm_stage *st, const int32_t *tokens, const int32_t *targets,
                               size_t rows, float *loss);
 /* Forward only, on every stage together: `rows` sequences (any number; run model.batch at a
@@ -804,7 +807,9 @@ RESBMDEF int resbm_stage_eval(resbm_stage *st, const int32_t *tokens, const int3
                               size_t rows, float *loss);
 /* Sampling through the pipeline, on every stage together: continues prompt[n_prompt] (stage 0;
    others may pass NULL) by n_new tokens drawn at `temperature` (> 0) from a PCG32 seeded with
-   `seed`; every stage gets them in out[n_new]. The window is the last T tokens. The prompt's
+   `seed`; every stage gets them in out[n_new]. The window is the last T tokens, a shorter one
+   padded at its end with token 0 and read at its last real position (host layers must be
+   causal, as the built-in ones are). The prompt's
    length up to T, n_new, temperature and seed must be the same on every stage: stage 0 sends its
    own down the pipeline first, and a stage asked for others fails the call (RESBM_EINVAL). out
    is written only on success. */
