@@ -781,7 +781,11 @@ RESBMDEF resbm_stage_config resbm_stage_config_default(void);
 /* The largest message a stage of this config sends or accepts, in bytes (frame header
    included): what a host sizes its transport's buffers and message limit by, before init. */
 RESBMDEF int resbm_stage_max_frame(const resbm_stage_config *cfg, size_t *bytes);
-/* How many forwards a stage of this config keeps in flight: host layers keep that many slots. */
+/* How many forwards a stage of this config keeps in flight: host layers keep that many slots.
+   With host layers it depends only on stages, stage, n_micro and schedule (act_budget_bytes
+   is for the built-in layers), so a host sizing its layers before they exist may ask with a copy
+   of its config whose host is NULL and act_budget_bytes 0 (and heads a divisor of d with an even
+   head width, which the built-in layers need), as examples/gpt2.c does. */
 RESBMDEF int resbm_stage_slots(const resbm_stage_config *cfg, int *slots);
 RESBMDEF int resbm_stage_init(const resbm_stage_config *cfg, resbm_stage **out);
 RESBMDEF void resbm_stage_free(resbm_stage *st);
