@@ -3379,8 +3379,9 @@ static int resbm__resolve(resbm_model_config *c, resbm_opt_config *o, int builti
     if (o->bottleneck_lr_scale == 0.0f) o->bottleneck_lr_scale = dop.bottleneck_lr_scale;
     if (o->kind < RESBM_OPT_ADAMW || o->kind > RESBM_OPT_SGD || !(o->lr > 0.0f && o->lr <= 1e3f) ||
         !(o->min_lr_frac >= 0.0f && o->min_lr_frac <= 1.0f) || o->warmup < 0 ||
-        o->total_steps < 0 || (o->total_steps > 0 && o->warmup > o->total_steps) || !(o->beta1 >= 0.0f && o->beta1 < 1.0f) ||
-        !(o->beta2 >= 0.0f && o->beta2 < 1.0f) || !(o->eps > 0.0f && o->eps <= 1.0f) ||
+        o->total_steps < 0 || (o->total_steps > 0 && o->warmup > o->total_steps) ||
+        !(o->beta1 >= 0.0f && o->beta1 < 1.0f) || !(o->beta2 >= 0.0f && o->beta2 < 1.0f) ||
+        !(o->eps > 0.0f && o->eps <= 1.0f) ||
         !(o->weight_decay >= 0.0f && o->weight_decay < 1e3f) || !(o->clip >= 0.0f && o->clip <= 1e12f) ||
         !(o->muon_lr > 0.0f && o->muon_lr <= 1e3f) || !(o->muon_momentum >= 0.0f && o->muon_momentum < 1.0f) ||
         o->muon_ns_steps < 1 || o->muon_ns_steps > 100 ||
