@@ -130,6 +130,32 @@ static int writable_target(const char *path) {
     return S_ISREG(sb.st_mode);
 }
 
+/* A path's directory (stat'ed: its device and inode) and last name: a file not made yet is known
+   by these. 0 when the directory is not there. */
+static int dir_and_name(const char *path, struct stat *dir, const char **name) {
+    const char *slash = strrchr(path, '/');
+    char d[4097];
+    size_t dl = slash ? (size_t)(slash - path) : 0;
+    if (dl >= sizeof(d)) return 0;
+    if (!slash) strcpy(d, ".");
+    else if (!dl) strcpy(d, "/");
+    else { memcpy(d, path, dl); d[dl] = 0; }
+    *name = slash ? slash + 1 : path;
+    return !stat(d, dir);
+}
+
+/* Whether two paths name one file: the same existing file by any name (links too), or the same
+   name in the same directory for files not made yet. */
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    const char *na, *nb;
+    if (!a || !b) return 0;
+    if (!stat(a, &sa) && !stat(b, &sb)) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    if (!strcmp(a, b)) return 1;
+    return dir_and_name(a, &sa, &na) && dir_and_name(b, &sb, &nb) && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino && !strcmp(na, nb);
+}
+
 /* Returns 0, PARSE_HELP for --help (the caller prints the usage: under MPI, one rank does, and
    every rank still finalizes), or the exit code (2) after printing why. */
 enum { PARSE_HELP = -1 };
@@ -239,6 +265,20 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
         if (o->save && o->stage < 0 && !writable_target(o->save))
             return die_usage("--save %s: it exists and is not a regular file", o->save);
     }
+    {   /* an output never overwrites an input or another output (--save may be the --load it resumes) */
+        const char *in[] = {o->data, o->tokens_bin, o->load, o->secret_file};
+        const char *out[] = {o->log, o->plot, o->save, o->save_init};
+        static const char *const in_flag[] = {"--data", "--tokens-bin", "--load", "--secret-file"};
+        static const char *const out_flag[] = {"--log", "--plot", "--save", "--save-init"};
+        int a, b;
+        for (a = 0; a < 4; a++) {
+            for (b = 0; b < 4; b++)
+                if (!(a == 2 && b == 2) && same_file(out[a], in[b]))
+                    return die_usage("%s %s is the %s file", out_flag[a], out[a], in_flag[b]);
+            for (b = a + 1; b < 4; b++)
+                if (same_file(out[a], out[b])) return die_usage("%s and %s both name %s", out_flag[a], out_flag[b], out[a]);
+        }
+    }
     if (!o->schedule_steps) o->schedule_steps = o->steps;
     return 0;
 }
@@ -247,6 +287,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
 typedef struct {
     unsigned char *bytes;
     size_t len, train_len, val_off, val_len;
+    uint64_t hash; /* FNV-1a of the bytes: stages in other processes check they read the same */
 } dataset;
 
 /* Opens a regular file for reading, never blocking: a FIFO without a writer would wait forever
@@ -268,7 +309,7 @@ static int load_data(const options *o, dataset *ds) {
     const char *path = o->data ? o->data : o->tokens_bin;
     FILE *f = open_regular(path);
     long n;
-    size_t need = (size_t)o->seq + 1;
+    size_t need = (size_t)o->seq + 1, i;
     memset(ds, 0, sizeof(*ds));
     if (!f) {
         fprintf(stderr, "train: cannot open %s: %s\n", path, errno == EINVAL ? "not a regular file" : strerror(errno));
@@ -287,6 +328,8 @@ static int load_data(const options *o, dataset *ds) {
     }
     fclose(f);
     ds->len = (size_t)n;
+    ds->hash = 14695981039346656037ULL;
+    for (i = 0; i < ds->len; i++) { ds->hash ^= ds->bytes[i]; ds->hash *= 1099511628211ULL; }
     ds->val_off = ds->len - ds->len / 10;
     ds->val_len = ds->len / 10;
     ds->train_len = o->tokens_bin ? ds->len : ds->val_off;
@@ -835,6 +878,11 @@ static int load_ckpt(const options *o, resbm_model **models, size_t n, int s) {
         if (resbm_checkpoint_load(prev, models, n, why2, sizeof(why2))) return 0;
         printf("resuming from the previous generation %s instead\n", prev);
     }
+    if (resbm_model_step_count(models[0]) > o->steps) { /* the loop would not run: refuse, not a silent 0-step run */
+        fprintf(stderr, "train: %s is at step %ld, past --steps %d: nothing to train\n", p,
+                resbm_model_step_count(models[0]), o->steps);
+        return 0;
+    }
     return 1;
 }
 
@@ -1024,11 +1072,11 @@ static int run_tcp(const options *o, const dataset *ds) {
         const unsigned char *c;
         uint64_t h = 14695981039346656037ULL;
         snprintf(job, sizeof(job), "%s d=%d layers=%d heads=%d ff=%d seq=%d batch=%d micro=%d stages=%d r=%d m=%d id=%d "
-                 "wire=%d/%d opt=%d lr=%.9g blr=%.9g steps=%d sched=%d seed=%llu data=%s",
+                 "wire=%d/%d opt=%d lr=%.9g blr=%.9g steps=%d sched=%d seed=%llu data=%s:%zu:%016llx",
                  o->engine ? o->engine->name : "builtin",
                  o->d, o->layers, o->heads, o->ff, o->seq, o->batch, o->micro, o->stages, o->r, o->m, !o->no_identity,
                  o->wire_fwd, o->wire_bwd, o->opt, (double)o->lr, (double)o->bottleneck_lr, o->steps, o->schedule_steps,
-                 (unsigned long long)o->seed, o->data ? "text" : "bin");
+                 (unsigned long long)o->seed, o->data ? "text" : "bin", ds->len, (unsigned long long)ds->hash);
         for (c = (const unsigned char *)job; *c; c++) { h ^= *c; h *= 1099511628211ULL; }
         auth.job = h;
     }
@@ -1046,7 +1094,8 @@ static int run_tcp(const options *o, const dataset *ds) {
         auth.secret = secret;
     }
     if ((rc = tcp_mesh_open_auth(&mesh, o->stage, o->stages, addrs, o->timeout_ms, &auth))) {
-        fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s\n", o->stage, o->timeout_ms, resbm_strerror(rc));
+        fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s (peers started with other flags, "
+                "data or --secret-file are refused as strangers)\n", o->stage, o->timeout_ms, resbm_strerror(rc));
         free(list); free(addrs);
         return 1;
     }

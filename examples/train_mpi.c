@@ -92,7 +92,20 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (rank) o.quiet = 1; /* only rank 0 talks */
-    if (!load_data(&o, &ds)) { MPI_Finalize(); return 1; }
+    { /* every rank reads the same data (a different or half-copied file would train on the wrong
+         targets): rank 0's size and hash against each rank's, and every rank leaves together */
+        int ok = load_data(&o, &ds), bad, any;
+        unsigned long long mine[3], first[3];
+        mine[0] = (unsigned long long)ok; mine[1] = ok ? ds.len : 0; mine[2] = ok ? ds.hash : 0;
+        memcpy(first, mine, sizeof(first));
+        MPI_Bcast(first, 3, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+        bad = !ok || !first[0] || first[1] != mine[1] || first[2] != mine[2];
+        if (ok && first[0] && bad)
+            fprintf(stderr, "train_mpi: rank %d's data (%llu bytes, hash %016llx) is not rank 0's (%llu bytes, hash %016llx)\n",
+                    rank, mine[1], mine[2], first[1], first[2]);
+        MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (any) { free(ds.bytes); MPI_Finalize(); return 1; }
+    }
     /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour, a
        deeper depth (--act-budget-mb) n_micro (+ 1 async), evaluation sends all its chunks before
        the loss comes back */

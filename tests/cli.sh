@@ -106,6 +106,15 @@ start=$(date +%s)
 rc=$?
 check "tcp: missing peer -> exit 1 with a message, within the timeout" "[ $rc = 1 ] && [ \$((\$(date +%s) - start)) -le 10 ] && grep -q 'stage 0' '$dir/lone.err'"
 
+# stages reading different data refuse each other as strangers: both exit 1 within the timeout
+head -c 40000 "$dir/text.txt" > "$dir/text3.txt"
+base=$((43000 + $$ % 1000)); start=$(date +%s)
+"$train" $tiny --stages 2 --stage 1 --listen 127.0.0.1:$((base + 1)) --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --data "$dir/text3.txt" --timeout-ms 1500 --steps 2 --quiet > /dev/null 2> "$dir/dd1.err" &
+other=$!
+"$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$base --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --timeout-ms 1500 --steps 2 --quiet > /dev/null 2> "$dir/dd0.err"
+rc0=$?; wait $other; rc1=$?
+check "tcp: stages with different data -> both exit 1 within the timeout" "[ $rc0 = 1 ] && [ $rc1 = 1 ] && [ \$((\$(date +%s) - start)) -le 10 ] && grep -q 'strangers' '$dir/dd0.err'"
+
 # ---- MPI, when mpirun is there
 if command -v mpirun >/dev/null && [ -x "$build/train_mpi" ]; then
   mpirun --allow-run-as-root --oversubscribe -np 1 "$build/train_mpi" --check-transport > "$dir/mpic.out" 2>&1
@@ -117,6 +126,11 @@ if command -v mpirun >/dev/null && [ -x "$build/train_mpi" ]; then
   mpirun --allow-run-as-root --oversubscribe -np 3 "$build/train_mpi" $tiny --steps 6 --schedule async --act-budget-mb 64 --quiet > "$dir/mpia.out" 2> "$dir/mpia.err"
   check "mpi async: result line equals threads mode" \
     "[ \"\$(grep -E '$result_re' '$dir/mpia.out' | sed 's/tokens_per_s=[^ ]*//')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/asref3.out')\" ]"
+  # ranks reading different data (another file, or a half-copied one) refuse to train together
+  head -c 40000 "$dir/text.txt" > "$dir/text2.txt"
+  mpirun --allow-run-as-root --oversubscribe -np 1 "$build/train_mpi" $tiny --stages 2 --steps 2 --quiet : \
+    -np 1 "$build/train_mpi" $tiny --data "$dir/text2.txt" --stages 2 --steps 2 --quiet > "$dir/mpid.out" 2> "$dir/mpid.err"
+  check "mpi: ranks with different data exit non-zero, saying so" "[ $? != 0 ] && grep -q 'is not rank 0' '$dir/mpid.err'"
 else
   echo "SKIPPED mpi (no mpirun or build/train_mpi)"
 fi
@@ -129,6 +143,15 @@ for opt in adamw muon; do
   check "resume ($opt): checkpoint files identical" "cmp -s '$dir/full.safetensors' '$dir/resumed.safetensors'"
   check "resume ($opt): same final loss" "[ '$(field "$dir/full.out" train_loss)' = '$(field "$dir/resumed.out" train_loss)' ]"
 done
+# a checkpoint already past --steps is refused, not a silent run of no steps
+"$train" $tiny --stages 2 --steps 3 --sample 0 --quiet --load "$dir/half.safetensors" > "$dir/past.out" 2> "$dir/past.err"
+check "resume: a checkpoint past --steps -> exit 1, saying so" "[ $? = 1 ] && grep -q 'past --steps 3' '$dir/past.err'"
+# an output never overwrites an input or another output
+cp "$dir/text.txt" "$dir/clob.txt" # its own copy: a failure here spoils no other test's data
+"$train" $tiny --data "$dir/clob.txt" --stages 2 --steps 2 --quiet --log "$dir/../$(basename "$dir")/clob.txt" > /dev/null 2> "$dir/clob.err"
+check "cli: --log naming the --data file -> exit 2, the data untouched" "[ $? = 2 ] && cmp -s '$dir/text.txt' '$dir/clob.txt' && grep -q 'is the --data file' '$dir/clob.err'"
+"$train" $tiny --stages 2 --steps 2 --quiet --log "$dir/same.out" --plot "$dir/./same.out" > /dev/null 2> "$dir/clob2.err"
+check "cli: --log and --plot naming one file -> exit 2" "[ $? = 2 ] && grep -q 'both name' '$dir/clob2.err' && [ ! -e '$dir/same.out' ]"
 # async: a save flushes, so 8 steps saving at 4 == 4 steps + save + load + 4 steps, bit for bit
 "$train" $tiny --stages 3 --steps 8 --schedule async --sample 0 --quiet --save "$dir/afull.safetensors" --save-every 4 > "$dir/afull.out" 2>&1
 "$train" $tiny --stages 3 --steps 4 --schedule-steps 8 --schedule async --sample 0 --quiet --save "$dir/ahalf.safetensors" > /dev/null 2>&1
