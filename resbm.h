@@ -4125,7 +4125,7 @@ static int resbm__model_backward(resbm_model *m, int slot, const float *dh_out, 
                                        loss_weight / (float)N));
         dout = m->dlogits;
     } else if (m->has_enc) {
-        if (m->host && m->has_enc) resbm__enc_grads_keep(m, 1);
+        if (m->host) resbm__enc_grads_keep(m, 1);
         memset(m->dres, 0, N * d * sizeof(float));
         rc = resbm__enc_bwd(m, s, N, resbm__slot_out(m, s, N), dh_out, m->dres);
         if (rc) { /* a refused pool: the slot is kept for a retry, the gradients as they were */

@@ -290,6 +290,15 @@ typedef struct {
     uint64_t hash; /* FNV-1a of the bytes: stages in other processes check they read the same */
 } dataset;
 
+/* FNV-1a, 64 bits: the data's fingerprint and the job digest. */
+static uint64_t fnv1a(const void *bytes, size_t n) {
+    const unsigned char *b = (const unsigned char *)bytes;
+    uint64_t h = 14695981039346656037ULL;
+    size_t i;
+    for (i = 0; i < n; i++) { h ^= b[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
 /* Opens a regular file for reading, never blocking: a FIFO without a writer would wait forever
    in fopen, a device would never end. NULL with errno set otherwise. */
 static FILE *open_regular(const char *path) {
@@ -309,7 +318,7 @@ static int load_data(const options *o, dataset *ds) {
     const char *path = o->data ? o->data : o->tokens_bin;
     FILE *f = open_regular(path);
     long n;
-    size_t need = (size_t)o->seq + 1, i;
+    size_t need = (size_t)o->seq + 1;
     memset(ds, 0, sizeof(*ds));
     if (!f) {
         fprintf(stderr, "train: cannot open %s: %s\n", path, errno == EINVAL ? "not a regular file" : strerror(errno));
@@ -328,8 +337,7 @@ static int load_data(const options *o, dataset *ds) {
     }
     fclose(f);
     ds->len = (size_t)n;
-    ds->hash = 14695981039346656037ULL;
-    for (i = 0; i < ds->len; i++) { ds->hash ^= ds->bytes[i]; ds->hash *= 1099511628211ULL; }
+    ds->hash = fnv1a(ds->bytes, ds->len);
     ds->val_off = ds->len - ds->len / 10;
     ds->val_len = ds->len / 10;
     ds->train_len = o->tokens_bin ? ds->len : ds->val_off;
@@ -1069,16 +1077,13 @@ static int run_tcp(const options *o, const dataset *ds) {
     addrs[o->stage] = o->listen;
     { /* the run's secret (--secret-file) and a digest of the job: strangers and other jobs are refused */
         char job[512];
-        const unsigned char *c;
-        uint64_t h = 14695981039346656037ULL;
         snprintf(job, sizeof(job), "%s d=%d layers=%d heads=%d ff=%d seq=%d batch=%d micro=%d stages=%d r=%d m=%d id=%d "
                  "wire=%d/%d opt=%d lr=%.9g blr=%.9g steps=%d sched=%d seed=%llu data=%s:%zu:%016llx",
                  o->engine ? o->engine->name : "builtin",
                  o->d, o->layers, o->heads, o->ff, o->seq, o->batch, o->micro, o->stages, o->r, o->m, !o->no_identity,
                  o->wire_fwd, o->wire_bwd, o->opt, (double)o->lr, (double)o->bottleneck_lr, o->steps, o->schedule_steps,
                  (unsigned long long)o->seed, o->data ? "text" : "bin", ds->len, (unsigned long long)ds->hash);
-        for (c = (const unsigned char *)job; *c; c++) { h ^= *c; h *= 1099511628211ULL; }
-        auth.job = h;
+        auth.job = fnv1a(job, strlen(job));
     }
     if (o->secret_file) {
         FILE *f = open_regular(o->secret_file);
