@@ -163,7 +163,7 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
     int i;
     memset(o, 0, sizeof(*o));
     o->d = 256; o->layers = 8; o->heads = 4; o->seq = 128; o->batch = 8; o->micro = 4; o->stages = default_stages;
-    o->ratio = 128; o->r = -1; o->wire_fwd = o->wire_bwd = -1; o->opt = RESBM_OPT_ADAMW; o->steps = 200;
+    o->ratio = -1; o->r = -1; o->wire_fwd = o->wire_bwd = -1; o->opt = RESBM_OPT_ADAMW; o->steps = 200;
     o->threads = 1; o->eval_every = 100; o->eval_rows = 32; o->stage = -1; o->timeout_ms = 60000;
     o->link_mbps = -1.0; o->predict = -1.0;
     o->seed = 1337; o->sample_len = 200;
@@ -251,6 +251,8 @@ static int parse_args(int argc, char **argv, options *o, int default_stages) {
     if (o->batch % o->micro) return die_usage("--batch %d is not a multiple of --micro %d", o->batch, o->micro);
     if (o->d % o->heads || (o->d / o->heads) % 2) return die_usage("--d %d must split into --heads %d of even width", o->d, o->heads);
     if (o->stages > o->layers) return die_usage("--stages %d is more than --layers %d", o->stages, o->layers);
+    if (o->ratio > 0 && o->r > 0) return die_usage("--ratio %d and --r %d both set r: give one", o->ratio, o->r);
+    if (o->ratio < 0) o->ratio = 128;
     if (o->r < 0) o->r = o->d / o->ratio > 0 ? o->d / o->ratio : 1;
     if (o->r > o->d) return die_usage("--r %d is wider than --d %d", o->r, o->d);
     if (o->stage >= 0 && o->stage >= o->stages) return die_usage("--stage %d is not below --stages %d", o->stage, o->stages);

@@ -152,6 +152,9 @@ cp "$dir/text.txt" "$dir/clob.txt" # its own copy: a failure here spoils no othe
 check "cli: --log naming the --data file -> exit 2, the data untouched" "[ $? = 2 ] && cmp -s '$dir/text.txt' '$dir/clob.txt' && grep -q 'is the --data file' '$dir/clob.err'"
 "$train" $tiny --stages 2 --steps 2 --quiet --log "$dir/same.out" --plot "$dir/./same.out" > /dev/null 2> "$dir/clob2.err"
 check "cli: --log and --plot naming one file -> exit 2" "[ $? = 2 ] && grep -q 'both name' '$dir/clob2.err' && [ ! -e '$dir/same.out' ]"
+# --ratio and --r both set r: one is refused, not silently the winner
+"$train" $tiny --r 3 --stages 2 --steps 2 --quiet > /dev/null 2> "$dir/rr.err"
+check "cli: --ratio beside --r -> exit 2" "[ $? = 2 ] && grep -q 'both set r' '$dir/rr.err'"
 # async: a save flushes, so 8 steps saving at 4 == 4 steps + save + load + 4 steps, bit for bit
 "$train" $tiny --stages 3 --steps 8 --schedule async --sample 0 --quiet --save "$dir/afull.safetensors" --save-every 4 > "$dir/afull.out" 2>&1
 "$train" $tiny --stages 3 --steps 4 --schedule-steps 8 --schedule async --sample 0 --quiet --save "$dir/ahalf.safetensors" > /dev/null 2>&1
