@@ -48,6 +48,10 @@ $(BUILD)/bench_%: bench/%.c $(HDR) | $(BUILD)
 $(BUILD)/bench_gemm_blas: bench/gemm.c $(HDR) | $(BUILD)
 	$(COMPILE)
 
+# bench/compress.sh's rN-q4 rows: the i8 encoder on a 4-bit grid (an experiment, see resbm.h)
+$(BUILD)/train_q4: examples/train.c examples/tcp.h $(HDR) | $(BUILD)
+	$(COMPILE)
+$(BUILD)/train_q4: DEFS = -DRESBM_I8_LEVELS=7
 $(BUILD)/train_mpi: CC = mpicc
 $(BUILD)/train_mpi: examples/train.c
 $(BUILD)/gpt2: examples/train.c

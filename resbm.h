@@ -609,6 +609,16 @@ RESBMDEF int resbm_boundary_load(resbm_boundary *b, const char *path, char *why,
 enum { RESBM_KIND_ACT = 1, RESBM_KIND_GRAD = 2, RESBM_KIND_CONTROL = 3 };
 enum { RESBM_WIRE_F32 = 0, RESBM_WIRE_BF16 = 1, RESBM_WIRE_F16 = 2, RESBM_WIRE_I8 = 3 };
 #define RESBM_I8_BLOCK 64
+/* An experiment, not the wire contract: the i8 encoder's levels, values -L..L with the scale
+   absmax/L. The contract is 127. bench/compress.sh builds train with 7 to measure what a packed
+   4-bit dtype (which the frame format does not have) would cost in loss: such frames decode
+   everywhere, but they still carry i8's bytes. */
+#ifndef RESBM_I8_LEVELS
+#define RESBM_I8_LEVELS 127
+#endif
+#if RESBM_I8_LEVELS < 1 || RESBM_I8_LEVELS > 127
+#error "RESBM_I8_LEVELS must be in 1..127"
+#endif
 
 typedef struct resbm_frame_info {
     int kind;            /* RESBM_KIND_* */
@@ -4884,6 +4894,22 @@ RESBMDEF int resbm_wire_payload_bytes(int dtype, size_t rows, size_t cols, size_
     return RESBM_OK;
 }
 
+/* One i8 block of n <= 64 values: an f32 scale = absmax / levels, then n values in
+   -levels..levels (127 on the contract's wire; see RESBM_I8_LEVELS). */
+static void resbm__i8_block(unsigned char *q, const float *x, size_t n, int levels) {
+    float amax = 0.0f, inv;
+    size_t i;
+    for (i = 0; i < n; i++) amax = RESBM__MAX(amax, fabsf(x[i]));
+    inv = amax > 0.0f ? (float)levels / amax : 0.0f;
+    resbm__put32(q, resbm__fbits(amax / (float)levels));
+    for (i = 0; i < n; i++) {
+        float v = roundf(x[i] * inv);
+        if (!resbm__finite(v)) v = 0.0f; /* 0 * inf: a denormal absmax makes inv overflow */
+        v = RESBM__MIN(RESBM__MAX(v, (float)-levels), (float)levels);
+        q[4 + i] = (unsigned char)(signed char)(int)v;
+    }
+}
+
 static int resbm__info_ok(const resbm_frame_info *f) {
     return f->kind >= RESBM_KIND_ACT && f->kind <= RESBM_KIND_CONTROL && f->dtype >= RESBM_WIRE_F32 &&
            f->dtype <= RESBM_WIRE_I8 && f->from_stage <= 0xffffu && f->to_stage <= 0xffffu;
@@ -4909,8 +4935,8 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
         if (info->dtype == RESBM_WIRE_F16 && (resbm__to_f16(x[i]) & 0x7c00u) == 0x7c00u) return RESBM_ERANGE;
         if (info->dtype == RESBM_WIRE_BF16 && (resbm__to_bf16(x[i]) & 0x7f80u) == 0x7f80u) return RESBM_ERANGE;
-        if (info->dtype == RESBM_WIRE_I8 && fabsf(x[i]) == FLT_MAX)
-            return RESBM_ERANGE; /* the one value whose scale, x 127, rounds to Inf */
+        if (info->dtype == RESBM_WIRE_I8 && !resbm__finite(fabsf(x[i]) / RESBM_I8_LEVELS * 127.0f))
+            return RESBM_ERANGE; /* a scale the decoder refuses: x 127 it is Inf (only +-FLT_MAX at 127 levels) */
     }
     memcpy(p, "RBM1", 4);
     resbm__put16(p + 4, RESBM_WIRE_VERSION);
@@ -4937,21 +4963,8 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         break;
     default: { /* i8: per block of 64, an f32 scale = absmax / 127, then the values */
         size_t b0;
-        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
-            size_t bn = RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
-            float amax = 0.0f, scale, inv;
-            for (i = 0; i < bn; i++) amax = RESBM__MAX(amax, fabsf(x[b0 + i]));
-            scale = amax / 127.0f;
-            inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            resbm__put32(q, resbm__fbits(scale));
-            for (i = 0; i < bn; i++) {
-                float v = roundf(x[b0 + i] * inv);
-                if (!resbm__finite(v)) v = 0.0f; /* 0 * inf: a denormal absmax makes inv overflow */
-                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-                q[4 + i] = (unsigned char)(signed char)(int)v;
-            }
-            q += 4 + bn;
-        }
+        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK, q += 4 + RESBM_I8_BLOCK)
+            resbm__i8_block(q, x + b0, RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0), RESBM_I8_LEVELS);
     }
     }
     crc = resbm_crc32c(0, p, 36);

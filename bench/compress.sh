@@ -26,7 +26,10 @@
 # 128x's bytes at any width the same way: r = d/128 f32 channels are 4d/128 bytes a token, and i8
 # costs 17 bytes per 16 values (a 4-byte scale per block of 64), so r = 64d/2176 rounded down
 # (7 at d = 256, 15 at 512, 22 at 768). rN, rN-i8 and rN-bf16 (in --only) are r = N channels
-# in f32, i8 or bf16 at any width, to find the fewest bytes that stay within a given gap.
+# in f32, i8 or bf16 at any width, to find the fewest bytes that stay within a given gap. rN-q4
+# is an experiment: r channels on a 4-bit grid (values -7..7 a block, build/train_q4, built
+# with RESBM_I8_LEVELS=7) carried in i8 frames, since the frame format has no 4-bit dtype; its
+# wire factor in the tables is what a packed 4-bit dtype would send (bench/width.py wire_factor).
 # Runs get a one-hour peer timeout, so a run paused (SIGSTOP) for a benchmark beside it goes on.
 set -euo pipefail
 steps=1500 out=bench/compress only="" data=data/brown.txt evalrows=128 evalevery=100 d=256 seed=1337 sched=0 lr="" sweep=""
@@ -80,10 +83,11 @@ uncompressed-muon-async|--r $d --opt muon --schedule async
 128x-muon-async-plain|--ratio 128 --m $d --opt muon --schedule async --async-predict 0"
 for tok in $(echo "$only" | tr ',' ' '); do # every NAME of --only must be a row; rN[-i8|-bf16] is one
   name=${tok%%@*}
-  if [[ $name =~ ^r([1-9][0-9]*)(-i8|-bf16)?$ ]] && ! echo "$rows" | cut -d'|' -f1 | grep -qx "$name"; then
+  if [[ $name =~ ^r([1-9][0-9]*)(-i8|-bf16|-q4)?$ ]] && ! echo "$rows" | cut -d'|' -f1 | grep -qx "$name"; then
     [ "${BASH_REMATCH[1]}" -le "$d" ] || { echo "row $name: r must be at most d = $d" >&2; exit 2; }
+    wire=${BASH_REMATCH[2]#-}
     rows="$rows
-$name|--r ${BASH_REMATCH[1]} --m $d${BASH_REMATCH[2]:+ --wire ${BASH_REMATCH[2]#-}}"
+$name|--r ${BASH_REMATCH[1]} --m $d${wire:+ --wire ${wire/q4/i8}}"
   fi
   echo "$rows" | cut -d'|' -f1 | grep -qx "$name" || { echo "unknown row $name" >&2; exit 2; }
 done
@@ -99,13 +103,17 @@ echo "$rows" | while IFS='|' read -r name flags; do
     run=$name lrflag=""
     if [ "$x" != "-" ]; then run="$name@$x"; lrflag="--lr $x"; elif [ -n "$lr" ]; then lrflag="--lr $lr"; fi
     start=$(date +%s)
-    ./build/train $base $flags $lrflag --log "$out/$run.csv" > "$out/$run.out" 2>&1 || { echo "$run failed:"; cat "$out/$run.out"; exit 1; }
+    bin=./build/train
+    if [[ $name == *-q4 ]]; then bin=./build/train_q4; make -s "$bin"; fi
+    $bin $base $flags $lrflag --log "$out/$run.csv" > "$out/$run.out" 2>&1 || { echo "$run failed:"; cat "$out/$run.out"; exit 1; }
     echo "$run: $(tail -n 1 "$out/$run.out") ($(( $(date +%s) - start )) s)" >&2
   done
 done
 # the table, from whatever rows have results
 /usr/bin/python3 - "$out" "$d" <<'PY'
 import csv, glob, os, re, sys
+sys.path.insert(0, "bench")
+from width import wire_factor  # as measured; rN-q4 rows: a packed 4-bit wire's
 out, d = sys.argv[1], sys.argv[2]
 res = {}
 for f in sorted(glob.glob(os.path.join(out, "*.out"))):
@@ -142,7 +150,7 @@ print("|---|--:|--:|--:|--:|")
 for n in names:
     r = res[n]
     gap = "%+.1f%%" % (100 * (float(r["val_bpb"]) / float(ref["val_bpb"]) - 1)) if ref else "-"
-    print("| %s | %.1fx | %.4f | %.4f | %s |" % (n, float(r["wire_ratio"]), float(r["train_loss"]), float(r["val_bpb"]), gap))
+    print("| %s | %.1fx | %.4f | %.4f | %s |" % (n, wire_factor(n, r, int(d)), float(r["train_loss"]), float(r["val_bpb"]), gap))
 # SVG of the val curves
 curves = {}
 for n in names:

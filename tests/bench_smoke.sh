@@ -39,6 +39,15 @@ bash bench/compress.sh --smoke --data resbm.h --only uncompressed@5e-4,uncompres
 /usr/bin/python3 bench/width.py "$dir/s" "$dir/s2" > "$dir/w2.md" 2>> "$dir/s.err"
 check "width.py merges folders of one width and measures a Muon row against the Muon baseline" \
   sh -c "[ \$(grep -c '^| 256 |' '$dir/w2.md') -eq 1 ] && grep -q '(default), [+-][0-9.]*% vs uncompressed-muon' '$dir/w2.md'"
+# rN-q4: i8 frames on a 4-bit grid; the table gives a packed 4-bit wire's factor (d = 256,
+# r = 7: f32 frames of 40 + 4 x 256 x 256 bytes against 40 + 896 + 28 x 4), and the run differs
+# from r7-i8's (the grid is coarser), with the same bytes measured
+bash bench/compress.sh --smoke --data resbm.h --only r7-i8,r7-q4 --out "$dir/q" > "$dir/q.md" 2>> "$dir/s.err"
+rc=$?
+check "compress.sh rN-q4: the packed 4-bit factor, a run of its own on i8's bytes" \
+  sh -c "[ $rc -eq 0 ] && grep -q '^| r7-q4 | 250.2x |' '$dir/q.md' && grep -q '^| r7-i8 | 134.9x |' '$dir/q.md' &&
+         [ \"\$(sed 's/.*wire_bytes_fwd=//' '$dir/q/r7-q4.out' | tail -n 1)\" = \"\$(sed 's/.*wire_bytes_fwd=//' '$dir/q/r7-i8.out' | tail -n 1)\" ] &&
+         ! cmp -s '$dir/q/r7-q4.csv' '$dir/q/r7-i8.csv'"
 bash bench/pipeline.sh --smoke --data resbm.h --out "$dir/p" > "$dir/p.md" 2> "$dir/p.err"
 rc=$?
 check "pipeline.sh runs" test $rc -eq 0

@@ -4590,6 +4590,44 @@ static void test_wire_i8_scale_and_sizes(void) {
     CHECK(len == 65 + 8, "65 values: two scales (%zu)", len);
 }
 
+/* The i8 block encoder at other levels (RESBM_I8_LEVELS, the bench's narrower-dtype experiment):
+   every value on the grid -L..L, the largest at +-L, each within half a step of its input, and the
+   frame's decoder (which knows nothing of L) gives back exactly scale x value. */
+static void test_wire_i8_levels(void) {
+    static const int levels[] = {127, 7, 1};
+    unsigned char q[4 + RESBM_I8_BLOCK];
+    float x[40], scale;
+    size_t i;
+    int k, top;
+    uint32_t u;
+    for (i = 0; i < 40; i++) x[i] = (float)sin(1.7 * (double)i);
+    x[13] = -2.5f; /* the absmax */
+    for (k = 0; k < 3; k++) {
+        int L = levels[k];
+        resbm__i8_block(q, x, 40, L);
+        u = (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
+        memcpy(&scale, &u, 4);
+        CHECK(scale == fabsf(x[13]) / (float)L, "levels %d: scale %g is not absmax / L", L, (double)scale);
+        for (i = 0, top = 0; i < 40; i++) {
+            int v = (signed char)q[4 + i];
+            CHECK(v >= -L && v <= L, "levels %d: value %d off the grid", L, v);
+            CHECK(fabsf((float)v * scale - x[i]) <= 0.5f * scale * 1.0001f, "levels %d: value %zu off by more than half a step", L, i);
+            top = v == L || v == -L ? top + 1 : top;
+        }
+        CHECK(top >= 1 && (signed char)q[4 + 13] == L * (x[13] > 0 ? 1 : -1), "levels %d: absmax not at +-L", L);
+    }
+    {   /* the default build's encoder is the contract's 127 levels: same bytes as the block at 127 */
+        resbm_frame_info f;
+        unsigned char buf[40 + 4 + 40];
+        size_t len;
+        memset(&f, 0, sizeof(f));
+        f.kind = RESBM_KIND_ACT; f.dtype = RESBM_WIRE_I8; f.rows = 4; f.cols = 10;
+        CHECK_RC(resbm_frame_encode(buf, sizeof(buf), &len, &f, x), RESBM_OK);
+        resbm__i8_block(q, x, 40, RESBM_I8_LEVELS);
+        CHECK(len == sizeof(buf) && !memcmp(buf + 40, q, 44), "the frame's payload is not the block at RESBM_I8_LEVELS");
+    }
+}
+
 /* (9) (14) widths past their bounds are refused before any work that scales with them; (10) a
    checkpoint's step counter is bounded. */
 static void test_config_bounds(void) {
@@ -5751,6 +5789,7 @@ int main(int argc, char **argv) {
     RUN(test_update_all_or_nothing);
     RUN(test_refusals_leave_state);
     RUN(test_wire_i8_scale_and_sizes);
+    RUN(test_wire_i8_levels);
     RUN(test_config_bounds);
     RUN(test_checkpoint_writers);
     RUN(test_bottleneck_lr_scale_all_optimizers);
