@@ -23,6 +23,8 @@
        RESBM_USE_CBLAS       resbm_gemm calls cblas_sgemm (link -lopenblas); results then depend
                              on the BLAS's own threading and are not bit-identical across threads
        RESBM_NO_THREADS      no pthreads: pools run every task on the calling thread
+       RESBM_I8_LEVELS       an experiment (default 127, the wire contract): the i8 encoder's
+                             grid, values -L..L; bench/compress.sh's q4 rows build with 7
 
    EXAMPLE: one training step on one machine
        resbm_model_config mc = resbm_model_config_default();   // d=256, 8 layers, seq 128
