@@ -1052,6 +1052,16 @@ static int run_one_stage(const options *o, const dataset *ds, int s, resbm_trans
     return ok ? 0 : 1;
 }
 
+/* More kernel threads than cores make every pool's threads wait for each other: say so (the
+   results are the same for any --threads; only the time suffers). */
+static void note_threads(const options *o, int stages_here) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (o->threads > 1 && cores > 0 && (long)o->threads * stages_here > cores)
+        fprintf(stderr, "train: note: %d stage%s x --threads %d here is more than the %ld cores online: "
+                "they take turns, which costs time (results do not depend on --threads)\n",
+                stages_here, stages_here > 1 ? "s" : "", o->threads, cores);
+}
+
 #ifndef TRAIN_NO_MAIN
 static int run_tcp(const options *o, const dataset *ds) {
     char *list = (char *)malloc(strlen(o->peers) + 1), *tok, *save = NULL;
@@ -1130,6 +1140,7 @@ int main(int argc, char **argv) {
     o.engine = TRAIN_HOST_ENGINE();
 #endif
     if (!load_data(&o, &ds)) return 1;
+    note_threads(&o, o.stage >= 0 ? 1 : o.stages);
     code = o.stage >= 0 ? run_tcp(&o, &ds) : run_threads(&o, &ds);
     free(ds.bytes);
     return code;

@@ -106,6 +106,15 @@ int main(int argc, char **argv) {
         MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         if (any) { free(ds.bytes); MPI_Finalize(); return 1; }
     }
+    {   /* the ranks on this machine share its cores */
+        MPI_Comm node;
+        int here = 1;
+        if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+            MPI_Comm_size(node, &here);
+            MPI_Comm_free(&node);
+        }
+        if (rank == 0 || here == 1) note_threads(&o, here);
+    }
     /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour, a
        deeper depth (--act-budget-mb) n_micro (+ 1 async), evaluation sends all its chunks before
        the loss comes back */
