@@ -918,6 +918,7 @@ RESBMDEF int resbm_checkpoint_load(const char *path, resbm_model *const *models,
 #include <string.h>
 #ifndef RESBM_NO_THREADS
 #include <pthread.h>
+#include <sched.h>
 #endif
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -1218,7 +1219,14 @@ static void resbm__prof_add(resbm_pool *p, resbm_task_fn fn, double t0, double t
 #ifndef RESBM_NO_THREADS
 #define RESBM__SPIN 20000 /* polls before a waiting thread sleeps on its condition variable */
 
-static void resbm__pause(void) {
+/* One poll of a spinning wait. Every 64th gives the core away: with more threads than free cores
+   (other programs, or several pools), the thread being waited for may need this core, and
+   spinning through its time slice would stall both. With a core to spare it returns at once. */
+static void resbm__pause(int spin) {
+    if ((spin & 63) == 63) {
+        sched_yield();
+        return;
+    }
 #if defined(__SSE2__)
     _mm_pause();
 #endif
@@ -1240,7 +1248,7 @@ static void *resbm__worker(void *arg) {
         int spin;
         for (spin = 0; spin < RESBM__SPIN; spin++) {
             if (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) != seen) break;
-            resbm__pause();
+            resbm__pause(spin);
         }
         if (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen) {
             pthread_mutex_lock(&p->mu);
@@ -1433,7 +1441,7 @@ RESBMDEF int resbm_pool_run(resbm_pool *p, resbm_task_fn fn, void *ctx, size_t n
         RESBM__PROF_T(t_own);
         for (spin = 0; spin < RESBM__SPIN; spin++) {
             if (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) == 0) break;
-            resbm__pause();
+            resbm__pause(spin);
         }
         if (spin == RESBM__SPIN) {
             pthread_mutex_lock(&p->mu);
