@@ -4920,6 +4920,17 @@ static void resbm__i8_block(unsigned char *q, const float *x, size_t n, int leve
     }
 }
 
+/* A value i8 cannot carry: its block's scale, x 127, would be Inf, which the decoder refuses. At
+   127 levels that is +-FLT_MAX alone (a comparison, so -ffast-math hosts cannot fold it away);
+   the experiment's fewer levels keep a margin. */
+static int resbm__i8_out_of_range(float v) {
+#if RESBM_I8_LEVELS == 127
+    return fabsf(v) == FLT_MAX;
+#else
+    return fabsf(v) > FLT_MAX / 128.0f * RESBM_I8_LEVELS;
+#endif
+}
+
 static int resbm__info_ok(const resbm_frame_info *f) {
     return f->kind >= RESBM_KIND_ACT && f->kind <= RESBM_KIND_CONTROL && f->dtype >= RESBM_WIRE_F32 &&
            f->dtype <= RESBM_WIRE_I8 && f->from_stage <= 0xffffu && f->to_stage <= 0xffffu;
@@ -4945,8 +4956,7 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         if (!resbm__finite(x[i])) return RESBM_ENONFINITE;
         if (info->dtype == RESBM_WIRE_F16 && (resbm__to_f16(x[i]) & 0x7c00u) == 0x7c00u) return RESBM_ERANGE;
         if (info->dtype == RESBM_WIRE_BF16 && (resbm__to_bf16(x[i]) & 0x7f80u) == 0x7f80u) return RESBM_ERANGE;
-        if (info->dtype == RESBM_WIRE_I8 && !resbm__finite(fabsf(x[i]) / RESBM_I8_LEVELS * 127.0f))
-            return RESBM_ERANGE; /* a scale the decoder refuses: x 127 it is Inf (only +-FLT_MAX at 127 levels) */
+        if (info->dtype == RESBM_WIRE_I8 && resbm__i8_out_of_range(x[i])) return RESBM_ERANGE;
     }
     memcpy(p, "RBM1", 4);
     resbm__put16(p + 4, RESBM_WIRE_VERSION);
@@ -4973,8 +4983,11 @@ RESBMDEF int resbm_frame_encode(void *buf, size_t cap, size_t *len, const resbm_
         break;
     default: { /* i8: per block of 64, an f32 scale = absmax / 127, then the values */
         size_t b0;
-        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK, q += 4 + RESBM_I8_BLOCK)
-            resbm__i8_block(q, x + b0, RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0), RESBM_I8_LEVELS);
+        for (b0 = 0; b0 < n; b0 += RESBM_I8_BLOCK) {
+            size_t bn = RESBM__MIN((size_t)RESBM_I8_BLOCK, n - b0);
+            resbm__i8_block(q, x + b0, bn, RESBM_I8_LEVELS);
+            q += 4 + bn;
+        }
     }
     }
     crc = resbm_crc32c(0, p, 36);

@@ -108,12 +108,13 @@ int main(int argc, char **argv) {
     }
     {   /* the ranks on this machine share its cores */
         MPI_Comm node;
-        int here = 1;
+        int here = 1, first = 0; /* ranks on this machine, and this one's place among them */
         if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
             MPI_Comm_size(node, &here);
+            MPI_Comm_rank(node, &first);
             MPI_Comm_free(&node);
         }
-        if (rank == 0 || here == 1) note_threads(&o, here);
+        if (first == 0) note_threads(&o, here); /* one note per machine */
     }
     /* room for every frame that can be in flight at once: 1F1B keeps at most S per neighbour, a
        deeper depth (--act-budget-mb) n_micro (+ 1 async), evaluation sends all its chunks before

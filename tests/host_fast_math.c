@@ -26,6 +26,10 @@ int main(int argc, char **argv) {
     if (resbm_frame_encode(buf, sizeof(buf), &len, &f, x) != RESBM_ENONFINITE) { puts("NaN encoded"); bad = 1; }
     x[2] = inf;
     if (resbm_frame_encode(buf, sizeof(buf), &len, &f, x) != RESBM_ENONFINITE) { puts("Inf encoded"); bad = 1; }
+    f.dtype = RESBM_WIRE_I8; /* FLT_MAX's i8 scale, x 127, is Inf: still refused, not folded away */
+    x[2] = argc > 1 ? (float)argc : -from_bits(0x7f7fffffu);
+    if (resbm_frame_encode(buf, sizeof(buf), &len, &f, x) != RESBM_ERANGE) { puts("-FLT_MAX encoded in i8"); bad = 1; }
+    f.dtype = RESBM_WIRE_F32;
     c.d = 32; c.layers = 2; c.heads = 2; c.seq = 8; c.batch = 1;
     o.lr = nan;
     if (resbm_model_init(&c, &o, &m) != RESBM_EINVAL) { puts("NaN lr accepted"); bad = 1; resbm_model_free(m); }
