@@ -4591,8 +4591,8 @@ static void test_wire_i8_scale_and_sizes(void) {
 }
 
 /* The i8 block encoder at other levels (RESBM_I8_LEVELS, the bench's narrower-dtype experiment):
-   every value on the grid -L..L, the largest at +-L, each within half a step of its input, and the
-   frame's decoder (which knows nothing of L) gives back exactly scale x value. */
+   the scale absmax / L, every value on the grid -L..L, the absmax at +-L, each within half a step
+   of its input; and the default build's frames are the block at RESBM_I8_LEVELS. */
 static void test_wire_i8_levels(void) {
     static const int levels[] = {127, 7, 1};
     unsigned char q[4 + RESBM_I8_BLOCK];
