@@ -22,7 +22,9 @@
      own hello and HMAC-SHA256(secret, both hellos); the caller checks the answer and the tag
      and proves the secret the same way; only then does the acceptor take the link, and it
      says so (4 bytes), so an open never succeeds on a link the other side dropped. A stranger
-     on the network (no secret), or a peer of another job (another digest), is refused. The
+     on the network (no secret) is dropped and the open keeps waiting for the real rank; a peer
+     that proves the secret but runs another job (another mesh size or digest) fails both opens
+     at once with RESBM_EJOB, where a stranger's hello could not make either fail. The
      secret never crosses the wire, but nothing is encrypted: across the internet, run the mesh
      inside a VPN or a TLS tunnel. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
    - A message on the wire is an 8-byte little-endian length, then the bytes.
@@ -72,7 +74,7 @@
 #define TCPDEF static
 #endif
 
-#define TCP_MESH_VERSION 3u
+#define TCP_MESH_VERSION 4u /* 4: a proven peer of another job fails both opens with RESBM_EJOB */
 #define TCP_MESH_HELLO 40  /* "RBMT" | u32 version | u32 mesh size | u32 rank | u64 job | nonce[16] */
 #define TCP_MESH_ANSWER (TCP_MESH_HELLO + 32) /* the acceptor's hello, then its tag */
 #define TCP_MESH_PROOF 32  /* the caller's tag */
@@ -343,12 +345,17 @@ static void tcp__hello(unsigned char *b, const tcp_mesh *t) {
     tcp__nonce(b + 24);
 }
 
-/* A hello of this mesh and job; *rank = the sender's rank (range checked by the caller). */
-static int tcp__hello_ok(const tcp_mesh *t, const unsigned char *b, uint32_t *rank) {
-    uint64_t job = (uint64_t)tcp__get32(b + 16) | (uint64_t)tcp__get32(b + 20) << 32;
+/* A hello of this protocol; *rank = the sender's rank (range checked by the caller). */
+static int tcp__hello_ok(const unsigned char *b, uint32_t *rank) {
     *rank = tcp__get32(b + 12);
-    return !memcmp(b, "RBMT", 4) && tcp__get32(b + 4) == TCP_MESH_VERSION &&
-           tcp__get32(b + 8) == (uint32_t)t->n && job == t->auth.job;
+    return !memcmp(b, "RBMT", 4) && tcp__get32(b + 4) == TCP_MESH_VERSION;
+}
+
+/* Whether a hello is of this mesh's job: its size and job digest. Asked only once the hello is
+   proven (its tag checks out), so a stranger cannot make an open fail with RESBM_EJOB. */
+static int tcp__same_job(const tcp_mesh *t, const unsigned char *b) {
+    uint64_t job = (uint64_t)tcp__get32(b + 16) | (uint64_t)tcp__get32(b + 20) << 32;
+    return tcp__get32(b + 8) == (uint32_t)t->n && job == t->auth.job;
 }
 
 /* The tag of one side: "A" the acceptor's over the caller's hello and its own, "C" the caller's
@@ -474,7 +481,7 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
             got = recv(h->fd, dst + h->got, h->want - h->got, 0);
             if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
             if (got > 0 && (h->got += (size_t)got) < h->want) continue;
-            if (got > 0 && h->want == TCP_MESH_HELLO && tcp__hello_ok(t, h->hello, &rank) &&
+            if (got > 0 && h->want == TCP_MESH_HELLO && tcp__hello_ok(h->hello, &rank) &&
                 rank < (uint32_t)t->me && t->peer[rank].fd < 0) {
                 tcp__hello(h->answer, t);
                 tcp__tag(t, 'A', h->hello, h->answer, TCP_MESH_HELLO, h->answer + TCP_MESH_HELLO);
@@ -488,6 +495,10 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
                 unsigned char ack[4];
                 memcpy(ack, TCP_MESH_ACK, 4);
                 tcp__tag(t, 'C', h->hello, h->answer, TCP_MESH_ANSWER, tag);
+                if (tcp__same(tag, h->proof, sizeof(tag)) && !tcp__same_job(t, h->hello)) {
+                    rc = RESBM_EJOB; /* a proven peer of another job: no ack, it fails too */
+                    break;
+                }
                 if (tcp__same(tag, h->proof, sizeof(tag)) && t->peer[h->rank].fd < 0 &&
                     tcp__io_full(h->fd, ack, 4, deadline, 1) == RESBM_OK) {
                     t->peer[h->rank].fd = h->fd;
@@ -499,6 +510,7 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
             close(h->fd); /* closed, broken, or not one of ours: keep waiting for the rest */
             h->fd = -1;
         }
+        if (rc) break;
         if (p[0].revents) { /* new callers */
             unsigned long batch = seq; /* callers accepted from here on have not been read yet */
             int fd;
@@ -569,15 +581,16 @@ TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *
     for (j = me + 1; j < n && !rc; j++) {
         const unsigned char *mine = hellos + (size_t)j * TCP_MESH_HELLO;
         rc = tcp__io_full(t->peer[j].fd, b, TCP_MESH_ANSWER, deadline, 0);
-        if (!rc && (!tcp__hello_ok(t, b, &rank) || rank != (uint32_t)j)) rc = RESBM_ETRANSPORT;
+        if (!rc && (!tcp__hello_ok(b, &rank) || rank != (uint32_t)j)) rc = RESBM_ETRANSPORT;
         if (!rc) {
             tcp__tag(t, 'A', mine, b, TCP_MESH_HELLO, tag);
             if (!tcp__same(tag, b + TCP_MESH_HELLO, sizeof(tag))) rc = RESBM_ETRANSPORT; /* no secret */
         }
-        if (!rc) {
+        if (!rc) { /* our proof, also to a peer of another job: then both sides know it is one */
             tcp__tag(t, 'C', mine, b, TCP_MESH_ANSWER, tag);
             rc = tcp__io_full(t->peer[j].fd, tag, sizeof(tag), deadline, 1);
         }
+        if (!rc && !tcp__same_job(t, b)) rc = RESBM_EJOB;
         /* the acknowledgement: rank j took this link (it may have dropped it, say for a
            duplicate or when out of room, and then this open fails here, not at the first send) */
         if (!rc) rc = tcp__io_full(t->peer[j].fd, b, 4, deadline, 0);

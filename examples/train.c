@@ -1087,7 +1087,7 @@ static int run_tcp(const options *o, const dataset *ds) {
         fprintf(stderr, "train: note: --listen %s differs from --peers entry %d (%s); listening on %s\n",
                 o->listen, o->stage, addrs[o->stage], o->listen);
     addrs[o->stage] = o->listen;
-    { /* the run's secret (--secret-file) and a digest of the job: strangers and other jobs are refused */
+    { /* the run's secret (--secret-file) and a digest of the job: strangers are refused, other jobs fail both sides */
         char job[512];
         snprintf(job, sizeof(job), "%s d=%d layers=%d heads=%d ff=%d seq=%d batch=%d micro=%d stages=%d r=%d m=%d id=%d "
                  "wire=%d/%d opt=%d lr=%.9g blr=%.9g steps=%d sched=%d seed=%llu data=%s:%zu:%016llx",
@@ -1111,8 +1111,12 @@ static int run_tcp(const options *o, const dataset *ds) {
         auth.secret = secret;
     }
     if ((rc = tcp_mesh_open_auth(&mesh, o->stage, o->stages, addrs, o->timeout_ms, &auth))) {
-        fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s (peers started with other flags, "
-                "data or --secret-file are refused as strangers)\n", o->stage, o->timeout_ms, resbm_strerror(rc));
+        if (rc == RESBM_EJOB)
+            fprintf(stderr, "train: stage %d: %s (a peer's flags or data differ from ours)\n", o->stage,
+                    resbm_strerror(rc));
+        else
+            fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s (a peer with another "
+                    "--secret-file is refused as a stranger)\n", o->stage, o->timeout_ms, resbm_strerror(rc));
         free(list); free(addrs);
         return 1;
     }

@@ -528,8 +528,10 @@ static void hello(unsigned char *b, const char *magic, uint32_t version, uint32_
 }
 
 /* SHA-256 and HMAC-SHA256 against their published test vectors (FIPS 180-2 "abc", RFC 4231
-   case 2); then peers with the run's secret and job join, a peer with another secret or another
-   job is refused. */
+   case 2); then peers with the run's secret and job join; a peer with another secret is refused;
+   one with the secret and another job fails both opens with RESBM_EJOB (not a timeout: the
+   acceptor gives EJOB only on a proven hello); one with another job and another secret is
+   refused as a stranger, never EJOB. */
 typedef struct { int me, rc; const char *const *addrs; tcp_mesh_auth auth; tcp_mesh *mesh; } auth_arg;
 static void *auth_thread(void *p) {
     auth_arg *a = (auth_arg *)p;
@@ -552,7 +554,7 @@ static void test_secret_and_job(void) {
     EXPECT(!memcmp(out, abc, 32), "SHA-256(abc)");
     tcp__hmac((const unsigned char *)"Jefe", 4, "what do ya want ", 16, "for nothing?", 12, out);
     EXPECT(!memcmp(out, jefe, 32), "HMAC-SHA256, RFC 4231 case 2");
-    for (round = 0; round < 3; round++) { /* same secret and job; another secret; another job */
+    for (round = 0; round < 4; round++) { /* same secret and job; another secret; another job; both */
         auth_arg a[2];
         pthread_t th[2];
         int k;
@@ -561,18 +563,22 @@ static void test_secret_and_job(void) {
         for (k = 0; k < 2; k++) {
             memset(&a[k], 0, sizeof(a[k]));
             a[k].me = k; a[k].addrs = ap;
-            a[k].auth.secret = k == 1 && round == 1 ? "not the secret" : "the run's secret";
+            a[k].auth.secret = k == 1 && (round == 1 || round == 3) ? "not the secret" : "the run's secret";
             a[k].auth.secret_len = strlen((const char *)a[k].auth.secret);
-            a[k].auth.job = k == 1 && round == 2 ? 77 : 76;
+            a[k].auth.job = k == 1 && round >= 2 ? 77 : 76;
             pthread_create(&th[k], NULL, auth_thread, &a[k]);
         }
         for (k = 0; k < 2; k++) pthread_join(th[k], NULL);
         if (round == 0) {
             EXPECT(a[0].rc == RESBM_OK && a[1].rc == RESBM_OK, "the run's peers: %s / %s",
                    resbm_strerror(a[0].rc), resbm_strerror(a[1].rc));
+        } else if (round == 2) {
+            EXPECT(a[0].rc == RESBM_EJOB && a[1].rc == RESBM_EJOB, "another job: %s / %s",
+                   resbm_strerror(a[0].rc), resbm_strerror(a[1].rc));
         } else {
-            EXPECT(a[0].rc != RESBM_OK && a[1].rc != RESBM_OK, "%s let in: %s / %s",
-                   round == 1 ? "another secret" : "another job", resbm_strerror(a[0].rc), resbm_strerror(a[1].rc));
+            EXPECT(a[0].rc != RESBM_OK && a[1].rc != RESBM_OK && a[0].rc != RESBM_EJOB && a[1].rc != RESBM_EJOB,
+                   "%s: %s / %s", round == 1 ? "another secret" : "another secret and job",
+                   resbm_strerror(a[0].rc), resbm_strerror(a[1].rc));
         }
         for (k = 0; k < 2; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
     }
@@ -616,14 +622,16 @@ static void test_bad_handshake_ignored(void) {
     if (!g_why[0]) {
         hello(h, "XBMT", 2, 2, 0); EXPECT(raw_write(bad[0], h, TCP_MESH_HELLO) == 0, "write"); /* magic */
         hello(h, "RBMT", TCP_MESH_VERSION - 1, 2, 0); EXPECT(raw_write(bad[1], h, TCP_MESH_HELLO) == 0, "write"); /* version */
-        hello(h, "RBMT", TCP_MESH_VERSION, 3, 0); EXPECT(raw_write(bad[2], h, TCP_MESH_HELLO) == 0, "write"); /* mesh size */
         hello(h, "RBMT", TCP_MESH_VERSION, 2, 7); EXPECT(raw_write(bad[3], h, TCP_MESH_HELLO) == 0, "write"); /* rank */
         hello(h, "RBMT", TCP_MESH_VERSION, 2, 1); EXPECT(raw_write(bad[4], h, TCP_MESH_HELLO) == 0, "write"); /* itself */
-        hello(h, "RBMT", TCP_MESH_VERSION, 2, 0); h[16] = 9;                                                   /* another job */
-        EXPECT(raw_write(bad[5], h, TCP_MESH_HELLO) == 0, "write");
-        hello(h, "RBMT", TCP_MESH_VERSION, 2, 0); EXPECT(raw_write(bad[6], h, TCP_MESH_HELLO) == 0, "write"); /* a stranger: */
-        EXPECT(raw_read(bad[6], h, TCP_MESH_ANSWER, 3000) == 0, "the answer");                   /* answered, */
-        memset(h, 0x5a, TCP_MESH_PROOF); EXPECT(raw_write(bad[6], h, TCP_MESH_PROOF) == 0, "write"); /* no proof */
+        for (k = 0; k < 3; k++) { /* strangers, answered, who cannot prove the secret */
+            static const int who[3] = {2, 5, 6}; /* another mesh size; another job; this job */
+            hello(h, "RBMT", TCP_MESH_VERSION, who[k] == 2 ? 3 : 2, 0);
+            if (who[k] == 5) h[16] = 9;
+            EXPECT(raw_write(bad[who[k]], h, TCP_MESH_HELLO) == 0, "write");
+            EXPECT(raw_read(bad[who[k]], h, TCP_MESH_ANSWER, 3000) == 0, "the answer to %d", who[k]);
+            memset(h, 0x5a, TCP_MESH_PROOF); EXPECT(raw_write(bad[who[k]], h, TCP_MESH_PROOF) == 0, "write");
+        }
         hello(h, "RBMT", TCP_MESH_VERSION, 2, 0); EXPECT(raw_write(partial, h, 8) == 0, "write");              /* half */
         for (k = 0; k < 7; k++) EXPECT(closed_by_peer(bad[k], 3000), "bad hello %d was not dropped", k);
         EXPECT(!closed_by_peer(silent, 50), "a silent caller was dropped before its time");
@@ -650,6 +658,47 @@ static void test_bad_handshake_ignored(void) {
     if (partial >= 0) close(partial);
     if (!acc.rc) tcp_mesh_close(acc.mesh);
     tcp_mesh_close(m0);
+}
+
+/* A caller that proves the secret (here none: the HMAC key is empty) but runs another mesh size
+   or job fails the acceptor's open with RESBM_EJOB, well before its deadline, and gets no ack. */
+static void test_proven_other_job(void) {
+    int variant;
+    for (variant = 0; variant < 2; variant++) { /* another mesh size; another job digest */
+        char addrs[2][32];
+        const char *ap[2];
+        int ports[2], fd;
+        unsigned char mine[TCP_MESH_HELLO], b[TCP_MESH_ANSWER], tag[32];
+        tcp_mesh me;
+        open_arg acc;
+        pthread_t th;
+        double t0 = now_ms();
+        take_ports(2, addrs, ports);
+        ap[0] = addrs[0]; ap[1] = addrs[1];
+        memset(&acc, 0, sizeof(acc));
+        acc.me = 1; acc.n = 2; acc.addrs = ap; acc.deadline_ms = 20000;
+        pthread_create(&th, NULL, open_thread, &acc);
+        fd = raw_connect(ports[1], 3000);
+        EXPECT(fd >= 0, "cannot reach the acceptor");
+        memset(&me, 0, sizeof(me)); /* the caller's side of the tags: no secret */
+        hello(mine, "RBMT", TCP_MESH_VERSION, variant == 0 ? 3 : 2, 0);
+        if (variant == 1) mine[16] = 9;
+        if (fd >= 0 && raw_write(fd, mine, TCP_MESH_HELLO) == 0 && raw_read(fd, b, TCP_MESH_ANSWER, 3000) == 0) {
+            tcp__tag(&me, 'A', mine, b, TCP_MESH_HELLO, tag);
+            EXPECT(tcp__same(tag, b + TCP_MESH_HELLO, 32), "the acceptor's tag");
+            tcp__tag(&me, 'C', mine, b, TCP_MESH_ANSWER, tag);
+            EXPECT(raw_write(fd, tag, sizeof(tag)) == 0, "write the proof");
+            EXPECT(closed_by_peer(fd, 3000), "no ack: the link was not taken");
+        } else {
+            EXPECT(0, "no answer to a well-formed hello");
+        }
+        pthread_join(th, NULL);
+        EXPECT(acc.rc == RESBM_EJOB, "%s: %s", variant == 0 ? "another mesh size" : "another job",
+               resbm_strerror(acc.rc));
+        EXPECT(now_ms() - t0 < 15000, "waited for the deadline");
+        if (!acc.rc) tcp_mesh_close(acc.mesh);
+        if (fd >= 0) close(fd);
+    }
 }
 
 /* Idle connections from a stranger (no secret, nothing sent) do not push a real rank out of the
@@ -965,6 +1014,7 @@ int main(void) {
     run("flood_keeps_timeouts", test_flood_keeps_timeouts);
     run("mesh_many_ranks_late", test_mesh_many_ranks_late);
     run("secret_and_job", test_secret_and_job);
+    run("proven_other_job", test_proven_other_job);
     run("unreachable_peer", test_unreachable_peer);
     run("localhost_names", test_localhost_names);
     run("pipeline_tcp_equals_inproc_f32", test_pipeline_tcp_equals_inproc_f32);
