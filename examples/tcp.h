@@ -24,7 +24,9 @@
      says so (4 bytes), so an open never succeeds on a link the other side dropped. A stranger
      on the network (no secret) is dropped and the open keeps waiting for the real rank; a peer
      that proves the secret but runs another job (another mesh size or digest) fails both opens
-     at once with RESBM_EJOB, where a stranger's hello could not make either fail. The
+     at once with RESBM_EJOB (in a larger mesh, ranks that wait on those two then time out).
+     Without a secret nothing is proven: anyone who reaches the port can join, or end an open
+     with RESBM_EJOB. The
      secret never crosses the wire, but nothing is encrypted: across the internet, run the mesh
      inside a VPN or a TLS tunnel. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
    - A message on the wire is an 8-byte little-endian length, then the bytes.
@@ -108,7 +110,8 @@ struct tcp_mesh {
 };
 
 TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs, int deadline_ms);
-/* tcp_mesh_open with a run secret and a job digest (auth NULL: none). */
+/* tcp_mesh_open with a run secret and a job digest (auth NULL: none). RESBM_EJOB: a peer that
+   proved the secret runs another job or mesh size. */
 TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *addrs,
                               int deadline_ms, const tcp_mesh_auth *auth);
 TCPDEF void tcp_mesh_close(tcp_mesh *t);
@@ -435,15 +438,18 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
     }
 }
 
-/* Accepts the lower ranks until each has sent a good hello and proved the secret; answers each
-   hello with ours and our tag, and a good proof with the acknowledgement. Bad hellos or proofs,
-   unknown or duplicate ranks and closed callers are dropped. Unfinished handshakes wait side by
-   side, with room for every lower rank at once (each sends its proof only after its own
-   accepts, so all of them may wait together) and TCP_MESH_PENDING more; when full, the oldest
-   caller that has not yet sent a good hello after a poll round to send it in is dropped (a
-   stranger, or a rank that then sees its link closed and fails), so idle connections cannot push
-   real ranks out; only when every such slot holds a good hello (replayed ones, say) is the oldest
-   of all dropped; when every slot was filled in this same round, the newcomer is. */
+/* Accepts the lower ranks until each has sent a hello and proved the secret; answers each hello
+   with ours and our tag (our mesh size and job zeroed when the caller's differ, so a prober
+   learns only that its guess was wrong), and a good proof with the acknowledgement -- or, when
+   the proven hello is of another job, returns RESBM_EJOB. Bad hellos or proofs, unknown or
+   duplicate ranks and closed callers are dropped. Unfinished handshakes wait side by side, with
+   room for every lower rank at once (each sends its proof only after its own accepts, so all of
+   them may wait together) and TCP_MESH_PENDING more; when full, the oldest caller that has not
+   yet sent a hello of this job after a poll round to send it in is dropped (a stranger, or a
+   rank that then sees its link closed and fails), so idle connections or floods of other jobs'
+   hellos cannot push real ranks out; only when every such slot holds a hello of this job
+   (replayed ones, say) is the oldest of all dropped; when every slot was filled in this same
+   round, the newcomer is. */
 typedef struct {
     int fd, rank;
     size_t got, want;  /* bytes read of the message being read, and its size */
@@ -484,6 +490,10 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
             if (got > 0 && h->want == TCP_MESH_HELLO && tcp__hello_ok(h->hello, &rank) &&
                 rank < (uint32_t)t->me && t->peer[rank].fd < 0) {
                 tcp__hello(h->answer, t);
+                if (!tcp__same_job(t, h->hello)) { /* another job, or a guess: do not tell it ours */
+                    memset(h->answer + 8, 0, 4);      /* mesh size 0: never a caller's own */
+                    memset(h->answer + 16, 0, 8);
+                }
                 tcp__tag(t, 'A', h->hello, h->answer, TCP_MESH_HELLO, h->answer + TCP_MESH_HELLO);
                 if (tcp__io_full(h->fd, h->answer, TCP_MESH_ANSWER, deadline, 1) == RESBM_OK) {
                     h->rank = (int)rank;
@@ -519,10 +529,10 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
                 if (tcp__setup(fd)) { close(fd); continue; }
                 for (i = 0; i < cap && slot < 0; i++)
                     if (hs[i].fd < 0) slot = i;
-                for (pass = 0; pass < 2 && slot < 0; pass++) /* full: the oldest without a good */
-                    for (i = 0; i < cap; i++)                /* hello, else the oldest of all, */
-                        if ((pass || hs[i].want == TCP_MESH_HELLO) && hs[i].seq < batch && /* that */
-                            (slot < 0 || hs[i].seq < hs[slot].seq))               /* had a turn */
+                for (pass = 0; pass < 2 && slot < 0; pass++) /* full: the oldest without a hello */
+                    for (i = 0; i < cap; i++)                   /* of this job, else the oldest */
+                        if ((pass || hs[i].want == TCP_MESH_HELLO || !tcp__same_job(t, hs[i].hello)) &&
+                            hs[i].seq < batch && (slot < 0 || hs[i].seq < hs[slot].seq)) /* that had a turn */
                             slot = i;
                 if (slot < 0) { close(fd); continue; } /* all in this batch: the newcomer goes */
                 if (hs[slot].fd >= 0) close(hs[slot].fd);

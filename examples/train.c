@@ -1115,8 +1115,9 @@ static int run_tcp(const options *o, const dataset *ds) {
             fprintf(stderr, "train: stage %d: %s (a peer's flags or data differ from ours)\n", o->stage,
                     resbm_strerror(rc));
         else
-            fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s (a peer with another "
-                    "--secret-file is refused as a stranger)\n", o->stage, o->timeout_ms, resbm_strerror(rc));
+            fprintf(stderr, "train: stage %d: cannot reach every peer within %d ms: %s (a peer that is not "
+                    "started, has another --secret-file, or stopped: see its own message)\n", o->stage,
+                    o->timeout_ms, resbm_strerror(rc));
         free(list); free(addrs);
         return 1;
     }

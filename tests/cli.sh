@@ -109,7 +109,7 @@ check "tcp: missing peer -> exit 1 with a message, within the timeout" "[ $rc = 
 # stages reading different data fail each other's handshake with "a different job" at once, long
 # before the 30 s timeout (before version 4 of the handshake both waited it out as strangers)
 head -c 40000 "$dir/text.txt" > "$dir/text3.txt"
-base=$((43000 + $$ % 1000)); start=$(date +%s)
+base=$((21000 + ($$ * 7 + RANDOM) % 11000)); start=$(date +%s) # below the ephemeral ports (32768 on)
 "$train" $tiny --stages 2 --stage 1 --listen 127.0.0.1:$((base + 1)) --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --data "$dir/text3.txt" --timeout-ms 30000 --steps 2 --quiet > /dev/null 2> "$dir/dd1.err" &
 other=$!
 "$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$base --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --timeout-ms 30000 --steps 2 --quiet > /dev/null 2> "$dir/dd0.err"
