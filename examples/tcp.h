@@ -354,8 +354,8 @@ static int tcp__hello_ok(const unsigned char *b, uint32_t *rank) {
     return !memcmp(b, "RBMT", 4) && tcp__get32(b + 4) == TCP_MESH_VERSION;
 }
 
-/* Whether a hello is of this mesh's job: its size and job digest. Asked only once the hello is
-   proven (its tag checks out), so a stranger cannot make an open fail with RESBM_EJOB. */
+/* Whether a hello is of this mesh's job: its size and job digest. An open fails on it
+   (RESBM_EJOB) only once the hello is proven, so a stranger cannot make it fail. */
 static int tcp__same_job(const tcp_mesh *t, const unsigned char *b) {
     uint64_t job = (uint64_t)tcp__get32(b + 16) | (uint64_t)tcp__get32(b + 20) << 32;
     return tcp__get32(b + 8) == (uint32_t)t->n && job == t->auth.job;
