@@ -684,7 +684,7 @@ static void test_proven_other_job(void) {
         memset(&caller, 0, sizeof(caller)); /* what the tags need: the secret */
         caller.auth = acc.auth;
         hello(mine, "RBMT", TCP_MESH_VERSION, variant == 0 ? 3 : 2, 0);
-        if (variant == 1) mine[16] = 9;
+        tcp__put32(mine + 16, variant == 0 ? 76 : 77); /* the acceptor's job is 76 */
         if (fd >= 0 && raw_write(fd, mine, TCP_MESH_HELLO) == 0 && raw_read(fd, b, TCP_MESH_ANSWER, 3000) == 0) {
             EXPECT(tcp__get32(b + 12) == 1 && tcp__get32(b + 8) == 0 && tcp__get32(b + 16) == 0 &&
                        tcp__get32(b + 20) == 0, "the answer tells the acceptor's size or job");
