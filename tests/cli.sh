@@ -156,6 +156,9 @@ check "cli: --log and --plot naming one file -> exit 2" "[ $? = 2 ] && grep -q '
 # --ratio and --r both set r: one is refused, not silently the winner
 "$train" $tiny --r 3 --stages 2 --steps 2 --quiet > /dev/null 2> "$dir/rr.err"
 check "cli: --ratio beside --r -> exit 2" "[ $? = 2 ] && grep -q 'both set r' '$dir/rr.err'"
+# a flag given twice counts at its last value (the README says so: scripts append overrides)
+"$train" $tiny --stages 2 --steps 5 --seed 3 --steps 2 --quiet > "$dir/twice.out" 2> /dev/null
+check "cli: a flag given twice counts at its last value" "[ $? = 0 ] && grep -q '^result: steps=2 ' '$dir/twice.out'"
 # more kernel threads than cores: a note on stderr, and the same numbers as one thread
 cores=$(getconf _NPROCESSORS_ONLN)
 "$train" $tiny --stages 2 --steps 3 --sample 0 --quiet --threads $((cores < 2 ? 2 : cores > 1024 ? 1024 : cores)) > "$dir/th.out" 2> "$dir/th.err"
