@@ -17,18 +17,20 @@
 
    HOW IT WORKS
    - open: rank i listens on addrs[i] (when a lower rank will call), calls every higher rank and
-     sends a hello (magic "RBMT", version, mesh size, its rank, the job digest, a fresh nonce).
+     sends a hello (magic "RBMT", version, mesh size, its rank, the job, a fresh nonce).
      The acceptor checks it -- a bad one is dropped and it keeps waiting -- and answers with its
      own hello and HMAC-SHA256(secret, both hellos); the caller checks the answer and the tag
      and proves the secret the same way; only then does the acceptor take the link, and it
      says so (4 bytes), so an open never succeeds on a link the other side dropped. A stranger
      on the network (no secret) is dropped and the open keeps waiting for the real rank; a peer
      that proves the secret but runs another job (another mesh size or digest) fails both opens
-     at once with RESBM_EJOB (in a larger mesh, ranks that wait on those two then time out).
-     Without a secret nothing is proven: anyone who reaches the port can join, or end an open
-     with RESBM_EJOB. The
-     secret never crosses the wire, but nothing is encrypted: across the internet, run the mesh
-     inside a VPN or a TLS tunnel. Every pair of ranks gets one socket: non-blocking, TCP_NODELAY.
+     at once with RESBM_EJOB (in a larger mesh the ranks that wait on those two stop too, at
+     once with "peer closed" or at their deadline). With a secret the hello's job is keyed by it,
+     so a stranger cannot write one of this job even when it knows the job's settings. Without
+     a secret nothing is proven: anyone who reaches the port can join, or end an open with
+     RESBM_EJOB. The secret never crosses the wire, but nothing is encrypted: across the
+     internet, run the mesh inside a VPN or a TLS tunnel. Every pair of ranks gets one socket:
+     non-blocking, TCP_NODELAY.
    - A message on the wire is an 8-byte little-endian length, then the bytes.
    - send never needs the peer to be in recv (the resbm_transport contract: in 1F1B two
      neighbours send to each other at the same moment). Whenever a call waits -- a send for room
@@ -76,8 +78,9 @@
 #define TCPDEF static
 #endif
 
-#define TCP_MESH_VERSION 4u /* 4: a proven peer of another job fails both opens with RESBM_EJOB */
-#define TCP_MESH_HELLO 40  /* "RBMT" | u32 version | u32 mesh size | u32 rank | u64 job | nonce[16] */
+#define TCP_MESH_VERSION 5u /* 4: a proven peer of another job fails both opens with RESBM_EJOB;
+                                5: with a secret, the hello's job is keyed by it */
+#define TCP_MESH_HELLO 40  /* "RBMT" | u32 version | u32 mesh size | u32 rank | u64 job word | nonce[16] */
 #define TCP_MESH_ANSWER (TCP_MESH_HELLO + 32) /* the acceptor's hello, then its tag */
 #define TCP_MESH_PROOF 32  /* the caller's tag */
 #define TCP_MESH_ACK "RBMK" /* the acceptor's last word: the link is taken */
@@ -107,6 +110,7 @@ struct tcp_mesh {
     tcp_peer *peer;      /* [n] */
     struct pollfd *pfd;  /* [n] scratch for tcp__wait */
     tcp_mesh_auth auth;  /* while opening */
+    uint64_t job_word;   /* the job as our hellos carry it (tcp__job_word) */
 };
 
 TCPDEF int tcp_mesh_open(tcp_mesh **out, int me, int n, const char *const *addrs, int deadline_ms);
@@ -338,13 +342,28 @@ static int tcp__io_full(int fd, unsigned char *b, size_t len, double deadline, i
 }
 
 /* ---- opening the mesh --------------------------------------------------------------------------- */
+/* The job as a hello carries it. With a secret: the first 8 bytes of HMAC(secret, "J", mesh size,
+   job digest), so a stranger who knows or guesses the digest (train's is a hash of its flags and
+   data) still cannot write a hello of this job, only replay one seen on the wire. Without: the
+   digest itself. */
+static uint64_t tcp__job_word(const tcp_mesh *t) {
+    unsigned char m[13], h[32];
+    if (!t->auth.secret_len) return t->auth.job;
+    m[0] = 'J';
+    tcp__put32(m + 1, (uint32_t)t->n);
+    tcp__put32(m + 5, (uint32_t)t->auth.job);
+    tcp__put32(m + 9, (uint32_t)(t->auth.job >> 32));
+    tcp__hmac((const unsigned char *)t->auth.secret, t->auth.secret_len, m, sizeof(m), NULL, 0, h);
+    return (uint64_t)tcp__get32(h) | (uint64_t)tcp__get32(h + 4) << 32;
+}
+
 static void tcp__hello(unsigned char *b, const tcp_mesh *t) {
     memcpy(b, "RBMT", 4);
     tcp__put32(b + 4, TCP_MESH_VERSION);
     tcp__put32(b + 8, (uint32_t)t->n);
     tcp__put32(b + 12, (uint32_t)t->me);
-    tcp__put32(b + 16, (uint32_t)t->auth.job);
-    tcp__put32(b + 20, (uint32_t)(t->auth.job >> 32));
+    tcp__put32(b + 16, (uint32_t)t->job_word);
+    tcp__put32(b + 20, (uint32_t)(t->job_word >> 32));
     tcp__nonce(b + 24);
 }
 
@@ -354,11 +373,12 @@ static int tcp__hello_ok(const unsigned char *b, uint32_t *rank) {
     return !memcmp(b, "RBMT", 4) && tcp__get32(b + 4) == TCP_MESH_VERSION;
 }
 
-/* Whether a hello is of this mesh's job: its size and job digest. An open fails on it
-   (RESBM_EJOB) only once the hello is proven, so a stranger cannot make it fail. */
+/* Whether a hello is of this mesh's job: its size and job word. Asked to keep our job from a
+   caller of another, to pick a slot to drop, and, once the hello is proven, to fail the open
+   (RESBM_EJOB), so a stranger cannot make it fail. */
 static int tcp__same_job(const tcp_mesh *t, const unsigned char *b) {
     uint64_t job = (uint64_t)tcp__get32(b + 16) | (uint64_t)tcp__get32(b + 20) << 32;
-    return tcp__get32(b + 8) == (uint32_t)t->n && job == t->auth.job;
+    return tcp__get32(b + 8) == (uint32_t)t->n && job == t->job_word;
 }
 
 /* The tag of one side: "A" the acceptor's over the caller's hello and its own, "C" the caller's
@@ -440,16 +460,17 @@ static int tcp__connect(const char *addr, double deadline, int *out) {
 
 /* Accepts the lower ranks until each has sent a hello and proved the secret; answers each hello
    with ours and our tag (our mesh size and job zeroed when the caller's differ, so a prober
-   learns only that its guess was wrong), and a good proof with the acknowledgement -- or, when
+   learns only whether its guess was right), and a good proof with the acknowledgement -- or, when
    the proven hello is of another job, returns RESBM_EJOB. Bad hellos or proofs, unknown or
    duplicate ranks and closed callers are dropped. Unfinished handshakes wait side by side, with
    room for every lower rank at once (each sends its proof only after its own accepts, so all of
    them may wait together) and TCP_MESH_PENDING more; when full, the oldest caller that has not
    yet sent a hello of this job after a poll round to send it in is dropped (a stranger, or a
    rank that then sees its link closed and fails), so idle connections or floods of other jobs'
-   hellos cannot push real ranks out; only when every such slot holds a hello of this job
-   (replayed ones, say) is the oldest of all dropped; when every slot was filled in this same
-   round, the newcomer is. */
+   hellos cannot push real ranks out (nor can callers for a rank that has joined); only when
+   every such slot holds a hello of this job (with a secret, replayed ones: see tcp__job_word;
+   without, anyone can write one) is the oldest of all dropped; when every slot was filled in
+   this same round, the newcomer is. */
 typedef struct {
     int fd, rank;
     size_t got, want;  /* bytes read of the message being read, and its size */
@@ -531,7 +552,8 @@ static int tcp__accept_lower(tcp_mesh *t, int lfd, double deadline) {
                     if (hs[i].fd < 0) slot = i;
                 for (pass = 0; pass < 2 && slot < 0; pass++) /* full: the oldest without a hello */
                     for (i = 0; i < cap; i++)                   /* of this job, else the oldest */
-                        if ((pass || hs[i].want == TCP_MESH_HELLO || !tcp__same_job(t, hs[i].hello)) &&
+                        if ((pass || hs[i].want == TCP_MESH_HELLO || !tcp__same_job(t, hs[i].hello) ||
+                             t->peer[hs[i].rank].fd >= 0) && /* (the rank is set once a hello is read) */
                             hs[i].seq < batch && (slot < 0 || hs[i].seq < hs[slot].seq)) /* that had a turn */
                             slot = i;
                 if (slot < 0) { close(fd); continue; } /* all in this batch: the newcomer goes */
@@ -571,6 +593,7 @@ TCPDEF int tcp_mesh_open_auth(tcp_mesh **out, int me, int n, const char *const *
     t->me = me;
     t->n = n;
     if (auth) t->auth = *auth;
+    t->job_word = tcp__job_word(t);
     t->peer = (tcp_peer *)calloc((size_t)n, sizeof(tcp_peer));
     t->pfd = (struct pollfd *)calloc((size_t)n, sizeof(struct pollfd));
     hellos = (unsigned char *)calloc((size_t)n, TCP_MESH_HELLO); /* ours, to each higher rank */

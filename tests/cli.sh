@@ -48,7 +48,7 @@ tcp_run() { # S extra-flags...; on other ports again when a listening port was t
   local S=$1; shift
   local try rc
   for try in 1 2 3; do
-    local base=$((20000 + ($$ * 7 + RANDOM) % 20000)) peers="" s pids=()
+    local base=$((20000 + ($$ * 7 + RANDOM) % 12000)) peers="" s pids=() # below the ephemeral ports
     for ((s = 0; s < S; s++)); do peers="$peers${peers:+,}127.0.0.1:$((base + s))"; done
     for ((s = S - 1; s >= 0; s--)); do
       "$train" $tiny --stages "$S" --stage $s --listen "127.0.0.1:$((base + s))" --peers "$peers" --timeout-ms 20000 "$@" \
@@ -90,7 +90,7 @@ tcp_run 2 --steps 2 --quiet
 check "tcp: 1 MB frames both ways, no deadlock, equal to threads" "[ \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/tcp2.0.out')\" = \"\$(sed 's/tokens_per_s=[^ ]*//' '$dir/bigref.out')\" ]"
 tiny=$tiny_save
 # a stage killed mid-run: the other reports the lost peer and exits 1, well within its timeout
-base=$((42000 + $$ % 1000))
+base=$((20000 + ($$ * 5 + RANDOM) % 12000))
 "$train" $tiny --stages 2 --stage 1 --listen 127.0.0.1:$((base + 1)) --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --steps 100000 --eval-every 0 --quiet > /dev/null 2>&1 &
 victim=$!
 "$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$base --peers 127.0.0.1:$base,127.0.0.1:$((base + 1)) --steps 100000 --eval-every 0 --timeout-ms 20000 --quiet --log "$dir/kill.csv" > "$dir/kill.out" 2> "$dir/kill.err" &
@@ -102,7 +102,7 @@ kill -9 $victim; wait $victim 2>/dev/null; wait $survivor; rc=$?
 check "tcp: peer killed -> exit 1 with the reason, no hang" "[ $rc = 1 ] && [ \$((\$(date +%s) - start)) -le 15 ] && grep -Eq 'closed|gone' '$dir/kill.err'"
 # a peer that never comes: a clear error within the deadline, not a hang
 start=$(date +%s)
-"$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$((41000 + $$ % 1000)) --peers 127.0.0.1:$((41000 + $$ % 1000)),127.0.0.1:9 --timeout-ms 1500 --steps 2 > "$dir/lone.out" 2> "$dir/lone.err"
+"$train" $tiny --stages 2 --stage 0 --listen 127.0.0.1:$((20000 + $$ % 12000)) --peers 127.0.0.1:$((20000 + $$ % 12000)),127.0.0.1:9 --timeout-ms 1500 --steps 2 > "$dir/lone.out" 2> "$dir/lone.err"
 rc=$?
 check "tcp: missing peer -> exit 1 with a message, within the timeout" "[ $rc = 1 ] && [ \$((\$(date +%s) - start)) -le 10 ] && grep -q 'stage 0' '$dir/lone.err'"
 
@@ -182,7 +182,7 @@ check "tcp: resumed run equals the uninterrupted one" "[ '$(field "$dir/tcp2.0.o
 # final parameters bit-identical to an uninterrupted run (each stage keeps the previous generation,
 # and the restart takes the newest step every stage has)
 tcp_run 3 --steps 12 --sample 0 --quiet --save "$dir/unint.safetensors"
-base=$((30000 + ($$ * 13 + RANDOM) % 10000)) peers=""
+base=$((20000 + ($$ * 13 + RANDOM) % 12000)) peers=""
 for s in 0 1 2; do peers="$peers${peers:+,}127.0.0.1:$((base + s))"; done
 pids=()
 for s in 2 1 0; do
@@ -214,7 +214,7 @@ printf 'correct horse battery staple' > "$dir/secret"
 printf 'another secret' > "$dir/secret2"
 tcp_run 2 --steps 2 --sample 0 --quiet --secret-file "$dir/secret"
 check "tcp: peers with the run's secret train" "[ $? = 0 ] && grep -Eq '$result_re' '$dir/tcp2.0.out'"
-sbase=$((20000 + ($$ * 11 + RANDOM) % 20000)); speers="127.0.0.1:$sbase,127.0.0.1:$((sbase + 1))"
+sbase=$((20000 + ($$ * 11 + RANDOM) % 12000)); speers="127.0.0.1:$sbase,127.0.0.1:$((sbase + 1))"
 start=$(date +%s)
 "$train" $tiny --stages 2 --stage 1 --listen "127.0.0.1:$((sbase + 1))" --peers "$speers" --timeout-ms 3000 --steps 2 \
   --secret-file "$dir/secret" > /dev/null 2> "$dir/sec1.err" &

@@ -532,10 +532,10 @@ static void hello(unsigned char *b, const char *magic, uint32_t version, uint32_
    one with the secret and another job fails both opens with RESBM_EJOB (not a timeout: the
    acceptor gives EJOB only on a proven hello); one with another job and another secret is
    refused as a stranger, never EJOB. */
-typedef struct { int me, rc; const char *const *addrs; tcp_mesh_auth auth; tcp_mesh *mesh; } auth_arg;
+typedef struct { int me, n, deadline_ms, rc; const char *const *addrs; tcp_mesh_auth auth; tcp_mesh *mesh; } auth_arg;
 static void *auth_thread(void *p) {
     auth_arg *a = (auth_arg *)p;
-    a->rc = tcp_mesh_open_auth(&a->mesh, a->me, 2, a->addrs, 3000, &a->auth);
+    a->rc = tcp_mesh_open_auth(&a->mesh, a->me, a->n, a->addrs, a->deadline_ms, &a->auth);
     return NULL;
 }
 static void test_secret_and_job(void) {
@@ -562,7 +562,7 @@ static void test_secret_and_job(void) {
         ap[0] = addrs[0]; ap[1] = addrs[1];
         for (k = 0; k < 2; k++) {
             memset(&a[k], 0, sizeof(a[k]));
-            a[k].me = k; a[k].addrs = ap;
+            a[k].me = k; a[k].n = 2; a[k].deadline_ms = 3000; a[k].addrs = ap;
             a[k].auth.secret = k == 1 && (round == 1 || round == 3) ? "not the secret" : "the run's secret";
             a[k].auth.secret_len = strlen((const char *)a[k].auth.secret);
             a[k].auth.job = k == 1 && round >= 2 ? 77 : 76;
@@ -676,15 +676,18 @@ static void test_proven_other_job(void) {
         take_ports(2, addrs, ports);
         ap[0] = addrs[0]; ap[1] = addrs[1];
         memset(&acc, 0, sizeof(acc));
-        acc.me = 1; acc.addrs = ap;
+        acc.me = 1; acc.n = 2; acc.deadline_ms = 3000; acc.addrs = ap;
         acc.auth.secret = "the run's secret"; acc.auth.secret_len = strlen("the run's secret"); acc.auth.job = 76;
         pthread_create(&th, NULL, auth_thread, &acc);
         fd = raw_connect(ports[1], 3000);
         EXPECT(fd >= 0, "cannot reach the acceptor");
-        memset(&caller, 0, sizeof(caller)); /* what the tags need: the secret */
+        memset(&caller, 0, sizeof(caller)); /* a caller with the secret, of mesh size 3 / job 77 */
+        caller.n = variant == 0 ? 3 : 2;
         caller.auth = acc.auth;
-        hello(mine, "RBMT", TCP_MESH_VERSION, variant == 0 ? 3 : 2, 0);
-        tcp__put32(mine + 16, variant == 0 ? 76 : 77); /* the acceptor's job is 76 */
+        caller.auth.job = variant == 0 ? 76 : 77;
+        hello(mine, "RBMT", TCP_MESH_VERSION, (uint32_t)caller.n, 0);
+        tcp__put32(mine + 16, (uint32_t)tcp__job_word(&caller));
+        tcp__put32(mine + 20, (uint32_t)(tcp__job_word(&caller) >> 32));
         if (fd >= 0 && raw_write(fd, mine, TCP_MESH_HELLO) == 0 && raw_read(fd, b, TCP_MESH_ANSWER, 3000) == 0) {
             EXPECT(tcp__get32(b + 12) == 1 && tcp__get32(b + 8) == 0 && tcp__get32(b + 16) == 0 &&
                        tcp__get32(b + 20) == 0, "the answer tells the acceptor's size or job");
@@ -704,37 +707,47 @@ static void test_proven_other_job(void) {
     }
 }
 
-/* Hellos of another job (a stranger's: it knows neither the secret nor the job) are answered, but
-   they cannot push a real rank out of the handshake: here rank 0 starts late, so rank 1's
-   handshake at rank 2 waits for its proof while a stranger fills rank 2's slots with them. Before,
-   an answered hello counted as good whatever its job, and the oldest of all, rank 1, was dropped. */
+/* Hellos of another job are answered, but they cannot push a real rank out of the handshake:
+   here rank 0 starts late, so rank 1's handshake at rank 2 waits for its proof while a stranger
+   fills rank 2's slots with them. Without a secret the stranger's hellos have another mesh size;
+   with one, this mesh's size and the job digest itself, which a stranger may know (train's is a
+   hash of its flags and data) but which is not this job's word when there is a secret. Before,
+   an answered hello counted as this job's whatever its job, and the oldest of all, rank 1, was
+   dropped; with a secret, a hello carrying the bare digest was this job's. */
 static void test_other_job_hellos_cannot_evict(void) {
-    char addrs[3][32];
-    const char *ap[3];
-    int ports[3], fds[40], k;
-    open_arg a[3];
-    pthread_t th[3];
-    take_ports(3, addrs, ports);
-    for (k = 0; k < 3; k++) {
-        ap[k] = addrs[k];
-        memset(&a[k], 0, sizeof(a[k]));
-        a[k].me = k; a[k].n = 3; a[k].addrs = ap; a[k].deadline_ms = 8000;
+    int variant;
+    for (variant = 0; variant < 2; variant++) { /* no secret; a secret */
+        char addrs[3][32];
+        const char *ap[3];
+        int ports[3], fds[40], k;
+        auth_arg a[3];
+        pthread_t th[3];
+        take_ports(3, addrs, ports);
+        for (k = 0; k < 3; k++) {
+            ap[k] = addrs[k];
+            memset(&a[k], 0, sizeof(a[k]));
+            a[k].me = k; a[k].n = 3; a[k].deadline_ms = 8000; a[k].addrs = ap;
+            a[k].auth.job = 76;
+            if (variant == 1) { a[k].auth.secret = "the run's secret"; a[k].auth.secret_len = strlen("the run's secret"); }
+        }
+        pthread_create(&th[2], NULL, auth_thread, &a[2]);
+        pthread_create(&th[1], NULL, auth_thread, &a[1]); /* says hello to rank 2, then waits for rank 0 */
+        sleep_ms(300);
+        for (k = 0; k < 40; k++) {
+            unsigned char h[TCP_MESH_HELLO];
+            fds[k] = raw_connect(ports[2], 1000);
+            hello(h, "RBMT", TCP_MESH_VERSION, variant == 0 ? 99 : 3, 0);
+            tcp__put32(h + 16, 76);
+            if (fds[k] >= 0) (void)raw_write(fds[k], h, TCP_MESH_HELLO);
+            sleep_ms(30);
+        }
+        pthread_create(&th[0], NULL, auth_thread, &a[0]);
+        for (k = 0; k < 3; k++) pthread_join(th[k], NULL);
+        for (k = 0; k < 3; k++) EXPECT(a[k].rc == RESBM_OK, "%s: rank %d: %s", variant ? "a secret" : "no secret", k,
+                                       resbm_strerror(a[k].rc));
+        for (k = 0; k < 40; k++) if (fds[k] >= 0) close(fds[k]);
+        for (k = 0; k < 3; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
     }
-    pthread_create(&th[2], NULL, open_thread, &a[2]);
-    pthread_create(&th[1], NULL, open_thread, &a[1]); /* says hello to rank 2, then waits for rank 0 */
-    sleep_ms(300);
-    for (k = 0; k < 40; k++) {
-        unsigned char h[TCP_MESH_HELLO];
-        fds[k] = raw_connect(ports[2], 1000);
-        hello(h, "RBMT", TCP_MESH_VERSION, 99, 0);
-        if (fds[k] >= 0) (void)raw_write(fds[k], h, TCP_MESH_HELLO);
-        sleep_ms(30);
-    }
-    pthread_create(&th[0], NULL, open_thread, &a[0]);
-    for (k = 0; k < 3; k++) pthread_join(th[k], NULL);
-    for (k = 0; k < 3; k++) EXPECT_RC(a[k].rc, RESBM_OK);
-    for (k = 0; k < 40; k++) if (fds[k] >= 0) close(fds[k]);
-    for (k = 0; k < 3; k++) if (!a[k].rc) tcp_mesh_close(a[k].mesh);
 }
 
 /* Idle connections from a stranger (no secret, nothing sent) do not push a real rank out of the
