@@ -94,12 +94,19 @@ static void take_ports(int n, char addrs[][32], int *ports) {
 typedef struct {
     int me, n, deadline_ms, rc;
     const char *const *addrs;
+    tcp_mesh_auth auth; /* auth_thread only */
     tcp_mesh *mesh;
 } open_arg;
 
 static void *open_thread(void *p) {
     open_arg *a = (open_arg *)p;
     a->rc = tcp_mesh_open(&a->mesh, a->me, a->n, a->addrs, a->deadline_ms);
+    return NULL;
+}
+
+static void *auth_thread(void *p) {
+    open_arg *a = (open_arg *)p;
+    a->rc = tcp_mesh_open_auth(&a->mesh, a->me, a->n, a->addrs, a->deadline_ms, &a->auth);
     return NULL;
 }
 
@@ -532,12 +539,6 @@ static void hello(unsigned char *b, const char *magic, uint32_t version, uint32_
    one with the secret and another job fails both opens with RESBM_EJOB (not a timeout: the
    acceptor gives EJOB only on a proven hello); one with another job and another secret is
    refused as a stranger, never EJOB. */
-typedef struct { int me, n, deadline_ms, rc; const char *const *addrs; tcp_mesh_auth auth; tcp_mesh *mesh; } auth_arg;
-static void *auth_thread(void *p) {
-    auth_arg *a = (auth_arg *)p;
-    a->rc = tcp_mesh_open_auth(&a->mesh, a->me, a->n, a->addrs, a->deadline_ms, &a->auth);
-    return NULL;
-}
 static void test_secret_and_job(void) {
     static const unsigned char abc[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
         0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff,
@@ -555,7 +556,7 @@ static void test_secret_and_job(void) {
     tcp__hmac((const unsigned char *)"Jefe", 4, "what do ya want ", 16, "for nothing?", 12, out);
     EXPECT(!memcmp(out, jefe, 32), "HMAC-SHA256, RFC 4231 case 2");
     for (round = 0; round < 4; round++) { /* same secret and job; another secret; another job; both */
-        auth_arg a[2];
+        open_arg a[2];
         pthread_t th[2];
         int k;
         take_ports(2, addrs, NULL);
@@ -671,7 +672,7 @@ static void test_proven_other_job(void) {
         int ports[2], fd;
         unsigned char mine[TCP_MESH_HELLO], b[TCP_MESH_ANSWER], tag[32];
         tcp_mesh caller;
-        auth_arg acc;
+        open_arg acc;
         pthread_t th;
         take_ports(2, addrs, ports);
         ap[0] = addrs[0]; ap[1] = addrs[1];
@@ -720,7 +721,7 @@ static void test_other_job_hellos_cannot_evict(void) {
         char addrs[3][32];
         const char *ap[3];
         int ports[3], fds[40], k;
-        auth_arg a[3];
+        open_arg a[3];
         pthread_t th[3];
         take_ports(3, addrs, ports);
         for (k = 0; k < 3; k++) {
