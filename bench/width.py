@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """width.py - the compression gap against model width, from bench/compress.sh output folders.
 
-    /usr/bin/python3 bench/width.py DIR [DIR ...] [--svg FILE]
+    /usr/bin/python3 bench/width.py DIR [DIR ...] [--sweeps] [--svg FILE]
 
 Each DIR is one `bench/compress.sh --d D --out DIR` run (its config.txt gives d, steps, seed);
 runs named NAME@LR (--sweep, or NAME@LR in --only) count as the same row at another learning
@@ -10,7 +10,8 @@ the uncompressed run of the same optimizer and schedule where there is one (NAME
 uncompressed-muon); folders of the same d (and steps and seed) are merged, so a sweep may span
 several runs. Prints one table row per
 width: the uncompressed baseline and each compressed row with its learning rate and its gap to
-the baseline; --svg draws each row's gap against d.
+the baseline; --sweeps adds, per width, every learning rate each row was run at and its val;
+--svg draws each row's gap against d.
 """
 import glob
 import os
@@ -35,6 +36,15 @@ def wire_factor(run, result, d):
     return f32 / (40 + -(-n // 2) + scales)
 
 
+def merge_lrs(a, b):
+    """A row's every learning rate run and its val ({lr: val}), from two sets of runs; a rate run
+    twice keeps its better val, as the row's best does."""
+    out = dict(a)
+    for lr, val in b.items():
+        out[lr] = min(val, out.get(lr, val))
+    return out
+
+
 def load(folder):
     cfg = dict(l.strip().split("=", 1) for l in open(os.path.join(folder, "config.txt")) if "=" in l)
     best = {}
@@ -48,7 +58,7 @@ def load(folder):
         if row == "128x-r7-i8" and int(cfg["d"]) * 64 // 2176 == 7:
             row = "128x-bytes-i8"  # at d = 256 they are the same run (r = 7 in i8, compress.sh)
         val = float(r["val_bpb"])
-        lrs = (best[row][3] if row in best else set()) | {lr or "default"}
+        lrs = merge_lrs(best[row][3] if row in best else {}, {lr or "default": val})
         if row not in best or val < best[row][0]:
             best[row] = (val, lr or "default", wire_factor(run, r, int(cfg["d"])), lrs)
         else:
@@ -69,6 +79,8 @@ def baseline(row, best):
 
 def main(argv):
     svg = None
+    sweeps = "--sweeps" in argv
+    argv = [a for a in argv if a != "--sweeps"]
     if "--svg" in argv:
         i = argv.index("--svg")
         svg = argv[i + 1]
@@ -88,7 +100,7 @@ def main(argv):
                       file=sys.stderr)
                 return 2
         for row, v in best.items():
-            lrs = v[3] | (mbest[row][3] if row in mbest else set())
+            lrs = merge_lrs(mbest[row][3] if row in mbest else {}, v[3])
             mbest[row] = (v if row not in mbest or v[0] < mbest[row][0] else mbest[row])[:3] + (lrs,)
     widths = sorted(merged.values(), key=lambda t: t[0])
     rows = []
@@ -134,6 +146,20 @@ def main(argv):
             print("| %s | %.1fx | %.4f (%s; %d) | %s | %s |" % (r, factor, val, lr, len(lrs),
                                                               "%+.1f%% (%s)" % (gap, against) if gap is not None else "-", verdict))
         print("\nthe most bytes-saving row within 3%%: %s" % ("%s (%.1fx)" % (within, best[within][2]) if within else "none"))
+    if sweeps:
+        # The sweep behind each cell: every learning rate run, the best in bold. "bracketed": a
+        # rate below and one above the best were run, so the best is a minimum, not an edge.
+        for d, cfg, best in widths:
+            print("\nd = %d: every learning rate run (val bits/byte at step %s, the best in bold)\n" % (d, cfg.get("steps", "?")))
+            print("| row | val at each learning rate | best | bracketed |")
+            print("|---|---|--:|:-:|")
+            for r in sorted(best, key=lambda r: (r != "uncompressed", -best[r][2])):
+                val, lr, _, lrs = best[r]
+                order = sorted(lrs, key=lambda x: float(x) if x != "default" else 0.0)
+                cells = ", ".join(("**%s: %.4f**" if x == lr else "%s: %.4f") % (x, lrs[x]) for x in order)
+                i = order.index(lr)
+                edge = "default" in order or i in (0, len(order) - 1)
+                print("| %s | %s | %s | %s |" % (r, cells, lr, "no" if edge else "yes"))
     if svg:
         W, H, L, R, T, B = 640, 380, 60, 170, 30, 50
         pts = [p for v in gaps.values() for p in v]

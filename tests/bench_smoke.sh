@@ -39,6 +39,18 @@ bash bench/compress.sh --smoke --data resbm.h --only uncompressed@5e-4,uncompres
 /usr/bin/python3 bench/width.py "$dir/s" "$dir/s2" > "$dir/w2.md" 2>> "$dir/s.err"
 check "width.py merges folders of one width and measures a Muon row against the Muon baseline" \
   sh -c "[ \$(grep -c '^| 256 |' '$dir/w2.md') -eq 1 ] && grep -q '(default), [+-][0-9.]*% vs uncompressed-muon' '$dir/w2.md'"
+# --sweeps, on written result lines (the numbers are ours, so the verdicts are known): a row's
+# every rate with its val, the best in bold; bracketed only with a rate run on each side of it
+mkdir -p "$dir/f"
+printf 'd=64\nseed=1\nsteps=10\nschedule_steps=10\n' > "$dir/f/config.txt"
+for run in uncompressed@1e-3:2.5 uncompressed@2e-3:2.4 uncompressed@4e-3:2.45 128x@1e-3:2.9 128x@2e-3:2.8; do
+  echo "result: steps=10 val_bpb=${run#*:} wire_ratio=1.0" > "$dir/f/${run%:*}.out"
+done
+/usr/bin/python3 bench/width.py "$dir/f" --sweeps > "$dir/f.md" 2>> "$dir/s.err"
+check "width.py --sweeps: every rate run, the best in bold, bracketed only when it is" \
+  sh -c "grep -qx '| uncompressed | 1e-3: 2.5000, \*\*2e-3: 2.4000\*\*, 4e-3: 2.4500 | 2e-3 | yes |' '$dir/f.md' &&
+         grep -qx '| 128x | 1e-3: 2.9000, \*\*2e-3: 2.8000\*\* | 2e-3 | no |' '$dir/f.md' &&
+         grep -q '^| 64 | 10 | 2.4000 (2e-3) | 2.8000 (2e-3), +16.7% |$' '$dir/f.md'"
 # rN-q4: i8 frames on a 4-bit grid; the table gives a packed 4-bit wire's factor (d = 256,
 # r = 7: f32 frames of 40 + 4 x 256 x 256 bytes against 40 + 896 + 28 x 4), and the run differs
 # from r7-i8's (the grid is coarser), with the same bytes measured
