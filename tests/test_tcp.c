@@ -110,6 +110,19 @@ static void *auth_thread(void *p) {
     return NULL;
 }
 
+/* Three ranks' open arguments on fresh ports: rank k listens at addrs[k] (port ports[k]); each
+   has the same deadline and no auth. */
+typedef struct { char addrs[3][32]; const char *ap[3]; int ports[3]; open_arg a[3]; } three_ranks;
+static void three_ranks_init(three_ranks *r, int deadline_ms) {
+    int k;
+    take_ports(3, r->addrs, r->ports);
+    for (k = 0; k < 3; k++) {
+        r->ap[k] = r->addrs[k];
+        memset(&r->a[k], 0, sizeof(r->a[k]));
+        r->a[k].me = k; r->a[k].n = 3; r->a[k].addrs = r->ap; r->a[k].deadline_ms = deadline_ms;
+    }
+}
+
 /* Opens an n-peer mesh on fresh ports, one thread per peer; retried on other ports when a
    port was taken after all (RESBM_ETRANSPORT from bind). 0 or the first error. */
 static int open_mesh(int n, tcp_mesh **m) {
@@ -718,16 +731,12 @@ static void test_proven_other_job(void) {
 static void test_other_job_hellos_cannot_evict(void) {
     int variant;
     for (variant = 0; variant < 2; variant++) { /* no secret; a secret */
-        char addrs[3][32];
-        const char *ap[3];
-        int ports[3], fds[40], k;
-        open_arg a[3];
+        three_ranks r;
+        open_arg *a = r.a;
+        int fds[40], k;
         pthread_t th[3];
-        take_ports(3, addrs, ports);
+        three_ranks_init(&r, 8000);
         for (k = 0; k < 3; k++) {
-            ap[k] = addrs[k];
-            memset(&a[k], 0, sizeof(a[k]));
-            a[k].me = k; a[k].n = 3; a[k].deadline_ms = 8000; a[k].addrs = ap;
             a[k].auth.job = 76;
             if (variant == 1) { a[k].auth.secret = "the run's secret"; a[k].auth.secret_len = strlen("the run's secret"); }
         }
@@ -736,7 +745,7 @@ static void test_other_job_hellos_cannot_evict(void) {
         sleep_ms(300);
         for (k = 0; k < 40; k++) {
             unsigned char h[TCP_MESH_HELLO];
-            fds[k] = raw_connect(ports[2], 1000);
+            fds[k] = raw_connect(r.ports[2], 1000);
             hello(h, "RBMT", TCP_MESH_VERSION, variant == 0 ? 99 : 3, 0);
             tcp__put32(h + 16, 76);
             if (fds[k] >= 0) (void)raw_write(fds[k], h, TCP_MESH_HELLO);
@@ -757,17 +766,11 @@ static void test_other_job_hellos_cannot_evict(void) {
    oldest caller without a read hello was dropped, and that was rank 0, whose hello had not been
    read yet: every rank's open failed. */
 static void test_idle_callers_cannot_evict(void) {
-    char addrs[3][32];
-    const char *ap[3];
-    int ports[3], idle[20], k;
-    open_arg a[3];
+    three_ranks r;
+    open_arg *a = r.a;
+    int idle[20], k;
     pthread_t th[3];
-    take_ports(3, addrs, ports);
-    for (k = 0; k < 3; k++) {
-        ap[k] = addrs[k];
-        memset(&a[k], 0, sizeof(a[k]));
-        a[k].me = k; a[k].n = 3; a[k].addrs = ap; a[k].deadline_ms = 8000;
-    }
+    three_ranks_init(&r, 8000);
     pthread_create(&th[1], NULL, open_thread, &a[1]); /* listens, then calls rank 2: not up yet */
     sleep_ms(200);
     pthread_create(&th[0], NULL, open_thread, &a[0]); /* calls rank 1 and says hello */
@@ -776,7 +779,7 @@ static void test_idle_callers_cannot_evict(void) {
         struct sockaddr_in sa;
         memset(&sa, 0, sizeof(sa));
         sa.sin_family = AF_INET;
-        sa.sin_port = htons((uint16_t)ports[1]);
+        sa.sin_port = htons((uint16_t)r.ports[1]);
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         idle[k] = socket(AF_INET, SOCK_STREAM, 0);
         if (idle[k] >= 0 && !tcp__nonblock(idle[k])) (void)connect(idle[k], (struct sockaddr *)&sa, sizeof(sa));
